@@ -1,0 +1,28 @@
+//! The Linux layer: every `unsafe` block and every system call tandem makes.
+//!
+//! The rest of tandem is plain, deterministic Rust; whatever has to talk to
+//! the kernel lives here behind a small API of safe functions that return
+//! typed errors:
+//! - [`netns`]: run code inside a named network namespace;
+//! - [`tcp_repair`]: dump a live TCP socket into a [`tandem_core::SocketImage`]
+//!   and rebuild one from it (TCP_REPAIR);
+//! - [`addr`]: add and remove the virtual IP (rtnetlink);
+//! - [`arp`]: gratuitous ARP bursts from a socket opened in advance;
+//! - [`netlock`]: freeze a VIP:port with iptables rules in a private chain;
+//! - [`process`]: take sockets from another process and hand them to a new one.
+
+pub mod addr;
+pub mod arp;
+pub mod netlock;
+pub mod netns;
+pub mod process;
+pub mod tcp_repair;
+
+/// Turns the `-1`/errno convention of libc into a `Result`.
+pub(crate) fn cvt(ret: libc::c_int) -> std::io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
