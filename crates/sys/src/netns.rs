@@ -57,12 +57,12 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
         source,
     })?;
     // SAFETY: setns on a valid namespace fd; it only changes this thread.
-    crate::cvt(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }).map_err(
-        |source| NetnsError::Enter {
+    crate::cvt(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }).map_err(|source| {
+        NetnsError::Enter {
             name: name.to_string(),
             source,
-        },
-    )?;
+        }
+    })?;
     Ok(())
 }
 
@@ -113,7 +113,11 @@ fn loopback_up() -> std::io::Result<()> {
     // SAFETY: a datagram socket used only as a handle for interface ioctls;
     // the ifreq is zeroed and its name NUL-terminated.
     unsafe {
-        let fd = crate::cvt(libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0))?;
+        let fd = crate::cvt(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?;
         let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
         let mut req: libc::ifreq = std::mem::zeroed();
         for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
