@@ -445,4 +445,72 @@ mod tests {
         };
         assert_eq!(describe(&ok), "ok");
     }
+
+    /// Takes a lab down by name when dropped, so a failing test leaks nothing.
+    struct DownOnDrop(String);
+
+    impl Drop for DownOnDrop {
+        fn drop(&mut self) {
+            let _ = Lab::down_by_name(&self.0);
+        }
+    }
+
+    fn run_cli(args: &[&str]) -> anyhow::Result<ExitCode> {
+        let cli = Cli::try_parse_from(std::iter::once("tandem").chain(args.iter().copied()))?;
+        let Top::Lab(lab) = cli.command;
+        run(lab)
+    }
+
+    /// The CLI end to end on a real lab (needs root, like the lab's own
+    /// tests; fails without it).
+    #[test]
+    fn cli_drives_a_lab() {
+        let name = format!("cli-{}", std::process::id());
+        let _down = DownOnDrop(name.clone());
+        let n = name.as_str();
+        let err = run_cli(&["lab", "up", "--name", n]).unwrap_err();
+        assert!(err.to_string().contains("does not exist yet"), "{err}");
+        let ok = format!("{:?}", ExitCode::SUCCESS);
+        let code = run_cli(&[
+            "lab",
+            "up",
+            "--name",
+            n,
+            "--service",
+            "none",
+            "--nodes",
+            "2",
+        ]);
+        assert_eq!(format!("{:?}", code.unwrap()), ok);
+        let lab = Lab::open(n).unwrap();
+        assert_eq!(lab.node_ids(), [1, 2]);
+        for args in [
+            &["lab", "status", "--name", n, "--json"][..],
+            &["lab", "status", "--name", n],
+            &["lab", "kill", "--name", n, "2"],
+            &["lab", "partition", "--name", n, "1"],
+            &["lab", "restart", "--name", n, "2"],
+            &["lab", "heal", "--name", n, "1"],
+        ] {
+            assert_eq!(format!("{:?}", run_cli(args).unwrap()), ok, "{args:?}");
+        }
+        assert!(lab.status().nodes.iter().all(|node| node.alive));
+        let code = run_cli(&[
+            "lab", "exec", "--name", n, "--node", "1", "--", "sh", "-c", "exit 4",
+        ]);
+        assert_eq!(
+            format!("{:?}", code.unwrap()),
+            format!("{:?}", ExitCode::from(4))
+        );
+        assert!(run_cli(&["lab", "kill", "--name", n, "3"]).is_err());
+        assert_eq!(
+            format!("{:?}", run_cli(&["lab", "down", "--name", n]).unwrap()),
+            ok
+        );
+        assert!(matches!(
+            Lab::open(n),
+            Err(tandem_lab::LabError::NotFound { .. })
+        ));
+        assert!(!std::path::Path::new(&format!("/run/netns/tdm-{n}-n1")).exists());
+    }
 }

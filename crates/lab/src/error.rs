@@ -155,6 +155,17 @@ pub enum LabError {
         got: String,
     },
 
+    /// A link was set up but the kernel did not report it operational in time.
+    #[error("link {device} in namespace {netns} is not up {secs} s after being set up")]
+    LinkNotUp {
+        /// Its namespace.
+        netns: String,
+        /// The device.
+        device: String,
+        /// How long the lab waited.
+        secs: u64,
+    },
+
     /// Entering a namespace failed.
     #[error(transparent)]
     Netns(#[from] tandem_sys::netns::NetnsError),

@@ -25,6 +25,9 @@ use crate::{
 /// How long a fault waits for SIGKILLed processes to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
+/// How long `up` and `restart` wait for links to become operational.
+const LINK_WAIT: Duration = Duration::from_secs(5);
+
 /// What [`Lab::up`] builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabSpec {
@@ -800,8 +803,46 @@ fn build(lock: &StateLock, state: &mut LabState) -> Result<(), LabError> {
             ),
         )?;
     }
+    wait_links_up(state, &state.endpoints().collect::<Vec<_>>())?;
     state.complete = true;
     lock.save(state)
+}
+
+/// Waits until both ends of each endpoint's veth are operationally up.
+///
+/// Setting a link up is not enough: the kernel's link watcher, which
+/// activates the queueing discipline and turns the bridge port on, runs
+/// events at most once a second machine-wide, so a link set up shortly
+/// after another change (a `kill` then `restart`, or a parallel lab) drops
+/// packets for up to a second. Returning only once it is done makes
+/// `up`/`restart` mean "reachable now".
+fn wait_links_up(state: &LabState, endpoints: &[&EndpointState]) -> Result<(), LabError> {
+    let deadline = std::time::Instant::now() + LINK_WAIT;
+    for end in endpoints {
+        for (netns, dev) in [
+            (state.bridge_netns.as_str(), end.bridge_port.as_str()),
+            (end.netns.as_str(), NODE_INTERFACE),
+        ] {
+            while !oper_up(netns, dev) {
+                if std::time::Instant::now() >= deadline {
+                    return Err(LabError::LinkNotUp {
+                        netns: netns.to_string(),
+                        device: dev.to_string(),
+                        secs: LINK_WAIT.as_secs(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `dev` in `netns` has operational state UP.
+fn oper_up(netns: &str, dev: &str) -> bool {
+    ip_in(netns, &["-o", "link", "show", "dev", dev])
+        .map(|out| out.contains(" state UP "))
+        .unwrap_or(false)
 }
 
 /// Kills the lab's processes and deletes its recorded namespaces, going on
@@ -974,6 +1015,7 @@ fn fault(state: &mut LabState, action: FaultAction, id: u32) -> Result<FaultRepo
             // stopped process.
             kill_all(&mut report)?;
             set_links(state, &node, "up")?;
+            wait_links_up(state, &[&node])?;
             if state.service == ServiceKind::None {
                 let note = "service none: no daemon to start";
                 report.note = Some(match report.note.take() {

@@ -198,24 +198,39 @@ impl StateLock {
     /// Blocks until this process holds the lab's lock (creating the state
     /// directory and lock file if needed).
     pub fn acquire(name: &str) -> Result<StateLock, LabError> {
+        use std::os::unix::fs::MetadataExt;
         let dir = state_dir();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = lock_path(name);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let lock =
-            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| LabError::StateIo {
-                path: path.clone(),
-                source: errno.into(),
+        loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
+                LabError::StateIo {
+                    path: path.clone(),
+                    source: errno.into(),
+                }
             })?;
-        Ok(StateLock {
-            _lock: lock,
-            name: name.to_string(),
-        })
+            // The holder we waited for may have unlinked the lock file on
+            // its way out (see Drop): then our lock is on a dead inode and
+            // someone else may hold the new file's. Retry on the new file.
+            let held = lock.metadata().map_err(io_err(&path))?.ino();
+            match std::fs::metadata(&path) {
+                Ok(current) if current.ino() == held => {
+                    return Ok(StateLock {
+                        _lock: lock,
+                        name: name.to_string(),
+                    })
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
     }
 
     /// Whether the state file exists.
@@ -240,17 +255,24 @@ impl StateLock {
         std::fs::rename(&tmp, &path).map_err(io_err(&path))
     }
 
-    /// Deletes the state file and the lock file (the lock stays held until
-    /// this value is dropped).
+    /// Deletes the state file (the lock file goes when this value drops).
     pub fn remove(&self) -> Result<(), LabError> {
         let path = state_path(&self.name);
         match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&path)(e)),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
         }
-        let _ = std::fs::remove_file(lock_path(&self.name));
-        Ok(())
+    }
+}
+
+impl Drop for StateLock {
+    /// A lab without a state file needs no lock file either: remove it
+    /// while still holding it ([`StateLock::acquire`] copes with that).
+    fn drop(&mut self) {
+        if !state_path(&self.name).exists() {
+            let _ = std::fs::remove_file(lock_path(&self.name));
+        }
     }
 }
 
