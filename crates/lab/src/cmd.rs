@@ -25,8 +25,8 @@ pub(crate) fn require_root() -> Result<(), LabError> {
 }
 
 /// Fails with [`LabError::MissingTool`] for the first program of [`TOOLS`]
-/// not found in `PATH` (or the sbin directories, which a non-login root
-/// shell may lack).
+/// not found in `PATH` (where `Command` will look for it), before anything
+/// is built.
 pub(crate) fn require_tools() -> Result<(), LabError> {
     for &(tool, package) in TOOLS {
         if !in_path(tool) {
@@ -38,9 +38,7 @@ pub(crate) fn require_tools() -> Result<(), LabError> {
 
 fn in_path(tool: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
-        .any(|dir| is_executable(&dir.join(tool)))
+    std::env::split_paths(&path).any(|dir| is_executable(&dir.join(tool)))
 }
 
 fn is_executable(path: &Path) -> bool {

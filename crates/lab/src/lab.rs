@@ -67,7 +67,8 @@ impl LabSpec {
     }
 }
 
-/// Node `id`'s address: 198.18.0.(10 + id).
+/// Node `id`'s address: 198.18.0.(10 + id), for ids 1..=[`MAX_NODES`]
+/// (a larger id is clamped to stay inside the subnet).
 pub fn node_addr(id: u32) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 10 + id.min(200) as u8)
 }
@@ -850,28 +851,17 @@ fn oper_up(netns: &str, dev: &str) -> bool {
 fn teardown(state: &LabState) -> Result<(), LabError> {
     let mut errors = Vec::new();
     let mut killed = Vec::new();
-    let mut everywhere: Vec<&str> = state.created_netns.iter().map(String::as_str).collect();
-    for end in state.endpoints() {
-        if !everywhere.contains(&end.netns.as_str()) {
-            // Not created (yet), but spawned processes may still be
-            // recorded against it.
-            everywhere.push(&end.netns);
+    // Processes inside the namespaces this lab created (and only those: a
+    // namespace it did not create may be someone else's), then the ones it
+    // spawned, wherever they are now.
+    for netns in &state.created_netns {
+        match procs::signal_all(Some(netns), &[], Signal::SIGKILL) {
+            Ok(pids) => killed.extend(pids),
+            Err(e) => errors.push(e.to_string()),
         }
     }
-    for netns in &everywhere {
-        let records = state
-            .endpoints()
-            .find(|e| e.netns == *netns)
-            .map(|e| e.procs.as_slice())
-            .unwrap_or_default();
-        // Only namespaces this lab created are scanned for processes: one
-        // it did not create may belong to someone else.
-        let scan = if state.created_netns.iter().any(|n| n == netns) {
-            netns
-        } else {
-            ""
-        };
-        match procs::signal_all(scan, records, Signal::SIGKILL) {
+    for end in state.endpoints() {
+        match procs::signal_all(None, &end.procs, Signal::SIGKILL) {
             Ok(pids) => killed.extend(pids),
             Err(e) => errors.push(e.to_string()),
         }
@@ -976,7 +966,7 @@ fn fault(state: &mut LabState, action: FaultAction, id: u32) -> Result<FaultRepo
         note: None,
     };
     let kill_all = |report: &mut FaultReport| -> Result<(), LabError> {
-        report.signalled = procs::signal_all(&node.netns, &node.procs, Signal::SIGKILL)?;
+        report.signalled = procs::signal_all(Some(&node.netns), &node.procs, Signal::SIGKILL)?;
         let left = procs::wait_gone(&report.signalled, KILL_WAIT);
         if !left.is_empty() {
             report.note = Some(format!("processes {left:?} have not died yet"));
@@ -995,7 +985,7 @@ fn fault(state: &mut LabState, action: FaultAction, id: u32) -> Result<FaultRepo
             Fault::Crashed
         }
         FaultAction::Stop => {
-            report.signalled = procs::signal_all(&node.netns, &node.procs, Signal::SIGSTOP)?;
+            report.signalled = procs::signal_all(Some(&node.netns), &node.procs, Signal::SIGSTOP)?;
             if node.fault == Fault::None {
                 Fault::Stopped
             } else {
@@ -1003,7 +993,7 @@ fn fault(state: &mut LabState, action: FaultAction, id: u32) -> Result<FaultRepo
             }
         }
         FaultAction::Cont => {
-            report.signalled = procs::signal_all(&node.netns, &node.procs, Signal::SIGCONT)?;
+            report.signalled = procs::signal_all(Some(&node.netns), &node.procs, Signal::SIGCONT)?;
             if node.fault == Fault::Stopped {
                 Fault::None
             } else {

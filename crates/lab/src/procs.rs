@@ -97,14 +97,14 @@ pub(crate) fn signal(pid: u32, signal: Signal) -> Result<(), LabError> {
     }
 }
 
-/// Sends `sig` to every process of the namespace and to every recorded
-/// process still running; returns the pids signalled.
+/// Sends `sig` to every process of the namespace `netns` (if given) and to
+/// every recorded process still running; returns the pids signalled.
 pub(crate) fn signal_all(
-    netns: &str,
+    netns: Option<&str>,
     records: &[ProcRecord],
     sig: Signal,
 ) -> Result<Vec<u32>, LabError> {
-    let mut pids = pids_in(netns);
+    let mut pids = netns.map(pids_in).unwrap_or_default();
     for rec in records {
         if rec.is_running() && !pids.contains(&rec.pid) {
             pids.push(rec.pid);
