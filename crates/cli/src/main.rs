@@ -1,7 +1,10 @@
 //! `tandem`: the command-line tool. Parses arguments, sets up logging, and
 //! hands each subcommand to the library that does the work.
 
+mod cmd_bench;
+mod cmd_demo;
 mod cmd_lab;
+mod cmd_tool;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +27,17 @@ struct Cli {
 enum Command {
     /// Build and drive a test cluster of network namespaces on this machine.
     Lab(cmd_lab::LabArgs),
+    /// Watch live TCP connections move between nodes without their client
+    /// noticing: builds a two-node lab, runs clients against an echo server
+    /// behind the virtual IP, moves every connection to node 2 and back, and
+    /// reports what the clients saw. Needs root; leaves nothing behind.
+    Demo(cmd_demo::DemoArgs),
+    /// Measure: `tandem bench migrate` times socket dump/restore and the pause
+    /// clients see during a planned move of 1, 100 and 1,000 connections.
+    Bench(cmd_bench::BenchArgs),
+    /// Helper programs the lab runs inside node namespaces.
+    #[command(hide = true)]
+    Tool(cmd_tool::ToolArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,14 +45,33 @@ fn main() -> std::process::ExitCode {
     init_logging(cli.log.as_deref());
     let result = match cli.command {
         Command::Lab(args) => cmd_lab::run(args),
+        Command::Demo(args) => cmd_demo::run(args),
+        Command::Bench(args) => cmd_bench::run(args),
+        Command::Tool(args) => cmd_tool::run(args),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("tandem: error: {err:#}");
+            eprintln!("tandem: error: {}", describe(&err));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the
+/// message before it already quotes (library errors often do).
+fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -51,4 +84,13 @@ fn init_logging(filter: Option<&str>) {
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Fails with a clear message unless running as root: the lab, TCP_REPAIR
+/// and address changes all need it.
+pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
+    if !tandem_sys::process::is_root() {
+        anyhow::bail!("{what} needs root (network namespaces, TCP_REPAIR, addresses): run it with sudo");
+    }
+    Ok(())
 }

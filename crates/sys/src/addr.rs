@@ -26,6 +26,13 @@ pub enum AddrError {
     },
 }
 
+/// A network interface, resolved in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+}
+
 /// A route-netlink connection bound to one network namespace.
 pub struct Netlink {
     runtime: tokio::runtime::Runtime,
@@ -49,17 +56,41 @@ impl Netlink {
         Ok(Netlink { runtime, handle })
     }
 
+    /// Looks `name` up in this connection's namespace (which may differ from
+    /// the calling thread's); resolve once, use for every change.
+    pub fn interface(&self, name: &str) -> Result<Interface, AddrError> {
+        let interface = name;
+        let links: Vec<_> = self
+            .runtime
+            .block_on(
+                self.handle
+                    .link()
+                    .get()
+                    .match_name(interface.to_string())
+                    .execute()
+                    .try_collect(),
+            )
+            .map_err(|_| AddrError::NoInterface(interface.to_string()))?;
+        links
+            .first()
+            .map(|link| Interface {
+                name: name.to_string(),
+                index: link.header.index,
+            })
+            .ok_or_else(|| AddrError::NoInterface(interface.to_string()))
+    }
+
     /// Adds `addr/prefix_len` to `interface`; already present is success.
     ///
     /// An IPv6 VIP gets `IFA_F_NODAD`: duplicate address detection would keep
     /// it unusable for a second or more, and the VIP is ours by construction.
     pub fn add_address(
         &self,
-        interface: &str,
+        interface: &Interface,
         addr: IpAddr,
         prefix_len: u8,
     ) -> Result<(), AddrError> {
-        let index = interface_index(interface)?;
+        let (index, interface) = (interface.index, interface.name.as_str());
         let mut request = self.handle.address().add(index, addr, prefix_len);
         if addr.is_ipv6() {
             use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
@@ -78,11 +109,11 @@ impl Netlink {
     /// Removes `addr` from `interface`; already absent is success.
     pub fn remove_address(
         &self,
-        interface: &str,
+        interface: &Interface,
         addr: IpAddr,
         prefix_len: u8,
     ) -> Result<(), AddrError> {
-        let index = interface_index(interface)?;
+        let (index, interface) = (interface.index, interface.name.as_str());
         let found: Vec<_> = self
             .runtime
             .block_on(
@@ -109,8 +140,8 @@ impl Netlink {
     }
 
     /// Whether `addr` is currently configured on `interface`.
-    pub fn has_address(&self, interface: &str, addr: IpAddr) -> Result<bool, AddrError> {
-        let index = interface_index(interface)?;
+    pub fn has_address(&self, interface: &Interface, addr: IpAddr) -> Result<bool, AddrError> {
+        let (index, interface) = (interface.index, interface.name.as_str());
         let found: Vec<_> = self
             .runtime
             .block_on(
@@ -174,18 +205,19 @@ mod tests {
     fn add_and_remove_are_idempotent() {
         run_in_private(|| {
             let netlink = Netlink::open().unwrap();
+            let lo = netlink.interface("lo").unwrap();
             let vip: IpAddr = "198.18.0.100".parse().unwrap();
-            assert!(!netlink.has_address("lo", vip).unwrap());
-            netlink.add_address("lo", vip, 32).unwrap();
-            netlink.add_address("lo", vip, 32).unwrap();
-            assert!(netlink.has_address("lo", vip).unwrap());
+            assert!(!netlink.has_address(&lo, vip).unwrap());
+            netlink.add_address(&lo, vip, 32).unwrap();
+            netlink.add_address(&lo, vip, 32).unwrap();
+            assert!(netlink.has_address(&lo, vip).unwrap());
             // The address is usable at once.
             std::net::TcpListener::bind((vip, 0)).unwrap();
-            netlink.remove_address("lo", vip, 32).unwrap();
-            netlink.remove_address("lo", vip, 32).unwrap();
-            assert!(!netlink.has_address("lo", vip).unwrap());
+            netlink.remove_address(&lo, vip, 32).unwrap();
+            netlink.remove_address(&lo, vip, 32).unwrap();
+            assert!(!netlink.has_address(&lo, vip).unwrap());
             let v6: IpAddr = "2001:db8::100".parse().unwrap();
-            netlink.add_address("lo", v6, 128).unwrap();
+            netlink.add_address(&lo, v6, 128).unwrap();
             // NODAD: bindable immediately, no tentative period.
             std::net::TcpListener::bind((v6, 0)).unwrap();
         })
@@ -196,9 +228,7 @@ mod tests {
     fn unknown_interface_is_named() {
         run_in_private(|| {
             let netlink = Netlink::open().unwrap();
-            let err = netlink
-                .add_address("nosuch0", "198.18.0.1".parse().unwrap(), 24)
-                .unwrap_err();
+            let err = netlink.interface("nosuch0").unwrap_err();
             assert!(err.to_string().contains("nosuch0"), "{err}");
         })
         .unwrap();

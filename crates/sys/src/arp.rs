@@ -141,26 +141,41 @@ impl GarpSender {
         Ok(())
     }
 
-    /// Sends `schedule.count` frames now (the first without delay) and, if the
-    /// schedule says so, a second burst later on a background thread whose
-    /// failures are logged. Returns once the first burst is out.
+    /// Sends the first frame now and the rest of the schedule — the rest of
+    /// the burst, then the repeat — from a background thread whose failures
+    /// are logged. Returns once the first frame is out, so a move's critical
+    /// path pays for one frame, not for the spacing.
     pub fn announce(&self, ip: Ipv4Addr, schedule: GarpSchedule) -> Result<(), ArpError> {
-        self.burst(ip, schedule.count, schedule.spacing)?;
-        if let Some(after) = schedule.repeat_after {
-            let sender = self.clone();
-            std::thread::Builder::new()
-                .name("garp-repeat".into())
-                .spawn(move || {
-                    std::thread::sleep(after);
-                    if let Err(err) = sender.burst(ip, schedule.count, schedule.spacing) {
-                        tracing::warn!(%ip, "second gratuitous ARP burst failed: {err}");
-                    }
-                })
-                .map_err(|source| ArpError::Send {
-                    interface: self.inner.interface.clone(),
-                    source,
-                })?;
+        if schedule.count == 0 {
+            return Ok(());
         }
+        self.send(ip)?;
+        if schedule.count == 1 && schedule.repeat_after.is_none() {
+            return Ok(());
+        }
+        let sender = self.clone();
+        std::thread::Builder::new()
+            .name("garp".into())
+            .spawn(move || {
+                let rest = || -> Result<(), ArpError> {
+                    for _ in 1..schedule.count {
+                        std::thread::sleep(schedule.spacing);
+                        sender.send(ip)?;
+                    }
+                    if let Some(after) = schedule.repeat_after {
+                        std::thread::sleep(after);
+                        sender.burst(ip, schedule.count, schedule.spacing)?;
+                    }
+                    Ok(())
+                };
+                if let Err(err) = rest() {
+                    tracing::warn!(%ip, "gratuitous ARP failed: {err}");
+                }
+            })
+            .map_err(|source| ArpError::Send {
+                interface: self.inner.interface.clone(),
+                source,
+            })?;
         Ok(())
     }
 

@@ -9,13 +9,15 @@
 //! - [`addr`]: add and remove the virtual IP (rtnetlink);
 //! - [`arp`]: gratuitous ARP bursts from a socket opened in advance;
 //! - [`netlock`]: freeze a VIP:port with iptables rules in a private chain;
-//! - [`process`]: take sockets from another process and hand them to a new one.
+//! - [`process`]: take sockets from another process and hand them to a new one;
+//! - [`sockinfo`]: queue sizes of a live socket.
 
 pub mod addr;
 pub mod arp;
 pub mod netlock;
 pub mod netns;
 pub mod process;
+pub mod sockinfo;
 pub mod tcp_repair;
 
 /// Turns the `-1`/errno convention of libc into a `Result`.

@@ -2,14 +2,15 @@
 //!
 //! While a connection is dumped its socket must receive nothing — a socket in
 //! repair mode still ACKs incoming data, and bytes ACKed after the dump would
-//! be lost for ever — and send nothing. The lock is a private iptables chain
-//! dropping VIP:port traffic in both directions, hooked into INPUT and OUTPUT.
+//! be lost for ever — and send nothing. The lock is a private iptables chain,
+//! hooked into INPUT and OUTPUT, that drops VIP:port traffic both ways.
 //!
-//! Rules are installed and removed in one `iptables-restore --noflush`
-//! transaction each: never half a lock, and never a rule this module did not
-//! create (only its own chain and its own jump rules are named). The chain
-//! name is derived from the VIP and port, so locks for different services
-//! coexist, and installing a lock that is already there is harmless.
+//! The chain and its two jump rules are installed ahead of time, empty
+//! ([`NetLock::install`]); locking fills the chain and unlocking empties it,
+//! so each costs one `iptables-restore --noflush` transaction on the critical
+//! path of a move: never half a lock, and never a rule this module did not
+//! create (only its own chain and its own jumps are named). The chain name is
+//! derived from the VIP and port, so locks for different services coexist.
 //!
 //! Clients retransmit what the lock dropped once the connection lives again
 //! on the target; nothing is lost, it only costs the client a retransmission.
@@ -55,30 +56,58 @@ impl NetLock {
         format!("TANDEM-LOCK-{:08X}-{:04X}", u32::from(self.vip), self.port)
     }
 
-    /// Installs the lock (idempotent: an existing lock is replaced whole).
-    pub fn lock(&self) -> Result<(), NetLockError> {
-        // A stale lock from a crashed run would leave a second jump behind;
-        // removing first keeps exactly one.
-        if self.is_locked()? {
-            self.unlock()?;
-        }
+    /// Creates the chain, empty, and hooks it into INPUT and OUTPUT, off the
+    /// critical path. Idempotent: an existing chain is reused and emptied.
+    pub fn install(&self) -> Result<(), NetLockError> {
         let chain = self.chain();
-        let (vip, port) = (self.vip, self.port);
+        if self.is_installed()? {
+            return self.restore(&format!("*filter\n-F {chain}\nCOMMIT\n"), "reset");
+        }
         let script = format!(
             "*filter\n\
              :{chain} - [0:0]\n\
-             -A {chain} -d {vip}/32 -p tcp --dport {port} -j DROP\n\
-             -A {chain} -s {vip}/32 -p tcp --sport {port} -j DROP\n\
              -I INPUT 1 -j {chain}\n\
              -I OUTPUT 1 -j {chain}\n\
              COMMIT\n"
         );
-        self.restore(&script, "lock")
+        self.restore(&script, "install")
     }
 
-    /// Removes the lock; a lock that is not there is success.
+    /// Freezes VIP:port (idempotent). Installs the chain first if needed.
+    pub fn lock(&self) -> Result<(), NetLockError> {
+        let chain = self.chain();
+        let (vip, port) = (self.vip, self.port);
+        let script = format!(
+            "*filter\n\
+             -F {chain}\n\
+             -A {chain} -d {vip}/32 -p tcp --dport {port} -j DROP\n\
+             -A {chain} -s {vip}/32 -p tcp --sport {port} -j DROP\n\
+             COMMIT\n"
+        );
+        match self.restore(&script, "lock") {
+            Ok(()) => Ok(()),
+            // Not installed yet: pay for it now.
+            Err(NetLockError::Refused { .. }) if !self.is_installed()? => {
+                self.install()?;
+                self.restore(&script, "lock")
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Lets VIP:port traffic through again; the chain stays, empty.
     pub fn unlock(&self) -> Result<(), NetLockError> {
-        if !self.is_locked()? {
+        let chain = self.chain();
+        match self.restore(&format!("*filter\n-F {chain}\nCOMMIT\n"), "unlock") {
+            Ok(()) => Ok(()),
+            Err(NetLockError::Refused { .. }) if !self.is_installed()? => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Removes the chain and its jumps; absent is success.
+    pub fn remove(&self) -> Result<(), NetLockError> {
+        if !self.is_installed()? {
             return Ok(());
         }
         let chain = self.chain();
@@ -90,25 +119,41 @@ impl NetLock {
              -X {chain}\n\
              COMMIT\n"
         );
-        self.restore(&script, "unlock")
+        self.restore(&script, "remove")
+    }
+
+    /// Whether the lock currently drops traffic (its chain holds rules).
+    pub fn is_locked(&self) -> Result<bool, NetLockError> {
+        let chain = self.chain();
+        let out = self.iptables(&["-S", &chain])?;
+        Ok(out.map(|text| text.lines().any(|l| l.starts_with("-A ")))
+            .unwrap_or(false))
     }
 
     /// Whether the lock's chain exists.
-    pub fn is_locked(&self) -> Result<bool, NetLockError> {
+    pub fn is_installed(&self) -> Result<bool, NetLockError> {
         let chain = self.chain();
+        Ok(self.iptables(&["-n", "-L", &chain])?.is_some())
+    }
+
+    /// Runs `iptables -w ARGS` in the lock's namespace: its output if it
+    /// succeeded, `None` if it failed.
+    fn iptables(&self, args: &[&str]) -> Result<Option<String>, NetLockError> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let output = self.in_netns(move || {
             Command::new("iptables")
-                .args(["-w", "-n", "-L", &chain])
+                .arg("-w")
+                .args(&args)
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status()
+                .output()
         })?;
         match output {
-            Ok(status) => Ok(status.success()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                Err(NetLockError::MissingTool)
+            Ok(out) if out.status.success() => {
+                Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
             }
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(NetLockError::MissingTool),
             Err(err) => Err(NetLockError::Spawn(err)),
         }
     }
@@ -192,9 +237,13 @@ mod tests {
 
             let lock = NetLock::new(None, vip, port);
             let other = NetLock::new(None, vip, port.wrapping_add(1));
+            lock.unlock().unwrap(); // not installed: nothing to do
+            lock.install().unwrap();
+            lock.install().unwrap(); // idempotent
+            assert!(!lock.is_locked().unwrap());
             lock.lock().unwrap();
             lock.lock().unwrap(); // idempotent
-            other.lock().unwrap();
+            other.lock().unwrap(); // installs on the way
             assert!(lock.is_locked().unwrap());
 
             client.write_all(b"frozen").unwrap();
@@ -217,7 +266,10 @@ mod tests {
             server.read_exact(&mut buf).unwrap();
             assert_eq!(&buf, b"frozen");
             lock.unlock().unwrap(); // idempotent
-            other.unlock().unwrap();
+            lock.remove().unwrap();
+            other.remove().unwrap();
+            assert!(!lock.is_installed().unwrap() && !other.is_installed().unwrap());
+            lock.remove().unwrap(); // idempotent
         })
         .unwrap();
     }

@@ -152,6 +152,12 @@ pub fn take_fd(pid: u32, fd: RawFd) -> Result<OwnedFd, ProcessError> {
     }
 }
 
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Sends `signal` to `pid`.
 pub fn signal(pid: u32, signal: libc::c_int) -> Result<(), ProcessError> {
     // SAFETY: kill(2) with plain integers.

@@ -1,0 +1,49 @@
+//! `tandem tool ...`: small programs the lab and the tests run inside node
+//! namespaces.
+
+use anyhow::{Context, Result};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct ToolArgs {
+    #[command(subcommand)]
+    tool: Tool,
+}
+
+#[derive(clap::Subcommand)]
+enum Tool {
+    /// A plain TCP echo server, the stand-in for an application that knows
+    /// nothing of tandem. It serves the sockets it inherits (descriptors 3,
+    /// 4, ... counted by LISTEN_FDS, as a planned move hands them over) and
+    /// whatever it accepts on --listen.
+    EchoServer {
+        /// Address to listen on; bound with IP_FREEBIND, so it may start
+        /// before the VIP is configured on this node.
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<SocketAddr>,
+    },
+}
+
+pub fn run(args: ToolArgs) -> Result<ExitCode> {
+    match args.tool {
+        Tool::EchoServer { listen } => {
+            let inherited: Vec<TcpStream> = tandem_sys::process::inherited_fds()
+                .into_iter()
+                .map(TcpStream::from)
+                .collect();
+            let listener = listen
+                .map(|addr| {
+                    tandem_cli::echo::bind_listener(addr)
+                        .with_context(|| format!("listening on {addr}"))
+                })
+                .transpose()?;
+            if listener.is_none() && inherited.is_empty() {
+                anyhow::bail!("nothing to serve: give --listen ADDR:PORT or inherit sockets (LISTEN_FDS)");
+            }
+            tracing::info!(inherited = inherited.len(), ?listen, "echo server up");
+            tandem_cli::echo::serve(listener, inherited)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The library behind the `tandem` binary: what its subcommands share with
+//! the end-to-end tests.
+
+pub mod echo;
+pub mod scenario;

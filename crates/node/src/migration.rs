@@ -1,0 +1,335 @@
+//! Moving live TCP connections, with the virtual IP, from one node to another.
+//!
+//! A planned move of every connection of one VIP:port, in the order that
+//! keeps the client unaware (see `shared/notes/kernel-facts.md`):
+//!
+//! 1. **lock** the source: its kernel neither receives nor sends VIP:port
+//!    segments any more (a socket in repair mode would still ACK data);
+//! 2. **dump** every socket with TCP_REPAIR and close it silently (no FIN,
+//!    no RST);
+//! 3. **remove the VIP** from the source, so stray segments find no socket;
+//! 4. **transfer** the images (serialised as they would cross the network);
+//! 5. **restore** every socket on the target — possible before the VIP is
+//!    there, thanks to `IP_TRANSPARENT`;
+//! 6. **add the VIP** on the target and **announce** it by gratuitous ARP;
+//! 7. **unlock** the source.
+//!
+//! Segments the client sends while frozen are dropped by the lock and
+//! retransmitted by the client to the target: nothing is lost. If the target
+//! cannot restore a connection, the move is rolled back: every connection is
+//! rebuilt on the source from the same images and the VIP goes back there.
+//!
+//! Precondition: whatever owns the sockets (a server process) is frozen
+//! (SIGSTOP) or otherwise not reading or writing them during the move; bytes
+//! written into a socket after its dump would not be in the image.
+
+use crate::site::{Site, SiteError};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+use tandem_core::{SocketImage, TcpState};
+use tandem_sys::arp::GarpSchedule;
+use tandem_sys::netlock::{NetLock, NetLockError};
+use tandem_sys::process::{HeldSocket, ProcessError};
+use tandem_sys::tcp_repair::{self, RepairError, RestoreOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("locking {vip}:{port} on {site}: {source}")]
+    Lock {
+        site: String,
+        vip: Ipv4Addr,
+        port: u16,
+        #[source]
+        source: NetLockError,
+    },
+    #[error("dumping the connection from {peer}: {source} (the move was abandoned; connections stay on the source)")]
+    Dump {
+        peer: String,
+        #[source]
+        source: RepairError,
+    },
+    #[error("closing a dumped socket silently: {0}")]
+    Close(#[source] RepairError),
+    #[error("the images did not survive serialisation: {0}")]
+    Transfer(String),
+    #[error("restoring on the target failed ({cause}); every connection was rebuilt on the source")]
+    RolledBack {
+        cause: String,
+        /// The connections, alive again on the source, in the order given.
+        sockets: Vec<OwnedFd>,
+    },
+    #[error("restoring on the target failed ({cause}) and so did the roll-back to the source: {rollback}")]
+    Lost { cause: String, rollback: String },
+    #[error(transparent)]
+    Site(#[from] SiteError),
+}
+
+/// What to move.
+#[derive(Debug, Clone, Copy)]
+pub struct MoveSpec {
+    pub vip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub port: u16,
+    pub garp: GarpSchedule,
+}
+
+/// One moved connection, as its image described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionReport {
+    pub peer: SocketAddr,
+    pub state: TcpState,
+    /// Bytes received but not yet read by the server, carried over.
+    pub recv_queue: usize,
+    /// Bytes sent and not yet acknowledged, carried over as in flight.
+    pub unacked: usize,
+    /// Bytes written by the server and never sent, carried over.
+    pub unsent: usize,
+}
+
+/// How a move went, phase by phase.
+#[derive(Debug, Clone)]
+pub struct MoveReport {
+    pub connections: Vec<ConnectionReport>,
+    /// Size of the serialised images that crossed from source to target.
+    pub image_bytes: usize,
+    /// Duration of each phase, in order.
+    pub phases: Vec<(&'static str, Duration)>,
+    /// When the source was locked.
+    pub frozen_at: Instant,
+    /// When the target announced the VIP: from here clients reach the
+    /// restored connections.
+    pub live_at: Instant,
+}
+
+impl MoveReport {
+    /// How long the connections could not be reached.
+    pub fn frozen_for(&self) -> Duration {
+        self.live_at - self.frozen_at
+    }
+
+    /// The duration of a named phase.
+    pub fn phase(&self, name: &str) -> Option<Duration> {
+        self.phases.iter().find(|(n, _)| *n == name).map(|(_, d)| *d)
+    }
+}
+
+/// The result of a successful move.
+pub struct Moved {
+    /// The restored connections, in the order they were given, owned by the
+    /// caller on the target.
+    pub sockets: Vec<OwnedFd>,
+    pub report: MoveReport,
+}
+
+/// Moves `sockets` (connections of `spec.vip:spec.port` held on `source`)
+/// and the VIP to `target`. See the module documentation for the order and
+/// the precondition.
+pub fn move_connections(
+    source: &Site,
+    target: &Site,
+    spec: &MoveSpec,
+    sockets: Vec<OwnedFd>,
+) -> Result<Moved, MigrationError> {
+    let mut phases = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |name: &'static str, phases: &mut Vec<(&'static str, Duration)>| {
+        let now = Instant::now();
+        phases.push((name, now - clock));
+        clock = now;
+    };
+    let (vip, port) = (spec.vip, spec.port);
+    let lock_error = |site: &Site| {
+        let site = site.label().to_string();
+        move |source| MigrationError::Lock {
+            site,
+            vip,
+            port,
+            source,
+        }
+    };
+
+    let frozen_at = Instant::now();
+    source
+        .run(move || NetLock::new(None, vip, port).lock())?
+        .map_err(lock_error(source))?;
+    lap("lock", &mut phases);
+
+    let images = match dump_all(&sockets, source.parallelism()) {
+        Ok(images) => images,
+        Err(err) => {
+            for socket in &sockets {
+                let _ = tcp_repair::leave_repair(socket.as_fd());
+            }
+            let _ = source.run(move || NetLock::new(None, vip, port).unlock());
+            return Err(err);
+        }
+    };
+    lap("dump", &mut phases);
+    for socket in sockets {
+        tcp_repair::close_silently(socket).map_err(MigrationError::Close)?;
+    }
+    lap("close", &mut phases);
+    source.remove_vip(vip, spec.prefix_len)?;
+    lap("remove-vip", &mut phases);
+
+    // Stands for the network hop: what the target restores is what came off
+    // the wire, not the source's values.
+    let wire = postcard::to_stdvec(&images).map_err(|e| MigrationError::Transfer(e.to_string()))?;
+    let images: Vec<SocketImage> =
+        postcard::from_bytes(&wire).map_err(|e| MigrationError::Transfer(e.to_string()))?;
+    lap("transfer", &mut phases);
+
+    let restored = match restore_all(target, &images) {
+        Ok(restored) => restored,
+        Err(cause) => return Err(roll_back(source, spec, &images, cause)),
+    };
+    lap("restore", &mut phases);
+    target.add_vip(vip, spec.prefix_len)?;
+    lap("add-vip", &mut phases);
+    target.announce(vip, spec.garp)?;
+    lap("announce", &mut phases);
+    let live_at = Instant::now();
+
+    source
+        .run(move || NetLock::new(None, vip, port).unlock())?
+        .map_err(lock_error(source))?;
+    lap("unlock", &mut phases);
+
+    let connections = images
+        .iter()
+        .map(|image| ConnectionReport {
+            peer: image.peer,
+            state: image.state,
+            recv_queue: image.recv_queue.len(),
+            unacked: image.unacked().len(),
+            unsent: image.unsent().len(),
+        })
+        .collect();
+    Ok(Moved {
+        sockets: restored,
+        report: MoveReport {
+            connections,
+            image_bytes: wire.len(),
+            phases,
+            frozen_at,
+            live_at,
+        },
+    })
+}
+
+/// Dumps every socket, spread over `threads` threads; the first failure wins.
+fn dump_all(sockets: &[OwnedFd], threads: usize) -> Result<Vec<SocketImage>, MigrationError> {
+    let chunk = sockets.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = sockets
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|socket| {
+                            tcp_repair::dump(socket.as_fd()).map_err(|source| {
+                                MigrationError::Dump {
+                                    peer: peer_of(socket),
+                                    source,
+                                }
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut images = Vec::with_capacity(sockets.len());
+        for handle in handles {
+            images.extend(handle.join().expect("dump thread panicked")?);
+        }
+        Ok(images)
+    })
+}
+
+/// Restores every image on the target's workers; on any failure the sockets
+/// already restored are closed silently and the cause returned.
+fn restore_all(target: &Site, images: &[SocketImage]) -> Result<Vec<OwnedFd>, String> {
+    let workers = target.parallelism();
+    let chunk = images.len().div_ceil(workers).max(1);
+    let mut pending = Vec::new();
+    for (i, part) in images.chunks(chunk).enumerate() {
+        let part = part.to_vec();
+        let rx = target
+            .spawn_on(i, move || {
+                part.iter()
+                    .map(|image| tcp_repair::restore(image, &RestoreOptions::default()))
+                    .collect::<Vec<_>>()
+            })
+            .map_err(|e| e.to_string())?;
+        pending.push(rx);
+    }
+    let mut restored = Vec::with_capacity(images.len());
+    let mut failure = None;
+    for rx in pending {
+        match rx.recv() {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(fd) => restored.push(fd),
+                        Err(err) => {
+                            failure.get_or_insert_with(|| err.to_string());
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| format!("a worker of {} stopped", target.label()));
+            }
+        }
+    }
+    match failure {
+        None => Ok(restored),
+        Some(cause) => {
+            for fd in restored {
+                let _ = tcp_repair::close_silently(fd);
+            }
+            Err(cause)
+        }
+    }
+}
+
+fn roll_back(source: &Site, spec: &MoveSpec, images: &[SocketImage], cause: String) -> MigrationError {
+    let (vip, port) = (spec.vip, spec.port);
+    let attempt = (|| -> Result<Vec<OwnedFd>, String> {
+        let sockets = restore_all(source, images)?;
+        source.add_vip(vip, spec.prefix_len).map_err(|e| e.to_string())?;
+        source
+            .run(move || NetLock::new(None, vip, port).unlock())
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(sockets)
+    })();
+    match attempt {
+        Ok(sockets) => {
+            tracing::warn!(%cause, "move rolled back to the source");
+            MigrationError::RolledBack { cause, sockets }
+        }
+        Err(rollback) => MigrationError::Lost { cause, rollback },
+    }
+}
+
+fn peer_of(socket: &OwnedFd) -> String {
+    let stream = socket.try_clone().ok().map(std::net::TcpStream::from);
+    stream
+        .and_then(|s| s.peer_addr().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "an unknown peer".to_string())
+}
+
+/// Takes (duplicates) the connected sockets of process `pid` on `local`:
+/// what a move of a plain server process starts from.
+pub fn take_from_process(
+    pid: u32,
+    local: SocketAddrV4,
+) -> Result<Vec<(HeldSocket, OwnedFd)>, ProcessError> {
+    tandem_sys::process::tcp_sockets_of(pid, local)?
+        .into_iter()
+        .map(|held| Ok((held, tandem_sys::process::take_fd(pid, held.fd)?)))
+        .collect()
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, then every test,
+# including the end-to-end tests that build network-namespace labs (they need
+# root and fail — never skip — without it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "the test suite builds network namespaces and needs root: run it with sudo" >&2
+    exit 1
+fi
+scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+# Lab tests each build their own uniquely named namespaces, so they run in
+# parallel; two at a time keeps a 2-core machine responsive.
+cargo test --workspace --locked -- --test-threads "${TANDEM_TEST_THREADS:-2}"
