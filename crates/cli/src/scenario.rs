@@ -26,6 +26,7 @@ pub struct MoveLab {
     server: Option<Child>,
     server_node: u32,
     spec: MoveSpec,
+    rst_baseline: u64,
 }
 
 impl MoveLab {
@@ -52,6 +53,7 @@ impl MoveLab {
             server: None,
             server_node: 1,
             spec,
+            rst_baseline: 0,
         };
         let lab = this.lab();
         let mut sites = BTreeMap::new();
@@ -66,6 +68,9 @@ impl MoveLab {
         this.site(1)?.add_vip(spec.vip, spec.prefix_len)?;
         this.start_server(1, Vec::new())?;
         this.wait_until_served()?;
+        // Connection attempts before the server listened were refused with
+        // RSTs; count from here.
+        this.rst_baseline = this.lab().client_rst_count()?;
         Ok(this)
     }
 
@@ -107,11 +112,11 @@ impl MoveLab {
         Ok(stream)
     }
 
-    /// Freezes the echo server (SIGSTOP): it stops reading and writing, so
-    /// bytes pile up in its sockets' queues.
+    /// Freezes the echo server at a safe point (see [`crate::echo`]): it
+    /// stops reading and writing, so bytes pile up in its sockets' queues.
+    /// Idempotent.
     pub fn freeze_server(&self) -> Result<()> {
-        tandem_sys::process::signal(self.server_pid(), libc::SIGSTOP)?;
-        Ok(())
+        crate::echo::freeze(self.server_pid(), Duration::from_secs(5))
     }
 
     /// Moves every connection of the echo server, and the VIP, to `node`,
@@ -145,9 +150,10 @@ impl MoveLab {
         Ok(moved.report)
     }
 
-    /// RST segments the client namespace has received since the lab was built.
+    /// RST segments the client namespace has received since the server
+    /// first answered.
     pub fn client_rst_count(&self) -> Result<u64> {
-        Ok(self.lab().client_rst_count()?)
+        Ok(self.lab().client_rst_count()? - self.rst_baseline)
     }
 
     /// Tears the lab down (also done on drop).

@@ -258,8 +258,20 @@ fn restore_all(target: &Site, images: &[SocketImage]) -> Result<Vec<OwnedFd>, St
         let rx = target
             .spawn_on(i, move || {
                 part.iter()
-                    .map(|image| tcp_repair::restore(image, &RestoreOptions::default()))
-                    .collect::<Vec<_>>()
+                    .map(|image| {
+                        let fd = tcp_repair::restore(image, &RestoreOptions::default())?;
+                        // Leaving repair mode clears the socket's forced
+                        // address reuse; without SO_REUSEADDR the server could
+                        // not listen on VIP:port beside its moved connections.
+                        socket2::SockRef::from(&fd)
+                            .set_reuse_address(true)
+                            .map_err(|source| RepairError::Sys {
+                                step: "setsockopt(SO_REUSEADDR)",
+                                source,
+                            })?;
+                        Ok(fd)
+                    })
+                    .collect::<Vec<Result<OwnedFd, RepairError>>>()
             })
             .map_err(|e| e.to_string())?;
         pending.push(rx);
