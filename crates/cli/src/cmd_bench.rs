@@ -53,7 +53,10 @@ fn migrate(sizes: &[usize], rounds: usize, cycles: usize) -> Result<ExitCode> {
     println!("| operation | median | mean | ratio to opening a connection |");
     println!("|---|---|---|---|");
     for (name, samples) in [
-        ("open a connection (baseline: socket, connect, accept)", &single.open),
+        (
+            "open a connection (baseline: socket, connect, accept)",
+            &single.open,
+        ),
         ("dump (TCP_REPAIR, queues, options, window)", &single.dump),
         ("restore (socket built in repair mode)", &single.restore),
     ] {
@@ -73,7 +76,8 @@ fn migrate(sizes: &[usize], rounds: usize, cycles: usize) -> Result<ExitCode> {
     println!("|---|---|---|---|---|---|");
     let tandem = std::env::current_exe()?;
     for &n in sizes {
-        let row = move_size(&tandem, n, rounds).with_context(|| format!("moving {n} connections"))?;
+        let row =
+            move_size(&tandem, n, rounds).with_context(|| format!("moving {n} connections"))?;
         println!(
             "| {n} | {} / {} | {} / {} | {} / {} | {} | {:.1} |",
             ms(median(&row.frozen)),
@@ -142,7 +146,9 @@ struct SizeRow {
 fn move_size(tandem: &std::path::Path, n: usize, rounds: usize) -> Result<SizeRow> {
     let name = format!("bench{}-{n}", std::process::id());
     let mut lab = MoveLab::up(&name, 2, tandem.to_path_buf())?;
-    let streams = (0..n).map(|_| lab.connect(None)).collect::<Result<Vec<_>>>()?;
+    let streams = (0..n)
+        .map(|_| lab.connect(None))
+        .collect::<Result<Vec<_>>>()?;
     // Keep the total request rate near 20k/s whatever n is: the pause must
     // measure the move, not a saturated machine.
     let interval = Duration::from_micros((n as u64 * 50).max(2000));

@@ -39,7 +39,9 @@ pub fn run(args: ToolArgs) -> Result<ExitCode> {
                 })
                 .transpose()?;
             if listener.is_none() && inherited.is_empty() {
-                anyhow::bail!("nothing to serve: give --listen ADDR:PORT or inherit sockets (LISTEN_FDS)");
+                anyhow::bail!(
+                    "nothing to serve: give --listen ADDR:PORT or inherit sockets (LISTEN_FDS)"
+                );
             }
             tracing::info!(inherited = inherited.len(), ?listen, "echo server up");
             tandem_cli::echo::serve(listener, inherited)?;

@@ -15,10 +15,10 @@
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use std::os::fd::AsRawFd;
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -76,7 +76,9 @@ pub fn serve(listener: Option<TcpListener>, inherited: Vec<TcpStream>) -> std::i
         }
         for event in events.iter() {
             if event.token() == LISTENER {
-                let l = listener.as_ref().expect("listener token without a listener");
+                let l = listener
+                    .as_ref()
+                    .expect("listener token without a listener");
                 loop {
                     match l.accept() {
                         Ok((stream, _)) => {
@@ -149,7 +151,9 @@ fn step(poll: &Poll, conns: &mut BTreeMap<usize, TcpStream>, token: usize, buf: 
 
 fn close(poll: &Poll, conns: &mut BTreeMap<usize, TcpStream>, token: usize) {
     if let Some(stream) = conns.remove(&token) {
-        let _ = poll.registry().deregister(&mut SourceFd(&stream.as_raw_fd()));
+        let _ = poll
+            .registry()
+            .deregister(&mut SourceFd(&stream.as_raw_fd()));
     }
 }
 

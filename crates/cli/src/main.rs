@@ -90,7 +90,9 @@ fn init_logging(filter: Option<&str>) {
 /// and address changes all need it.
 pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
     if !tandem_sys::process::is_root() {
-        anyhow::bail!("{what} needs root (network namespaces, TCP_REPAIR, addresses): run it with sudo");
+        anyhow::bail!(
+            "{what} needs root (network namespaces, TCP_REPAIR, addresses): run it with sudo"
+        );
     }
     Ok(())
 }

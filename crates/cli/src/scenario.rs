@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_lab::{Lab, LabSpec, ServiceKind};
 use tandem_node::migration::{self, MigrationError, MoveReport, MoveSpec};
@@ -316,7 +316,7 @@ fn ping_pong(
     let mut stats = ConnStats::default();
     let mut last = Instant::now();
     let mut line = Vec::with_capacity(64);
-    let mut reply = vec![0u8; 64];
+    let mut reply = [0u8; 64];
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         line.clear();
@@ -359,17 +359,4 @@ pub fn pattern_byte(seed: u64, i: u64) -> u8 {
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
     (x >> ((i % 8) * 8)) as u8
-}
-
-/// Shared, thread-safe record of moments, for tests that line events up.
-#[derive(Clone, Default)]
-pub struct Timeline(Arc<Mutex<Vec<(&'static str, Instant)>>>);
-
-impl Timeline {
-    pub fn mark(&self, what: &'static str) {
-        self.0.lock().unwrap().push((what, Instant::now()));
-    }
-    pub fn events(&self) -> Vec<(&'static str, Instant)> {
-        self.0.lock().unwrap().clone()
-    }
 }

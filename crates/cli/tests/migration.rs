@@ -34,7 +34,11 @@ fn settle() {
 }
 
 fn assert_no_rst(lab: &MoveLab) {
-    assert_eq!(lab.client_rst_count().unwrap(), 0, "the client namespace received RST segments");
+    assert_eq!(
+        lab.client_rst_count().unwrap(),
+        0,
+        "the client namespace received RST segments"
+    );
 }
 
 /// Runs iptables in the client namespace (a namespace the lab created).
@@ -44,7 +48,10 @@ fn client_iptables(lab: &MoveLab, args: &[&str]) {
         .args(args)
         .status()
         .unwrap();
-    assert!(status.success(), "iptables {args:?} failed in the client namespace");
+    assert!(
+        status.success(),
+        "iptables {args:?} failed in the client namespace"
+    );
 }
 
 fn write_pattern(stream: &mut TcpStream, seed: u64, from: u64, len: u64) {
@@ -86,7 +93,9 @@ fn line_by_line_exchange_survives_moves() {
 
     // The server on node 1 is a new process now, and serves new clients.
     let mut fresh = lab.connect(None).unwrap();
-    fresh.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     fresh.write_all(b"new client\n").unwrap();
     let mut buf = [0u8; 11];
     fresh.read_exact(&mut buf).unwrap();
@@ -100,7 +109,9 @@ fn line_by_line_exchange_survives_moves() {
 fn unread_bytes_in_the_receive_queue_move() {
     let mut lab = lab("b");
     let mut client = lab.connect(None).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     client.write_all(b"hello\n").unwrap();
     let mut buf = [0u8; 6];
     client.read_exact(&mut buf).unwrap();
@@ -110,12 +121,16 @@ fn unread_bytes_in_the_receive_queue_move() {
     const LEN: u64 = 32 * 1024;
     write_pattern(&mut client, 1, 0, LEN);
     // Once the client's queue is empty, the server's kernel has ACKed it all.
-    wait_until("the server ACKed every byte", Duration::from_secs(5), || {
-        tandem_sys::sockinfo::queue_sizes(client.as_fd())
-            .unwrap()
-            .unacknowledged
-            == 0
-    });
+    wait_until(
+        "the server ACKed every byte",
+        Duration::from_secs(5),
+        || {
+            tandem_sys::sockinfo::queue_sizes(client.as_fd())
+                .unwrap()
+                .unacknowledged
+                == 0
+        },
+    );
     let report = lab.move_to(2).unwrap();
     assert_eq!(report.connections[0].recv_queue as u64, LEN, "{report:?}");
 
@@ -132,7 +147,9 @@ fn unread_bytes_in_the_receive_queue_move() {
 fn unacked_and_unsent_bytes_in_the_send_queue_move() {
     let mut lab = lab("c");
     let mut client = lab.connect(Some(16 * 1024)).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     client.write_all(b"hello\n").unwrap();
     let mut buf = [0u8; 6];
     client.read_exact(&mut buf).unwrap();
@@ -163,7 +180,10 @@ fn unacked_and_unsent_bytes_in_the_send_queue_move() {
     let report = lab.move_to(2).unwrap();
     client_iptables(&lab, &[&["-D"][..], &drop_rule[..]].concat());
     let moved = &report.connections[0];
-    assert!(moved.unacked > 0, "no bytes in flight at the move: {moved:?}");
+    assert!(
+        moved.unacked > 0,
+        "no bytes in flight at the move: {moved:?}"
+    );
     assert!(moved.unsent > 0, "no unsent bytes at the move: {moved:?}");
 
     read_pattern(&mut client, 2, 0, LEN);
@@ -176,7 +196,9 @@ fn unacked_and_unsent_bytes_in_the_send_queue_move() {
 fn bulk_transfer_both_ways_survives_moves() {
     let mut lab = lab("d");
     let client = lab.connect(None).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     settle();
     const LEN: u64 = 32 * 1024 * 1024;
     const CHUNK: u64 = 64 * 1024;
@@ -227,11 +249,17 @@ fn bulk_transfer_both_ways_survives_moves() {
     let sent_hash = sender.join().unwrap();
     let (total, received_hash) = receiver.join().unwrap();
     assert_eq!(total, LEN, "the echo stream has the wrong length");
-    assert_eq!(sent_hash, received_hash, "the echo stream differs from what was sent");
+    assert_eq!(
+        sent_hash, received_hash,
+        "the echo stream differs from what was sent"
+    );
     let queued = |r: &tandem_node::migration::MoveReport| {
         r.connections[0].recv_queue + r.connections[0].unacked + r.connections[0].unsent
     };
-    assert!(queued(&first) + queued(&second) > 0, "the moves carried no queued bytes");
+    assert!(
+        queued(&first) + queued(&second) > 0,
+        "the moves carried no queued bytes"
+    );
     assert_no_rst(&lab);
 }
 
@@ -241,14 +269,18 @@ fn bulk_transfer_both_ways_survives_moves() {
 fn client_sending_while_frozen_loses_nothing() {
     let mut lab = lab("e");
     let client = lab.connect(None).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     settle();
     const LINES: u64 = 3000;
     let mut writer = client.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         let mut sent_at = Vec::new();
         for n in 0..LINES {
-            writer.write_all(format!("line {n:06}\n").as_bytes()).unwrap();
+            writer
+                .write_all(format!("line {n:06}\n").as_bytes())
+                .unwrap();
             sent_at.push(Instant::now());
             std::thread::sleep(Duration::from_micros(500));
         }
@@ -258,8 +290,14 @@ fn client_sending_while_frozen_loses_nothing() {
     let receiver = std::thread::spawn(move || {
         for n in 0..LINES {
             let mut line = [0u8; 12];
-            reader.read_exact(&mut line).expect("the client's read failed");
-            assert_eq!(line, format!("line {n:06}\n").as_bytes()[..], "line {n} is wrong");
+            reader
+                .read_exact(&mut line)
+                .expect("the client's read failed");
+            assert_eq!(
+                line,
+                format!("line {n:06}\n").as_bytes()[..],
+                "line {n} is wrong"
+            );
         }
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -270,6 +308,9 @@ fn client_sending_while_frozen_loses_nothing() {
         .iter()
         .filter(|t| **t >= report.frozen_at && **t <= report.live_at)
         .count();
-    assert!(while_frozen > 0, "the client sent nothing while the connection was frozen");
+    assert!(
+        while_frozen > 0,
+        "the client sent nothing while the connection was frozen"
+    );
     assert_no_rst(&lab);
 }

@@ -273,14 +273,20 @@ mod tests {
         image.unsent_len = 7;
         assert!(matches!(
             image.validate(),
-            Err(ImageError::UnsentBeyondQueue { unsent: 7, queued: 6 })
+            Err(ImageError::UnsentBeyondQueue {
+                unsent: 7,
+                queued: 6
+            })
         ));
         let mut image = sample();
         image.options.window_scale = Some(WindowScale { snd: 15, rcv: 0 });
         assert_eq!(image.validate(), Err(ImageError::WindowScaleTooLarge(15)));
         let mut image = sample();
         image.peer = "[2001:db8::1]:5".parse().unwrap();
-        assert!(matches!(image.validate(), Err(ImageError::MixedFamilies { .. })));
+        assert!(matches!(
+            image.validate(),
+            Err(ImageError::MixedFamilies { .. })
+        ));
         let mut image = sample();
         image.mss = 10;
         assert_eq!(image.validate(), Err(ImageError::BadMss(10)));
@@ -308,7 +314,11 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..64),
             proptest::collection::vec(any::<u8>(), 0..64),
             any::<u32>(),
-            (any::<bool>(), any::<bool>(), proptest::option::of((0u8..15, 0u8..15))),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                proptest::option::of((0u8..15, 0u8..15)),
+            ),
             any::<[u32; 5]>(),
         )
             .prop_map(

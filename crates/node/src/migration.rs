@@ -53,7 +53,9 @@ pub enum MigrationError {
     Close(#[source] RepairError),
     #[error("the images did not survive serialisation: {0}")]
     Transfer(String),
-    #[error("restoring on the target failed ({cause}); every connection was rebuilt on the source")]
+    #[error(
+        "restoring on the target failed ({cause}); every connection was rebuilt on the source"
+    )]
     RolledBack {
         cause: String,
         /// The connections, alive again on the source, in the order given.
@@ -110,7 +112,10 @@ impl MoveReport {
 
     /// The duration of a named phase.
     pub fn phase(&self, name: &str) -> Option<Duration> {
-        self.phases.iter().find(|(n, _)| *n == name).map(|(_, d)| *d)
+        self.phases
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, d)| *d)
     }
 }
 
@@ -306,11 +311,18 @@ fn restore_all(target: &Site, images: &[SocketImage]) -> Result<Vec<OwnedFd>, St
     }
 }
 
-fn roll_back(source: &Site, spec: &MoveSpec, images: &[SocketImage], cause: String) -> MigrationError {
+fn roll_back(
+    source: &Site,
+    spec: &MoveSpec,
+    images: &[SocketImage],
+    cause: String,
+) -> MigrationError {
     let (vip, port) = (spec.vip, spec.port);
     let attempt = (|| -> Result<Vec<OwnedFd>, String> {
         let sockets = restore_all(source, images)?;
-        source.add_vip(vip, spec.prefix_len).map_err(|e| e.to_string())?;
+        source
+            .add_vip(vip, spec.prefix_len)
+            .map_err(|e| e.to_string())?;
         source
             .run(move || NetLock::new(None, vip, port).unlock())
             .map_err(|e| e.to_string())?

@@ -70,13 +70,14 @@ impl Site {
             senders.push(tx);
         }
         let iface = interface.to_string();
-        let (netlink, interface, garp) = spawn_job(&senders[0], &label, move || -> Result<_, SiteError> {
-            let netlink = Netlink::open()?;
-            let interface = netlink.interface(&iface)?;
-            Ok((netlink, interface, GarpSender::open(&iface)?))
-        })?
-        .recv()
-        .map_err(|_| SiteError::WorkerGone(label.clone()))??;
+        let (netlink, interface, garp) =
+            spawn_job(&senders[0], &label, move || -> Result<_, SiteError> {
+                let netlink = Netlink::open()?;
+                let interface = netlink.interface(&iface)?;
+                Ok((netlink, interface, GarpSender::open(&iface)?))
+            })?
+            .recv()
+            .map_err(|_| SiteError::WorkerGone(label.clone()))??;
         Ok(Site {
             label,
             netns: netns.map(str::to_string),
@@ -108,7 +109,10 @@ impl Site {
     }
 
     /// Runs `f` on the first worker, inside the namespace, and waits for it.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, SiteError> {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, SiteError> {
         self.run_on(0, f)
     }
 

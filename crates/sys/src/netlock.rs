@@ -126,7 +126,8 @@ impl NetLock {
     pub fn is_locked(&self) -> Result<bool, NetLockError> {
         let chain = self.chain();
         let out = self.iptables(&["-S", &chain])?;
-        Ok(out.map(|text| text.lines().any(|l| l.starts_with("-A ")))
+        Ok(out
+            .map(|text| text.lines().any(|l| l.starts_with("-A ")))
             .unwrap_or(false))
     }
 
@@ -153,7 +154,9 @@ impl NetLock {
                 Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
             }
             Ok(_) => Ok(None),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(NetLockError::MissingTool),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Err(NetLockError::MissingTool)
+            }
             Err(err) => Err(NetLockError::Spawn(err)),
         }
     }
