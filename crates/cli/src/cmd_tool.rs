@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -15,8 +16,10 @@ pub struct ToolArgs {
 enum Tool {
     /// A plain TCP echo server, the stand-in for an application that knows
     /// nothing of tandem. It serves the sockets it inherits (descriptors 3,
-    /// 4, ... counted by LISTEN_FDS, as a planned move hands them over) and
-    /// whatever it accepts on --listen.
+    /// 4, ... counted by LISTEN_FDS), connections sent over an inherited
+    /// Unix socket (SCM_RIGHTS, as a planned move hands them over), and
+    /// whatever it accepts on --listen. On SIGUSR1 it stops itself at a safe
+    /// point: it never holds a byte in memory that is not also in a socket.
     EchoServer {
         /// Address to listen on; bound with IP_FREEBIND, so it may start
         /// before the VIP is configured on this node.
@@ -28,23 +31,32 @@ enum Tool {
 pub fn run(args: ToolArgs) -> Result<ExitCode> {
     match args.tool {
         Tool::EchoServer { listen } => {
-            let inherited: Vec<TcpStream> = tandem_sys::process::inherited_fds()
-                .into_iter()
-                .map(TcpStream::from)
-                .collect();
+            let mut inherited = Vec::new();
+            let mut channels = Vec::new();
+            for fd in tandem_sys::process::inherited_fds() {
+                match socket2::SockRef::from(&fd).domain()? {
+                    socket2::Domain::UNIX => channels.push(UnixStream::from(fd)),
+                    _ => inherited.push(TcpStream::from(fd)),
+                }
+            }
             let listener = listen
                 .map(|addr| {
                     tandem_cli::echo::bind_listener(addr)
                         .with_context(|| format!("listening on {addr}"))
                 })
                 .transpose()?;
-            if listener.is_none() && inherited.is_empty() {
+            if listener.is_none() && inherited.is_empty() && channels.is_empty() {
                 anyhow::bail!(
                     "nothing to serve: give --listen ADDR:PORT or inherit sockets (LISTEN_FDS)"
                 );
             }
-            tracing::info!(inherited = inherited.len(), ?listen, "echo server up");
-            tandem_cli::echo::serve(listener, inherited)?;
+            tracing::info!(
+                inherited = inherited.len(),
+                channels = channels.len(),
+                ?listen,
+                "echo server up"
+            );
+            tandem_cli::echo::serve(listener, inherited, channels)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -2,7 +2,11 @@
 //!
 //! It knows nothing of tandem. It serves the connections it accepts on its
 //! listener and those it inherited at start-up (descriptors 3, 4, ... counted
-//! by `LISTEN_FDS`, see `tandem_sys::process::spawn_with_fds`).
+//! by `LISTEN_FDS`, see `tandem_sys::process::spawn_with_fds`). An inherited
+//! Unix socket is a hand-off channel instead: connections sent over it
+//! (SCM_RIGHTS) are served as they arrive, so a server can be started ahead
+//! of a move and receive the moved connections without a process start on
+//! the move's critical path.
 //!
 //! A move carries a process's sockets, not its memory, so the server is
 //! written never to hold a byte in memory between two steps: it peeks at the
@@ -18,16 +22,23 @@ use mio::{Events, Interest, Poll, Token};
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const LISTENER: Token = Token(usize::MAX);
+/// Tokens from here down are hand-off channels.
+const CHANNELS: usize = usize::MAX - 1;
 const CHUNK: usize = 64 * 1024;
 
 /// Serves until the listener fails, or — without a listener — until every
 /// inherited connection has ended.
-pub fn serve(listener: Option<TcpListener>, inherited: Vec<TcpStream>) -> std::io::Result<()> {
+pub fn serve(
+    listener: Option<TcpListener>,
+    inherited: Vec<TcpStream>,
+    channels: Vec<UnixStream>,
+) -> std::io::Result<()> {
     let freeze = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, freeze.clone())?;
     let mut poll = Poll::new()?;
@@ -50,6 +61,19 @@ pub fn serve(listener: Option<TcpListener>, inherited: Vec<TcpStream>) -> std::i
         next += 1;
         std::io::Result::Ok(next - 1)
     };
+    let mut channels: BTreeMap<usize, UnixStream> = channels
+        .into_iter()
+        .enumerate()
+        .map(|(i, channel)| (CHANNELS - i, channel))
+        .collect();
+    for (token, channel) in &channels {
+        channel.set_nonblocking(true)?;
+        poll.registry().register(
+            &mut SourceFd(&channel.as_raw_fd()),
+            Token(*token),
+            Interest::READABLE,
+        )?;
+    }
     let mut ready: Vec<usize> = Vec::new();
     for stream in inherited {
         ready.push(add(&poll, &mut conns, stream)?);
@@ -66,7 +90,7 @@ pub fn serve(listener: Option<TcpListener>, inherited: Vec<TcpStream>) -> std::i
             tandem_sys::process::signal(std::process::id(), libc::SIGSTOP)
                 .map_err(std::io::Error::other)?;
         }
-        if listener.is_none() && conns.is_empty() {
+        if listener.is_none() && conns.is_empty() && channels.is_empty() {
             return Ok(());
         }
         match poll.poll(&mut events, None) {
@@ -86,6 +110,29 @@ pub fn serve(listener: Option<TcpListener>, inherited: Vec<TcpStream>) -> std::i
                         }
                         Err(err) if err.kind() == ErrorKind::WouldBlock => break,
                         Err(err) if err.kind() == ErrorKind::ConnectionAborted => continue,
+                        Err(err) => return Err(err),
+                    }
+                }
+            } else if let Some(channel) = channels.get(&event.token().0) {
+                loop {
+                    match tandem_sys::process::recv_fds(channel.as_fd()) {
+                        Ok(Some(fds)) => {
+                            for fd in fds {
+                                ready.push(add(&poll, &mut conns, TcpStream::from(fd))?);
+                            }
+                        }
+                        Ok(None) => {
+                            // The mover went away; keep serving what we have.
+                            let token = event.token().0;
+                            if let Some(channel) = channels.remove(&token) {
+                                let _ = poll
+                                    .registry()
+                                    .deregister(&mut SourceFd(&channel.as_raw_fd()));
+                            }
+                            break;
+                        }
+                        Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                        Err(err) if err.kind() == ErrorKind::Interrupted => continue,
                         Err(err) => return Err(err),
                     }
                 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +19,16 @@ use tandem_node::migration::{self, MigrationError, MoveReport, MoveSpec};
 use tandem_node::site::Site;
 use tandem_sys::arp::GarpSchedule;
 
-/// A lab with an echo server on one node, ready to have its connections moved.
+/// A lab with an echo server on every node, ready to have connections moved
+/// from the one that holds the VIP to another.
 pub struct MoveLab {
     lab: Option<Lab>,
     tandem: PathBuf,
     sites: BTreeMap<u32, Site>,
-    server: Option<Child>,
+    /// One echo server per node, each with its hand-off channel: the one on
+    /// `server_node` serves the clients, the others stand by to receive
+    /// moved connections without a process start on the critical path.
+    servers: BTreeMap<u32, Server>,
     server_node: u32,
     spec: MoveSpec,
     rst_baseline: u64,
@@ -50,7 +55,7 @@ impl MoveLab {
             lab: Some(lab),
             tandem,
             sites: BTreeMap::new(),
-            server: None,
+            servers: BTreeMap::new(),
             server_node: 1,
             spec,
             rst_baseline: 0,
@@ -66,7 +71,9 @@ impl MoveLab {
         }
         this.sites = sites;
         this.site(1)?.add_vip(spec.vip, spec.prefix_len)?;
-        this.start_server(1, Vec::new())?;
+        for id in this.lab().node_ids() {
+            this.start_server(id)?;
+        }
         this.wait_until_served()?;
         // Connection attempts before the server listened were refused with
         // RSTs; count from here.
@@ -89,9 +96,12 @@ impl MoveLab {
         self.server_node
     }
 
-    /// The echo server's pid.
+    /// The pid of the echo server that serves the clients.
     pub fn server_pid(&self) -> u32 {
-        self.server.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.servers
+            .get(&self.server_node)
+            .map(|s| s.child.id())
+            .unwrap_or(0)
     }
 
     /// Opens a connection to the service from the client namespace; with
@@ -120,7 +130,8 @@ impl MoveLab {
     }
 
     /// Moves every connection of the echo server, and the VIP, to `node`,
-    /// where a fresh echo server picks the sockets up; the old server dies.
+    /// where the standing-by echo server picks the sockets up; the old server
+    /// dies and a fresh one stands by in its place.
     pub fn move_to(&mut self, node: u32) -> Result<MoveReport> {
         if node == self.server_node {
             bail!("the connections are already on node {node}");
@@ -144,9 +155,13 @@ impl MoveLab {
             }
             Err(err) => return Err(err.into()),
         };
+        let channel = &self.servers[&node].channel;
+        tandem_sys::process::send_fds(std::os::fd::AsFd::as_fd(channel), moved.sockets)
+            .context("handing the connections to the target's server")?;
+        let from = std::mem::replace(&mut self.server_node, node);
         // The old server's copies are in repair mode: its death is silent.
-        self.stop_server()?;
-        self.start_server(node, moved.sockets)?;
+        self.stop_server(from)?;
+        self.start_server(from)?;
         Ok(moved.report)
     }
 
@@ -167,26 +182,34 @@ impl MoveLab {
             .with_context(|| format!("the lab has no node {node}"))
     }
 
-    fn start_server(&mut self, node: u32, sockets: Vec<OwnedFd>) -> Result<()> {
+    /// Starts an echo server on `node`, listening on the VIP (bound freely,
+    /// so it may start before the VIP is there) and on a hand-off channel.
+    fn start_server(&mut self, node: u32) -> Result<()> {
         let tandem = self.tandem.clone();
         let listen = self.service_addr().to_string();
+        let (ours, theirs) = UnixStream::pair()?;
         let child = self.site(node)?.run(move || {
             let mut command = Command::new(&tandem);
             command
                 .args(["tool", "echo-server", "--listen", &listen])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());
-            tandem_sys::process::spawn_with_fds(&mut command, sockets)
+            tandem_sys::process::spawn_with_fds(&mut command, vec![OwnedFd::from(theirs)])
         })??;
-        self.server = Some(child);
-        self.server_node = node;
+        self.servers.insert(
+            node,
+            Server {
+                child,
+                channel: ours,
+            },
+        );
         Ok(())
     }
 
-    fn stop_server(&mut self) -> Result<()> {
-        if let Some(mut child) = self.server.take() {
-            let _ = child.kill();
-            child.wait()?;
+    fn stop_server(&mut self, node: u32) -> Result<()> {
+        if let Some(mut server) = self.servers.remove(&node) {
+            let _ = server.child.kill();
+            server.child.wait()?;
         }
         Ok(())
     }
@@ -213,13 +236,20 @@ impl MoveLab {
     }
 
     fn teardown(&mut self) -> Result<()> {
-        let _ = self.stop_server();
+        for node in self.servers.keys().copied().collect::<Vec<_>>() {
+            let _ = self.stop_server(node);
+        }
         self.sites.clear();
         if let Some(lab) = self.lab.take() {
             lab.down()?;
         }
         Ok(())
     }
+}
+
+struct Server {
+    child: Child,
+    channel: UnixStream,
 }
 
 impl Drop for MoveLab {

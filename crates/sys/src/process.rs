@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
@@ -213,6 +213,110 @@ pub fn spawn_with_fds(command: &mut Command, fds: Vec<OwnedFd>) -> Result<Child,
     Ok(child)
 }
 
+/// The most descriptors one SCM_RIGHTS message may carry (the kernel's SCM_MAX_FD).
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// Sends `fds` over the Unix stream socket `channel` (SCM_RIGHTS), in
+/// messages of at most [`MAX_FDS_PER_MESSAGE`]; each message carries one
+/// payload byte, since the kernel will not send ancillary data alone. The
+/// receiver gets its own descriptors; ours are closed when `fds` drops.
+pub fn send_fds(channel: BorrowedFd<'_>, fds: Vec<OwnedFd>) -> std::io::Result<()> {
+    for batch in fds.chunks(MAX_FDS_PER_MESSAGE) {
+        let raw: Vec<RawFd> = batch.iter().map(|fd| fd.as_raw_fd()).collect();
+        let payload = [batch.len() as u8];
+        let space = cmsg_space(raw.len());
+        let mut control = vec![0u8; space];
+        // SAFETY: msghdr and the control buffer are built per cmsg(3): the
+        // buffer holds CMSG_SPACE(n fds) bytes and stays alive through sendmsg;
+        // the iovec points at `payload`, which outlives the call.
+        unsafe {
+            let mut iov = libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len =
+                libc::CMSG_LEN((raw.len() * std::mem::size_of::<RawFd>()) as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr(),
+                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+                raw.len(),
+            );
+            loop {
+                let sent = libc::sendmsg(channel.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
+                if sent >= 0 {
+                    break;
+                }
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Receives one message of descriptors sent by [`send_fds`]: `Ok(None)` at
+/// end of stream, `Err(WouldBlock)` on a non-blocking socket with nothing
+/// pending. Received descriptors are close-on-exec.
+pub fn recv_fds(channel: BorrowedFd<'_>) -> std::io::Result<Option<Vec<OwnedFd>>> {
+    let mut payload = [0u8; 1];
+    let space = cmsg_space(MAX_FDS_PER_MESSAGE);
+    let mut control = vec![0u8; space];
+    // SAFETY: as in send_fds; the kernel writes at most `space` control bytes
+    // and we read only whole cmsgs it reports, taking ownership of each
+    // descriptor it installed for us exactly once.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let n = libc::recvmsg(channel.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut fds = Vec::new();
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        if n == 0 && fds.is_empty() {
+            return Ok(None);
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(std::io::Error::other(
+                "descriptors were truncated in transit",
+            ));
+        }
+        Ok(Some(fds))
+    }
+}
+
+fn cmsg_space(fds: usize) -> usize {
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    unsafe { libc::CMSG_SPACE((fds * std::mem::size_of::<RawFd>()) as u32) as usize }
+}
+
 /// The descriptors a process started by [`spawn_with_fds`] inherited,
 /// taken over by the caller. Call once, early in `main`.
 pub fn inherited_fds() -> Vec<OwnedFd> {
@@ -284,6 +388,37 @@ mod tests {
             tcp_sockets_of(u32::MAX - 1, "127.0.0.1:1".parse().unwrap()),
             Err(ProcessError::NoProcess { .. })
         ));
+    }
+
+    #[test]
+    fn descriptors_cross_a_unix_socket_in_batches() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        let (tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        // More than one message's worth, each a pipe we can tell apart.
+        let mut readers = Vec::new();
+        let mut writers = Vec::new();
+        for _ in 0..MAX_FDS_PER_MESSAGE + 7 {
+            let (r, w) = std::io::pipe().unwrap();
+            readers.push(r);
+            writers.push(OwnedFd::from(w));
+        }
+        send_fds(tx.as_fd(), writers).unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(batch) = recv_fds(rx.as_fd()).unwrap() {
+            assert!(batch.len() <= MAX_FDS_PER_MESSAGE);
+            got.extend(batch);
+        }
+        assert_eq!(got.len(), readers.len());
+        for (i, (fd, reader)) in got.into_iter().zip(&mut readers).enumerate() {
+            let mut w = std::fs::File::from(fd);
+            write!(w, "{i};").unwrap();
+            drop(w);
+            let mut text = String::new();
+            reader.read_to_string(&mut text).unwrap();
+            assert_eq!(text, format!("{i};"), "descriptor {i} arrived out of order");
+        }
     }
 
     #[test]
