@@ -144,7 +144,7 @@ impl MoveLab {
         let sockets: Vec<OwnedFd> = taken.into_iter().map(|(_, fd)| fd).collect();
         let source = self.site(self.server_node)?;
         let target = self.site(node)?;
-        let moved = match migration::move_connections(source, target, &self.spec, sockets) {
+        let mut moved = match migration::move_connections(source, target, &self.spec, sockets) {
             Ok(moved) => moved,
             Err(MigrationError::RolledBack { cause, sockets }) => {
                 // Still on the source: the old server's own copies live on
@@ -156,8 +156,10 @@ impl MoveLab {
             Err(err) => return Err(err.into()),
         };
         let channel = &self.servers[&node].channel;
-        tandem_sys::process::send_fds(std::os::fd::AsFd::as_fd(channel), moved.sockets)
+        let sockets = std::mem::take(&mut moved.sockets);
+        tandem_sys::process::send_fds(std::os::fd::AsFd::as_fd(channel), sockets)
             .context("handing the connections to the target's server")?;
+        moved.wait_unlocked()?;
         let from = std::mem::replace(&mut self.server_node, node);
         // The old server's copies are in repair mode: its death is silent.
         self.stop_server(from)?;

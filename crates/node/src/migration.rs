@@ -12,7 +12,7 @@
 //! 5. **restore** every socket on the target — possible before the VIP is
 //!    there, thanks to `IP_TRANSPARENT`;
 //! 6. **add the VIP** on the target and **announce** it by gratuitous ARP;
-//! 7. **unlock** the source.
+//! 7. **unlock** the source, in the background ([`Moved::wait_unlocked`]).
 //!
 //! Segments the client sends while frozen are dropped by the lock and
 //! retransmitted by the client to the target: nothing is lost. If the target
@@ -125,6 +125,18 @@ pub struct Moved {
     /// caller on the target.
     pub sockets: Vec<OwnedFd>,
     pub report: MoveReport,
+    /// The source's unlock, still running when the move returns.
+    unlocked: std::sync::mpsc::Receiver<Result<(), MigrationError>>,
+}
+
+impl Moved {
+    /// Waits until the source is unlocked (its lock chain emptied); call it
+    /// after handing the sockets to their new owner.
+    pub fn wait_unlocked(&self) -> Result<(), MigrationError> {
+        self.unlocked
+            .recv()
+            .map_err(|_| SiteError::WorkerGone("the source".to_string()))?
+    }
 }
 
 /// Moves `sockets` (connections of `spec.vip:spec.port` held on `source`)
@@ -196,10 +208,12 @@ pub fn move_connections(
     lap("announce", &mut phases);
     let live_at = Instant::now();
 
-    source
-        .run(move || NetLock::new(None, vip, port).unlock())?
-        .map_err(lock_error(source))?;
-    lap("unlock", &mut phases);
+    // Off the critical path: emptying a netfilter chain waits for an RCU
+    // grace period (~10 ms), and the caller has sockets to hand over first.
+    let unlock_error = lock_error(source);
+    let unlocked = source.spawn_on(0, move || {
+        NetLock::new(None, vip, port).unlock().map_err(unlock_error)
+    })?;
 
     let connections = images
         .iter()
@@ -213,6 +227,7 @@ pub fn move_connections(
         .collect();
     Ok(Moved {
         sockets: restored,
+        unlocked,
         report: MoveReport {
             connections,
             image_bytes: wire.len(),
