@@ -168,8 +168,16 @@ impl GarpSender {
                     }
                     Ok(())
                 };
-                if let Err(err) = rest() {
-                    tracing::warn!(%ip, "gratuitous ARP failed: {err}");
+                match rest() {
+                    Ok(()) => {}
+                    // The interface went away (its namespace was deleted):
+                    // nobody is left to tell.
+                    Err(ArpError::Send { source, .. })
+                        if matches!(source.raw_os_error(), Some(libc::ENXIO | libc::ENODEV)) =>
+                    {
+                        tracing::debug!(%ip, "interface gone before the repeated gratuitous ARP");
+                    }
+                    Err(err) => tracing::warn!(%ip, "gratuitous ARP failed: {err}"),
                 }
             })
             .map_err(|source| ArpError::Send {
