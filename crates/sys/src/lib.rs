@@ -4,6 +4,7 @@
 //! the kernel lives here behind a small API of safe functions that return
 //! typed errors:
 //! - [`netns`]: run code inside a named network namespace;
+//! - [`nfqueue`]: packets held by netfilter until user space gives a verdict;
 //! - [`tcp_repair`]: dump a live TCP socket into a [`tandem_core::SocketImage`]
 //!   and rebuild one from it (TCP_REPAIR);
 //! - [`addr`]: add and remove the virtual IP (rtnetlink);
@@ -16,6 +17,7 @@ pub mod addr;
 pub mod arp;
 pub mod netlock;
 pub mod netns;
+pub mod nfqueue;
 pub mod process;
 pub mod sockinfo;
 pub mod tcp_repair;
