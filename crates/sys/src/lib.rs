@@ -9,12 +9,14 @@
 //!   and rebuild one from it (TCP_REPAIR);
 //! - [`addr`]: add and remove the virtual IP (rtnetlink);
 //! - [`arp`]: gratuitous ARP bursts from a socket opened in advance;
+//! - [`capture`]: the fail-closed rules that queue client packets and SYN-ACKs;
 //! - [`netlock`]: freeze a VIP:port with iptables rules in a private chain;
 //! - [`process`]: take sockets from another process and hand them to a new one;
 //! - [`sockinfo`]: queue sizes of a live socket.
 
 pub mod addr;
 pub mod arp;
+pub mod capture;
 pub mod netlock;
 pub mod netns;
 pub mod nfqueue;
