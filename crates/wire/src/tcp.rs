@@ -391,7 +391,8 @@ fn decode_option(kind: u8, body: &[u8]) -> Option<TcpOption<'_>> {
             _ => return None,
         },
         kind::SACK => {
-            if body.is_empty() || !body.len().is_multiple_of(8) || body.len() / 8 > MAX_SACK_BLOCKS {
+            if body.is_empty() || !body.len().is_multiple_of(8) || body.len() / 8 > MAX_SACK_BLOCKS
+            {
                 return None;
             }
             let mut blocks = SackBlocks::new();
