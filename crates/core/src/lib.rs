@@ -7,5 +7,6 @@
 //! TCP will produce the same value from logged packets.
 
 pub mod image;
+pub mod shadow;
 
 pub use image::{ImageError, RepairWindow, SocketImage, TcpOptions, TcpState, WindowScale};

@@ -1,0 +1,5 @@
+//! Shadow TCP (work in progress).
+pub mod hash;
+pub mod reasm;
+pub mod segment;
+pub mod seq;

@@ -1,0 +1,74 @@
+//! Time and 32-bit sequence arithmetic.
+//!
+//! TCP sequence numbers wrap at 2³²; the kernel compares them with
+//! `before()`/`after()` (a signed 32-bit difference), and so do we. Inside a
+//! connection, byte positions are kept as unwrapped 64-bit *stream offsets*
+//! (offset 0 is the byte after the ISN), which cannot wrap in practice and
+//! make reassembly and output bookkeeping plain integer arithmetic.
+
+/// A point in log time, in milliseconds. Shadow TCP never reads a clock: the
+/// caller passes the timestamp of the log entry being applied, so every
+/// replica sees the same time at the same log position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// `self + ms`, saturating (a time far in the future never wraps to the past).
+    pub fn plus(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+
+    /// Milliseconds from `earlier` to `self`, 0 if `earlier` is later.
+    pub fn since(self, earlier: Millis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// The kernel's `before(a, b)`: `a` comes strictly before `b` in sequence space.
+pub(crate) fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// The kernel's `after(a, b)`.
+pub(crate) fn after(a: u32, b: u32) -> bool {
+    before(b, a)
+}
+
+/// The stream offset of `seq`, given that `base_seq` is at offset `base_off`.
+/// `None` if it would lie before the start of the stream (offset < 0).
+pub(crate) fn unwrap_seq(base_off: u64, base_seq: u32, seq: u32) -> Option<u64> {
+    let delta = seq.wrapping_sub(base_seq) as i32;
+    if delta >= 0 {
+        base_off.checked_add(delta as u64)
+    } else {
+        base_off.checked_sub(u64::from(delta.unsigned_abs()))
+    }
+}
+
+/// The sequence number of stream offset `off` when offset 0 is `first`.
+pub(crate) fn seq_at(first: u32, off: u64) -> u32 {
+    // Truncation is the point: sequence space is the offset modulo 2³².
+    first.wrapping_add(off as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comparisons_wrap() {
+        assert!(before(u32::MAX, 0));
+        assert!(after(0, u32::MAX));
+        assert!(before(5, 6));
+        assert!(!before(6, 6));
+        assert!(after(0x8000_0000 - 1, 0));
+    }
+
+    #[test]
+    fn unwrapping_crosses_zero() {
+        assert_eq!(unwrap_seq(10, u32::MAX, 4), Some(15));
+        assert_eq!(unwrap_seq(10, 4, u32::MAX), Some(5));
+        assert_eq!(unwrap_seq(1, 4, 2), None);
+        assert_eq!(seq_at(u32::MAX, 2), 1);
+    }
+}
