@@ -2,8 +2,8 @@
 //! primary broadcasts to move the VIP (DESIGN §3.5 step 5, claim 1).
 //!
 //! Only the Ethernet/IPv4 combination exists on tandem's networks; other
-//! hardware or protocol types are refused as
-//! [`Unsupported`](crate::Unsupported) rather than half-parsed.
+//! hardware or protocol types are refused as [`Unsupported`] rather than
+//! half-parsed.
 
 use std::net::Ipv4Addr;
 
@@ -247,6 +247,30 @@ impl Repr {
         })
     }
 
+    /// A request: who has `target_ip`? Tell `sender_ip` at `sender_mac`.
+    /// The target hardware address is zero (unknown).
+    pub fn request(sender_mac: EthernetAddress, sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Repr {
+        Repr {
+            operation: ArpOperation::REQUEST,
+            source_hardware_addr: sender_mac,
+            source_protocol_addr: sender_ip,
+            target_hardware_addr: EthernetAddress::UNSPECIFIED,
+            target_protocol_addr: target_ip,
+        }
+    }
+
+    /// The reply to `request` from the host owning its target address, at
+    /// `mac`.
+    pub fn reply_to(request: &Repr, mac: EthernetAddress) -> Repr {
+        Repr {
+            operation: ArpOperation::REPLY,
+            source_hardware_addr: mac,
+            source_protocol_addr: request.target_protocol_addr,
+            target_hardware_addr: request.source_hardware_addr,
+            target_protocol_addr: request.source_protocol_addr,
+        }
+    }
+
     /// A gratuitous ARP request (an RFC 5227 "announcement") for `ip` at
     /// `mac`: sender and target protocol address both `ip`, target hardware
     /// address zero. A request, as the kernel's own announcements
@@ -255,13 +279,7 @@ impl Repr {
     /// neighbour entry inside the lock time, whereas a gratuitous *reply*
     /// must also repeat the sender's MAC as target to count.
     pub fn gratuitous(mac: EthernetAddress, ip: Ipv4Addr) -> Repr {
-        Repr {
-            operation: ArpOperation::REQUEST,
-            source_hardware_addr: mac,
-            source_protocol_addr: ip,
-            target_hardware_addr: EthernetAddress::UNSPECIFIED,
-            target_protocol_addr: ip,
-        }
+        Repr::request(mac, ip, ip)
     }
 
     /// The packet's length.

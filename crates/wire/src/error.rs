@@ -17,6 +17,15 @@ pub enum Layer {
     Tcp,
 }
 
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layer::Ipv4 => "IPv4 header",
+            Layer::Tcp => "TCP",
+        })
+    }
+}
+
 /// Something this crate recognises but deliberately does not handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Unsupported {
@@ -85,7 +94,7 @@ pub enum WireError {
         header: usize,
     },
     /// A checksum does not verify.
-    #[error("bad {layer:?} checksum {found:#06x} (expected {expected:#06x})")]
+    #[error("bad {layer} checksum {found:#06x} (expected {expected:#06x})")]
     BadChecksum {
         /// Which header's checksum.
         layer: Layer,

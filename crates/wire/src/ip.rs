@@ -143,7 +143,9 @@ pub struct IpTcpRepr<'a> {
 
 impl<'a> IpTcpRepr<'a> {
     /// Parses an IPv4 or IPv6 packet (chosen by its first nibble) carrying
-    /// TCP, with the TCP checks `checks` asks for.
+    /// TCP, with the TCP checks `checks` asks for. The IPv4 header checksum
+    /// is always verified: the kernel fills it in on every path NFQUEUE sees
+    /// (OUTPUT included), unlike the TCP checksum.
     ///
     /// Refused with a typed error: anything [`ipv4::Repr::parse`],
     /// [`ipv6::Repr::parse`] or [`TcpRepr::parse_with`] refuses; an IPv4

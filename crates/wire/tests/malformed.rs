@@ -755,6 +755,11 @@ fn arp_reply_round_trip_and_errors() {
     bytes.extend_from_slice(&[0; 18]);
     let packet = ArpPacket::new_checked(&bytes[..]).unwrap();
     assert_eq!(ArpRepr::parse(&packet).unwrap(), repr);
+    // The same reply, built as the answer to a request.
+    let request = ArpRepr::request(repr.target_hardware_addr, DST, SRC);
+    assert_eq!(request.operation, ArpOperation::REQUEST);
+    assert_eq!(request.target_hardware_addr, EthernetAddress::UNSPECIFIED);
+    assert_eq!(ArpRepr::reply_to(&request, repr.source_hardware_addr), repr);
     let mut out = [0u8; 28];
     repr.emit(&mut ArpPacket::new_unchecked(&mut out[..]))
         .unwrap();
@@ -829,5 +834,5 @@ fn errors_display_their_details() {
         found: 0xfe30,
         expected: 0x4402,
     };
-    assert_eq!(e.to_string(), "bad Tcp checksum 0xfe30 (expected 0x4402)");
+    assert_eq!(e.to_string(), "bad TCP checksum 0xfe30 (expected 0x4402)");
 }
