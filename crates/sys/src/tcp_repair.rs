@@ -47,8 +47,9 @@
 //!   sent (or even acknowledged: FIN_WAIT2), the peer takes the new one as a
 //!   duplicate and acknowledges it at once, which brings the socket back to
 //!   FIN_WAIT2 within a round trip. (Queueing the FIN in repair mode instead
-//!   would mark it as sent without sending it, and the socket would wait for
-//!   a retransmission timeout, 3 s on a fresh socket, to learn the FIN's fate.)
+//!   would mark it as sent without sending it, and the restored socket would
+//!   learn its fate only from its timers: a loss probe after 1 s, a
+//!   retransmission after 3 s, as it has no RTT sample.)
 //!
 //! Refused, with [`RepairError::Listening`] or [`RepairError::UnsupportedState`]:
 //! - LISTEN: no connection to move (and the kernel refuses TCP_REPAIR on it);
@@ -59,8 +60,14 @@
 //! - CLOSE: the connection is gone (closed or reset).
 //!
 //! Not carried over (the kernel has no interface for them): the congestion
-//! window and RTT estimate (they start afresh), out-of-order data received
-//! beyond rcv_nxt (the peer retransmits it), urgent data marks.
+//! window and RTT estimate (they start afresh: a restored socket's
+//! retransmission timeout is 3 s until its first RTT sample), out-of-order
+//! data received beyond rcv_nxt (the peer retransmits it), urgent data
+//! marks. An mss above 32767 (loopback's 65483) is restored as the clamp, but
+//! the socket starts with segments of at most 32767 bytes: TCP_MAXSEG accepts
+//! no more. Leaving repair mode moves three window fields: the window probe
+//! sets snd_wl1 to rcv_nxt - 1 (so the peer's answer counts as a window
+//! update), rcv_wup to rcv_nxt, and may widen rcv_wnd.
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
@@ -140,16 +147,8 @@ pub struct RestoreOptions {
     pub timestamp: Option<u32>,
 }
 
-// Kernel constants (include/uapi/linux/tcp.h, sockios.h). Spelled out here
-// rather than taken from libc because libc lacks some of them on some
-// targets, and the values are ABI.
-const TCP_REPAIR: c_int = 19;
-const TCP_REPAIR_QUEUE: c_int = 20;
-const TCP_QUEUE_SEQ: c_int = 21;
-const TCP_REPAIR_OPTIONS: c_int = 22;
-const TCP_TIMESTAMP: c_int = 24;
-const TCP_REPAIR_WINDOW: c_int = 29;
-
+// Kernel constants libc lacks (include/uapi/linux/tcp.h). The rest come from
+// libc, which has the right values for each architecture.
 const TCP_REPAIR_ON: c_int = 1;
 const TCP_REPAIR_OFF: c_int = 0;
 
@@ -166,14 +165,11 @@ const TCPI_OPT_TIMESTAMPS: u8 = 1;
 const TCPI_OPT_SACK: u8 = 2;
 const TCPI_OPT_WSCALE: u8 = 4;
 
-const SIOCINQ: libc::c_ulong = 0x541B; // = FIONREAD
-const SIOCOUTQ: libc::c_ulong = 0x5411; // = TIOCOUTQ
-const SIOCOUTQNSD: libc::c_ulong = 0x894B;
-
-const SO_MARK: c_int = 36;
-const SO_SNDBUFFORCE: c_int = 32;
-const SO_RCVBUFFORCE: c_int = 33;
-const IPV6_TRANSPARENT: c_int = 75;
+// The socket queue ioctls: SIOCINQ and SIOCOUTQ are the kernel's names for
+// FIONREAD and TIOCOUTQ on sockets.
+const SIOCINQ: libc::Ioctl = libc::FIONREAD;
+const SIOCOUTQ: libc::Ioctl = libc::TIOCOUTQ;
+const SIOCOUTQNSD: libc::Ioctl = libc::SIOCOUTQNSD as libc::Ioctl;
 
 /// The largest value `setsockopt(TCP_MAXSEG)` accepts (the kernel's
 /// MAX_TCP_WINDOW). Loopback's mss is larger; the full clamp is restored
@@ -314,10 +310,10 @@ fn set_int(fd: BorrowedFd<'_>, level: c_int, name: c_int, value: c_int) -> io::R
 }
 
 /// An `ioctl` that returns an int (the socket queue sizes).
-fn ioctl_int(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<c_int> {
+fn ioctl_int(fd: BorrowedFd<'_>, request: libc::Ioctl) -> io::Result<c_int> {
     let mut value: c_int = 0;
     // SAFETY: these requests write one int to the pointer given.
-    crate::cvt(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut value) })?;
+    crate::cvt(unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut value) })?;
     Ok(value)
 }
 
@@ -387,7 +383,7 @@ fn check_movable(state: TcpState) -> Result<(), RepairError> {
 /// `TCP_REPAIR=1`; the kernel answers EPERM without CAP_NET_ADMIN (and on
 /// listeners, which callers have excluded before).
 fn enter_repair(fd: BorrowedFd<'_>) -> Result<(), RepairError> {
-    set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON).map_err(|e| {
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_ON).map_err(|e| {
         if e.raw_os_error() == Some(libc::EPERM) {
             RepairError::NotPermitted
         } else {
@@ -397,11 +393,14 @@ fn enter_repair(fd: BorrowedFd<'_>) -> Result<(), RepairError> {
 }
 
 fn in_repair(fd: BorrowedFd<'_>) -> Result<bool, RepairError> {
-    Ok(get_int(fd, libc::IPPROTO_TCP, TCP_REPAIR).map_err(sys("getsockopt(TCP_REPAIR)"))? != 0)
+    Ok(
+        get_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR).map_err(sys("getsockopt(TCP_REPAIR)"))?
+            != 0,
+    )
 }
 
 fn select_queue(fd: BorrowedFd<'_>, queue: c_int, step: &'static str) -> Result<(), RepairError> {
-    set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, queue).map_err(sys(step))
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, queue).map_err(sys(step))
 }
 
 fn socket_addr(storage: &libc::sockaddr_storage, len: socklen_t) -> io::Result<SocketAddr> {
@@ -581,7 +580,7 @@ pub fn dump(fd: BorrowedFd<'_>) -> Result<SocketImage, RepairError> {
         Err(e) => {
             if !was_in_repair {
                 // Best effort: the error to report is the first one.
-                let _ = set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF);
+                let _ = set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_OFF);
             }
             Err(e)
         }
@@ -613,12 +612,12 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<SocketImage, RepairError> {
     };
 
     select_queue(fd, TCP_RECV_QUEUE, "setsockopt(TCP_REPAIR_QUEUE=RECV)")?;
-    let rcv_nxt = get_int(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)
+    let rcv_nxt = get_int(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)
         .map_err(sys("getsockopt(TCP_QUEUE_SEQ) of the receive queue"))? as u32;
     let recv_queue = peek_queue(fd, inq, "receive", "recv(MSG_PEEK) of the receive queue")?;
 
     select_queue(fd, TCP_SEND_QUEUE, "setsockopt(TCP_REPAIR_QUEUE=SEND)")?;
-    let write_seq = get_int(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)
+    let write_seq = get_int(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)
         .map_err(sys("getsockopt(TCP_QUEUE_SEQ) of the send queue"))? as u32;
     let send_data = outq
         .checked_sub(fin_queued)
@@ -639,9 +638,9 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<SocketImage, RepairError> {
     // In repair mode TCP_MAXSEG reports the mss clamp: the peer's MSS option.
     let mss = get_int(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG)
         .map_err(sys("getsockopt(TCP_MAXSEG)"))? as u32;
-    let timestamp = get_int(fd, libc::IPPROTO_TCP, TCP_TIMESTAMP)
+    let timestamp = get_int(fd, libc::IPPROTO_TCP, libc::TCP_TIMESTAMP)
         .map_err(sys("getsockopt(TCP_TIMESTAMP)"))? as u32;
-    let (window, len) = get_opt::<TcpRepairWindow>(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW)
+    let (window, len) = get_opt::<TcpRepairWindow>(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW)
         .map_err(sys("getsockopt(TCP_REPAIR_WINDOW)"))?;
     if len != size_of::<TcpRepairWindow>() {
         return Err(RepairError::Sys {
@@ -691,7 +690,7 @@ pub fn leave_repair(fd: BorrowedFd<'_>) -> Result<(), RepairError> {
     if !in_repair(fd)? {
         return Ok(());
     }
-    set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF).map_err(|e| {
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_OFF).map_err(|e| {
         if e.raw_os_error() == Some(libc::EPERM) {
             RepairError::NotPermitted
         } else {
@@ -704,11 +703,17 @@ pub fn leave_repair(fd: BorrowedFd<'_>) -> Result<(), RepairError> {
 /// Closes a TCP socket without a FIN or a RST: the peer keeps believing the
 /// connection is alive, so it can be restored elsewhere.
 ///
-/// Puts the socket in repair mode first if it is not already. Silence only
-/// holds if this descriptor is the socket's last reference (a duplicate in
-/// another process keeps it open), and only while the connection's packets
-/// stay stopped: once the socket is gone, the stack answers the peer's next
-/// segment with a RST.
+/// Puts the socket in repair mode first if it is not already, then
+/// disconnects it (`connect(AF_UNSPEC)`, which in repair mode sends nothing)
+/// before closing the descriptor. The disconnect ends the connection at
+/// once for every descriptor that refers to it, not only this one: the
+/// frozen server's own, or a copy a child process holds between fork and
+/// exec. Those see ECONNABORTED, and the connection's addresses are free at
+/// once, for a restore on this very node (a rolled-back move).
+///
+/// Silence lasts only while the connection's packets stay stopped: once the
+/// socket is gone, the stack answers the peer's next segment with a RST (or
+/// a listener on the port does).
 ///
 /// If the socket cannot be put in repair mode (a listener, or no
 /// CAP_NET_ADMIN) the descriptor is still closed, normally, and the error
@@ -722,9 +727,20 @@ pub fn close_silently(fd: OwnedFd) -> Result<(), RepairError> {
     if !in_repair(borrowed)? {
         enter_repair(borrowed)?;
     }
-    // In repair mode the kernel's close path disconnects without sending
-    // anything. The return value of close() carries no information for a
-    // socket; OwnedFd ignores it.
+    // SAFETY: plain data, zeroes are valid.
+    let mut unspec: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    unspec.ss_family = libc::AF_UNSPEC as libc::sa_family_t;
+    // SAFETY: `unspec` is a valid sockaddr of the length given.
+    crate::cvt(unsafe {
+        libc::connect(
+            borrowed.as_raw_fd(),
+            &unspec as *const _ as *const libc::sockaddr,
+            size_of::<libc::sockaddr_storage>() as socklen_t,
+        )
+    })
+    .map_err(sys("connect(AF_UNSPEC) in repair mode"))?;
+    // The return value of close() carries no information for a socket;
+    // OwnedFd ignores it.
     drop(fd);
     Ok(())
 }
@@ -773,7 +789,12 @@ pub fn restore(image: &SocketImage, options: &RestoreOptions) -> Result<OwnedFd,
             // Back into repair mode (a no-op if still there) so that closing
             // sends neither FIN nor RST: the connection is still alive at
             // the peer and the image can be restored again.
-            let _ = set_int(fd.as_fd(), libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON);
+            let _ = set_int(
+                fd.as_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_REPAIR,
+                TCP_REPAIR_ON,
+            );
             drop(fd);
             Err(e)
         }
@@ -930,7 +951,7 @@ fn build(
     // would clear that again.
     enter_repair(fd)?;
     if let Some(mark) = options.mark {
-        set_int(fd, libc::SOL_SOCKET, SO_MARK, mark as c_int)
+        set_int(fd, libc::SOL_SOCKET, libc::SO_MARK, mark as c_int)
             .map_err(sys("setsockopt(SO_MARK)"))?;
     }
     // IP_TRANSPARENT, not IP_FREEBIND: with FREEBIND the bind succeeds
@@ -940,7 +961,7 @@ fn build(
         set_int(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)
             .map_err(sys("setsockopt(IP_TRANSPARENT)"))?;
     } else {
-        set_int(fd, libc::SOL_IPV6, IPV6_TRANSPARENT, 1)
+        set_int(fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)
             .map_err(sys("setsockopt(IPV6_TRANSPARENT)"))?;
     }
     // Buffers big enough for the queues, before they are filled. The send
@@ -952,7 +973,7 @@ fn build(
         ensure_buffer(
             fd,
             libc::SO_SNDBUF,
-            SO_SNDBUFFORCE,
+            libc::SO_SNDBUFFORCE,
             send_len.saturating_mul(4).saturating_add(256 << 10),
             SNDBUF_FLOOR,
             "setsockopt(SO_SNDBUFFORCE)",
@@ -963,7 +984,7 @@ fn build(
         ensure_buffer(
             fd,
             libc::SO_RCVBUF,
-            SO_RCVBUFFORCE,
+            libc::SO_RCVBUFFORCE,
             recv_len.saturating_mul(2).saturating_add(256 << 10),
             RCVBUF_FLOOR,
             "setsockopt(SO_RCVBUFFORCE)",
@@ -986,11 +1007,16 @@ fn build(
     // rebuilt without it and shut down at the end.
     let data_write_seq = image.write_seq.wrapping_sub(u32::from(fin));
     select_queue(fd, TCP_RECV_QUEUE, "setsockopt(TCP_REPAIR_QUEUE=RECV)")?;
-    set_int(fd, tcp, TCP_QUEUE_SEQ, image.recv_queue_seq() as c_int)
-        .map_err(sys("setsockopt(TCP_QUEUE_SEQ) of the receive queue"))?;
+    set_int(
+        fd,
+        tcp,
+        libc::TCP_QUEUE_SEQ,
+        image.recv_queue_seq() as c_int,
+    )
+    .map_err(sys("setsockopt(TCP_QUEUE_SEQ) of the receive queue"))?;
     select_queue(fd, TCP_SEND_QUEUE, "setsockopt(TCP_REPAIR_QUEUE=SEND)")?;
     let snd_una = data_write_seq.wrapping_sub(send_len as u32);
-    set_int(fd, tcp, TCP_QUEUE_SEQ, snd_una as c_int)
+    set_int(fd, tcp, libc::TCP_QUEUE_SEQ, snd_una as c_int)
         .map_err(sys("setsockopt(TCP_QUEUE_SEQ) of the send queue"))?;
     // Before connect, or the segment size stays at the 536-byte default.
     set_int(
@@ -1036,7 +1062,7 @@ fn build(
             opt_val: 0,
         });
     }
-    set_opt_slice(fd, tcp, TCP_REPAIR_OPTIONS, &repair_options)
+    set_opt_slice(fd, tcp, libc::TCP_REPAIR_OPTIONS, &repair_options)
         .map_err(sys("setsockopt(TCP_REPAIR_OPTIONS)"))?;
 
     // Since Linux 6.7 the lowest bit of the value is a flag, not a tick: set,
@@ -1047,7 +1073,7 @@ fn build(
         Some(value) => (value & !1) | (image.timestamp & 1),
         None => image.timestamp,
     };
-    set_int(fd, tcp, TCP_TIMESTAMP, timestamp as c_int)
+    set_int(fd, tcp, libc::TCP_TIMESTAMP, timestamp as c_int)
         .map_err(sys("setsockopt(TCP_TIMESTAMP)"))?;
 
     select_queue(fd, TCP_RECV_QUEUE, "setsockopt(TCP_REPAIR_QUEUE=RECV)")?;
@@ -1066,9 +1092,10 @@ fn build(
         rcv_wnd: image.window.rcv_wnd,
         rcv_wup: image.window.rcv_wup,
     };
-    set_opt(fd, tcp, TCP_REPAIR_WINDOW, &window).map_err(sys("setsockopt(TCP_REPAIR_WINDOW)"))?;
+    set_opt(fd, tcp, libc::TCP_REPAIR_WINDOW, &window)
+        .map_err(sys("setsockopt(TCP_REPAIR_WINDOW)"))?;
 
-    set_int(fd, tcp, TCP_REPAIR, TCP_REPAIR_OFF).map_err(sys("setsockopt(TCP_REPAIR=0)"))?;
+    set_int(fd, tcp, libc::TCP_REPAIR, TCP_REPAIR_OFF).map_err(sys("setsockopt(TCP_REPAIR=0)"))?;
     allow_port_reuse(fd)?;
 
     write_tail(fd, image.unsent())?;
@@ -1108,6 +1135,24 @@ mod tests {
             let addr: SocketAddr = text.parse().unwrap();
             let (storage, len) = raw_addr(&addr);
             assert_eq!(socket_addr(&storage, len).unwrap(), addr);
+        }
+    }
+
+    #[test]
+    fn only_established_and_fin_wait_states_move() {
+        for n in 1..=12 {
+            let state = TcpState::from_kernel(n).unwrap();
+            let result = check_movable(state);
+            match state {
+                TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2 => {
+                    assert!(result.is_ok(), "{state}")
+                }
+                TcpState::Listen => assert!(matches!(result, Err(RepairError::Listening))),
+                _ => assert!(
+                    matches!(result, Err(RepairError::UnsupportedState(s)) if s == state),
+                    "{state}"
+                ),
+            }
         }
     }
 

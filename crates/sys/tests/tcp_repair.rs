@@ -530,7 +530,12 @@ fn close_silently_sends_neither_fin_nor_rst() {
             mut server,
         } = connect();
         exchange(&mut client, &mut server, b"hello");
-        // Not dumped first: close_silently puts the socket in repair mode.
+        let image = dump(server.as_fd()).unwrap();
+        leave_repair(server.as_fd()).unwrap();
+        // Another descriptor of the same socket, as a frozen server process
+        // would still hold.
+        let duplicate = server.try_clone().unwrap();
+        // Not in repair mode: close_silently puts it there itself.
         close_silently(OwnedFd::from(server)).unwrap();
 
         // A FIN would show as end-of-file and CLOSE_WAIT, a RST as an error
@@ -544,6 +549,14 @@ fn close_silently_sends_neither_fin_nor_rst() {
             "{err}"
         );
         assert_eq!(tcp_state(client.as_fd()).unwrap(), TcpState::Established);
+
+        // The connection is gone for the duplicate too, so the same
+        // connection can be restored on this node while it is still open,
+        // and closing it later sends nothing either.
+        assert_eq!(tcp_state(duplicate.as_fd()).unwrap(), TcpState::Close);
+        let mut server = TcpStream::from(restore(&image, &RestoreOptions::default()).unwrap());
+        drop(duplicate);
+        exchange(&mut client, &mut server, b"still the same connection");
     })
     .unwrap();
 }
@@ -681,6 +694,12 @@ fn idle_socket_dump_and_restore_are_fast() {
             mut client,
             server,
         } = connect();
+        // The lock, so that the client's answers to the restored sockets'
+        // window probes cannot reach the port between a close and the next
+        // restore (the listener would answer them with a RST).
+        let (client_addr, server_addr) =
+            (client.local_addr().unwrap(), server.local_addr().unwrap());
+        drop_packets(client_addr, server_addr, true);
         let mut server = OwnedFd::from(server);
         let (mut dumps, mut restores) = (Vec::new(), Vec::new());
         for _ in 0..50 {
@@ -700,6 +719,7 @@ fn idle_socket_dump_and_restore_are_fast() {
         );
         assert!(dumps[25] < Duration::from_millis(20));
         assert!(restores[25] < Duration::from_millis(20));
+        drop_packets(client_addr, server_addr, false);
         let mut server = TcpStream::from(server);
         exchange(&mut client, &mut server, b"still here");
     })
