@@ -21,10 +21,14 @@ fn tandem() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tandem"))
 }
 
-/// A lab with a name unique to this test and process.
+/// A two-node lab with a name unique to this test and process.
 fn lab(case: &str) -> MoveLab {
+    lab_of(case, 2)
+}
+
+fn lab_of(case: &str, nodes: usize) -> MoveLab {
     let name = format!("m{}{case}", std::process::id() % 100_000);
-    MoveLab::up(&name, 2, tandem()).unwrap_or_else(|err| panic!("building lab {name}: {err:#}"))
+    MoveLab::up(&name, nodes, tandem()).unwrap_or_else(|err| panic!("building lab {name}: {err:#}"))
 }
 
 /// Client neighbour entries younger than Linux's 1 s lock time ignore the
@@ -312,5 +316,32 @@ fn client_sending_while_frozen_loses_nothing() {
         while_frozen > 0,
         "the client sent nothing while the connection was frozen"
     );
+    assert_no_rst(&lab);
+}
+
+/// A target that cannot rebuild the connections (no route back to the
+/// client) makes the move roll back: the connection carries on at the source
+/// as if nothing happened, and a later move to a healthy node works.
+#[test]
+fn a_failed_restore_rolls_back_to_the_source() {
+    let mut lab = lab_of("f", 3);
+    let workload = PingPong::start(vec![lab.connect(None).unwrap()], Duration::from_millis(2));
+    settle();
+    let node3 = lab.lab().node_netns(3).unwrap().to_string();
+    let status = Command::new("ip")
+        .args(["-n", &node3, "addr", "flush", "dev", "eth0"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let err = lab
+        .move_to(3)
+        .expect_err("a move to a node with no route must fail");
+    assert!(format!("{err:#}").contains("rolled back"), "{err:#}");
+    assert_eq!(lab.server_node(), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    lab.move_to(2).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = workload.finish().expect("the client saw an error");
+    assert!(stats.replies > 100, "only {} replies", stats.replies);
     assert_no_rst(&lab);
 }

@@ -5,19 +5,19 @@
 //!
 //! 1. **lock** the source: its kernel neither receives nor sends VIP:port
 //!    segments any more (a socket in repair mode would still ACK data);
-//! 2. **dump** every socket with TCP_REPAIR and close it silently (no FIN,
-//!    no RST);
+//! 2. **dump** every socket with TCP_REPAIR (they stay in repair mode);
 //! 3. **remove the VIP** from the source, so stray segments find no socket;
 //! 4. **transfer** the images (serialised as they would cross the network);
 //! 5. **restore** every socket on the target — possible before the VIP is
-//!    there, thanks to `IP_TRANSPARENT`;
+//!    there, thanks to `IP_TRANSPARENT` — then close the source's sockets
+//!    silently (no FIN, no RST);
 //! 6. **add the VIP** on the target and **announce** it by gratuitous ARP;
 //! 7. **unlock** the source, in the background ([`Moved::wait_unlocked`]).
 //!
 //! Segments the client sends while frozen are dropped by the lock and
 //! retransmitted by the client to the target: nothing is lost. If the target
-//! cannot restore a connection, the move is rolled back: every connection is
-//! rebuilt on the source from the same images and the VIP goes back there.
+//! cannot restore a connection, the move is rolled back: the source's
+//! sockets, never closed, leave repair mode and the VIP goes back there.
 //!
 //! Precondition: whatever owns the sockets (a server process) is frozen
 //! (SIGSTOP) or otherwise not reading or writing them during the move; bytes
@@ -183,10 +183,6 @@ pub fn move_connections(
         }
     };
     lap("dump", &mut phases);
-    for socket in sockets {
-        tcp_repair::close_silently(socket).map_err(MigrationError::Close)?;
-    }
-    lap("close", &mut phases);
     source.remove_vip(vip, spec.prefix_len)?;
     lap("remove-vip", &mut phases);
 
@@ -199,9 +195,15 @@ pub fn move_connections(
 
     let restored = match restore_all(target, &images) {
         Ok(restored) => restored,
-        Err(cause) => return Err(roll_back(source, spec, &images, cause)),
+        Err(cause) => return Err(roll_back(source, spec, sockets, cause)),
     };
     lap("restore", &mut phases);
+    // Only now, with every connection alive on the target, do the source's
+    // sockets go: until here a failure can hand them back intact.
+    for socket in sockets {
+        tcp_repair::close_silently(socket).map_err(MigrationError::Close)?;
+    }
+    lap("close", &mut phases);
     target.add_vip(vip, spec.prefix_len)?;
     lap("add-vip", &mut phases);
     target.announce(vip, spec.garp)?;
@@ -326,15 +328,20 @@ fn restore_all(target: &Site, images: &[SocketImage]) -> Result<Vec<OwnedFd>, St
     }
 }
 
+/// Gives the still-open source sockets back to normal life (they never left
+/// the source kernel: they only sat in repair mode), puts the VIP back and
+/// unlocks.
 fn roll_back(
     source: &Site,
     spec: &MoveSpec,
-    images: &[SocketImage],
+    sockets: Vec<OwnedFd>,
     cause: String,
 ) -> MigrationError {
     let (vip, port) = (spec.vip, spec.port);
-    let attempt = (|| -> Result<Vec<OwnedFd>, String> {
-        let sockets = restore_all(source, images)?;
+    let attempt = (|| -> Result<(), String> {
+        for socket in &sockets {
+            tcp_repair::leave_repair(socket.as_fd()).map_err(|e| e.to_string())?;
+        }
         source
             .add_vip(vip, spec.prefix_len)
             .map_err(|e| e.to_string())?;
@@ -342,10 +349,10 @@ fn roll_back(
             .run(move || NetLock::new(None, vip, port).unlock())
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        Ok(sockets)
+        Ok(())
     })();
     match attempt {
-        Ok(sockets) => {
+        Ok(()) => {
             tracing::warn!(%cause, "move rolled back to the source");
             MigrationError::RolledBack { cause, sockets }
         }
