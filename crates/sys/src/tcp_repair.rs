@@ -558,7 +558,8 @@ fn peek_queue(
 /// [`close_silently`] (the move goes on) or give it back with
 /// [`leave_repair`] (the move is aborted). In repair mode the application
 /// can neither read nor write it (EPERM / EINVAL). On error the socket is
-/// left as it was found (out of repair mode unless it was already in it).
+/// left as it was found: out of repair mode unless it was already in it
+/// (leaving sends a window probe, as [`leave_repair`] does).
 /// Listening sockets, sockets that are not TCP and unsupported states are
 /// refused before anything is changed.
 pub fn dump(fd: BorrowedFd<'_>) -> Result<SocketImage, RepairError> {
@@ -567,6 +568,10 @@ pub fn dump(fd: BorrowedFd<'_>) -> Result<SocketImage, RepairError> {
     // listener, which would read as a missing capability.
     check_movable(state_of(&tcp_info(fd)?)?)?;
     let was_in_repair = in_repair(fd)?;
+    // Leaving repair mode clears SO_REUSEADDR; an error must not lose it.
+    let reuse = get_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)
+        .map_err(sys("getsockopt(SO_REUSEADDR)"))?
+        != 0;
     if !was_in_repair {
         enter_repair(fd)?;
     }
@@ -581,6 +586,9 @@ pub fn dump(fd: BorrowedFd<'_>) -> Result<SocketImage, RepairError> {
             if !was_in_repair {
                 // Best effort: the error to report is the first one.
                 let _ = set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_OFF);
+                if reuse {
+                    let _ = allow_port_reuse(fd);
+                }
             }
             Err(e)
         }
