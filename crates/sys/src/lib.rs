@@ -12,6 +12,7 @@
 //! - [`capture`]: the fail-closed rules that queue client packets and SYN-ACKs;
 //! - [`netlock`]: freeze a VIP:port with iptables rules in a private chain;
 //! - [`process`]: take sockets from another process and hand them to a new one;
+//! - [`rawsock`]: whole IPv4 packets sent from user space;
 //! - [`sockinfo`]: queue sizes of a live socket.
 
 pub mod addr;
@@ -21,6 +22,7 @@ pub mod netlock;
 pub mod netns;
 pub mod nfqueue;
 pub mod process;
+pub mod rawsock;
 pub mod sockinfo;
 pub mod tcp_repair;
 
