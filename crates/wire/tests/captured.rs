@@ -542,3 +542,20 @@ fn gratuitous_arp_matches_the_kernels() {
         }
     );
 }
+
+#[test]
+fn every_bit_flip_of_a_captured_segment_is_refused() {
+    // The data segment with its completed checksum: each of its 464 bits,
+    // flipped alone, must make the packet fail a checksum or a length check.
+    let case = &cases()[1];
+    let mut bytes = from_tcpdump(case.dump);
+    let at = tcp_checksum_offset(&bytes);
+    bytes[at..at + 2].copy_from_slice(&case.tcp_checksum.to_be_bytes());
+    assert!(IpTcpRepr::parse(&bytes, ParseChecks::default()).is_ok());
+    for bit in 0..bytes.len() * 8 {
+        let mut flipped = bytes.clone();
+        flipped[bit / 8] ^= 0x80 >> (bit % 8);
+        let result = IpTcpRepr::parse(&flipped, ParseChecks::default());
+        assert!(result.is_err(), "bit {bit} accepted: {result:?}");
+    }
+}
