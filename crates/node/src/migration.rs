@@ -8,10 +8,13 @@
 //! 2. **dump** every socket with TCP_REPAIR (they stay in repair mode);
 //! 3. **remove the VIP** from the source, so stray segments find no socket;
 //! 4. **transfer** the images (serialised as they would cross the network);
-//! 5. **restore** every socket on the target — possible before the VIP is
-//!    there, thanks to `IP_TRANSPARENT` — then close the source's sockets
-//!    silently (no FIN, no RST);
-//! 6. **add the VIP** on the target and **announce** it by gratuitous ARP;
+//! 5. **restore** every socket on the target, still in repair mode and
+//!    silent — possible before the VIP is there, thanks to `IP_TRANSPARENT` —
+//!    then close the source's sockets silently (no FIN, no RST);
+//! 6. **add the VIP** on the target, **announce** it by gratuitous ARP, and
+//!    only then let the restored sockets **go live** (leave repair mode and
+//!    send their never-sent bytes), so their first segments reach a client
+//!    that already answers to the target;
 //! 7. **unlock** the source, in the background ([`Moved::wait_unlocked`]).
 //!
 //! Segments the client sends while frozen are dropped by the lock and
@@ -31,7 +34,7 @@ use tandem_core::{SocketImage, TcpState};
 use tandem_sys::arp::GarpSchedule;
 use tandem_sys::netlock::{NetLock, NetLockError};
 use tandem_sys::process::{HeldSocket, ProcessError};
-use tandem_sys::tcp_repair::{self, RepairError, RestoreOptions};
+use tandem_sys::tcp_repair::{self, Prepared, RepairError, RestoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
@@ -51,6 +54,8 @@ pub enum MigrationError {
     },
     #[error("closing a dumped socket silently: {0}")]
     Close(#[source] RepairError),
+    #[error("a moved connection could not leave repair mode on the target: {0}")]
+    GoLive(#[source] RepairError),
     #[error("the images did not survive serialisation: {0}")]
     Transfer(String),
     #[error(
@@ -193,8 +198,8 @@ pub fn move_connections(
         postcard::from_bytes(&wire).map_err(|e| MigrationError::Transfer(e.to_string()))?;
     lap("transfer", &mut phases);
 
-    let restored = match restore_all(target, &images) {
-        Ok(restored) => restored,
+    let prepared = match prepare_all(target, &images) {
+        Ok(prepared) => prepared,
         Err(cause) => return Err(roll_back(source, spec, sockets, cause)),
     };
     lap("restore", &mut phases);
@@ -208,6 +213,10 @@ pub fn move_connections(
     lap("add-vip", &mut phases);
     target.announce(vip, spec.garp)?;
     lap("announce", &mut phases);
+    // Out of repair mode only now: the window probe and any never-sent
+    // bytes reach a client that already sends its answers here.
+    let restored = go_live_all(prepared)?;
+    lap("go-live", &mut phases);
     let live_at = Instant::now();
 
     // Off the critical path: emptying a netfilter chain waits for an RCU
@@ -269,9 +278,10 @@ fn dump_all(sockets: &[OwnedFd], threads: usize) -> Result<Vec<SocketImage>, Mig
     })
 }
 
-/// Restores every image on the target's workers; on any failure the sockets
-/// already restored are closed silently and the cause returned.
-fn restore_all(target: &Site, images: &[SocketImage]) -> Result<Vec<OwnedFd>, String> {
+/// Prepares every image on the target's workers (rebuilt, still in repair
+/// mode, silent); on any failure the ones already prepared are dropped
+/// (closed silently) and the cause returned.
+fn prepare_all(target: &Site, images: &[SocketImage]) -> Result<Vec<Prepared>, String> {
     let workers = target.parallelism();
     let chunk = images.len().div_ceil(workers).max(1);
     let mut pending = Vec::new();
@@ -280,32 +290,20 @@ fn restore_all(target: &Site, images: &[SocketImage]) -> Result<Vec<OwnedFd>, St
         let rx = target
             .spawn_on(i, move || {
                 part.iter()
-                    .map(|image| {
-                        let fd = tcp_repair::restore(image, &RestoreOptions::default())?;
-                        // Leaving repair mode clears the socket's forced
-                        // address reuse; without SO_REUSEADDR the server could
-                        // not listen on VIP:port beside its moved connections.
-                        socket2::SockRef::from(&fd)
-                            .set_reuse_address(true)
-                            .map_err(|source| RepairError::Sys {
-                                step: "setsockopt(SO_REUSEADDR)",
-                                source,
-                            })?;
-                        Ok(fd)
-                    })
-                    .collect::<Vec<Result<OwnedFd, RepairError>>>()
+                    .map(|image| tcp_repair::prepare(image, &RestoreOptions::default()))
+                    .collect::<Vec<_>>()
             })
             .map_err(|e| e.to_string())?;
         pending.push(rx);
     }
-    let mut restored = Vec::with_capacity(images.len());
+    let mut prepared = Vec::with_capacity(images.len());
     let mut failure = None;
     for rx in pending {
         match rx.recv() {
             Ok(results) => {
                 for result in results {
                     match result {
-                        Ok(fd) => restored.push(fd),
+                        Ok(socket) => prepared.push(socket),
                         Err(err) => {
                             failure.get_or_insert_with(|| err.to_string());
                         }
@@ -318,13 +316,28 @@ fn restore_all(target: &Site, images: &[SocketImage]) -> Result<Vec<OwnedFd>, St
         }
     }
     match failure {
-        None => Ok(restored),
-        Some(cause) => {
-            for fd in restored {
-                let _ = tcp_repair::close_silently(fd);
+        None => Ok(prepared),
+        Some(cause) => Err(cause),
+    }
+}
+
+/// Lets every prepared socket go live, in order. A socket that fails here is
+/// lost (the source's copy is gone by now); the others carry on.
+fn go_live_all(prepared: Vec<Prepared>) -> Result<Vec<OwnedFd>, MigrationError> {
+    let mut live = Vec::with_capacity(prepared.len());
+    let mut failure = None;
+    for socket in prepared {
+        match socket.go_live() {
+            Ok(fd) => live.push(fd),
+            Err(err) => {
+                tracing::error!("a moved connection failed to go live: {err}");
+                failure.get_or_insert(err);
             }
-            Err(cause)
         }
+    }
+    match failure {
+        None => Ok(live),
+        Some(err) => Err(MigrationError::GoLive(err)),
     }
 }
 

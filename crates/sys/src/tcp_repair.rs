@@ -771,6 +771,51 @@ pub fn close_silently(fd: OwnedFd) -> Result<(), RepairError> {
 /// CAP_NET_ADMIN. On error nothing is left behind and nothing is sent to the
 /// peer: the half-built socket is closed in repair mode.
 pub fn restore(image: &SocketImage, options: &RestoreOptions) -> Result<OwnedFd, RepairError> {
+    prepare(image, options)?.go_live()
+}
+
+/// A socket rebuilt from an image and still in repair mode: complete (queues,
+/// options, windows) but silent — it has sent nothing yet. A move prepares
+/// every socket, moves the address, announces it, and only then lets the
+/// sockets go live, so the first segments they send (the window probe, the
+/// never-sent tail) reach a client that already routes its answers here.
+/// Dropping it closes the socket silently.
+pub struct Prepared {
+    fd: OwnedFd,
+    unsent: Vec<u8>,
+    fin: bool,
+}
+
+impl Prepared {
+    /// Leaves repair mode (the kernel sends a window probe), writes the
+    /// never-sent tail and, for the FIN_WAIT states, shuts down the sending
+    /// side again. On failure the socket is closed silently.
+    pub fn go_live(self) -> Result<OwnedFd, RepairError> {
+        let Prepared { fd, unsent, fin } = self;
+        match live(fd.as_fd(), &unsent, fin) {
+            Ok(()) => Ok(fd),
+            Err(e) => {
+                let _ = set_int(
+                    fd.as_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_REPAIR,
+                    TCP_REPAIR_ON,
+                );
+                Err(e)
+            }
+        }
+    }
+}
+
+impl AsFd for Prepared {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Rebuilds the socket of `image` up to, not including, leaving repair mode;
+/// see [`Prepared`] and [`restore`] for the order.
+pub fn prepare(image: &SocketImage, options: &RestoreOptions) -> Result<Prepared, RepairError> {
     image.validate()?;
     check_movable(image.state)?;
     // FIN_WAIT1 or FIN_WAIT2: our FIN is part of the image.
@@ -792,7 +837,11 @@ pub fn restore(image: &SocketImage, options: &RestoreOptions) -> Result<OwnedFd,
     // SAFETY: `raw` is a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     match build(fd.as_fd(), image, options, fin) {
-        Ok(()) => Ok(fd),
+        Ok(()) => Ok(Prepared {
+            fd,
+            unsent: image.unsent().to_vec(),
+            fin,
+        }),
         Err(e) => {
             // Back into repair mode (a no-op if still there) so that closing
             // sends neither FIN nor RST: the connection is still alive at
@@ -1102,11 +1151,18 @@ fn build(
     };
     set_opt(fd, tcp, libc::TCP_REPAIR_WINDOW, &window)
         .map_err(sys("setsockopt(TCP_REPAIR_WINDOW)"))?;
+    // No queue selected while the socket waits in repair mode.
+    select_queue(fd, TCP_NO_QUEUE, "setsockopt(TCP_REPAIR_QUEUE=NONE)")?;
+    Ok(())
+}
 
-    set_int(fd, tcp, libc::TCP_REPAIR, TCP_REPAIR_OFF).map_err(sys("setsockopt(TCP_REPAIR=0)"))?;
+/// The last steps of a restore: out of repair mode, then the tail and FIN.
+fn live(fd: BorrowedFd<'_>, unsent: &[u8], fin: bool) -> Result<(), RepairError> {
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_OFF)
+        .map_err(sys("setsockopt(TCP_REPAIR=0)"))?;
     allow_port_reuse(fd)?;
 
-    write_tail(fd, image.unsent())?;
+    write_tail(fd, unsent)?;
     if fin {
         // Our FIN goes after the tail, as it did; if it had already been
         // sent, the peer takes this one as a duplicate and acknowledges it.
