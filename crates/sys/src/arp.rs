@@ -113,7 +113,9 @@ impl GarpSender {
 
     /// Sends one gratuitous ARP request for `ip`.
     pub fn send(&self, ip: Ipv4Addr) -> Result<(), ArpError> {
-        let frame = garp_frame(self.inner.mac, ip);
+        // A request (rather than a reply) is what updates existing neighbour
+        // entries on Linux peers.
+        let frame = tandem_wire::gratuitous_arp_request(self.inner.mac.into(), ip);
         // SAFETY: sockaddr_ll is plain data, zeroed then filled; the frame
         // buffer outlives the call.
         let sent = unsafe {
@@ -198,26 +200,6 @@ impl GarpSender {
     }
 }
 
-/// An Ethernet frame carrying a gratuitous ARP request: sender and target
-/// protocol address both `ip`, broadcast destination. A request (rather than
-/// a reply) is what updates existing neighbour entries on Linux peers.
-pub fn garp_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
-    let mut frame = [0u8; 42];
-    frame[0..6].copy_from_slice(&[0xff; 6]);
-    frame[6..12].copy_from_slice(&mac);
-    frame[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    frame[14..16].copy_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
-    frame[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
-    frame[18] = 6;
-    frame[19] = 4;
-    frame[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
-    frame[22..28].copy_from_slice(&mac);
-    frame[28..32].copy_from_slice(&ip.octets());
-    // Target hardware address stays zero: unknown, as in any request.
-    frame[38..42].copy_from_slice(&ip.octets());
-    frame
-}
-
 fn hardware_address(fd: &OwnedFd, interface: &str) -> Result<[u8; 6], ArpError> {
     let name = CString::new(interface).map_err(|_| ArpError::NoInterface(interface.to_string()))?;
     let bytes = name.as_bytes_with_nul();
@@ -249,21 +231,6 @@ fn hardware_address(fd: &OwnedFd, interface: &str) -> Result<[u8; 6], ArpError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frame_layout_is_a_gratuitous_request() {
-        let mac = [2, 0, 0, 0, 0, 7];
-        let ip = Ipv4Addr::new(198, 18, 0, 100);
-        let frame = garp_frame(mac, ip);
-        assert_eq!(&frame[0..6], &[0xff; 6]);
-        assert_eq!(&frame[6..12], &mac);
-        assert_eq!(&frame[12..14], &[0x08, 0x06]);
-        assert_eq!(&frame[20..22], &[0, 1]);
-        assert_eq!(&frame[22..28], &mac);
-        assert_eq!(&frame[28..32], &ip.octets());
-        assert_eq!(&frame[32..38], &[0; 6]);
-        assert_eq!(&frame[38..42], &ip.octets());
-    }
 
     #[test]
     fn sends_on_loopback_and_reports_missing_interfaces() {
