@@ -6,6 +6,7 @@
 //! endpoint that the Linux layer dumps and restores with TCP_REPAIR; shadow
 //! TCP will produce the same value from logged packets.
 
+pub mod classify;
 pub mod image;
 pub mod shadow;
 
