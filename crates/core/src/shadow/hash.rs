@@ -59,6 +59,9 @@ mod tests {
         // Reference values of FNV-1a 64.
         assert_eq!(Fnv64::new().finish(), 0xcbf2_9ce4_8422_2325);
         assert_eq!(Fnv64::new().bytes(b"a").finish(), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(Fnv64::new().bytes(b"foobar").finish(), 0x8594_4171_f739_67e8);
+        assert_eq!(
+            Fnv64::new().bytes(b"foobar").finish(),
+            0x8594_4171_f739_67e8
+        );
     }
 }

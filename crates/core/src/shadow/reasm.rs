@@ -189,7 +189,7 @@ impl Reassembly {
             let bits = at - self.word_base;
             let words = usize::try_from(bits.div_ceil(64)).unwrap_or(usize::MAX);
             self.present.truncate(words);
-            if bits % 64 != 0 {
+            if bits & 63 != 0 {
                 if let Some(last) = self.present.back_mut() {
                     *last &= (1u64 << (bits % 64)) - 1;
                 }
@@ -246,7 +246,9 @@ impl Reassembly {
                 break;
             }
         }
-        let n = usize::try_from(run).unwrap_or(usize::MAX).min(self.held.len());
+        let n = usize::try_from(run)
+            .unwrap_or(usize::MAX)
+            .min(self.held.len());
         let delivered: Vec<u8> = self.held.drain(..n).collect();
         self.next = self.next.saturating_add(n as u64);
         if self.held.is_empty() {
@@ -262,14 +264,17 @@ impl Reassembly {
 
     /// Feeds the stream's whole state into a hash.
     pub fn hash_into(&self, h: &mut Fnv64) {
-        h.u64(self.next).u64(self.word_base).u64(self.held.len() as u64);
+        h.u64(self.next)
+            .u64(self.word_base)
+            .u64(self.held.len() as u64);
         let (a, b) = self.held.as_slices();
         h.bytes(a).bytes(b);
         h.u64(self.present.len() as u64);
         for w in &self.present {
             h.u64(*w);
         }
-        h.u64(self.fin_at.map_or(u64::MAX, |f| f)).bool(self.fin_done);
+        h.u64(self.fin_at.map_or(u64::MAX, |f| f))
+            .bool(self.fin_done);
     }
 }
 

@@ -50,6 +50,17 @@ impl TcpFlags {
     pub fn ack(self) -> bool {
         self.contains(Self::ACK)
     }
+
+    /// A SYN that can open a connection: no ACK, RST or FIN with it (the
+    /// listener drops SYN|FIN, and SYN|RST or SYN|ACK are not openings).
+    pub fn is_opening_syn(self) -> bool {
+        self.syn() && !self.ack() && !self.rst() && !self.fin()
+    }
+
+    /// A SYN-ACK: SYN and ACK, no RST or FIN.
+    pub fn is_synack(self) -> bool {
+        self.syn() && self.ack() && !self.rst() && !self.fin()
+    }
 }
 
 impl std::ops::BitOr for TcpFlags {
