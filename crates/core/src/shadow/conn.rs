@@ -216,7 +216,10 @@ impl HalfOpen {
         };
         let rejected = ts.is_some_and(|t| paws_reject(self.ts_recent, t.tsval, now, flags.rst()));
         // A retransmitted SYN: the kernel re-sends its SYN-ACK, nothing changes.
-        if flags == TcpFlags::SYN && seg.seq == self.syn.isn && !rejected {
+        // (The kernel compares only the SYN, RST and ACK bits: an ECN-setup
+        // SYN with ECE|CWR is a retransmission too.)
+        let syn_rst_ack = TcpFlags(flags.0 & (TcpFlags::SYN.0 | TcpFlags::RST.0 | TcpFlags::ACK.0));
+        if syn_rst_ack == TcpFlags::SYN && seg.seq == self.syn.isn && !rejected {
             return Fate::Keep;
         }
         // An ACK of anything but our SYN: the listener answers with a RST

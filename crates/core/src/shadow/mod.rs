@@ -51,6 +51,21 @@
 //! segment claiming different bytes for an offset already held keeps the
 //! first copy; urgent data is delivered in line.
 
+#![deny(missing_docs)]
+// No panics on any input: no unwrap, expect, panic or unchecked indexing
+// outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo
+    )
+)]
+
 mod conn;
 pub mod hash;
 pub mod output;

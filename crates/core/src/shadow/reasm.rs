@@ -186,7 +186,7 @@ impl Reassembly {
         let keep = usize::try_from(at - self.next).unwrap_or(usize::MAX);
         if self.held.len() > keep {
             self.held.truncate(keep);
-            let bits = at - self.word_base;
+            let bits = at.saturating_sub(self.word_base);
             let words = usize::try_from(bits.div_ceil(64)).unwrap_or(usize::MAX);
             self.present.truncate(words);
             if bits & 63 != 0 {

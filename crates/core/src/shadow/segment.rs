@@ -26,6 +26,12 @@ impl TcpFlags {
     /// (tandem's services must set it, or not use urgent data).
     pub const URG: TcpFlags = TcpFlags(0x20);
 
+    /// ECN-Echo (ignored by shadow TCP: congestion signals change no state
+    /// a restore needs).
+    pub const ECE: TcpFlags = TcpFlags(0x40);
+    /// Congestion window reduced (ignored, like ECE).
+    pub const CWR: TcpFlags = TcpFlags(0x80);
+
     /// Whether every flag of `other` is set.
     pub fn contains(self, other: TcpFlags) -> bool {
         self.0 & other.0 == other.0

@@ -173,6 +173,9 @@ fn handshake_steps() {
         tsecr: 0,
     });
     assert_eq!(h.feed(&seg).events, vec![]);
+    // So is an ECN-setup one (ECE|CWR are not compared).
+    seg.flags = SYN | TcpFlags::ECE | TcpFlags::CWR;
+    assert_eq!(h.feed(&seg).events, vec![]);
     // No ACK flag, in window: dropped.
     assert_eq!(
         h.client(TcpFlags::PSH, 0, 0, b"x").dropped(),
