@@ -34,6 +34,20 @@ enum Bench {
         #[arg(long, default_value_t = 500)]
         cycles: usize,
     },
+    /// The capture path: packets per second through NFQUEUE → parse →
+    /// classify → verdict on one reader thread (against the rate the same
+    /// sender reaches when a plain DROP rule takes the packets), and the
+    /// round-trip time an echo client sees with capture on (against the same
+    /// path without it). There is no replicated log yet: verdicts are given
+    /// as soon as a packet is classified.
+    Capture {
+        /// How long the throughput test sends, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Echo round trips per latency measurement.
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: usize,
+    },
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -43,6 +57,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             rounds,
             cycles,
         } => migrate(&sizes, rounds.max(1), cycles.max(1)),
+        Bench::Capture {
+            seconds,
+            round_trips,
+        } => crate::bench_capture::run(seconds.max(0.1), round_trips.max(100)),
     }
 }
 

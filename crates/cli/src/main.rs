@@ -1,6 +1,7 @@
 //! `tandem`: the command-line tool. Parses arguments, sets up logging, and
 //! hands each subcommand to the library that does the work.
 
+mod bench_capture;
 mod cmd_bench;
 mod cmd_demo;
 mod cmd_lab;
@@ -32,8 +33,9 @@ enum Command {
     /// behind the virtual IP, moves every connection to node 2 and back, and
     /// reports what the clients saw. Needs root; leaves nothing behind.
     Demo(cmd_demo::DemoArgs),
-    /// Measure: `tandem bench migrate` times socket dump/restore and the pause
-    /// clients see during a planned move of 1, 100 and 1,000 connections.
+    /// Measure: `tandem bench migrate` (socket dump/restore, and the pause
+    /// clients see during a planned move of 1, 100 and 1,000 connections) and
+    /// `tandem bench capture` (packets/s and added latency of the capture path).
     Bench(cmd_bench::BenchArgs),
     /// Helper programs the lab runs inside node namespaces.
     #[command(hide = true)]

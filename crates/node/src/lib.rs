@@ -1,8 +1,10 @@
 //! The tandem node.
 //!
 //! Today it knows how to move live TCP connections, with the virtual IP, from
-//! one node to another ([`migration`]). The replicated daemon — capture, log,
-//! apply, takeover — grows here in later steps.
+//! one node to another ([`migration`]), and how to capture client packets
+//! and decide their fate ([`capture`]). The replicated daemon — log, apply,
+//! takeover — grows here in later steps.
 
+pub mod capture;
 pub mod migration;
 pub mod site;

@@ -45,6 +45,10 @@ const NFQA_SKB_GSO: u32 = 1 << 1;
 const NFQA_SKB_CSUM_NOTVERIFIED: u32 = 1 << 2;
 
 const NLMSG_HDRLEN: usize = 16;
+/// Datagrams taken per `recvmmsg`.
+const RECV_BATCH: usize = 32;
+/// Room for one datagram: a whole 64 KiB packet plus its netlink headers.
+const RECV_SLOT: usize = 68 * 1024;
 const NFGEN_HDRLEN: usize = 4;
 const NLA_HDRLEN: usize = 4;
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -220,7 +224,7 @@ impl NfQueue {
             fd,
             queue,
             seq: 0,
-            buf: vec![0u8; 256 * 1024],
+            buf: vec![0u8; RECV_BATCH * RECV_SLOT],
             overruns: 0,
         };
         let cmd = [NFQNL_CFG_CMD_BIND, 0, 0, 0];
@@ -279,20 +283,65 @@ impl NfQueue {
         Ok(())
     }
 
+    /// Makes blocking reads give up after `timeout` (with
+    /// `Err(Io(WouldBlock))`), so a reader thread can notice it should stop.
+    pub fn set_read_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: setsockopt with a pointer to a live timeval and its size.
+        crate::cvt(unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        })
+        .map(drop)
+    }
+
     /// Reads what one `recv` returns — often many packets — and appends them
     /// to `out`. Blocks unless the socket is non-blocking; returns
     /// `Err(Io(WouldBlock))` then when nothing is pending. A socket-buffer
     /// overrun is counted ([`NfQueue::overruns`]) and reported as
     /// [`NfQueueError::Overrun`]; the queue stays usable.
     pub fn recv_batch(&mut self, out: &mut Vec<QueuedPacket>) -> Result<usize, NfQueueError> {
-        let n = loop {
-            // SAFETY: recv into our own buffer, bounded by its length.
+        // Each queued packet is its own netlink datagram: recvmmsg takes up
+        // to RECV_BATCH of them per system call, waiting only for the first.
+        let slots = RECV_BATCH;
+        let mut iovecs: Vec<libc::iovec> = self
+            .buf
+            .chunks_mut(RECV_SLOT)
+            .take(slots)
+            .map(|slot| libc::iovec {
+                iov_base: slot.as_mut_ptr().cast(),
+                iov_len: slot.len(),
+            })
+            .collect();
+        // SAFETY: mmsghdr is plain data; zeroed is a valid "no name, no
+        // control" header, then pointed at one live iovec each.
+        let mut headers: Vec<libc::mmsghdr> = iovecs
+            .iter_mut()
+            .map(|iov| unsafe {
+                let mut h: libc::mmsghdr = std::mem::zeroed();
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        let received = loop {
+            // SAFETY: the headers point at iovecs that point into self.buf,
+            // all alive and unaliased for the duration of the call.
             let n = unsafe {
-                libc::recv(
+                libc::recvmmsg(
                     self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    0,
+                    headers.as_mut_ptr(),
+                    headers.len() as libc::c_uint,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
                 )
             };
             if n >= 0 {
@@ -316,8 +365,26 @@ impl NfQueue {
                 }
             }
         };
+        let lens: Vec<usize> = headers[..received]
+            .iter()
+            .map(|h| h.msg_len as usize)
+            .collect();
+        drop(headers);
+        drop(iovecs);
         let before = out.len();
-        for message in NlMessages::new(&self.buf[..n]) {
+        for (slot, len) in self.buf.chunks(RECV_SLOT).zip(lens) {
+            self.parse_datagram(&slot[..len.min(slot.len())], out)?;
+        }
+        Ok(out.len() - before)
+    }
+
+    /// Appends the packets of one netlink datagram to `out`.
+    fn parse_datagram(
+        &self,
+        datagram: &[u8],
+        out: &mut Vec<QueuedPacket>,
+    ) -> Result<(), NfQueueError> {
+        for message in NlMessages::new(datagram) {
             let (ty, body) = message;
             if ty == libc::NLMSG_ERROR as u16 {
                 let code = body
@@ -339,7 +406,7 @@ impl NfQueue {
                 out.push(packet);
             }
         }
-        Ok(out.len() - before)
+        Ok(())
     }
 
     /// Gives one packet its verdict.
