@@ -1,4 +1,4 @@
-//! Queue sizes of a live TCP socket, for progress checks and tests.
+//! Queue sizes, counters and the window clamp of a live TCP socket.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -31,6 +31,76 @@ pub fn queue_sizes(fd: BorrowedFd<'_>) -> std::io::Result<QueueSizes> {
     })
 }
 
+/// Counters from `TCP_INFO` that can be compared with shadow TCP in any
+/// state (a dump needs a repairable state; these do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpCounters {
+    /// The kernel's state number.
+    pub state: u8,
+    /// Sequence space we sent that the peer acknowledged
+    /// (`tcpi_bytes_acked`; on the connecting side the SYN counts as one).
+    pub bytes_acked: u64,
+    /// Bytes received in order from the peer (`tcpi_bytes_received`).
+    pub bytes_received: u64,
+    /// The peer's window as we last saw it, scaled (`tcpi_snd_wnd`).
+    pub snd_wnd: u32,
+    /// The window we advertise (`tcpi_rcv_wnd`).
+    pub rcv_wnd: u32,
+}
+
+/// Reads [`TcpCounters`] from a TCP socket.
+pub fn tcp_counters(fd: BorrowedFd<'_>) -> std::io::Result<TcpCounters> {
+    // Offsets in struct tcp_info (include/uapi/linux/tcp.h), stable ABI.
+    const BYTES_ACKED: usize = 120;
+    const BYTES_RECEIVED: usize = 128;
+    const SND_WND: usize = 228;
+    const RCV_WND: usize = 232;
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `buf` and reports
+    // how many in `len`.
+    crate::cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    if (len as usize) < RCV_WND + 4 {
+        return Err(std::io::Error::other(
+            "TCP_INFO too short: kernel older than 5.4",
+        ));
+    }
+    let u64_at = |at: usize| u64::from_ne_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+    let u32_at = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
+    Ok(TcpCounters {
+        state: buf[0],
+        bytes_acked: u64_at(BYTES_ACKED),
+        bytes_received: u64_at(BYTES_RECEIVED),
+        snd_wnd: u32_at(SND_WND),
+        rcv_wnd: u32_at(RCV_WND),
+    })
+}
+
+/// Clamps the receive window a socket will ever advertise
+/// (`TCP_WINDOW_CLAMP`); set on a listener, accepted sockets inherit it.
+pub fn set_window_clamp(fd: BorrowedFd<'_>, bytes: u32) -> std::io::Result<()> {
+    let value = bytes.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    crate::cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_WINDOW_CLAMP,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +121,12 @@ mod tests {
             }
             assert_eq!(queue_sizes(server.as_fd()).unwrap().unread, 1000);
             assert_eq!(queue_sizes(client.as_fd()).unwrap().unacknowledged, 0);
+            let counters = tcp_counters(server.as_fd()).unwrap();
+            assert_eq!(counters.bytes_received, 1000);
+            assert_eq!(counters.state, 1);
+            // The kernel counts acknowledged sequence space: the SYN is one.
+            assert_eq!(tcp_counters(client.as_fd()).unwrap().bytes_acked, 1001);
+            set_window_clamp(server.as_fd(), 64 * 1024).unwrap();
         })
         .unwrap();
     }
