@@ -18,14 +18,7 @@
 //!
 //! Time is passed in (milliseconds), so the limiter is deterministic.
 
-/// Where a captured packet came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Client → VIP, captured in INPUT.
-    FromClient,
-    /// VIP → client, captured in OUTPUT (only SYN-ACKs are).
-    FromServer,
-}
+pub use crate::shadow::Direction;
 
 /// What the capture path does with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,10 @@
 
 use std::net::SocketAddr;
 use tandem_core::classify::{Direction, PacketFacts};
+use tandem_core::shadow::{
+    SackBlock as ShadowSackBlock, SackBlocks, Segment, SegmentOptions, TcpFlags as ShadowFlags,
+    Timestamps,
+};
 use tandem_sys::nfqueue::{ChecksumState, Hook, NfQueue, NfQueueError, QueuedPacket, Verdict};
 use tandem_wire::tcp::{OptionsMode, ParseChecks};
 use tandem_wire::{IpTcpRepr, WireError};
@@ -69,6 +73,38 @@ pub fn facts_of(repr: &IpTcpRepr<'_>) -> PacketFacts {
         fin: flags.contains(TcpFlags::FIN),
         rst: flags.contains(TcpFlags::RST),
         payload_len: repr.tcp.payload.len(),
+    }
+}
+
+/// The segment shadow TCP is fed, borrowing the packet's payload.
+pub fn segment_of<'a>(repr: &IpTcpRepr<'a>) -> Segment<'a> {
+    let (src, dst) = endpoints_of(repr);
+    let options = &repr.tcp.options;
+    let mut sack = SackBlocks::default();
+    for block in options.sack_blocks.as_slice() {
+        sack.push(ShadowSackBlock {
+            left: block.left.0,
+            right: block.right.0,
+        });
+    }
+    Segment {
+        src,
+        dst,
+        seq: repr.tcp.seq_number.0,
+        ack: repr.tcp.ack_number.0,
+        flags: ShadowFlags(repr.tcp.flags.bits()),
+        window: repr.tcp.window_len,
+        options: SegmentOptions {
+            mss: options.mss,
+            wscale: options.window_scale,
+            sack_permitted: options.sack_permitted,
+            sack,
+            timestamps: options.timestamps.map(|ts| Timestamps {
+                tsval: ts.tsval,
+                tsecr: ts.tsecr,
+            }),
+        },
+        payload: repr.tcp.payload,
     }
 }
 
