@@ -822,8 +822,16 @@ impl Rng {
     }
 }
 
+/// The number of cases: `PROPTEST_CASES` if set (for long runs), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(200), ..ProptestConfig::default() })]
 
     /// A random stream, cut into random segments, reordered, duplicated and
     /// overlapping, with ISNs near 2³²: delivered byte for byte, once; and
@@ -912,6 +920,8 @@ proptest! {
 /// -p tandem-core shadow::tests::fuzz`.
 mod fuzz {
     use super::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestCaseError;
 
     /// mss, wscale, sack_permitted, timestamps, SACK blocks.
     type Opts = (
@@ -979,77 +989,154 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: cases(300), ..ProptestConfig::default() })]
 
         #[test]
         fn arbitrary_segments_never_panic_and_stay_bounded(ops in proptest::collection::vec(arb_op(), 1..200)) {
-            let mut config = ShadowConfig::new(4096);
-            config.max_connections = 3;
-            config.max_half_open = 2;
-            let mut a = ShadowTable::new(config);
-            let mut b = ShadowTable::new(config);
-            let mut now = Millis(0);
-            for op in &ops {
-                now = now.plus(u64::from(op.dt));
-                let client = SocketAddr::from(([10, 0, 0, op.client], 1000 + u16::from(op.client)));
-                let (src, dst) = if op.dir_server { (server_addr(), client) } else { (client, server_addr()) };
-                let mut sack = SackBlocks::default();
-                for &(l, r) in &op.opts.4 {
-                    sack.push(SackBlock { left: l, right: r });
-                }
-                let seg = Segment {
-                    src,
-                    dst,
-                    seq: op.seq,
-                    ack: op.ack,
-                    flags: TcpFlags(op.flags & 0x3f),
-                    window: op.window,
-                    options: SegmentOptions {
-                        mss: op.opts.0,
-                        wscale: op.opts.1,
-                        sack_permitted: op.opts.2,
-                        sack,
-                        timestamps: op.opts.3.map(|(tsval, tsecr)| Timestamps { tsval, tsecr }),
-                    },
-                    payload: &op.payload,
-                };
-                let dir = if op.dir_server { Direction::FromServer } else { Direction::FromClient };
-                let out_a = a.on_segment(now, dir, &seg);
-                let out_b = b.on_segment(now, dir, &seg);
-                prop_assert_eq!(&out_a, &out_b);
-                let key = out_a.conn;
-                match op.app % 8 {
-                    0 => {
-                        let _ = a.append_output(&key, &op.payload[..op.payload.len().min(50)]);
-                        let _ = b.append_output(&key, &op.payload[..op.payload.len().min(50)]);
-                    }
-                    1 => {
-                        let _ = a.close(&key);
-                        let _ = b.close(&key);
-                    }
-                    2 => {
-                        prop_assert_eq!(a.expire(now), b.expire(now));
-                    }
-                    _ => {}
-                }
-                if let Some(img) = a.image(&key, now, 0) {
-                    prop_assert_eq!(img.validate(), Ok(()));
-                    // TCP_REPAIR_WINDOW's own checks.
-                    let w = img.window;
-                    prop_assert!(w.max_window >= w.snd_wnd);
-                    prop_assert!(!seq::after(w.snd_wl1, img.rcv_nxt.wrapping_add(w.rcv_wnd)));
-                    prop_assert!(!seq::after(w.rcv_wup, img.rcv_nxt));
-                }
-                let m = a.memory();
-                prop_assert!(a.len() <= config.max_connections);
-                prop_assert!(m.half_open <= config.max_half_open);
-                prop_assert!(m.total_bytes - m.output_bytes <= m.bound_bytes);
-                for k in a.keys() {
-                    let info = a.info(k).unwrap();
-                    prop_assert!(info.held as u64 <= config.reassembly_limit());
-                }
-                prop_assert_eq!(a.state_hash(), b.state_hash());
+            run_ops(&ops)?;
+        }
+    }
+
+    /// Feeds `ops` to two tables and checks everything the fuzz checks.
+    fn run_ops(ops: &[Op]) -> Result<u32, TestCaseError> {
+        let mut config = ShadowConfig::new(4096);
+        config.max_connections = 3;
+        config.max_half_open = 2;
+        let mut a = ShadowTable::new(config);
+        let mut b = ShadowTable::new(config);
+        let mut now = Millis(0);
+        let mut reached = 0u32;
+        for op in ops {
+            now = now.plus(u64::from(op.dt));
+            let client = SocketAddr::from(([10, 0, 0, op.client], 1000 + u16::from(op.client)));
+            let (src, dst) = if op.dir_server {
+                (server_addr(), client)
+            } else {
+                (client, server_addr())
+            };
+            let mut sack = SackBlocks::default();
+            for &(l, r) in &op.opts.4 {
+                sack.push(SackBlock { left: l, right: r });
             }
+            let seg = Segment {
+                src,
+                dst,
+                seq: op.seq,
+                ack: op.ack,
+                flags: TcpFlags(op.flags & 0x3f),
+                window: op.window,
+                options: SegmentOptions {
+                    mss: op.opts.0,
+                    wscale: op.opts.1,
+                    sack_permitted: op.opts.2,
+                    sack,
+                    timestamps: op.opts.3.map(|(tsval, tsecr)| Timestamps { tsval, tsecr }),
+                },
+                payload: &op.payload,
+            };
+            let dir = if op.dir_server {
+                Direction::FromServer
+            } else {
+                Direction::FromClient
+            };
+            // Guided half the time: aim seq/ack near what the tuple's
+            // state expects, so handshakes complete and deep states
+            // (established, closing, TIME_WAIT) are reached.
+            let mut seg = seg;
+            if op.app & 0x10 != 0 {
+                if let Some(info) = a.info(&ConnKey::of(dir, &seg)) {
+                    // In order half the time, else anywhere around rcv_nxt.
+                    let jitter = if op.flags & 0x80 != 0 {
+                        0
+                    } else {
+                        (op.seq % 4000) as i32 - 1000
+                    };
+                    if op.dir_server {
+                        seg.ack = info.client_isn.wrapping_add(1);
+                    } else {
+                        if op.flags & 0x40 == 0 {
+                            // Mostly plain ACKs (with FIN or not), so the
+                            // connection lives long enough to go deep.
+                            seg.flags = TcpFlags((seg.flags.0 & 0x09) | TcpFlags::ACK.0);
+                        }
+                        seg.seq = info.rcv_nxt.wrapping_add(jitter as u32);
+                        seg.ack = match info.server_isn {
+                            Some(isn) if info.state == ShadowState::SynAckSeen => {
+                                isn.wrapping_add(1)
+                            }
+                            // Everything written (FIN included) half the
+                            // time, else a partial ACK.
+                            _ if op.ack & 1 == 0 => info.write_seq,
+                            _ => info.snd_una.wrapping_add(op.ack % 64),
+                        };
+                    }
+                }
+            }
+            let out_a = a.on_segment(now, dir, &seg);
+            let out_b = b.on_segment(now, dir, &seg);
+            prop_assert_eq!(&out_a, &out_b);
+            let key = out_a.conn;
+            match op.app % 8 {
+                0 => {
+                    let _ = a.append_output(&key, &op.payload[..op.payload.len().min(50)]);
+                    let _ = b.append_output(&key, &op.payload[..op.payload.len().min(50)]);
+                }
+                1 | 5 => {
+                    let _ = a.close(&key);
+                    let _ = b.close(&key);
+                }
+                2 => {
+                    prop_assert_eq!(a.expire(now), b.expire(now));
+                }
+                _ => {}
+            }
+            if let Some(img) = a.image(&key, now, 0) {
+                prop_assert_eq!(img.validate(), Ok(()));
+                // TCP_REPAIR_WINDOW's own checks.
+                let w = img.window;
+                prop_assert!(w.max_window >= w.snd_wnd);
+                prop_assert!(!seq::after(w.snd_wl1, img.rcv_nxt.wrapping_add(w.rcv_wnd)));
+                prop_assert!(!seq::after(w.rcv_wup, img.rcv_nxt));
+            }
+            let m = a.memory();
+            prop_assert!(a.len() <= config.max_connections);
+            prop_assert!(m.half_open <= config.max_half_open);
+            prop_assert!(m.total_bytes - m.output_bytes <= m.bound_bytes);
+            for k in a.keys() {
+                let info = a.info(k).unwrap();
+                prop_assert!(info.held as u64 <= config.reassembly_limit());
+            }
+            prop_assert_eq!(a.state_hash(), b.state_hash());
+            if let Some(info) = a.info(&key) {
+                reached |= 1 << (info.state as u32);
+            }
+        }
+        Ok(reached)
+    }
+
+    #[test]
+    fn fuzz_reaches_deep_states() {
+        // Run the fuzz body on a fixed set of seeds and check coverage.
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = proptest::collection::vec(arb_op(), 1..200);
+        let mut reached = 0;
+        for _ in 0..300 {
+            let ops = strategy.new_tree(&mut runner).unwrap().current();
+            reached |= run_ops(&ops).unwrap();
+        }
+        for state in [
+            ShadowState::SynAckSeen,
+            ShadowState::Established,
+            ShadowState::CloseWait,
+            ShadowState::FinWait1,
+            ShadowState::FinWait2,
+            ShadowState::LastAck,
+            ShadowState::TimeWait,
+        ] {
+            assert!(
+                reached & (1 << (state as u32)) != 0,
+                "fuzz never reached {state:?} ({reached:#b})"
+            );
         }
     }
 }
