@@ -84,9 +84,27 @@ pub fn tcp_counters(fd: BorrowedFd<'_>) -> std::io::Result<TcpCounters> {
     })
 }
 
-/// Clamps the receive window a socket will ever advertise
-/// (`TCP_WINDOW_CLAMP`); set on a listener, accepted sockets inherit it.
+/// Bounds the receive window a socket will ever advertise to `bytes`; set
+/// on a listener, accepted sockets inherit it.
+///
+/// `TCP_WINDOW_CLAMP` alone does not do it on this kernel: as the receive
+/// buffer grows, the kernel raises the clamp to what the buffer can hold,
+/// even past the value set and even with the buffer size locked (measured:
+/// a clamp of 256 KiB ended at 1,032,192 with a 1 MiB buffer). So the
+/// receive buffer is also locked at `bytes` (SO_RCVBUF, which the kernel
+/// doubles, set to half), and the window can never exceed what it holds.
 pub fn set_window_clamp(fd: BorrowedFd<'_>, bytes: u32) -> std::io::Result<()> {
+    let half = (bytes / 2).min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    crate::cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&half as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
     let value = bytes.min(i32::MAX as u32) as libc::c_int;
     // SAFETY: setsockopt with a pointer to a live c_int and its size.
     crate::cvt(unsafe {
