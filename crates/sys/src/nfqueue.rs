@@ -914,6 +914,75 @@ mod tests {
         .unwrap();
     }
 
+    /// With a 1500-byte MTU, a bulk write on loopback leaves as GSO
+    /// super-packets; they must reach the reader whole, flagged, and intact.
+    #[test]
+    fn gso_super_packets_arrive_whole() {
+        use std::io::{Read, Write};
+        crate::netns::run_in_private(|| {
+            let status = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "mtu", "1500"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let mut queue = NfQueue::bind(13, QueueConfig::default()).unwrap();
+            queue
+                .set_read_timeout(std::time::Duration::from_millis(200))
+                .unwrap();
+            iptables(&format!(
+                "-A INPUT -p tcp --dport {port} -j NFQUEUE --queue-num 13"
+            ));
+            let reader = std::thread::spawn(move || {
+                let mut biggest = 0usize;
+                let mut gso = 0usize;
+                let mut total_payload = 0usize;
+                loop {
+                    let mut batch = Vec::new();
+                    match queue.recv_batch(&mut batch) {
+                        Ok(_) => {}
+                        Err(NfQueueError::Io { source, .. })
+                            if source.kind() == io::ErrorKind::WouldBlock =>
+                        {
+                            return (biggest, gso, total_payload)
+                        }
+                        Err(err) => panic!("{err}"),
+                    }
+                    for p in &batch {
+                        biggest = biggest.max(p.payload.len());
+                        gso += usize::from(p.gso);
+                        // IPv4 total length covers the whole super-packet.
+                        let total = u16::from_be_bytes([p.payload[2], p.payload[3]]) as usize;
+                        assert_eq!(total, p.payload.len(), "a packet was cut short");
+                        let ihl = usize::from(p.payload[0] & 0xf) * 4;
+                        let doff = usize::from(p.payload[ihl + 12] >> 4) * 4;
+                        total_payload += p.payload.len() - ihl - doff;
+                    }
+                    let verdicts: Vec<_> = batch.iter().map(|p| (p.id, Verdict::Accept)).collect();
+                    queue.verdicts(&verdicts).unwrap();
+                }
+            });
+            let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            let data = vec![0xabu8; 1 << 20];
+            let writer = std::thread::spawn(move || client.write_all(&data).unwrap());
+            let mut got = vec![0u8; 1 << 20];
+            server.read_exact(&mut got).unwrap();
+            writer.join().unwrap();
+            assert!(got.iter().all(|&b| b == 0xab));
+            let (biggest, gso, total_payload) = reader.join().unwrap();
+            assert!(gso > 0, "no GSO packet seen");
+            assert!(biggest > 1500, "the biggest packet was {biggest} bytes");
+            assert_eq!(
+                total_payload,
+                1 << 20,
+                "captured payload != bytes delivered"
+            );
+        })
+        .unwrap();
+    }
+
     #[test]
     fn a_queue_number_cannot_be_bound_twice() {
         crate::netns::run_in_private(|| {
