@@ -113,19 +113,8 @@ impl Netlink {
         addr: IpAddr,
         prefix_len: u8,
     ) -> Result<(), AddrError> {
-        let (index, interface) = (interface.index, interface.name.as_str());
-        let found: Vec<_> = self
-            .runtime
-            .block_on(
-                self.handle
-                    .address()
-                    .get()
-                    .set_link_index_filter(index)
-                    .set_address_filter(addr)
-                    .execute()
-                    .try_collect(),
-            )
-            .map_err(|err| request_error("look up", addr, prefix_len, interface, err))?;
+        let found = self.find(interface, addr)?;
+        let interface = interface.name.as_str();
         for message in found {
             match self
                 .runtime
@@ -141,20 +130,26 @@ impl Netlink {
 
     /// Whether `addr` is currently configured on `interface`.
     pub fn has_address(&self, interface: &Interface, addr: IpAddr) -> Result<bool, AddrError> {
-        let (index, interface) = (interface.index, interface.name.as_str());
-        let found: Vec<_> = self
-            .runtime
+        Ok(!self.find(interface, addr)?.is_empty())
+    }
+
+    /// The kernel's records of `addr` on `interface` (none, or one).
+    fn find(
+        &self,
+        interface: &Interface,
+        addr: IpAddr,
+    ) -> Result<Vec<rtnetlink::packet_route::address::AddressMessage>, AddrError> {
+        self.runtime
             .block_on(
                 self.handle
                     .address()
                     .get()
-                    .set_link_index_filter(index)
+                    .set_link_index_filter(interface.index)
                     .set_address_filter(addr)
                     .execute()
                     .try_collect(),
             )
-            .map_err(|err| request_error("look up", addr, 0, interface, err))?;
-        Ok(!found.is_empty())
+            .map_err(|err| request_error("look up", addr, 0, &interface.name, err))
     }
 }
 

@@ -34,3 +34,34 @@ pub(crate) fn cvt(ret: libc::c_int) -> std::io::Result<libc::c_int> {
         Ok(ret)
     }
 }
+
+/// `setsockopt` with a plain-data value.
+pub(crate) fn set_opt<T: Copy>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `value` points to a live, initialised T of the length given.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast::<libc::c_void>(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `setsockopt` with an int value.
+pub(crate) fn set_int(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    set_opt(fd, level, name, &value)
+}

@@ -72,14 +72,28 @@ where
     F: FnOnce() -> T + Send,
     T: Send,
 {
+    on_thread_in(name, || enter(name), f)
+}
+
+/// Runs `f` on a new scoped thread after `enter` moved that thread into a
+/// namespace; `label` names it in errors.
+fn on_thread_in<T, F>(
+    label: &str,
+    enter: impl FnOnce() -> Result<(), NetnsError> + Send,
+    f: F,
+) -> Result<T, NetnsError>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                enter(name)?;
+                enter()?;
                 Ok(f())
             })
             .join()
-            .map_err(|_| NetnsError::Panicked(name.to_string()))?
+            .map_err(|_| NetnsError::Panicked(label.to_string()))?
     })
 }
 
@@ -98,15 +112,7 @@ where
     F: FnOnce() -> T + Send,
     T: Send,
 {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                enter_private()?;
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| NetnsError::Panicked("<private>".to_string()))?
-    })
+    on_thread_in("<private>", enter_private, f)
 }
 
 fn loopback_up() -> std::io::Result<()> {

@@ -217,8 +217,8 @@ impl NfQueue {
         }
         let size = config.socket_buffer.min(i32::MAX as usize) as libc::c_int;
         // Root may exceed rmem_max with the FORCE variant; fall back quietly.
-        if set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
-            let _ = set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, size);
+        if crate::set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
+            let _ = crate::set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, size);
         }
         let mut this = NfQueue {
             fd,
@@ -290,17 +290,7 @@ impl NfQueue {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
-        // SAFETY: setsockopt with a pointer to a live timeval and its size.
-        crate::cvt(unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        })
-        .map(drop)
+        crate::set_opt(self.fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
     }
 
     /// Reads what one `recv` returns — often many packets — and appends them
@@ -717,25 +707,6 @@ fn parse_packet(body: &[u8]) -> Option<QueuedPacket> {
     have_header.then_some(packet)
 }
 
-fn set_int(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: setsockopt with a pointer to a live c_int and its size.
-    crate::cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    })
-    .map(drop)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -974,10 +945,11 @@ mod tests {
             let (biggest, gso, total_payload) = reader.join().unwrap();
             assert!(gso > 0, "no GSO packet seen");
             assert!(biggest > 1500, "the biggest packet was {biggest} bytes");
-            assert_eq!(
-                total_payload,
-                1 << 20,
-                "captured payload != bytes delivered"
+            // Every delivered byte crossed the queue; retransmissions may
+            // add more.
+            assert!(
+                total_payload >= 1 << 20,
+                "captured {total_payload} bytes of payload"
             );
         })
         .unwrap();

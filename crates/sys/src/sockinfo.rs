@@ -95,28 +95,9 @@ pub fn tcp_counters(fd: BorrowedFd<'_>) -> std::io::Result<TcpCounters> {
 /// doubles, set to half), and the window can never exceed what it holds.
 pub fn set_window_clamp(fd: BorrowedFd<'_>, bytes: u32) -> std::io::Result<()> {
     let half = (bytes / 2).min(i32::MAX as u32) as libc::c_int;
-    // SAFETY: setsockopt with a pointer to a live c_int and its size.
-    crate::cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&half as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
+    crate::set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, half)?;
     let value = bytes.min(i32::MAX as u32) as libc::c_int;
-    // SAFETY: setsockopt with a pointer to a live c_int and its size.
-    crate::cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_WINDOW_CLAMP,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
+    crate::set_int(fd, libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, value)
 }
 
 #[cfg(test)]

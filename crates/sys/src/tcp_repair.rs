@@ -75,6 +75,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use crate::{set_int, set_opt};
 use libc::{c_int, c_void, socklen_t};
 use tandem_core::image::{
     ImageError, RepairWindow, SocketImage, TcpOptions, TcpState, WindowScale,
@@ -243,21 +244,6 @@ fn sys(step: &'static str) -> impl FnOnce(io::Error) -> RepairError {
     move |source| RepairError::Sys { step, source }
 }
 
-/// `setsockopt` with a plain-data value.
-fn set_opt<T: Copy>(fd: BorrowedFd<'_>, level: c_int, name: c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` points to a live, initialised T of the length given.
-    crate::cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast::<c_void>(),
-            size_of::<T>() as socklen_t,
-        )
-    })
-    .map(drop)
-}
-
 /// `setsockopt` with an array value.
 fn set_opt_slice<T: Copy>(
     fd: BorrowedFd<'_>,
@@ -303,10 +289,6 @@ fn get_opt<T: Copy + Default>(
 
 fn get_int(fd: BorrowedFd<'_>, level: c_int, name: c_int) -> io::Result<c_int> {
     get_opt::<c_int>(fd, level, name).map(|(value, _)| value)
-}
-
-fn set_int(fd: BorrowedFd<'_>, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
-    set_opt(fd, level, name, &value)
 }
 
 /// An `ioctl` that returns an int (the socket queue sizes).
