@@ -1,0 +1,13 @@
+//! Sans-I/O replication for tandem (DESIGN §3.8): raft-rs driven by the
+//! node's event loop, an in-memory log, (slot, incarnation) identities and an
+//! authenticated, replay-protected envelope for every message between nodes.
+//!
+//! Nothing here reads clocks, spawns threads or touches sockets: the caller
+//! passes ticks in and carries bytes out, which is what lets the simulation
+//! tests run a whole cluster deterministically in one process.
+
+pub mod id;
+pub mod storage;
+
+pub use id::{bump_incarnation, NodeId};
+pub use storage::MemLog;
