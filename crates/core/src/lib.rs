@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod image;
+pub mod sdk;
 pub mod shadow;
 
 pub use image::{ImageError, RepairWindow, SocketImage, TcpOptions, TcpState, WindowScale};

@@ -1,0 +1,405 @@
+//! The service SDK: how an application runs as a deterministic replicated
+//! state machine inside tandem.
+//!
+//! Every replica applies the same committed log to the same [`Service`]; the
+//! log's client packets become [`Event`]s (through shadow TCP), the service
+//! answers through a [`Context`] that records [`Action`]s as values, and the
+//! [`Runtime`] keeps the bookkeeping every replica must agree on: open
+//! connections, per-connection output offsets and output hashes, timers, and
+//! a [`Runtime::state_hash`] replicas compare at equal log indexes.
+//!
+//! # The determinism contract (DESIGN §3.4)
+//!
+//! Tandem never gates output: the primary sends a service's bytes as soon as
+//! they are computed, and after a failover a clone resumes the same TCP
+//! streams at the same offsets. That is only correct if every replica
+//! computes **byte-identical output** from the same log prefix. So a
+//! service must obey these rules:
+//!
+//! - **State changes only in [`Service::on_event`].** No threads, no I/O, no
+//!   globals, no interior mutability shared with anything outside.
+//! - **Time is [`Context::now`]**: the entry's timestamp, clamped so it never
+//!   goes backwards (max of the previous `now` and the entry's timestamp),
+//!   also across a change of primary. Never read a clock.
+//! - **Randomness is [`Context::rng`]**, seeded from (log seed, entry index).
+//!   Never use `rand::thread_rng`, `RandomState` or addresses of allocations.
+//! - **Timers** are requested with [`Context::set_timer`] and fire as log
+//!   entries ([`Event::Timer`]); each carries (id, generation), so a timer
+//!   proposed twice (by an old and a new primary) fires once, and a
+//!   re-armed or cancelled timer's stale generation is ignored.
+//! - **No iteration over `std::collections::HashMap`/`HashSet`**: their
+//!   order differs per process. Use `BTreeMap`/`BTreeSet` (or a fixed-seed
+//!   hasher). Clippy's `disallowed-types` (the repository's `clippy.toml`)
+//!   enforces this.
+//! - **Nothing process-local reaches a reply**: no pid, hostname, local
+//!   clock, memory figures, pointer values.
+//! - **Panics are contained.** If `on_event` panics, the runtime catches it,
+//!   discards the actions recorded during that event, aborts that event's
+//!   connection ([`Action::Abort`]) and tells the service with
+//!   [`Event::Reset`]. The service's state is whatever it was when it
+//!   panicked: because the code is deterministic, that is the same partial
+//!   state on every replica, so the replicas stay in agreement (never a dead
+//!   cluster, never divergent state). Write `on_event` so that a panic
+//!   half-way leaves the state usable.
+//! - **[`Service::snapshot`] / [`Service::restore`] round-trip exactly**
+//!   (including per-connection buffers): a clone seeded from a snapshot must
+//!   answer exactly as one that applied the whole log, and
+//!   [`Service::state_hash`] must be equal after a round trip.
+//!
+//! # A complete small service
+//!
+//! A line-reversing service: each `\n`-terminated line comes back reversed;
+//! it closes its side when the client does. Its only state is the partial
+//! line of each connection, kept in a `BTreeMap`.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use tandem_core::sdk::{ConnId, Context, Event, Runtime, Service, SdkError, Action};
+//! use tandem_core::shadow::Millis;
+//!
+//! #[derive(Default)]
+//! struct Reverse {
+//!     partial: BTreeMap<ConnId, Vec<u8>>,
+//! }
+//!
+//! impl Service for Reverse {
+//!     fn on_event(&mut self, ctx: &mut Context, event: Event) {
+//!         match event {
+//!             Event::Opened { conn, .. } => {
+//!                 self.partial.insert(conn, Vec::new());
+//!             }
+//!             Event::Data { conn, bytes } => {
+//!                 let buf = self.partial.entry(conn).or_default();
+//!                 buf.extend_from_slice(&bytes);
+//!                 while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+//!                     let mut line: Vec<u8> = buf.drain(..=nl).collect();
+//!                     line.pop();
+//!                     line.reverse();
+//!                     line.push(b'\n');
+//!                     ctx.send(conn, line);
+//!                 }
+//!             }
+//!             Event::PeerClosed { conn } => {
+//!                 self.partial.remove(&conn);
+//!                 ctx.close(conn);
+//!             }
+//!             Event::Reset { conn } => {
+//!                 self.partial.remove(&conn);
+//!             }
+//!             Event::Timer { .. } => {}
+//!         }
+//!     }
+//!
+//!     fn snapshot(&self) -> Vec<u8> {
+//!         // A tiny hand-written encoding: (conn, len, bytes)*.
+//!         let mut out = Vec::new();
+//!         for (conn, buf) in &self.partial {
+//!             out.extend_from_slice(&conn.0.to_le_bytes());
+//!             out.extend_from_slice(&(buf.len() as u64).to_le_bytes());
+//!             out.extend_from_slice(buf);
+//!         }
+//!         out
+//!     }
+//!
+//!     fn restore(mut bytes: &[u8]) -> Result<Self, SdkError> {
+//!         let mut partial = BTreeMap::new();
+//!         let mut take = |n: usize| -> Result<Vec<u8>, SdkError> {
+//!             if bytes.len() < n {
+//!                 return Err(SdkError::Snapshot("truncated".into()));
+//!             }
+//!             let (head, rest) = bytes.split_at(n);
+//!             bytes = rest;
+//!             Ok(head.to_vec())
+//!         };
+//!         loop {
+//!             let Ok(conn) = take(8) else { break };
+//!             let conn = u64::from_le_bytes(conn.try_into().unwrap());
+//!             let len = u64::from_le_bytes(take(8)?.try_into().unwrap());
+//!             partial.insert(ConnId(conn), take(len as usize)?);
+//!         }
+//!         Ok(Reverse { partial })
+//!     }
+//! }
+//!
+//! // Two replicas fed the same events compute the same actions and hashes.
+//! let mut a = Runtime::new(Box::new(Reverse::default()), 7);
+//! let mut b = Runtime::new(Box::new(Reverse::default()), 7);
+//! let peer = "10.0.0.2:40000".parse().unwrap();
+//! let events = [
+//!     Event::Opened { conn: ConnId(1), peer },
+//!     Event::Data { conn: ConnId(1), bytes: b"hel".to_vec() },
+//!     Event::Data { conn: ConnId(1), bytes: b"lo\n".to_vec() },
+//! ];
+//! for (i, e) in events.into_iter().enumerate() {
+//!     let x = a.apply(i as u64 + 1, Millis(1_000), e.clone());
+//!     let y = b.apply(i as u64 + 1, Millis(1_000), e);
+//!     assert_eq!(x, y);
+//! }
+//! assert_eq!(a.state_hash(), b.state_hash());
+//! assert_eq!(a.output(ConnId(1)).unwrap().offset, 6); // "olleh\n"
+//! ```
+
+#![deny(missing_docs)]
+// Apply must never panic on its own account (only the service may, and that
+// is caught): no unwrap, expect, panic or unchecked indexing outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo
+    )
+)]
+
+pub mod rng;
+mod runtime;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+
+pub use crate::shadow::Millis;
+pub use rng::Rng;
+pub use runtime::{ConnOutput, Runtime, TimerState};
+
+/// A connection's deterministic identity: assigned by the host in log order
+/// (the n-th connection opened in the log), never reused, so it is the same
+/// on every replica whatever ports or sockets the primary used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// A timer's identity, chosen by the service. Setting a timer whose id is
+/// already armed re-arms it (the old generation will be ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimerId(pub u64);
+
+/// What happened, as every replica sees it at the same log position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A client connection completed its handshake.
+    Opened {
+        /// The new connection.
+        conn: ConnId,
+        /// The client's address (as logged; the same on every replica).
+        peer: SocketAddr,
+    },
+    /// Client bytes, next in the stream. Framing is arbitrary: one request
+    /// may be split across events and one event may carry many requests.
+    Data {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes, each delivered exactly once, in order.
+        bytes: Vec<u8>,
+    },
+    /// The client sent FIN after all the bytes delivered so far.
+    PeerClosed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The connection is gone (client RST, the kernel gave up on the
+    /// client, or the service panicked on it). Forget it; sends to it are
+    /// dropped.
+    Reset {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A timer set with [`Context::set_timer`] fired. Delivered at most once
+    /// per (id, generation).
+    Timer {
+        /// The timer.
+        id: TimerId,
+        /// The generation [`Context::set_timer`] returned.
+        generation: u64,
+    },
+}
+
+impl Event {
+    /// The connection the event concerns, if any.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            Event::Opened { conn, .. }
+            | Event::Data { conn, .. }
+            | Event::PeerClosed { conn }
+            | Event::Reset { conn } => Some(*conn),
+            Event::Timer { .. } => None,
+        }
+    }
+}
+
+/// What the service asked for, as a value. On the primary the host carries
+/// actions out on real sockets; on clones they only update bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Append bytes to the connection's output stream.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes (consecutive sends to one connection are coalesced).
+        bytes: Vec<u8>,
+    },
+    /// Close the service's side after the output sent so far
+    /// (`shutdown(SHUT_WR)`, a FIN).
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Abort the connection (a RST): after a panic in the service, or when
+    /// the service asks for it.
+    Abort {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Arm a timer: the host proposes [`Event::Timer`] once `at` has passed.
+    SetTimer {
+        /// The timer.
+        id: TimerId,
+        /// Its generation (only this one fires).
+        generation: u64,
+        /// When it is due, in log time.
+        at: Millis,
+    },
+    /// Disarm a timer.
+    CancelTimer {
+        /// The timer.
+        id: TimerId,
+    },
+}
+
+/// Errors of the SDK.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdkError {
+    /// A snapshot could not be decoded.
+    #[error("bad snapshot: {0}")]
+    Snapshot(String),
+}
+
+/// The service's view of the replicated world while it handles one event:
+/// time, randomness, and the actions it records.
+///
+/// Everything recorded is kept only if `on_event` returns normally; after a
+/// panic it is discarded (see the module docs).
+#[derive(Debug)]
+pub struct Context {
+    now: Millis,
+    index: u64,
+    rng: Rng,
+    actions: Vec<Action>,
+    next_generation: u64,
+}
+
+impl Context {
+    /// A context at log `index`, time `now`, with the entry's generator and
+    /// the next timer generation to hand out. Used by [`Runtime`]; public so
+    /// a service can be unit-tested without one.
+    pub fn new(index: u64, now: Millis, rng: Rng, next_generation: u64) -> Context {
+        Context {
+            now,
+            index,
+            rng,
+            actions: Vec::new(),
+            next_generation,
+        }
+    }
+
+    /// Log time: never goes backwards, the same on every replica.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// The index of the log entry being applied.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The entry's random generator (seeded from the log seed and the
+    /// entry's index; its draws continue across the events of one entry).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// Appends `bytes` to the connection's output.
+    pub fn send(&mut self, conn: ConnId, bytes: impl Into<Vec<u8>>) {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            return;
+        }
+        // Coalesce with a directly preceding send to the same connection:
+        // a pipelined burst of replies becomes one action (and one write).
+        if let Some(Action::Send {
+            conn: last,
+            bytes: prev,
+        }) = self.actions.last_mut()
+        {
+            if *last == conn {
+                prev.extend_from_slice(&bytes);
+                return;
+            }
+        }
+        self.actions.push(Action::Send { conn, bytes });
+    }
+
+    /// Closes the service's side of the connection after what was sent.
+    pub fn close(&mut self, conn: ConnId) {
+        self.actions.push(Action::Close { conn });
+    }
+
+    /// Aborts the connection (RST).
+    pub fn abort(&mut self, conn: ConnId) {
+        self.actions.push(Action::Abort { conn });
+    }
+
+    /// Arms (or re-arms) timer `id` to fire at `at`; returns the generation
+    /// that [`Event::Timer`] will carry. A re-armed timer's earlier
+    /// generation never fires.
+    pub fn set_timer(&mut self, id: TimerId, at: Millis) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        self.actions.push(Action::SetTimer { id, generation, at });
+        generation
+    }
+
+    /// Disarms timer `id` (nothing happens if it is not armed).
+    pub fn cancel_timer(&mut self, id: TimerId) {
+        self.actions.push(Action::CancelTimer { id });
+    }
+
+    /// The actions recorded so far.
+    pub fn actions(&self) -> &[Action] {
+        &self.actions
+    }
+
+    /// Takes the recorded actions (for tests driving a service directly).
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+}
+
+/// A replicated application. Implementations must follow the determinism
+/// contract of the module docs.
+///
+/// The trait is dyn-compatible: the [`Runtime`] holds a `Box<dyn Service>`.
+pub trait Service: Send {
+    /// Handles one event, recording actions in `ctx`.
+    fn on_event(&mut self, ctx: &mut Context, event: Event);
+
+    /// The complete state (including per-connection buffers), encoded so
+    /// that [`Service::restore`] rebuilds an identical service.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Rebuilds a service from [`Service::snapshot`]'s bytes.
+    fn restore(bytes: &[u8]) -> Result<Self, SdkError>
+    where
+        Self: Sized;
+
+    /// A hash of the state, equal on replicas in the same state. The
+    /// default hashes the snapshot (FNV-1a 64): always correct, but it costs
+    /// a full encoding; large services should keep a cheaper hash.
+    fn state_hash(&self) -> u64 {
+        crate::shadow::hash::Fnv64::new()
+            .bytes(&self.snapshot())
+            .finish()
+    }
+}

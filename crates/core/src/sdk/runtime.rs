@@ -1,0 +1,462 @@
+//! The runtime: applies events to a boxed service, contains its panics, and
+//! keeps the bookkeeping replicas compare (connections, output offsets and
+//! hashes, timers).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::{Action, ConnId, Context, Event, Millis, Rng, SdkError, Service, TimerId};
+use crate::shadow::hash::Fnv64;
+
+/// The output bookkeeping of one open connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnOutput {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Bytes the service has sent so far (the next output stream offset).
+    pub offset: u64,
+    /// FNV-1a 64 of every byte sent so far, in order.
+    pub hash: u64,
+    /// The service closed its side.
+    pub closed: bool,
+    /// The client closed its side.
+    pub peer_closed: bool,
+}
+
+/// An armed timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerState {
+    /// The only generation that will fire.
+    pub generation: u64,
+    /// When it is due.
+    pub at: Millis,
+}
+
+/// Hosts one service: feeds it events in log order, turns what it records
+/// into validated [`Action`]s, and keeps the replicated bookkeeping.
+///
+/// Deterministic: `BTreeMap`s only, no clock (time comes with each entry),
+/// no threads, no randomness but the log-seeded [`Rng`].
+pub struct Runtime {
+    service: Box<dyn Service>,
+    seed: u64,
+    now: Millis,
+    next_generation: u64,
+    conns: BTreeMap<ConnId, ConnOutput>,
+    timers: BTreeMap<TimerId, TimerState>,
+    /// Output hashes of connections that are gone, folded in, so the state
+    /// hash still covers every byte ever sent.
+    retired: u64,
+    panics: u64,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("seed", &self.seed)
+            .field("now", &self.now)
+            .field("conns", &self.conns.len())
+            .field("timers", &self.timers.len())
+            .field("panics", &self.panics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A runtime around `service`; `seed` is the log's random seed (fixed
+    /// when the service's log is created, the same on every replica).
+    pub fn new(service: Box<dyn Service>, seed: u64) -> Runtime {
+        Runtime {
+            service,
+            seed,
+            now: Millis(0),
+            next_generation: 1,
+            conns: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            retired: FNV_BASIS,
+            panics: 0,
+        }
+    }
+
+    /// Applies one event of the entry at `index` with timestamp `timestamp`.
+    /// For an entry carrying several events use [`Runtime::apply_entry`], so
+    /// the random stream continues across them rather than restarting.
+    pub fn apply(&mut self, index: u64, timestamp: Millis, event: Event) -> Vec<Action> {
+        self.apply_entry(index, timestamp, [event])
+    }
+
+    /// Applies the events of the entry at `index`, in order, and returns the
+    /// actions to carry out, in order.
+    pub fn apply_entry(
+        &mut self,
+        index: u64,
+        timestamp: Millis,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Vec<Action> {
+        // Time never goes backwards, even if a new primary's clock is behind.
+        self.now = self.now.max(timestamp);
+        let mut rng = Rng::for_entry(self.seed, index);
+        let mut out = Vec::new();
+        for event in events {
+            rng = self.apply_one(index, rng, event, &mut out);
+        }
+        out
+    }
+
+    fn apply_one(&mut self, index: u64, rng: Rng, event: Event, out: &mut Vec<Action>) -> Rng {
+        // Filter what the service may see, so it never hears of a connection
+        // twice or after it is gone, and a timer fires once.
+        match &event {
+            Event::Opened { conn, peer } => {
+                if self.conns.contains_key(conn) {
+                    return rng;
+                }
+                self.conns.insert(
+                    *conn,
+                    ConnOutput {
+                        peer: *peer,
+                        offset: 0,
+                        hash: FNV_BASIS,
+                        closed: false,
+                        peer_closed: false,
+                    },
+                );
+            }
+            Event::Data { conn, bytes } => match self.conns.get(conn) {
+                Some(c) if !c.peer_closed && !bytes.is_empty() => {}
+                _ => return rng,
+            },
+            Event::PeerClosed { conn } => match self.conns.get_mut(conn) {
+                Some(c) if !c.peer_closed => c.peer_closed = true,
+                _ => return rng,
+            },
+            Event::Reset { conn } => {
+                if !self.conns.contains_key(conn) {
+                    return rng;
+                }
+                self.retire(*conn);
+            }
+            Event::Timer { id, generation } => match self.timers.get(id) {
+                Some(t) if t.generation == *generation => {
+                    self.timers.remove(id);
+                }
+                _ => return rng,
+            },
+        }
+        let conn = event.conn();
+        let (ok, rng) = self.deliver(index, rng, event, out);
+        if !ok {
+            self.panics = self.panics.wrapping_add(1);
+            if let Some(conn) = conn {
+                if self.conns.contains_key(&conn) {
+                    self.retire(conn);
+                    out.push(Action::Abort { conn });
+                    // Let the service drop its per-connection state; a second
+                    // panic here changes nothing more.
+                    let (_, rng) = self.deliver(index, rng, Event::Reset { conn }, out);
+                    return rng;
+                }
+            }
+        }
+        // Both sides closed: the connection is finished for the service.
+        if let Some(conn) = conn {
+            if matches!(self.conns.get(&conn), Some(c) if c.closed && c.peer_closed) {
+                self.retire(conn);
+            }
+        }
+        rng
+    }
+
+    /// Runs the service on one event, panics caught. Returns whether it
+    /// returned normally; its actions are kept only then.
+    fn deliver(
+        &mut self,
+        index: u64,
+        rng: Rng,
+        event: Event,
+        out: &mut Vec<Action>,
+    ) -> (bool, Rng) {
+        let mut ctx = Context::new(index, self.now, rng, self.next_generation);
+        let service = &mut self.service;
+        let result = catch_unwind(AssertUnwindSafe(|| service.on_event(&mut ctx, event)));
+        if result.is_err() {
+            return (false, ctx.rng);
+        }
+        self.next_generation = ctx.next_generation;
+        for action in ctx.actions.drain(..) {
+            if let Some(action) = self.validate(action) {
+                out.push(action);
+            }
+        }
+        (true, ctx.rng)
+    }
+
+    /// Applies an action to the bookkeeping; drops those that mean nothing
+    /// (sends to unknown or closed connections, a second close, cancelling
+    /// a timer that is not armed).
+    fn validate(&mut self, action: Action) -> Option<Action> {
+        match &action {
+            Action::Send { conn, bytes } => {
+                let c = self.conns.get_mut(conn).filter(|c| !c.closed)?;
+                c.offset = c.offset.wrapping_add(bytes.len() as u64);
+                c.hash = fnv1a(c.hash, bytes);
+            }
+            Action::Close { conn } => {
+                let c = self.conns.get_mut(conn).filter(|c| !c.closed)?;
+                c.closed = true;
+            }
+            Action::Abort { conn } => {
+                self.conns.get(conn)?;
+                self.retire(*conn);
+            }
+            Action::SetTimer { id, generation, at } => {
+                self.timers.insert(
+                    *id,
+                    TimerState {
+                        generation: *generation,
+                        at: *at,
+                    },
+                );
+            }
+            Action::CancelTimer { id } => {
+                self.timers.remove(id)?;
+            }
+        }
+        Some(action)
+    }
+
+    fn retire(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.remove(&conn) {
+            for v in [conn.0, c.offset, c.hash] {
+                self.retired = fnv1a(self.retired, &v.to_le_bytes());
+            }
+        }
+    }
+
+    /// Timers due at `now` (log time), as (id, generation), in id order: the
+    /// primary proposes one [`Event::Timer`] entry for each. Proposing one
+    /// twice is harmless.
+    pub fn due_timers(&self, now: Millis) -> Vec<(TimerId, u64)> {
+        self.timers
+            .iter()
+            .filter(|(_, t)| t.at <= now)
+            .map(|(id, t)| (*id, t.generation))
+            .collect()
+    }
+
+    /// The armed timers.
+    pub fn timers(&self) -> &BTreeMap<TimerId, TimerState> {
+        &self.timers
+    }
+
+    /// The output bookkeeping of an open connection.
+    pub fn output(&self, conn: ConnId) -> Option<&ConnOutput> {
+        self.conns.get(&conn)
+    }
+
+    /// The open connections.
+    pub fn connections(&self) -> &BTreeMap<ConnId, ConnOutput> {
+        &self.conns
+    }
+
+    /// Log time as last applied.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// How many events made the service panic.
+    pub fn panics(&self) -> u64 {
+        self.panics
+    }
+
+    /// The hosted service.
+    pub fn service(&self) -> &dyn Service {
+        self.service.as_ref()
+    }
+
+    /// A hash of everything replicas must agree on: the service's own hash,
+    /// time, timer generations, every open connection's output offset and
+    /// output hash, and the output hashes of connections already gone.
+    pub fn state_hash(&self) -> u64 {
+        let mut h = Fnv64::new();
+        h.u64(self.service.state_hash())
+            .u64(self.seed)
+            .u64(self.now.0)
+            .u64(self.next_generation)
+            .u64(self.panics)
+            .u64(self.retired);
+        for (id, t) in &self.timers {
+            h.u64(id.0).u64(t.generation).u64(t.at.0);
+        }
+        for (id, c) in &self.conns {
+            h.u64(id.0);
+            hash_peer(&mut h, &c.peer);
+            h.u64(c.offset)
+                .u64(c.hash)
+                .bool(c.closed)
+                .bool(c.peer_closed);
+        }
+        h.finish()
+    }
+
+    /// The runtime's state with the service's snapshot inside (DESIGN §3.7:
+    /// timers, time, output bookkeeping). A small fixed little-endian
+    /// encoding, independent of any serialisation crate's version.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut w = Vec::new();
+        put(&mut w, SNAPSHOT_VERSION);
+        for v in [
+            self.seed,
+            self.now.0,
+            self.next_generation,
+            self.panics,
+            self.retired,
+        ] {
+            put(&mut w, v);
+        }
+        put(&mut w, self.timers.len() as u64);
+        for (id, t) in &self.timers {
+            put(&mut w, id.0);
+            put(&mut w, t.generation);
+            put(&mut w, t.at.0);
+        }
+        put(&mut w, self.conns.len() as u64);
+        for (id, c) in &self.conns {
+            put(&mut w, id.0);
+            let (ip, port) = match c.peer.ip() {
+                IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), c.peer.port()),
+                IpAddr::V6(a) => (a.octets(), c.peer.port()),
+            };
+            w.push(u8::from(c.peer.is_ipv4()));
+            w.extend_from_slice(&ip);
+            w.extend_from_slice(&port.to_le_bytes());
+            put(&mut w, c.offset);
+            put(&mut w, c.hash);
+            w.push(u8::from(c.closed) | u8::from(c.peer_closed) << 1);
+        }
+        let service = self.service.snapshot();
+        put(&mut w, service.len() as u64);
+        w.extend_from_slice(&service);
+        w
+    }
+
+    /// Rebuilds a runtime from [`Runtime::snapshot`], restoring the service
+    /// with `restore_service` (typically `|b| Ok(Box::new(MyService::restore(b)?))`).
+    pub fn restore(
+        bytes: &[u8],
+        restore_service: impl FnOnce(&[u8]) -> Result<Box<dyn Service>, SdkError>,
+    ) -> Result<Runtime, SdkError> {
+        let mut r = Reader(bytes);
+        if r.u64()? != SNAPSHOT_VERSION {
+            return Err(SdkError::Snapshot(
+                "unknown runtime snapshot version".into(),
+            ));
+        }
+        let seed = r.u64()?;
+        let now = Millis(r.u64()?);
+        let next_generation = r.u64()?;
+        let panics = r.u64()?;
+        let retired = r.u64()?;
+        let mut timers = BTreeMap::new();
+        for _ in 0..r.u64()? {
+            let id = TimerId(r.u64()?);
+            let generation = r.u64()?;
+            let at = Millis(r.u64()?);
+            timers.insert(id, TimerState { generation, at });
+        }
+        let mut conns = BTreeMap::new();
+        for _ in 0..r.u64()? {
+            let id = ConnId(r.u64()?);
+            let v4 = r.take(1)? == [1];
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(r.take(16)?);
+            let mut port = [0u8; 2];
+            port.copy_from_slice(r.take(2)?);
+            let v6 = std::net::Ipv6Addr::from(ip);
+            let ip = match v6.to_ipv4_mapped() {
+                Some(v4addr) if v4 => IpAddr::V4(v4addr),
+                _ => IpAddr::V6(v6),
+            };
+            let peer = SocketAddr::new(ip, u16::from_le_bytes(port));
+            let offset = r.u64()?;
+            let hash = r.u64()?;
+            let flags = r.take(1)?.first().copied().unwrap_or(0);
+            conns.insert(
+                id,
+                ConnOutput {
+                    peer,
+                    offset,
+                    hash,
+                    closed: flags & 1 != 0,
+                    peer_closed: flags & 2 != 0,
+                },
+            );
+        }
+        let len = usize::try_from(r.u64()?).map_err(|_| short())?;
+        let service = restore_service(r.take(len)?)?;
+        if !r.0.is_empty() {
+            return Err(SdkError::Snapshot("trailing bytes".into()));
+        }
+        Ok(Runtime {
+            service,
+            seed,
+            now,
+            next_generation,
+            conns,
+            timers,
+            retired,
+            panics,
+        })
+    }
+}
+
+const SNAPSHOT_VERSION: u64 = 1;
+
+/// FNV-1a 64's offset basis: the hash of nothing.
+const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Continues an FNV-1a 64 hash `h` over `bytes` (the same function as
+/// [`Fnv64`], kept as a plain `u64` so it can be stored and resumed).
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn put(w: &mut Vec<u8>, v: u64) {
+    w.extend_from_slice(&v.to_le_bytes());
+}
+
+fn short() -> SdkError {
+    SdkError::Snapshot("truncated".into())
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SdkError> {
+        if self.0.len() < n {
+            return Err(short());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u64(&mut self) -> Result<u64, SdkError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+fn hash_peer(h: &mut Fnv64, peer: &SocketAddr) {
+    match peer.ip() {
+        IpAddr::V4(a) => h.bytes(&[4]).bytes(&a.octets()),
+        IpAddr::V6(a) => h.bytes(&[6]).bytes(&a.octets()),
+    };
+    h.bytes(&peer.port().to_le_bytes());
+}
