@@ -6,8 +6,12 @@
 //! passes ticks in and carries bytes out, which is what lets the simulation
 //! tests run a whole cluster deterministically in one process.
 
+pub mod envelope;
 pub mod id;
 pub mod storage;
 
+pub use envelope::{
+    Body, ClusterKey, EnvelopeError, EnvelopeStats, Inbox, Opened, Outbox, ReplayWindow,
+};
 pub use id::{bump_incarnation, NodeId};
 pub use storage::MemLog;

@@ -42,9 +42,11 @@ impl MemLog {
         snapshot.mut_metadata().index = 1;
         snapshot.mut_metadata().term = 1;
         snapshot.mut_metadata().set_conf_state(conf_state.clone());
-        let mut hard_state = HardState::default();
-        hard_state.term = 1;
-        hard_state.commit = 1;
+        let hard_state = HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
         Self {
             hard_state,
             conf_state,
@@ -238,16 +240,18 @@ mod tests {
     use super::*;
 
     fn ent(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     fn cs(voters: &[u64]) -> ConfState {
-        let mut c = ConfState::default();
-        c.voters = voters.to_vec();
-        c
+        ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        }
     }
 
     #[test]
