@@ -168,12 +168,16 @@ pub use runtime::{ConnOutput, Runtime, TimerState};
 /// A connection's deterministic identity: assigned by the host in log order
 /// (the n-th connection opened in the log), never reused, so it is the same
 /// on every replica whatever ports or sockets the primary used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ConnId(pub u64);
 
 /// A timer's identity, chosen by the service. Setting a timer whose id is
 /// already armed re-arms it (the old generation will be ignored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct TimerId(pub u64);
 
 /// What happened, as every replica sees it at the same log position.
