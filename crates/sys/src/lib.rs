@@ -10,6 +10,7 @@
 //! - [`addr`]: add and remove the virtual IP (rtnetlink);
 //! - [`arp`]: gratuitous ARP bursts from a socket opened in advance;
 //! - [`capture`]: the fail-closed rules that queue client packets and SYN-ACKs;
+//! - [`guard`]: the FIN/RST guard and the kernel lease that fence a node;
 //! - [`netlock`]: freeze a VIP:port with iptables rules in a private chain;
 //! - [`process`]: take sockets from another process and hand them to a new one;
 //! - [`rawsock`]: whole IPv4 packets sent from user space;
@@ -18,6 +19,7 @@
 pub mod addr;
 pub mod arp;
 pub mod capture;
+pub mod guard;
 pub mod netlock;
 pub mod netns;
 pub mod nfqueue;
