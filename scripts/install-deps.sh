@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system packages tandem's lab, demo and tests need on Debian 12:
-# iproute2 (ip, namespaces), iptables (locks, partitions, counters), tcpdump
-# and socat (for looking at what crosses the lab by hand). Idempotent; runs
+# iproute2 (ip, namespaces), iptables (locks, capture, partitions, counters),
+# nftables (the fencing guard and lease), tcpdump and socat (for looking at
+# what crosses the lab by hand). Idempotent; runs
 # apt-get only when something is missing.
 set -euo pipefail
 
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 
