@@ -1,0 +1,770 @@
+//! Command execution: arity checks, then one function per command, each
+//! writing its RESP reply. Error texts follow Redis 7 byte for byte where
+//! clients may look at them.
+
+use std::collections::VecDeque;
+
+use tandem_core::sdk::Context;
+
+use crate::db::{Db, Value, ZSet};
+use crate::resp::{self, array, bulk, int, nil, nil_array, parse_i64, simple};
+use crate::Flow;
+
+/// Every command and its Redis arity (`n`: exactly n words with the name;
+/// `-n`: at least n).
+pub const COMMANDS: &[(&str, i32)] = &[
+    ("append", 3),
+    ("command", -1),
+    ("config", -2),
+    ("dbsize", 1),
+    ("decr", 2),
+    ("decrby", 3),
+    ("del", -2),
+    ("echo", 2),
+    ("exists", -2),
+    ("expire", -3),
+    ("flushall", -1),
+    ("flushdb", -1),
+    ("get", 2),
+    ("hdel", -3),
+    ("hget", 3),
+    ("hgetall", 2),
+    ("hlen", 2),
+    ("hset", -4),
+    ("incr", 2),
+    ("incrby", 3),
+    ("info", -1),
+    ("llen", 2),
+    ("lpop", -2),
+    ("lpush", -3),
+    ("lrange", 4),
+    ("mget", -2),
+    ("mset", -3),
+    ("pexpire", -3),
+    ("ping", -1),
+    ("pttl", 2),
+    ("quit", -1),
+    ("rpop", -2),
+    ("rpush", -3),
+    ("sadd", -3),
+    ("scard", 2),
+    ("select", 2),
+    ("set", -3),
+    ("sismember", 3),
+    ("smembers", 2),
+    ("spop", -2),
+    ("srem", -3),
+    ("strlen", 2),
+    ("ttl", 2),
+    ("zadd", -4),
+    ("zcard", 2),
+    ("zpopmin", -2),
+    ("zrange", -4),
+    ("zscore", 3),
+];
+
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+const NOT_INT: &str = "ERR value is not an integer or out of range";
+const NOT_FLOAT: &str = "ERR value is not a valid float";
+const SYNTAX: &str = "ERR syntax error";
+const NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
+
+type Reply = Result<(), String>;
+
+/// The value at `key` as the given variant, `None` if absent; returns
+/// WRONGTYPE from the enclosing function otherwise.
+macro_rules! typed {
+    ($db:expr, $key:expr, $variant:ident) => {
+        match $db.data.get($key.as_slice()) {
+            None => None,
+            Some(Value::$variant(x)) => Some(x),
+            Some(_) => return Err(WRONGTYPE.into()),
+        }
+    };
+}
+
+/// Mutable, as [`typed!`].
+macro_rules! typed_mut {
+    ($db:expr, $key:expr, $variant:ident) => {
+        match $db.data.get_mut($key.as_slice()) {
+            None => None,
+            Some(Value::$variant(x)) => Some(x),
+            Some(_) => return Err(WRONGTYPE.into()),
+        }
+    };
+}
+
+/// Mutable, created empty if absent.
+macro_rules! typed_create {
+    ($db:expr, $key:expr, $variant:ident) => {
+        match $db
+            .data
+            .entry($key.to_vec())
+            .or_insert_with(|| Value::$variant(Default::default()))
+        {
+            Value::$variant(x) => x,
+            _ => return Err(WRONGTYPE.into()),
+        }
+    };
+}
+
+/// Runs one request and appends its reply to `out`.
+pub(crate) fn execute(db: &mut Db, ctx: &mut Context, args: &[Vec<u8>], out: &mut Vec<u8>) -> Flow {
+    let Some(name) = args.first() else {
+        return Flow::Continue;
+    };
+    let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+    let Some(&(canonical, arity)) = COMMANDS.iter().find(|(n, _)| *n == lower) else {
+        let mut msg = format!(
+            "ERR unknown command '{}', with args beginning with: ",
+            trunc(name)
+        );
+        for a in args.iter().skip(1) {
+            msg.push_str(&format!("'{}' ", trunc(a)));
+        }
+        resp::error(out, &msg);
+        return Flow::Continue;
+    };
+    let n = args.len() as i32;
+    if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
+        resp::error(out, &arity_error(canonical));
+        return Flow::Continue;
+    }
+    if canonical == "quit" {
+        simple(out, "OK");
+        return Flow::Close;
+    }
+    let now = ctx.now().0;
+    let mark = out.len();
+    if let Err(e) = run(db, ctx, now, canonical, args, out) {
+        // A failing command replies with its error only.
+        out.truncate(mark);
+        resp::error(out, &e);
+    }
+    Flow::Continue
+}
+
+fn trunc(b: &[u8]) -> String {
+    String::from_utf8_lossy(b.get(..128).unwrap_or(b)).into_owned()
+}
+
+fn arity_error(name: &str) -> String {
+    format!("ERR wrong number of arguments for '{name}' command")
+}
+
+fn int_arg(a: &[u8]) -> Result<i64, String> {
+    parse_i64(a).ok_or_else(|| NOT_INT.to_string())
+}
+
+fn float_arg(a: &[u8]) -> Result<f64, String> {
+    let s = std::str::from_utf8(a).map_err(|_| NOT_FLOAT.to_string())?;
+    match s.parse::<f64>() {
+        Ok(v) if !v.is_nan() && !s.is_empty() && !s.starts_with(char::is_whitespace) => Ok(v),
+        _ => Err(NOT_FLOAT.into()),
+    }
+}
+
+/// Redis's index normalisation for LRANGE/ZRANGE: `None` if empty.
+fn range(len: usize, start: i64, stop: i64) -> Option<(usize, usize)> {
+    let len = len as i64;
+    let start = if start < 0 {
+        (len + start).max(0)
+    } else {
+        start
+    };
+    let stop = if stop < 0 {
+        len + stop
+    } else {
+        stop.min(len - 1)
+    };
+    if start > stop || start >= len {
+        return None;
+    }
+    Some((start as usize, stop as usize))
+}
+
+fn run(
+    db: &mut Db,
+    ctx: &mut Context,
+    now: u64,
+    cmd: &str,
+    a: &[Vec<u8>],
+    out: &mut Vec<u8>,
+) -> Reply {
+    match cmd {
+        "ping" => match a.len() {
+            1 => simple(out, "PONG"),
+            2 => bulk(out, &a[1]),
+            _ => return Err(arity_error("ping")),
+        },
+        "echo" => bulk(out, &a[1]),
+        "select" => match parse_i64(&a[1]) {
+            Some(0) => simple(out, "OK"),
+            Some(_) => return Err("ERR DB index is out of range".into()),
+            None => return Err(NOT_INT.into()),
+        },
+        "dbsize" => int(out, db.len() as i64),
+        "flushall" | "flushdb" => {
+            match a.get(1).map(|o| o.to_ascii_uppercase()) {
+                None => {}
+                Some(o) if (o == b"ASYNC" || o == b"SYNC") && a.len() == 2 => {}
+                Some(_) => return Err(SYNTAX.into()),
+            }
+            db.clear();
+            simple(out, "OK");
+        }
+        "info" => info(db, out),
+        "config" => config(a, out)?,
+        "command" => match a.get(1).map(|s| s.to_ascii_uppercase()).as_deref() {
+            // Enough for redis-cli: it asks COMMAND DOCS for hints and falls
+            // back to its built-in table on an empty answer.
+            Some(b"COUNT") => int(out, 0),
+            _ => array(out, 0),
+        },
+        "get" => match typed!(db, a[1], Str) {
+            Some(v) => bulk(out, v),
+            None => nil(out),
+        },
+        "set" => set(db, now, a, out)?,
+        "mget" => {
+            array(out, a.len() - 1);
+            for k in &a[1..] {
+                match db.data.get(k) {
+                    Some(Value::Str(v)) => bulk(out, v),
+                    _ => nil(out),
+                }
+            }
+        }
+        "mset" => {
+            if a.len().is_multiple_of(2) {
+                return Err(arity_error("mset"));
+            }
+            for kv in a[1..].chunks(2) {
+                db.put(&kv[0], Value::Str(kv[1].clone()), false);
+            }
+            simple(out, "OK");
+        }
+        "del" => {
+            let n = a[1..].iter().filter(|k| db.remove(k)).count();
+            int(out, n as i64);
+        }
+        "exists" => {
+            let n = a[1..]
+                .iter()
+                .filter(|k| db.data.contains_key(k.as_slice()))
+                .count();
+            int(out, n as i64);
+        }
+        "incr" => incr_by(db, &a[1], 1, out)?,
+        "decr" => incr_by(db, &a[1], -1, out)?,
+        "incrby" => incr_by(db, &a[1], int_arg(&a[2])?, out)?,
+        "decrby" => {
+            let by = int_arg(&a[2])?;
+            let by = by.checked_neg().ok_or("ERR decrement would overflow")?;
+            incr_by(db, &a[1], by, out)?
+        }
+        "append" => {
+            let s = typed_create!(db, a[1], Str);
+            s.extend_from_slice(&a[2]);
+            int(out, s.len() as i64);
+        }
+        "strlen" => int(out, typed!(db, a[1], Str).map_or(0, |s| s.len()) as i64),
+        "expire" | "pexpire" => expire(db, now, cmd, a, out)?,
+        "ttl" | "pttl" => {
+            if !db.data.contains_key(&a[1]) {
+                int(out, -2);
+            } else {
+                match db.expire_at(&a[1]) {
+                    None => int(out, -1),
+                    Some(at) => {
+                        let ms = at.saturating_sub(now);
+                        int(
+                            out,
+                            if cmd == "ttl" { (ms + 500) / 1000 } else { ms } as i64,
+                        );
+                    }
+                }
+            }
+        }
+        "lpush" | "rpush" => {
+            let l = typed_create!(db, a[1], List);
+            for v in &a[2..] {
+                if cmd == "lpush" {
+                    l.push_front(v.clone());
+                } else {
+                    l.push_back(v.clone());
+                }
+            }
+            int(out, l.len() as i64);
+        }
+        "lpop" | "rpop" => {
+            if a.len() > 3 {
+                return Err(arity_error(cmd));
+            }
+            let count = match a.get(2) {
+                None => None,
+                Some(c) => {
+                    Some(usize::try_from(int_arg(c)?).map_err(|_| NOT_POSITIVE.to_string())?)
+                }
+            };
+            let Some(l) = typed_mut!(db, a[1], List) else {
+                match count {
+                    None => nil(out),
+                    Some(_) => nil_array(out),
+                }
+                return Ok(());
+            };
+            let pop = |l: &mut VecDeque<Vec<u8>>| {
+                if cmd == "lpop" {
+                    l.pop_front()
+                } else {
+                    l.pop_back()
+                }
+            };
+            match count {
+                None => match pop(l) {
+                    Some(v) => bulk(out, &v),
+                    None => nil(out),
+                },
+                Some(n) => {
+                    let items: Vec<_> = (0..n.min(l.len())).filter_map(|_| pop(l)).collect();
+                    array(out, items.len());
+                    for v in items {
+                        bulk(out, &v);
+                    }
+                }
+            }
+            db.drop_if_empty(&a[1]);
+        }
+        "llen" => int(out, typed!(db, a[1], List).map_or(0, |l| l.len()) as i64),
+        "lrange" => {
+            let (start, stop) = (int_arg(&a[2])?, int_arg(&a[3])?);
+            let Some(l) = typed!(db, a[1], List) else {
+                array(out, 0);
+                return Ok(());
+            };
+            match range(l.len(), start, stop) {
+                None => array(out, 0),
+                Some((s, e)) => {
+                    array(out, e - s + 1);
+                    for v in l.range(s..=e) {
+                        bulk(out, v);
+                    }
+                }
+            }
+        }
+        "sadd" => {
+            let s = typed_create!(db, a[1], Set);
+            let n = a[2..].iter().filter(|m| s.insert(m.to_vec())).count();
+            int(out, n as i64);
+        }
+        "srem" => {
+            let n = match typed_mut!(db, a[1], Set) {
+                Some(s) => a[2..].iter().filter(|m| s.remove(m.as_slice())).count(),
+                None => 0,
+            };
+            db.drop_if_empty(&a[1]);
+            int(out, n as i64);
+        }
+        "smembers" => {
+            let members: Vec<&Vec<u8>> = typed!(db, a[1], Set)
+                .map(|s| s.iter().collect())
+                .unwrap_or_default();
+            array(out, members.len());
+            for m in members {
+                bulk(out, m);
+            }
+        }
+        "scard" => int(out, typed!(db, a[1], Set).map_or(0, |s| s.len()) as i64),
+        "sismember" => {
+            let yes = typed!(db, a[1], Set).is_some_and(|s| s.contains(&a[2]));
+            int(out, i64::from(yes));
+        }
+        "spop" => {
+            if a.len() > 3 {
+                return Err(SYNTAX.into());
+            }
+            let count = match a.get(2) {
+                None => None,
+                Some(c) => {
+                    Some(usize::try_from(int_arg(c)?).map_err(|_| NOT_POSITIVE.to_string())?)
+                }
+            };
+            let Some(s) = typed_mut!(db, a[1], Set) else {
+                match count {
+                    None => nil(out),
+                    Some(_) => array(out, 0),
+                }
+                return Ok(());
+            };
+            // Random members from the log-seeded generator: the same
+            // member on every replica.
+            let mut popped = Vec::new();
+            for _ in 0..count.unwrap_or(1).min(s.len()) {
+                let i = ctx.rng().below(s.len() as u64) as usize;
+                if let Some(m) = s.iter().nth(i).cloned() {
+                    s.remove(&m);
+                    popped.push(m);
+                }
+            }
+            match count {
+                None => match popped.first() {
+                    Some(m) => bulk(out, m),
+                    None => nil(out),
+                },
+                Some(_) => {
+                    array(out, popped.len());
+                    for m in &popped {
+                        bulk(out, m);
+                    }
+                }
+            }
+            db.drop_if_empty(&a[1]);
+        }
+        "hset" => {
+            if !a.len().is_multiple_of(2) {
+                return Err(arity_error("hset"));
+            }
+            let h = typed_create!(db, a[1], Hash);
+            let n = a[2..]
+                .chunks(2)
+                .filter(|fv| h.insert(fv[0].clone(), fv[1].clone()).is_none())
+                .count();
+            int(out, n as i64);
+        }
+        "hget" => match typed!(db, a[1], Hash).and_then(|h| h.get(&a[2])) {
+            Some(v) => bulk(out, v),
+            None => nil(out),
+        },
+        "hdel" => {
+            let n = match typed_mut!(db, a[1], Hash) {
+                Some(h) => a[2..]
+                    .iter()
+                    .filter(|f| h.remove(f.as_slice()).is_some())
+                    .count(),
+                None => 0,
+            };
+            db.drop_if_empty(&a[1]);
+            int(out, n as i64);
+        }
+        "hgetall" => {
+            let h = typed!(db, a[1], Hash);
+            array(out, h.map_or(0, |h| h.len() * 2));
+            for (f, v) in h.into_iter().flatten() {
+                bulk(out, f);
+                bulk(out, v);
+            }
+        }
+        "hlen" => int(out, typed!(db, a[1], Hash).map_or(0, |h| h.len()) as i64),
+        "zadd" => zadd(db, a, out)?,
+        "zpopmin" => {
+            if a.len() > 3 {
+                return Err(SYNTAX.into());
+            }
+            let count = match a.get(2) {
+                None => 1,
+                Some(c) => usize::try_from(int_arg(c)?).map_err(|_| NOT_POSITIVE.to_string())?,
+            };
+            let popped: Vec<(Vec<u8>, f64)> = match typed_mut!(db, a[1], ZSet) {
+                Some(z) => (0..count).map_while(|_| z.pop_min()).collect(),
+                None => Vec::new(),
+            };
+            db.drop_if_empty(&a[1]);
+            array(out, popped.len() * 2);
+            for (m, s) in popped {
+                bulk(out, &m);
+                bulk(out, resp::score(s).as_bytes());
+            }
+        }
+        "zrange" => {
+            let (start, stop) = (int_arg(&a[2])?, int_arg(&a[3])?);
+            let mut withscores = false;
+            let mut rev = false;
+            for opt in &a[4..] {
+                match opt.to_ascii_uppercase().as_slice() {
+                    b"WITHSCORES" => withscores = true,
+                    b"REV" => rev = true,
+                    _ => return Err(SYNTAX.into()),
+                }
+            }
+            let Some(z) = typed!(db, a[1], ZSet) else {
+                array(out, 0);
+                return Ok(());
+            };
+            let Some((s, e)) = range(z.order.len(), start, stop) else {
+                array(out, 0);
+                return Ok(());
+            };
+            let n = e - s + 1;
+            array(out, if withscores { n * 2 } else { n });
+            let items: Box<dyn Iterator<Item = _>> = if rev {
+                Box::new(z.order.iter().rev())
+            } else {
+                Box::new(z.order.iter())
+            };
+            for (score, m) in items.skip(s).take(n) {
+                bulk(out, m);
+                if withscores {
+                    bulk(out, resp::score(score.0).as_bytes());
+                }
+            }
+        }
+        "zscore" => match typed!(db, a[1], ZSet).and_then(|z| z.scores.get(&a[2])) {
+            Some(s) => bulk(out, resp::score(s.0).as_bytes()),
+            None => nil(out),
+        },
+        "zcard" => int(
+            out,
+            typed!(db, a[1], ZSet).map_or(0, |z| z.scores.len()) as i64,
+        ),
+        _ => return Err(format!("ERR unknown command '{cmd}'")),
+    }
+    Ok(())
+}
+
+fn incr_by(db: &mut Db, key: &[u8], by: i64, out: &mut Vec<u8>) -> Reply {
+    let key = key.to_vec();
+    let cur = match typed!(db, key, Str) {
+        Some(v) => int_arg(v)?,
+        None => 0,
+    };
+    let new = cur
+        .checked_add(by)
+        .ok_or("ERR increment or decrement would overflow")?;
+    // INCR keeps the key's expiry, as in Redis.
+    db.put(&key, Value::Str(new.to_string().into_bytes()), true);
+    int(out, new);
+    Ok(())
+}
+
+fn set(db: &mut Db, now: u64, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
+    let (mut nx, mut xx, mut get, mut keep_ttl) = (false, false, false, false);
+    let mut expire: Option<u64> = None;
+    let mut i = 3;
+    while i < a.len() {
+        let opt = a[i].to_ascii_uppercase();
+        match opt.as_slice() {
+            b"NX" if !xx => nx = true,
+            b"XX" if !nx => xx = true,
+            b"GET" => get = true,
+            b"KEEPTTL" if expire.is_none() => keep_ttl = true,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT"
+                if expire.is_none() && !keep_ttl && i + 1 < a.len() =>
+            {
+                i += 1;
+                let v = int_arg(&a[i])?;
+                let invalid = || "ERR invalid expire time in 'set' command".to_string();
+                if v <= 0 {
+                    return Err(invalid());
+                }
+                let v = v as u64;
+                let at = match opt.as_slice() {
+                    b"EX" => v.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
+                    b"PX" => v.checked_add(now),
+                    b"EXAT" => v.checked_mul(1000),
+                    _ => Some(v),
+                };
+                expire = Some(at.filter(|&t| t <= i64::MAX as u64).ok_or_else(invalid)?);
+            }
+            _ => return Err(SYNTAX.into()),
+        }
+        i += 1;
+    }
+    let old = match db.data.get(&a[1]) {
+        None => None,
+        Some(Value::Str(v)) => Some(v.clone()),
+        Some(_) if get => return Err(WRONGTYPE.into()),
+        Some(_) => Some(Vec::new()),
+    };
+    let reply_old = |out: &mut Vec<u8>| match &old {
+        Some(v) => bulk(out, v),
+        None => nil(out),
+    };
+    if (nx && db.data.contains_key(&a[1])) || (xx && !db.data.contains_key(&a[1])) {
+        if get {
+            reply_old(out);
+        } else {
+            nil(out);
+        }
+        return Ok(());
+    }
+    db.put(&a[1], Value::Str(a[2].clone()), keep_ttl);
+    match expire {
+        // An absolute time already past deletes the key, as in Redis.
+        Some(at) if at <= now => {
+            db.remove(&a[1]);
+        }
+        Some(at) => db.set_expire(&a[1], Some(at)),
+        None => {}
+    }
+    if get {
+        reply_old(out);
+    } else {
+        simple(out, "OK");
+    }
+    Ok(())
+}
+
+fn expire(db: &mut Db, now: u64, cmd: &str, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
+    let v = int_arg(&a[2])?;
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for opt in &a[3..] {
+        match opt.to_ascii_uppercase().as_slice() {
+            b"NX" => nx = true,
+            b"XX" => xx = true,
+            b"GT" => gt = true,
+            b"LT" => lt = true,
+            _ => {
+                return Err(format!(
+                    "ERR Unsupported option {}",
+                    String::from_utf8_lossy(opt)
+                ))
+            }
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err("ERR NX and XX, GT or LT options at the same time are not compatible".into());
+    }
+    if gt && lt {
+        return Err("ERR GT and LT options at the same time are not compatible".into());
+    }
+    let invalid = || format!("ERR invalid expire time in '{cmd}' command");
+    let ms = if cmd == "expire" {
+        v.checked_mul(1000).ok_or_else(invalid)?
+    } else {
+        v
+    };
+    let at = (now as i64).checked_add(ms).ok_or_else(invalid)?;
+    if !db.data.contains_key(&a[1]) {
+        int(out, 0);
+        return Ok(());
+    }
+    let current = db.expire_at(&a[1]).map(|t| t as i64);
+    let allowed = match current {
+        None => !xx && !gt,
+        Some(cur) => !nx && (!gt || at > cur) && (!lt || at < cur),
+    };
+    if !allowed {
+        int(out, 0);
+        return Ok(());
+    }
+    if at <= now as i64 {
+        db.remove(&a[1]);
+    } else {
+        db.set_expire(&a[1], Some(at as u64));
+    }
+    int(out, 1);
+    Ok(())
+}
+
+fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
+    let (mut nx, mut xx, mut ch) = (false, false, false);
+    let mut i = 2;
+    while let Some(opt) = a.get(i) {
+        match opt.to_ascii_uppercase().as_slice() {
+            b"NX" => nx = true,
+            b"XX" => xx = true,
+            b"CH" => ch = true,
+            _ => break,
+        }
+        i += 1;
+    }
+    let pairs = &a[i..];
+    if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
+        return Err(SYNTAX.into());
+    }
+    if nx && xx {
+        return Err("ERR XX and NX options at the same time are not compatible".into());
+    }
+    // Parse every score first: a bad one changes nothing.
+    let parsed: Vec<(f64, &Vec<u8>)> = pairs
+        .chunks(2)
+        .map(|p| Ok((float_arg(&p[0])?, &p[1])))
+        .collect::<Result<_, String>>()?;
+    let z: &mut ZSet = typed_create!(db, a[1], ZSet);
+    let mut added = 0;
+    let mut changed = 0;
+    for (score, member) in parsed {
+        let old = z.scores.get(member).map(|s| s.0);
+        if (nx && old.is_some()) || (xx && old.is_none()) {
+            continue;
+        }
+        if z.insert(member, score) {
+            added += 1;
+        } else if old != Some(score) {
+            changed += 1;
+        }
+    }
+    db.drop_if_empty(&a[1]);
+    int(out, if ch { added + changed } else { added });
+    Ok(())
+}
+
+fn info(db: &Db, out: &mut Vec<u8>) {
+    // Only replicated facts: no pid, uptime, memory or host.
+    let mut s = String::from(
+        "# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\ntandem_service:kv\r\n\r\n# Keyspace\r\n",
+    );
+    if db.len() > 0 {
+        s.push_str(&format!(
+            "db0:keys={},expires={},avg_ttl=0\r\n",
+            db.len(),
+            db.expires_len()
+        ));
+    }
+    bulk(out, s.as_bytes());
+}
+
+/// The parameters `CONFIG GET` knows (redis-benchmark asks for `save` and
+/// `appendonly`); fixed values, nothing process-local.
+const CONFIG: &[(&str, &str)] = &[
+    ("appendonly", "no"),
+    ("databases", "1"),
+    ("maxmemory", "0"),
+    ("save", ""),
+];
+
+fn config(a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
+    let sub = a[1].to_ascii_uppercase();
+    match sub.as_slice() {
+        b"GET" if a.len() >= 3 => {
+            let hits: Vec<&(&str, &str)> = CONFIG
+                .iter()
+                .filter(|(k, _)| {
+                    a[2..]
+                        .iter()
+                        .any(|p| glob(&p.to_ascii_lowercase(), k.as_bytes()))
+                })
+                .collect();
+            array(out, hits.len() * 2);
+            for (k, v) in hits {
+                bulk(out, k.as_bytes());
+                bulk(out, v.as_bytes());
+            }
+            Ok(())
+        }
+        b"GET" => Err(arity_error("config|get")),
+        b"SET" | b"RESETSTAT" | b"REWRITE" => {
+            Err("ERR CONFIG SET/RESETSTAT/REWRITE are not supported by tandem kv".into())
+        }
+        _ => Err(format!(
+            "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(&a[1])
+        )),
+    }
+}
+
+/// Glob match with `*` and `?` (enough for `CONFIG GET *`). Texts are
+/// our short parameter names, and runs of `*` count as one, so a hostile
+/// pattern cannot make it explode.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => {
+            let rest = &rest[rest.iter().take_while(|&&c| c == b'*').count()..];
+            (0..=text.len()).any(|i| glob(rest, &text[i..]))
+        }
+        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
+        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
+    }
+}

@@ -1,0 +1,143 @@
+//! kv: a Redis-protocol (RESP2) key-value store that runs as a tandem
+//! replicated service, so `redis-cli` and `redis-benchmark` talk to a
+//! replicated, failover-proof store unchanged.
+//!
+//! Deterministic by construction (DESIGN §3.4): ordered collections only
+//! (`SMEMBERS`, `HGETALL` answer in byte order), time is `ctx.now()`
+//! (expiry), randomness is `ctx.rng()` (`SPOP`), and `INFO`/`CONFIG GET`
+//! report nothing local to a process. Keys with an expiry are purged at the
+//! start of every event whose log time has reached them, so every replica
+//! forgets them at the same log position.
+//!
+//! Commands: see [`COMMANDS`]. Per connection, input is buffered until a
+//! request is complete (pipelining and requests split across events both
+//! work), bounded by [`resp::MAX_REQUEST`]; a malformed frame gets an error
+//! reply and closes that connection only.
+
+#![deny(missing_docs)]
+
+mod commands;
+mod db;
+pub mod resp;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tandem_core::sdk::{ConnId, Context, Event, SdkError, Service};
+
+pub use commands::COMMANDS;
+use db::Db;
+use resp::Parsed;
+
+/// The Redis port the service is meant to be exposed on.
+pub const PORT: u16 = 6379;
+
+/// The key-value service.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kv {
+    db: Db,
+    /// Per open connection, the bytes of an unfinished request. Part of the
+    /// replicated state: a restored clone must finish the same request.
+    conns: BTreeMap<ConnId, Vec<u8>>,
+}
+
+/// Whether the connection goes on after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    Close,
+}
+
+impl Kv {
+    /// An empty store.
+    pub fn new() -> Kv {
+        Kv::default()
+    }
+
+    /// Number of keys (expired ones are gone already).
+    pub fn len(&self) -> usize {
+        self.db.len()
+    }
+
+    /// Whether the store holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn on_data(&mut self, ctx: &mut Context, conn: ConnId, bytes: &[u8]) {
+        // A connection we closed (or never saw) gets nothing more.
+        let Some(mut buf) = self.conns.remove(&conn) else {
+            return;
+        };
+        buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let mut flow = Flow::Continue;
+        while pos < buf.len() {
+            match resp::parse(&buf[pos..]) {
+                Parsed::Command(args, used) => {
+                    pos += used;
+                    flow = commands::execute(&mut self.db, ctx, &args, &mut out);
+                    if flow == Flow::Close {
+                        break;
+                    }
+                }
+                Parsed::Nothing(used) => pos += used,
+                Parsed::Incomplete => break,
+                Parsed::Error(e) => {
+                    resp::error(&mut out, &format!("ERR {e}"));
+                    flow = Flow::Close;
+                    break;
+                }
+            }
+        }
+        buf.drain(..pos);
+        if flow == Flow::Continue && buf.len() > resp::MAX_REQUEST {
+            resp::error(&mut out, "ERR Protocol error: request too large");
+            flow = Flow::Close;
+        }
+        ctx.send(conn, out);
+        match flow {
+            Flow::Continue => {
+                self.conns.insert(conn, buf);
+            }
+            Flow::Close => ctx.close(conn),
+        }
+    }
+}
+
+impl Service for Kv {
+    fn on_event(&mut self, ctx: &mut Context, event: Event) {
+        self.db.purge(ctx.now().0);
+        match event {
+            Event::Opened { conn, .. } => {
+                self.conns.insert(conn, Vec::new());
+            }
+            Event::Data { conn, bytes } => self.on_data(ctx, conn, &bytes),
+            Event::PeerClosed { conn } => {
+                // Redis closes when the client does; pipelined replies to
+                // complete requests were already sent.
+                if self.conns.remove(&conn).is_some() {
+                    ctx.close(conn);
+                }
+            }
+            Event::Reset { conn } => {
+                self.conns.remove(&conn);
+            }
+            Event::Timer { .. } => {}
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        // Encoding plain maps, vectors and floats cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    fn restore(bytes: &[u8]) -> Result<Self, SdkError> {
+        let kv: Kv = postcard::from_bytes(bytes).map_err(|e| SdkError::Snapshot(e.to_string()))?;
+        kv.db.check().map_err(SdkError::Snapshot)?;
+        Ok(kv)
+    }
+}

@@ -1,0 +1,594 @@
+//! kv tests: replies byte-exact against Redis semantics, pipelining and
+//! split frames, malformed frames, expiry with log time, deterministic
+//! randomness, snapshots.
+
+use proptest::prelude::*;
+use tandem_core::sdk::{Action, ConnId, Event, Millis, Runtime, Service};
+
+use crate::resp::MAX_REQUEST;
+use crate::Kv;
+
+/// One replica with connections 1..=3 open; log index and time under test
+/// control.
+struct H {
+    rt: Runtime,
+    index: u64,
+    now: u64,
+}
+
+fn multibulk(words: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", words.len()).into_bytes();
+    for w in words {
+        out.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
+        out.extend_from_slice(w);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+impl H {
+    fn new(seed: u64) -> H {
+        let mut h = H {
+            rt: Runtime::new(Box::new(Kv::new()), seed),
+            index: 0,
+            now: 1_000,
+        };
+        for c in 1..=3 {
+            h.event(Event::Opened {
+                conn: ConnId(c),
+                peer: format!("10.0.0.9:{}", 5000 + c).parse().unwrap(),
+            });
+        }
+        h
+    }
+
+    fn event(&mut self, e: Event) -> Vec<Action> {
+        self.index += 1;
+        self.rt.apply(self.index, Millis(self.now), e)
+    }
+
+    /// Raw bytes on connection `conn`; returns (bytes sent back, closed?).
+    fn raw_on(&mut self, conn: u64, bytes: &[u8]) -> (Vec<u8>, bool) {
+        let acts = self.event(Event::Data {
+            conn: ConnId(conn),
+            bytes: bytes.to_vec(),
+        });
+        let mut out = Vec::new();
+        let mut closed = false;
+        for a in acts {
+            match a {
+                Action::Send { conn: c, bytes } if c == ConnId(conn) => out.extend(bytes),
+                Action::Close { conn: c } if c == ConnId(conn) => closed = true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (out, closed)
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let (out, closed) = self.raw_on(1, bytes);
+        assert!(!closed);
+        out
+    }
+
+    /// One command, as a string of words split on spaces.
+    fn cmd(&mut self, line: &str) -> String {
+        let words: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        String::from_utf8(self.raw(&multibulk(&words))).unwrap()
+    }
+
+    fn kv_hash(&self) -> u64 {
+        self.rt.state_hash()
+    }
+}
+
+/// Command → exact reply, in order, on one connection.
+fn table(h: &mut H, cases: &[(&str, &str)]) {
+    for (cmd, want) in cases {
+        assert_eq!(h.cmd(cmd), *want, "command: {cmd}");
+    }
+}
+
+#[test]
+fn strings_and_keys() {
+    let mut h = H::new(1);
+    table(
+        &mut h,
+        &[
+            ("PING", "+PONG\r\n"),
+            ("ping hi", "$2\r\nhi\r\n"),
+            ("ECHO hello", "$5\r\nhello\r\n"),
+            ("GET k", "$-1\r\n"),
+            ("SET k v", "+OK\r\n"),
+            ("GET k", "$1\r\nv\r\n"),
+            ("set k v2 NX", "$-1\r\n"),
+            ("SET k v3 XX", "+OK\r\n"),
+            ("SET nope v XX", "$-1\r\n"),
+            ("SET k v4 GET", "$2\r\nv3\r\n"),
+            ("SET k v NX XX", "-ERR syntax error\r\n"),
+            (
+                "SET k v EX 0",
+                "-ERR invalid expire time in 'set' command\r\n",
+            ),
+            (
+                "SET k v EX x",
+                "-ERR value is not an integer or out of range\r\n",
+            ),
+            ("SET k v FOO", "-ERR syntax error\r\n"),
+            ("APPEND k xyz", ":5\r\n"),
+            ("STRLEN k", ":5\r\n"),
+            ("STRLEN none", ":0\r\n"),
+            ("MSET a 1 b 2", "+OK\r\n"),
+            (
+                "MSET a 1 b",
+                "-ERR wrong number of arguments for 'mset' command\r\n",
+            ),
+            (
+                "MGET a b none k",
+                "*4\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n$5\r\nv4xyz\r\n",
+            ),
+            ("EXISTS a b none a", ":3\r\n"),
+            ("DEL a none", ":1\r\n"),
+            ("INCR c", ":1\r\n"),
+            ("INCRBY c 10", ":11\r\n"),
+            ("DECR c", ":10\r\n"),
+            ("DECRBY c 20", ":-10\r\n"),
+            ("INCR k", "-ERR value is not an integer or out of range\r\n"),
+            (
+                "INCRBY c x",
+                "-ERR value is not an integer or out of range\r\n",
+            ),
+            ("SET big 9223372036854775807", "+OK\r\n"),
+            ("INCR big", "-ERR increment or decrement would overflow\r\n"),
+            ("DBSIZE", ":4\r\n"),
+            ("SELECT 0", "+OK\r\n"),
+            ("SELECT 1", "-ERR DB index is out of range\r\n"),
+            (
+                "GET",
+                "-ERR wrong number of arguments for 'get' command\r\n",
+            ),
+            (
+                "get a b",
+                "-ERR wrong number of arguments for 'get' command\r\n",
+            ),
+            (
+                "FOO a b",
+                "-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n",
+            ),
+            ("FLUSHALL", "+OK\r\n"),
+            ("DBSIZE", ":0\r\n"),
+        ],
+    );
+}
+
+#[test]
+fn lists_sets_hashes_zsets() {
+    let mut h = H::new(1);
+    table(
+        &mut h,
+        &[
+            ("LPUSH l a b c", ":3\r\n"),
+            ("RPUSH l d", ":4\r\n"),
+            ("LLEN l", ":4\r\n"),
+            (
+                "LRANGE l 0 -1",
+                "*4\r\n$1\r\nc\r\n$1\r\nb\r\n$1\r\na\r\n$1\r\nd\r\n",
+            ),
+            ("LRANGE l 1 2", "*2\r\n$1\r\nb\r\n$1\r\na\r\n"),
+            ("LRANGE l -2 100", "*2\r\n$1\r\na\r\n$1\r\nd\r\n"),
+            ("LRANGE l 5 10", "*0\r\n"),
+            ("LRANGE none 0 -1", "*0\r\n"),
+            ("LPOP l", "$1\r\nc\r\n"),
+            ("RPOP l", "$1\r\nd\r\n"),
+            ("LPOP l 5", "*2\r\n$1\r\nb\r\n$1\r\na\r\n"),
+            ("LPOP l", "$-1\r\n"),
+            ("LPOP l 2", "*-1\r\n"),
+            ("EXISTS l", ":0\r\n"),
+            (
+                "LPOP l -1",
+                "-ERR value is out of range, must be positive\r\n",
+            ),
+            ("SADD s b a c a", ":3\r\n"),
+            ("SMEMBERS s", "*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"),
+            ("SCARD s", ":3\r\n"),
+            ("SISMEMBER s a", ":1\r\n"),
+            ("SISMEMBER s z", ":0\r\n"),
+            ("SREM s a z", ":1\r\n"),
+            ("SMEMBERS none", "*0\r\n"),
+            ("HSET h f1 v1 f2 v2", ":2\r\n"),
+            ("HSET h f1 x", ":0\r\n"),
+            (
+                "HSET h f1",
+                "-ERR wrong number of arguments for 'hset' command\r\n",
+            ),
+            ("HGET h f1", "$1\r\nx\r\n"),
+            ("HGET h nope", "$-1\r\n"),
+            ("HLEN h", ":2\r\n"),
+            (
+                "HGETALL h",
+                "*4\r\n$2\r\nf1\r\n$1\r\nx\r\n$2\r\nf2\r\n$2\r\nv2\r\n",
+            ),
+            ("HDEL h f1 f9", ":1\r\n"),
+            ("HGETALL none", "*0\r\n"),
+            ("ZADD z 2 b 1 a 1.5 c", ":3\r\n"),
+            ("ZADD z 3 a", ":0\r\n"),
+            ("ZADD z CH 4 a 9 d", ":2\r\n"),
+            ("ZADD z x a", "-ERR value is not a valid float\r\n"),
+            (
+                "ZADD z 1",
+                "-ERR wrong number of arguments for 'zadd' command\r\n",
+            ),
+            ("ZCARD z", ":4\r\n"),
+            ("ZSCORE z c", "$3\r\n1.5\r\n"),
+            (
+                "ZRANGE z 0 -1",
+                "*4\r\n$1\r\nc\r\n$1\r\nb\r\n$1\r\na\r\n$1\r\nd\r\n",
+            ),
+            (
+                "ZRANGE z 0 1 WITHSCORES",
+                "*4\r\n$1\r\nc\r\n$3\r\n1.5\r\n$1\r\nb\r\n$1\r\n2\r\n",
+            ),
+            ("ZPOPMIN z", "*2\r\n$1\r\nc\r\n$3\r\n1.5\r\n"),
+            (
+                "ZPOPMIN z 2",
+                "*4\r\n$1\r\nb\r\n$1\r\n2\r\n$1\r\na\r\n$1\r\n4\r\n",
+            ),
+            ("ZPOPMIN none", "*0\r\n"),
+            // Wrong types.
+            (
+                "GET s",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            ),
+            (
+                "LPUSH s x",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            ),
+            (
+                "SADD h x",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            ),
+            (
+                "HGET s x",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            ),
+            (
+                "ZADD s 1 x",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            ),
+            (
+                "INCR s",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            ),
+            ("SET s str", "+OK\r\n"),
+            ("GET s", "$3\r\nstr\r\n"),
+        ],
+    );
+}
+
+#[test]
+fn admin_commands_redis_clients_send() {
+    let mut h = H::new(1);
+    table(
+        &mut h,
+        &[
+            ("CONFIG GET save", "*2\r\n$4\r\nsave\r\n$0\r\n\r\n"),
+            (
+                "CONFIG GET appendonly",
+                "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n",
+            ),
+            ("CONFIG GET nothing", "*0\r\n"),
+            ("COMMAND", "*0\r\n"),
+            ("COMMAND DOCS", "*0\r\n"),
+            ("COMMAND COUNT", ":0\r\n"),
+        ],
+    );
+    let info = h.cmd("INFO");
+    assert!(info.contains("redis_version:"), "{info}");
+    assert_eq!(h.cmd("CONFIG GET *").matches("$").count(), 8);
+    // QUIT answers then closes.
+    let (out, closed) = h.raw_on(2, b"QUIT\r\n");
+    assert_eq!(out, b"+OK\r\n");
+    assert!(closed);
+}
+
+#[test]
+fn redis_benchmark_default_requests() {
+    let mut h = H::new(1);
+    let key = "key:000000000000";
+    assert_eq!(h.raw(b"PING\r\n"), b"+PONG\r\n");
+    assert_eq!(h.raw(b"*1\r\n$4\r\nPING\r\n"), b"+PONG\r\n");
+    table(
+        &mut h,
+        &[
+            (&format!("SET {key} xxx"), "+OK\r\n"),
+            (&format!("GET {key}"), "$3\r\nxxx\r\n"),
+            ("INCR counter:000000000000", ":1\r\n"),
+            ("LPUSH mylist xxx", ":1\r\n"),
+            ("RPUSH mylist xxx", ":2\r\n"),
+            ("LPOP mylist", "$3\r\nxxx\r\n"),
+            ("RPOP mylist", "$3\r\nxxx\r\n"),
+            ("SADD myset element:000000000000", ":1\r\n"),
+            ("HSET myhash element:000000000000 xxx", ":1\r\n"),
+            ("SPOP myset", "$20\r\nelement:000000000000\r\n"),
+            ("ZADD myzset 0 element:000000000000", ":1\r\n"),
+            (
+                "ZPOPMIN myzset",
+                "*2\r\n$20\r\nelement:000000000000\r\n$1\r\n0\r\n",
+            ),
+        ],
+    );
+    for _ in 0..600 {
+        h.cmd("LPUSH mylist xxx");
+    }
+    assert!(h.cmd("LRANGE mylist 0 99").starts_with("*100\r\n"));
+    assert!(h.cmd("LRANGE mylist 0 599").starts_with("*600\r\n"));
+    let mset: Vec<String> = (0..10)
+        .flat_map(|_| [key.to_string(), "xxx".to_string()])
+        .collect();
+    assert_eq!(h.cmd(&format!("MSET {}", mset.join(" "))), "+OK\r\n");
+}
+
+#[test]
+fn inline_commands_with_quotes() {
+    let mut h = H::new(1);
+    assert_eq!(
+        h.raw(b"SET \"a b\" 'c d'\r\nGET \"a b\"\n"),
+        b"+OK\r\n$3\r\nc d\r\n"
+    );
+    assert_eq!(h.raw(b"\r\n\r\n*0\r\nPING\r\n"), b"+PONG\r\n");
+}
+
+#[test]
+fn expiry_follows_log_time() {
+    let mut h = H::new(1);
+    table(
+        &mut h,
+        &[
+            ("SET k v EX 10", "+OK\r\n"),
+            ("TTL k", ":10\r\n"),
+            ("PTTL k", ":10000\r\n"),
+        ],
+    );
+    h.now += 2_400;
+    table(&mut h, &[("TTL k", ":8\r\n"), ("PTTL k", ":7600\r\n")]);
+    h.now += 7_599;
+    assert_eq!(h.cmd("GET k"), "$1\r\nv\r\n");
+    h.now += 1;
+    table(
+        &mut h,
+        &[
+            ("GET k", "$-1\r\n"),
+            ("TTL k", ":-2\r\n"),
+            ("DBSIZE", ":0\r\n"),
+        ],
+    );
+    table(
+        &mut h,
+        &[
+            ("SET p v PX 50", "+OK\r\n"),
+            ("SET q v", "+OK\r\n"),
+            ("TTL q", ":-1\r\n"),
+            ("EXPIRE q 100", ":1\r\n"),
+            ("EXPIRE q 50 GT", ":0\r\n"),
+            ("EXPIRE q 200 GT", ":1\r\n"),
+            ("EXPIRE q 5 NX", ":0\r\n"),
+            (
+                "EXPIRE q 5 NX XX",
+                "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n",
+            ),
+            ("PEXPIRE q 1500", ":1\r\n"),
+            ("PTTL q", ":1500\r\n"),
+            ("EXPIRE none 10", ":0\r\n"),
+            (
+                "EXPIRE q x",
+                "-ERR value is not an integer or out of range\r\n",
+            ),
+            (
+                "EXPIRE q 9223372036854775807",
+                "-ERR invalid expire time in 'expire' command\r\n",
+            ),
+            ("SET r v", "+OK\r\n"),
+            ("EXPIRE r -1", ":1\r\n"),
+            ("EXISTS r", ":0\r\n"),
+            // SET without KEEPTTL clears the expiry; INCR keeps it.
+            ("SET q w", "+OK\r\n"),
+            ("TTL q", ":-1\r\n"),
+            ("SET n 1 EX 100", "+OK\r\n"),
+            ("INCR n", ":2\r\n"),
+            ("TTL n", ":100\r\n"),
+            ("SET n 5 KEEPTTL", "+OK\r\n"),
+            ("TTL n", ":100\r\n"),
+        ],
+    );
+    // Time going backwards in the log (a new primary with a slower clock)
+    // cannot revive anything: now() never decreases.
+    h.now += 60;
+    assert_eq!(h.cmd("GET p"), "$-1\r\n");
+    h.now -= 1_000;
+    assert_eq!(h.cmd("GET p"), "$-1\r\n");
+    assert_eq!(h.cmd("PTTL q"), ":-1\r\n");
+}
+
+#[test]
+fn malformed_frame_closes_only_that_connection() {
+    let mut h = H::new(1);
+    assert_eq!(h.cmd("SET k v"), "+OK\r\n");
+    // Replies to the complete requests before the bad frame still go out.
+    let (out, closed) = h.raw_on(2, b"PING\r\n*1\r\n+BAD\r\n");
+    assert_eq!(
+        out,
+        b"+PONG\r\n-ERR Protocol error: expected '$', got '+'\r\n"
+    );
+    assert!(closed);
+    // Nothing more is read from it.
+    assert!(h
+        .event(Event::Data {
+            conn: ConnId(2),
+            bytes: b"PING\r\n".to_vec()
+        })
+        .is_empty());
+    let (out, closed) = h.raw_on(3, b"*1\r\n$-7\r\n");
+    assert_eq!(out, b"-ERR Protocol error: invalid bulk length\r\n");
+    assert!(closed);
+    assert_eq!(h.cmd("GET k"), "$1\r\nv\r\n");
+}
+
+#[test]
+fn oversized_requests_are_refused() {
+    let mut h = H::new(1);
+    // A bulk larger than the limit is refused from its header alone.
+    let (out, closed) = h.raw_on(2, b"*2\r\n$3\r\nGET\r\n$999999999\r\n");
+    assert_eq!(out, b"-ERR Protocol error: invalid bulk length\r\n");
+    assert!(closed);
+    // Many bulks each within the limit, but a request over the bound.
+    let mut req = b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n".to_vec();
+    req.extend(format!("${}\r\n", 16 * 1024 * 1024).as_bytes());
+    req.extend(vec![b'x'; 16 * 1024 * 1024 + 2]);
+    req.extend(format!("${}\r\n", 16 * 1024 * 1024).as_bytes());
+    // The last bulk one byte short: still incomplete, yet over the bound.
+    req.extend(vec![b'x'; 16 * 1024 * 1024 - 1]);
+    assert!(req.len() > MAX_REQUEST);
+    let (out, closed) = h.raw_on(3, &req);
+    assert_eq!(out, b"-ERR Protocol error: request too large\r\n");
+    assert!(closed);
+    assert_eq!(h.cmd("PING"), "+PONG\r\n");
+}
+
+#[test]
+fn spop_and_smembers_agree_across_replicas() {
+    let run = |seed: u64| {
+        let mut h = H::new(seed);
+        let members: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+        h.cmd(&format!("SADD s {}", members.join(" ")));
+        let mut out = String::new();
+        for _ in 0..10 {
+            out += &h.cmd("SPOP s");
+        }
+        out += &h.cmd("SPOP s 5");
+        out += &h.cmd("SMEMBERS s");
+        (out, h.kv_hash())
+    };
+    let (a, ha) = run(7);
+    let (b, hb) = run(7);
+    assert_eq!(a, b);
+    assert_eq!(ha, hb);
+    // Another seed draws other members (with overwhelming probability).
+    assert_ne!(run(8).0, a);
+}
+
+#[test]
+fn panic_free_on_garbage_and_snapshot_round_trip() {
+    let mut h = H::new(3);
+    for line in [
+        "SET a 1",
+        "LPUSH l x y",
+        "SADD s p q",
+        "HSET h f v",
+        "ZADD z 1.5 m",
+        "SET e v EX 100",
+    ] {
+        h.cmd(line);
+    }
+    // A half-received request is part of the snapshot.
+    h.raw(b"*2\r\n$3\r\nGET\r\n$1\r\n");
+    let snap = h.rt.snapshot();
+    let mut back = H {
+        rt: Runtime::restore(&snap, |b| Ok(Box::new(Kv::restore(b)?))).unwrap(),
+        index: h.index,
+        now: h.now,
+    };
+    assert_eq!(back.kv_hash(), h.kv_hash());
+    assert_eq!(back.rt.service().snapshot(), h.rt.service().snapshot());
+    for bytes in [
+        &b"a\r\n"[..],
+        b"*1\r\n$4\r\nSPOP\r\n",
+        b"SPOP s\r\nLRANGE l 0 -1\r\nTTL e\r\nZSCORE z m\r\n",
+    ] {
+        assert_eq!(back.raw(bytes), h.raw(bytes));
+    }
+    assert_eq!(back.kv_hash(), h.kv_hash());
+    let kv_snap = h.rt.service().snapshot();
+    assert!(Kv::restore(&kv_snap[..kv_snap.len() / 2]).is_err());
+    assert_eq!(h.rt.panics(), 0);
+}
+
+/// A stream of commands touching every family.
+fn command_stream() -> Vec<u8> {
+    let mut s = Vec::new();
+    for (i, line) in [
+        "SET a 1",
+        "INCR a",
+        "GET a",
+        "MSET x 1 y 2",
+        "MGET x y z",
+        "LPUSH l a b c",
+        "LRANGE l 0 -1",
+        "RPOP l",
+        "SADD s a b c",
+        "SPOP s",
+        "SMEMBERS s",
+        "HSET h a 1 b 2",
+        "HGETALL h",
+        "ZADD z 1 a 2 b",
+        "ZPOPMIN z",
+        "SET t v PX 5",
+        "PTTL t",
+        "DEL a",
+        "EXISTS a x",
+        "FOO bar",
+        "GET",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let words: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        if i % 3 == 0 {
+            s.extend_from_slice(line.as_bytes());
+            s.extend_from_slice(b"\r\n");
+        } else {
+            s.extend(multibulk(&words));
+        }
+    }
+    s
+}
+
+proptest! {
+    #[test]
+    fn any_split_gives_the_same_replies(cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..40)) {
+        let stream = command_stream();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        points.extend([0, stream.len()]);
+        points.sort_unstable();
+        points.dedup();
+        let mut whole = H::new(5);
+        let expect = whole.raw(&stream);
+        let mut split = H::new(5);
+        let mut got = Vec::new();
+        for w in points.windows(2) {
+            got.extend(split.raw(&stream[w[0]..w[1]]));
+            // Keep one log entry per chunk at the same time, so only the
+            // framing differs (SPOP's draws depend on the entry index).
+        }
+        // SPOP depends on the entry index, so compare with it masked: the
+        // reply shape and everything else must match exactly.
+        let mask = |b: &[u8]| String::from_utf8_lossy(b).replace(['a', 'b', 'c'], "?");
+        prop_assert_eq!(mask(&got), mask(&expect));
+    }
+
+    #[test]
+    fn any_split_same_entries_same_bytes(cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..40)) {
+        // Two replicas given the same framing agree byte for byte, SPOP
+        // included.
+        let stream = command_stream();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        points.extend([0, stream.len()]);
+        points.sort_unstable();
+        points.dedup();
+        let mut a = H::new(9);
+        let mut b = H::new(9);
+        for w in points.windows(2) {
+            prop_assert_eq!(a.raw(&stream[w[0]..w[1]]), b.raw(&stream[w[0]..w[1]]));
+        }
+        prop_assert_eq!(a.kv_hash(), b.kv_hash());
+    }
+}
