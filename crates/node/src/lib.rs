@@ -6,5 +6,6 @@
 //! takeover — grows here in later steps.
 
 pub mod capture;
+pub mod config;
 pub mod migration;
 pub mod site;

@@ -1,0 +1,593 @@
+//! The node's configuration file (`tandem node --config FILE`), read and
+//! checked before the node touches anything.
+//!
+//! TOML. Every field is validated and unknown fields are refused, because a
+//! typo in a cluster's config (a misspelt `election_ticks`, a VIP without a
+//! prefix) must stop the node at start-up with a message that names the
+//! field and says how to fix it — not surface as a split brain later.
+//!
+//! ```toml
+//! [node]
+//! slot = 1                                # this node's place, one of the members
+//! data_dir = "/var/lib/tandem/node1"      # holds the incarnation counter
+//! admin_socket = "/run/tandem/node1.sock" # `tandem status` talks to it (mode 0600)
+//!
+//! [cluster]
+//! key_file = "/etc/tandem/cluster.key"    # the shared secret, ≥ 32 bytes, not world-readable
+//! members = [
+//!   { slot = 1, addr = "198.18.0.11:7100" },
+//!   { slot = 2, addr = "198.18.0.12:7100" },
+//!   { slot = 3, addr = "198.18.0.13:7100" },
+//! ]
+//!
+//! [raft]                                   # optional; these are the defaults
+//! tick_ms = 10
+//! heartbeat_ticks = 3
+//! election_ticks = 30
+//!
+//! [[service]]
+//! name = "kv"
+//! kind = "kv"                             # kv | echo | counter
+//! vip = "198.18.0.100/24"
+//! interface = "eth0"
+//! port = 6379
+//! window_clamp = 262144                   # optional: W, the receive window bound
+//! queue = 0                               # optional: the NFQUEUE number
+//! ```
+
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Why a configuration was refused: which field, what is wrong, how to fix it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Syntax { path: PathBuf, reason: String },
+    #[error("{field}: {problem}; {fix}")]
+    Invalid {
+        field: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+fn invalid(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// A whole node configuration, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub raft: RaftSection,
+    #[serde(rename = "service")]
+    pub services: Vec<ServiceSection>,
+}
+
+/// `[node]`: this node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's slot: one of `cluster.members`.
+    pub slot: u16,
+    /// Where the node keeps its incarnation counter.
+    pub data_dir: PathBuf,
+    /// The admin socket `tandem status` and friends talk to.
+    pub admin_socket: PathBuf,
+}
+
+/// `[cluster]`: who the members are and how they authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The file holding the cluster key.
+    pub key_file: PathBuf,
+    /// Every voting member, this node included.
+    pub members: Vec<Member>,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub slot: u16,
+    /// Its replication address.
+    pub addr: SocketAddr,
+}
+
+/// `[raft]`: timing, in ticks of `tick_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    pub tick_ms: u64,
+    pub heartbeat_ticks: u32,
+    pub election_ticks: u32,
+}
+
+impl Default for RaftSection {
+    /// 30 ms heartbeats, 300 ms election timeout: a LAN round trip is well
+    /// under a millisecond, but three daemons and their clients share two
+    /// cores here, and a daemon descheduled for a few tens of milliseconds
+    /// must not look dead (a needless election is a needless failover).
+    fn default() -> Self {
+        RaftSection {
+            tick_ms: 10,
+            heartbeat_ticks: 3,
+            election_ticks: 30,
+        }
+    }
+}
+
+/// What a service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    Kv,
+    Echo,
+    Counter,
+}
+
+/// `[[service]]`: one replicated service and its VIP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub name: String,
+    pub kind: ServiceKind,
+    /// The virtual IP with its prefix length, e.g. `198.18.0.100/24`.
+    pub vip: String,
+    /// The interface that carries the VIP.
+    pub interface: String,
+    pub port: u16,
+    /// W: the bound on the receive window (and shadow TCP's).
+    #[serde(default = "default_window_clamp")]
+    pub window_clamp: u32,
+    /// The NFQUEUE number of this service's capture.
+    #[serde(default)]
+    pub queue: u16,
+}
+
+fn default_window_clamp() -> u32 {
+    256 * 1024
+}
+
+impl ServiceSection {
+    /// The VIP and its prefix length (valid after [`Config::parse`]).
+    pub fn vip(&self) -> (Ipv4Addr, u8) {
+        parse_cidr(&self.vip).unwrap_or((Ipv4Addr::UNSPECIFIED, 0))
+    }
+}
+
+fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = text.split_once('/')?;
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    (prefix <= 32).then_some((addr, prefix))
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        })?;
+        Config::parse(&text).map_err(|err| match err {
+            ConfigError::Syntax { reason, .. } => ConfigError::Syntax {
+                path: path.to_path_buf(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text (files are not checked:
+    /// see [`Config::check_files`]).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            path: PathBuf::from("<config>"),
+            reason: err.to_string().trim().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        // Members: unique slots and addresses, this node among them.
+        if self.cluster.members.is_empty() {
+            return Err(invalid(
+                "cluster.members",
+                "no members",
+                "list every voting member, this node included (3 is the usual size)",
+            ));
+        }
+        let mut slots = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for (i, member) in self.cluster.members.iter().enumerate() {
+            if member.slot == 0 {
+                return Err(invalid(
+                    format!("cluster.members[{i}].slot"),
+                    "slot 0 is reserved",
+                    "number members from 1",
+                ));
+            }
+            if !slots.insert(member.slot) {
+                return Err(invalid(
+                    format!("cluster.members[{i}].slot"),
+                    format!("slot {} appears twice", member.slot),
+                    "give every member its own slot",
+                ));
+            }
+            if !addrs.insert(member.addr) {
+                return Err(invalid(
+                    format!("cluster.members[{i}].addr"),
+                    format!("{} appears twice", member.addr),
+                    "give every member its own replication address",
+                ));
+            }
+        }
+        if !slots.contains(&self.node.slot) {
+            return Err(invalid(
+                "node.slot",
+                format!("slot {} is not among cluster.members", self.node.slot),
+                format!(
+                    "use one of {:?}, or add this node to cluster.members",
+                    slots
+                ),
+            ));
+        }
+        if self.cluster.members.len() % 2 == 0 {
+            return Err(invalid(
+                "cluster.members",
+                format!(
+                    "{} voters cannot tolerate more failures than {}",
+                    self.cluster.members.len(),
+                    self.cluster.members.len() - 1
+                ),
+                "use an odd number of members (3 or 5)",
+            ));
+        }
+
+        // Raft timing.
+        let raft = &self.raft;
+        if !(1..=1000).contains(&raft.tick_ms) {
+            return Err(invalid(
+                "raft.tick_ms",
+                format!("{} ms is out of range", raft.tick_ms),
+                "use 1 to 1000 (10 is the default)",
+            ));
+        }
+        if raft.heartbeat_ticks == 0 {
+            return Err(invalid(
+                "raft.heartbeat_ticks",
+                "0 ticks",
+                "use at least 1 (3 is the default)",
+            ));
+        }
+        if raft.election_ticks < raft.heartbeat_ticks * 3 {
+            return Err(invalid(
+                "raft.election_ticks",
+                format!(
+                    "{} ticks is less than three heartbeats ({})",
+                    raft.election_ticks,
+                    raft.heartbeat_ticks * 3
+                ),
+                "make the election timeout at least 3 heartbeats, or followers start elections while the leader is healthy",
+            ));
+        }
+
+        // Services.
+        if self.services.is_empty() {
+            return Err(invalid(
+                "service",
+                "no service",
+                "add a [[service]] section",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut vips = BTreeSet::new();
+        let mut queues = BTreeSet::new();
+        for (i, service) in self.services.iter().enumerate() {
+            let field = |name: &str| format!("service[{i}].{name}");
+            if service.name.is_empty()
+                || !service
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    field("name"),
+                    format!("{:?} is not a usable name", service.name),
+                    "use letters, digits, '-' and '_'",
+                ));
+            }
+            if !names.insert(service.name.clone()) {
+                return Err(invalid(
+                    field("name"),
+                    format!("service {:?} is defined twice", service.name),
+                    "give every service its own name",
+                ));
+            }
+            let Some((vip, _)) = parse_cidr(&service.vip) else {
+                return Err(invalid(
+                    field("vip"),
+                    format!(
+                        "{:?} is not an IPv4 address with a prefix length",
+                        service.vip
+                    ),
+                    "write it as ADDRESS/PREFIX, e.g. \"198.18.0.100/24\"",
+                ));
+            };
+            if vip.is_unspecified() || vip.is_broadcast() || vip.is_multicast() || vip.is_loopback()
+            {
+                return Err(invalid(
+                    field("vip"),
+                    format!("{vip} cannot be a service address"),
+                    "use a unicast address of the LAN the members share",
+                ));
+            }
+            if !vips.insert(vip) {
+                return Err(invalid(
+                    field("vip"),
+                    format!("{vip} is used by another service"),
+                    "every service has its own VIP (each is its own replica group)",
+                ));
+            }
+            if service.interface.is_empty() || service.interface.len() > 15 {
+                return Err(invalid(
+                    field("interface"),
+                    format!("{:?} is not an interface name", service.interface),
+                    "name the interface that carries the VIP, e.g. \"eth0\"",
+                ));
+            }
+            if service.port == 0 {
+                return Err(invalid(
+                    field("port"),
+                    "port 0",
+                    "use the service's TCP port, 1-65535",
+                ));
+            }
+            if !(64 * 1024..=64 * 1024 * 1024).contains(&service.window_clamp) {
+                return Err(invalid(
+                    field("window_clamp"),
+                    format!("{} bytes is out of range", service.window_clamp),
+                    "use 65536 to 67108864 (262144 is the default)",
+                ));
+            }
+            if !queues.insert(service.queue) {
+                return Err(invalid(
+                    field("queue"),
+                    format!("NFQUEUE {} is used by another service", service.queue),
+                    "give every service its own queue number",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the files the configuration names: the cluster key exists,
+    /// holds at least 32 bytes and is not readable by other users.
+    pub fn check_files(&self) -> Result<Vec<u8>, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = &self.cluster.key_file;
+        let meta = std::fs::metadata(path).map_err(|err| {
+            invalid(
+                "cluster.key_file",
+                format!("cannot read {}: {err}", path.display()),
+                "create it, e.g. `head -c 32 /dev/urandom > FILE && chmod 600 FILE`, and copy it to every member",
+            )
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(invalid(
+                "cluster.key_file",
+                format!(
+                    "{} is readable by others (mode {:o})",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+                "`chmod 600` it: whoever reads the key can forge replication messages",
+            ));
+        }
+        let key = std::fs::read(path).map_err(|err| {
+            invalid(
+                "cluster.key_file",
+                format!("cannot read {}: {err}", path.display()),
+                "check the file and its permissions",
+            )
+        })?;
+        if key.len() < 32 {
+            return Err(invalid(
+                "cluster.key_file",
+                format!("{} holds only {} bytes", path.display(), key.len()),
+                "use at least 32 random bytes",
+            ));
+        }
+        Ok(key)
+    }
+
+    /// This node's own member entry.
+    pub fn me(&self) -> &Member {
+        self.cluster
+            .members
+            .iter()
+            .find(|m| m.slot == self.node.slot)
+            .expect("validated: node.slot is a member")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+slot = 1
+data_dir = "/var/lib/tandem/node1"
+admin_socket = "/run/tandem/node1.sock"
+
+[cluster]
+key_file = "/etc/tandem/cluster.key"
+members = [
+  { slot = 1, addr = "198.18.0.11:7100" },
+  { slot = 2, addr = "198.18.0.12:7100" },
+  { slot = 3, addr = "198.18.0.13:7100" },
+]
+
+[[service]]
+name = "kv"
+kind = "kv"
+vip = "198.18.0.100/24"
+interface = "eth0"
+port = 6379
+"#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let config = Config::parse(GOOD).unwrap();
+        assert_eq!(config.raft, RaftSection::default());
+        assert_eq!(
+            config.services[0].vip(),
+            (Ipv4Addr::new(198, 18, 0, 100), 24)
+        );
+        assert_eq!(config.services[0].window_clamp, 256 * 1024);
+        assert_eq!(config.me().addr, "198.18.0.11:7100".parse().unwrap());
+    }
+
+    /// Each broken config is refused with a message naming the field.
+    #[test]
+    fn bad_configs_name_the_field_and_the_fix() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("slot = 1", "slot = 4", "node.slot"),
+            ("port = 6379", "port = 0", "service[0].port"),
+            ("port = 6379", "port = 70000", "port"),
+            ("198.18.0.100/24", "198.18.0.100", "service[0].vip"),
+            ("198.18.0.100/24", "127.0.0.1/8", "service[0].vip"),
+            ("198.18.0.100/24", "198.18.0.100/33", "service[0].vip"),
+            ("kind = \"kv\"", "kind = \"memcached\"", "kind"),
+            ("name = \"kv\"", "name = \"k v\"", "service[0].name"),
+            (
+                "interface = \"eth0\"",
+                "interface = \"\"",
+                "service[0].interface",
+            ),
+            (
+                "{ slot = 3, addr = \"198.18.0.13:7100\" },",
+                "",
+                "cluster.members",
+            ),
+            (
+                "{ slot = 3, addr = \"198.18.0.13:7100\" }",
+                "{ slot = 2, addr = \"198.18.0.13:7100\" }",
+                "cluster.members[2].slot",
+            ),
+            (
+                "198.18.0.13:7100",
+                "198.18.0.12:7100",
+                "cluster.members[2].addr",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\nwindow_clamp = 10",
+                "service[0].window_clamp",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\ncolour = \"blue\"",
+                "unknown field `colour`",
+            ),
+            (
+                "[cluster]",
+                "[raft]\nelection_ticks = 2\n[cluster]",
+                "raft.election_ticks",
+            ),
+            (
+                "[cluster]",
+                "[raft]\ntick_ms = 0\n[cluster]",
+                "raft.tick_ms",
+            ),
+            (
+                "[cluster]",
+                "[raft]\nelecton_ticks = 40\n[cluster]",
+                "unknown field `electon_ticks`",
+            ),
+        ];
+        for (from, to, expect) in cases {
+            assert!(GOOD.contains(from), "case {from:?} does not apply");
+            let text = GOOD.replacen(from, to, 1);
+            let err = Config::parse(&text).expect_err(&format!("accepted with {to:?}"));
+            let message = err.to_string();
+            assert!(
+                message.contains(expect),
+                "{to:?}: {message:?} does not mention {expect:?}"
+            );
+        }
+        let doubled = format!("{GOOD}\n[[service]]\nname = \"kv\"\nkind = \"echo\"\nvip = \"198.18.0.101/24\"\ninterface = \"eth0\"\nport = 7000\nqueue = 1\n");
+        assert!(Config::parse(&doubled)
+            .unwrap_err()
+            .to_string()
+            .contains("defined twice"));
+        let same_queue = doubled
+            .replace(
+                "name = \"kv\"\nkind = \"echo\"",
+                "name = \"echo\"\nkind = \"echo\"",
+            )
+            .replace("queue = 1", "queue = 0");
+        assert!(Config::parse(&same_queue)
+            .unwrap_err()
+            .to_string()
+            .contains("service[1].queue"));
+    }
+
+    #[test]
+    fn the_key_file_must_be_private_and_long_enough() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tandem-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("cluster.key");
+        let mut config = Config::parse(GOOD).unwrap();
+        config.cluster.key_file = key.clone();
+        assert!(config
+            .check_files()
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(config
+            .check_files()
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600"));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(config.check_files().unwrap(), vec![7u8; 32]);
+        std::fs::write(&key, [7u8; 8]).unwrap();
+        assert!(config
+            .check_files()
+            .unwrap_err()
+            .to_string()
+            .contains("only 8 bytes"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_file_and_bad_syntax_are_reported_with_the_path() {
+        let err = Config::load(Path::new("/nonexistent/tandem.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tandem.toml"));
+        let err = Config::parse("[node\nslot = 1").unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }));
+    }
+}
