@@ -250,7 +250,7 @@ impl Config {
                 ),
             ));
         }
-        if self.cluster.members.len() % 2 == 0 {
+        if self.cluster.members.len().is_multiple_of(2) {
             return Err(invalid(
                 "cluster.members",
                 format!(
