@@ -428,6 +428,12 @@ impl Outbox {
         }
     }
 
+    /// Skips `n` sequence numbers (see `Replica::skip_sequence_numbers`).
+    #[doc(hidden)]
+    pub fn skip(&mut self, n: u64) {
+        self.next_seq += n;
+    }
+
     /// Seals `body` for `to` with the next sequence number.
     pub fn seal(&mut self, to: NodeId, body: &Body) -> Vec<u8> {
         let seq = self.next_seq;

@@ -8,10 +8,16 @@
 
 pub mod envelope;
 pub mod id;
+pub mod replica;
 pub mod storage;
 
 pub use envelope::{
     Body, ClusterKey, EnvelopeError, EnvelopeStats, Inbox, Opened, Outbox, ReplayWindow,
 };
 pub use id::{bump_incarnation, NodeId};
+pub use raft::StateRole;
+pub use replica::{
+    CommittedEntry, Config, InitError, InstallSnapshot, Output, ProposalId, ProposeError, Replica,
+    Status, DEFAULT_TICK_MS,
+};
 pub use storage::MemLog;

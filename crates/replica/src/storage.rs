@@ -8,6 +8,8 @@
 //! application's bytes and sits exactly at the index the application
 //! compacted to, with the configuration that was in force at that index.
 
+use std::cell::Cell;
+
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
@@ -22,6 +24,11 @@ pub struct MemLog {
     conf_state: ConfState,
     snapshot: Snapshot,
     entries: Vec<Entry>,
+    /// Set when raft-rs asked for a snapshot this log cannot give (the
+    /// recipient is not in the snapshot's configuration: raft-rs would make
+    /// it refuse the snapshot). Only the application can take a new one.
+    /// A `Cell` because raft-rs asks through `&self`.
+    snapshot_wanted: Cell<bool>,
 }
 
 impl MemLog {
@@ -52,6 +59,7 @@ impl MemLog {
             conf_state,
             snapshot,
             entries: Vec::new(),
+            snapshot_wanted: Cell::new(false),
         }
     }
 
@@ -80,6 +88,12 @@ impl MemLog {
     /// The current snapshot (index 0 and no data if none was ever taken).
     pub fn snapshot_ref(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// True (once) if a snapshot was requested that the current one cannot
+    /// serve; the application should take a new one (`Replica::compact`).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
     }
 
     /// Number of entries held after the snapshot.
@@ -223,10 +237,21 @@ impl Storage for MemLog {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // A snapshot older than asked for is not there yet: the application
-        // takes snapshots (`Replica::compact`), raft cannot make one.
-        if self.snapshot.get_metadata().index < request_index {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A snapshot older than asked for, or taken before the recipient was
+        // added (it would refuse a snapshot whose configuration lacks it), is
+        // not there yet: the application takes snapshots
+        // (`Replica::compact`), raft cannot make one.
+        let cs = self.snapshot.get_metadata().get_conf_state();
+        let knows_to = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+            .any(|&id| id == to);
+        if self.snapshot.get_metadata().index < request_index || !knows_to {
+            self.snapshot_wanted.set(true);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -264,6 +289,11 @@ mod tests {
             vec![1, 2, 3]
         );
         assert_eq!(log.snapshot(0, 2).unwrap().get_metadata().index, 1);
+        assert!(!log.take_snapshot_wanted());
+        // Node 4 is not in the snapshot's configuration: it would refuse it.
+        assert!(log.snapshot(0, 4).is_err());
+        assert!(log.take_snapshot_wanted());
+        assert!(!log.take_snapshot_wanted());
     }
 
     #[test]
@@ -303,6 +333,7 @@ mod tests {
             Err(raft::Error::Store(StorageError::Compacted))
         ));
         let snap = log.snapshot(0, 5).unwrap();
+        assert!(log.snapshot(0, 6).is_err());
         assert_eq!(&snap.data[..], b"state@3");
         assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 5]);
         assert!(log.snapshot(4, 5).is_err());

@@ -1,0 +1,889 @@
+//! The sans-I/O replica driver: raft-rs's `RawNode` behind an interface the
+//! node's event loop (and the simulation) drives with ticks and bytes.
+//!
+//! The loop is: feed inputs (`tick`, `receive`, `propose`, ...), then call
+//! [`Replica::ready`], send its messages, install its snapshot if any, apply
+//! its committed payloads in order, then call [`Replica::advance`]. Because
+//! the log is in memory, "persisting" is done inside `ready` before anything
+//! is returned: a message that acknowledges an entry never leaves before the
+//! entry is in this process's log.
+//!
+//! Membership is managed here too, because DESIGN §3.8 makes it part of
+//! safety: a restarted node (a new incarnation, empty log) asks to join; the
+//! leader adds it as a learner; once it has caught up, the leader swaps it in
+//! for its slot's dead incarnation with one joint configuration change.
+
+use std::collections::BTreeMap;
+
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+    Entry, EntryType, Message, MessageType,
+};
+use raft::{RawNode, SnapshotStatus, StateRole};
+
+use crate::envelope::{Body, ClusterKey, EnvelopeError, EnvelopeStats, Inbox, Outbox};
+use crate::id::{NodeId, ANY_INCARNATION, FIRST_INCARNATION};
+use crate::storage::MemLog;
+
+/// Suggested real-time length of one tick for the node's event loop.
+///
+/// The library never reads a clock; this is the interval the defaults below
+/// are designed for.
+pub const DEFAULT_TICK_MS: u64 = 10;
+
+/// Configuration of one replica.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This process: its slot and its (freshly bumped) incarnation.
+    pub id: NodeId,
+    /// Every slot of the cluster. Founding voters are `(slot, 1)` for each.
+    pub slots: Vec<u16>,
+    /// Ticks without hearing from a leader before a follower (pre-)campaigns;
+    /// the actual timeout is drawn from `[election_tick, 2 * election_tick)`.
+    ///
+    /// Default 15 (150 ms at [`DEFAULT_TICK_MS`]). On a LAN the round trip is
+    /// well under a millisecond, so the timeout is set by the machines, not
+    /// the network: with 2 cores shared by 3 daemons (and the client, in the
+    /// lab), a daemon can wait tens of ms for a CPU under load. 150–300 ms
+    /// rides out several such stalls, so a busy but healthy leader is not
+    /// deposed, while failover still completes well under half a second.
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats. Default 3 (30 ms): five heartbeats
+    /// per minimum election timeout, so losing or delaying a few to a
+    /// scheduling stall does not start an election; and cheap (three daemons
+    /// sending 33 small messages/s each is negligible on 2 cores).
+    /// Check-quorum uses the election timeout, so a partitioned leader steps
+    /// down within 150–300 ms.
+    pub heartbeat_tick: usize,
+    /// A batch is flushed into one entry when its payloads reach this many
+    /// bytes (default 64 KiB), and in any case at the next [`Replica::ready`].
+    pub max_batch_bytes: usize,
+    /// ... or this many payloads (default 1024).
+    pub max_batch_payloads: usize,
+    /// Largest append message raft-rs builds, in bytes (default 1 MiB).
+    pub max_size_per_msg: u64,
+    /// Appends in flight per follower before waiting for acks (default 256).
+    pub max_inflight_msgs: usize,
+    /// A caught-up learner replacing a dead incarnation is swapped in once
+    /// its log is at most this many entries behind the commit index
+    /// (default 8). Safety does not depend on it; it only avoids promoting a
+    /// voter that would stall commits while it catches up.
+    pub swap_max_lag: u64,
+    /// Ticks between join requests while this node is not a member yet
+    /// (default: `election_tick`).
+    pub join_retry_ticks: usize,
+    /// Seed of the election-timeout randomization. raft-rs draws timeouts
+    /// from the thread RNG; the replica overrides them from a PRNG seeded
+    /// here so that a simulation replays exactly.
+    pub seed: u64,
+}
+
+impl Config {
+    /// The defaults for node `id` in a cluster of `slots`.
+    pub fn new(id: NodeId, slots: Vec<u16>) -> Self {
+        Self {
+            id,
+            slots,
+            election_tick: 15,
+            heartbeat_tick: 3,
+            max_batch_bytes: 64 << 10,
+            max_batch_payloads: 1024,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            swap_max_lag: 8,
+            join_retry_ticks: 15,
+            seed: id.raft_id(),
+        }
+    }
+}
+
+/// Why a replica could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// raft-rs refused the configuration.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// This node's slot is not among the cluster's slots.
+    #[error("slot {0} is not in the cluster's slots")]
+    UnknownSlot(u16),
+}
+
+/// Identifies a proposal: who proposed it and its number there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProposalId {
+    /// The proposing replica.
+    pub proposer: NodeId,
+    /// Its proposal counter (from 1, per incarnation).
+    pub seq: u64,
+}
+
+/// Why a proposal was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Only the leader proposes (it is the primary, which captures packets).
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// A leadership transfer is under way; raft-rs would drop the proposal.
+    #[error("leadership transfer in progress")]
+    Transferring,
+}
+
+/// One committed client payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedEntry {
+    /// Raft index of the entry holding it.
+    pub index: u64,
+    /// Its position in that entry's batch.
+    pub sub: u32,
+    /// Raft term of the entry.
+    pub term: u64,
+    /// Who proposed it.
+    pub proposal: ProposalId,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
+/// A snapshot the application must install before applying what follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallSnapshot {
+    /// The last index the snapshot covers.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// The application's bytes (empty: the initial state).
+    pub data: Vec<u8>,
+}
+
+/// What one [`Replica::ready`] hands to the application.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    /// Sealed envelopes to send, with their destination.
+    pub messages: Vec<(NodeId, Vec<u8>)>,
+    /// A snapshot to install first (a lagging or new replica).
+    pub install_snapshot: Option<InstallSnapshot>,
+    /// Committed payloads, in log order, to apply after the snapshot.
+    pub committed: Vec<CommittedEntry>,
+    /// Proposals that will not be committed by this leader (leadership lost
+    /// before they reached the log).
+    pub dropped: Vec<ProposalId>,
+    /// The leader needs a newer snapshot than the log holds (a learner was
+    /// added after it, or a replica lags behind it): the application should
+    /// call [`Replica::compact`] at its applied index soon.
+    pub snapshot_wanted: bool,
+    /// Configuration changes applied, with their index.
+    pub conf_changes: Vec<(u64, ConfState)>,
+    /// The role now.
+    pub role: StateRole,
+    /// True if the role changed since the previous `ready`.
+    pub role_changed: bool,
+    /// The leader now, if known.
+    pub leader: Option<NodeId>,
+    /// True if the leader changed since the previous `ready`.
+    pub leader_changed: bool,
+    /// The term now.
+    pub term: u64,
+}
+
+/// A snapshot of the replica's state for status displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Role.
+    pub role: StateRole,
+    /// Term.
+    pub term: u64,
+    /// Leader, if known.
+    pub leader: Option<NodeId>,
+    /// Commit index.
+    pub commit: u64,
+    /// Index the application has applied (acknowledged by `advance`).
+    pub applied: u64,
+    /// First and last index held in the log.
+    pub log: (u64, u64),
+    /// Index of the current snapshot.
+    pub snapshot_index: u64,
+    /// Voters (incoming configuration), sorted.
+    pub voters: Vec<NodeId>,
+    /// Learners, sorted.
+    pub learners: Vec<NodeId>,
+    /// The outgoing voters while in a joint configuration (empty otherwise).
+    pub voters_outgoing: Vec<NodeId>,
+    /// On the leader: each peer's matched index.
+    pub matched: BTreeMap<NodeId, u64>,
+    /// Envelope counters.
+    pub envelopes: EnvelopeStats,
+}
+
+/// A small deterministic PRNG (SplitMix64) for election timeouts.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+const BATCH_VERSION: u8 = 1;
+
+/// Batch entry format: `version u8 | proposer raft id u64 | first seq u64 |
+/// count u32 | (len u32 | bytes)*`. Several payloads per entry is the
+/// batching unit: under load the event loop drains many captured packets,
+/// proposes each, and one `ready` turns them into one entry, one append and
+/// one commit round trip.
+fn encode_batch(proposer: NodeId, first_seq: u64, payloads: &[Vec<u8>]) -> Vec<u8> {
+    let len: usize = payloads.iter().map(|p| 4 + p.len()).sum();
+    let mut out = Vec::with_capacity(21 + len);
+    out.push(BATCH_VERSION);
+    out.extend_from_slice(&proposer.raft_id().to_be_bytes());
+    out.extend_from_slice(&first_seq.to_be_bytes());
+    out.extend_from_slice(&(payloads.len() as u32).to_be_bytes());
+    for p in payloads {
+        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+type Batch<'a> = (NodeId, u64, Vec<&'a [u8]>);
+
+fn decode_batch(data: &[u8]) -> Option<Batch<'_>> {
+    let take = |at: usize, n: usize| data.get(at..at.checked_add(n)?);
+    if *data.first()? != BATCH_VERSION {
+        return None;
+    }
+    let proposer = NodeId::from_raft_id(u64::from_be_bytes(take(1, 8)?.try_into().ok()?));
+    let first_seq = u64::from_be_bytes(take(9, 8)?.try_into().ok()?);
+    let count = u32::from_be_bytes(take(17, 4)?.try_into().ok()?);
+    let mut at = 21;
+    let mut payloads = Vec::new();
+    for _ in 0..count {
+        let len = u32::from_be_bytes(take(at, 4)?.try_into().ok()?) as usize;
+        payloads.push(take(at + 4, len)?);
+        at += 4 + len;
+    }
+    (at == data.len()).then_some((proposer, first_seq, payloads))
+}
+
+/// One replica of a replica group. See the module documentation.
+pub struct Replica {
+    raw: RawNode<MemLog>,
+    cfg: Config,
+    inbox: Inbox,
+    outbox: Outbox,
+    rng: SplitMix64,
+    /// Payloads proposed since the last flush, and the seq of the first.
+    batch: Vec<Vec<u8>>,
+    batch_bytes: usize,
+    batch_first_seq: u64,
+    next_seq: u64,
+    /// Messages produced outside raft (join requests), sent at next `ready`.
+    extra: Vec<(NodeId, Body)>,
+    dropped: Vec<ProposalId>,
+    /// Configuration in force after each applied configuration change, by
+    /// index: a snapshot at index i must carry the configuration at i.
+    conf_history: BTreeMap<u64, ConfState>,
+    /// Highest index handed to the application, and acknowledged by it.
+    delivered: u64,
+    applied: u64,
+    awaiting_advance: bool,
+    /// (term, role) last seen, to re-draw the election timeout.
+    seen_term_role: (u64, StateRole),
+    last_role: StateRole,
+    last_leader: u64,
+    join_countdown: usize,
+    step_errors: u64,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("id", &self.cfg.id).finish()
+    }
+}
+
+fn role_code(r: StateRole) -> u8 {
+    match r {
+        StateRole::Follower => 0,
+        StateRole::Candidate => 1,
+        StateRole::Leader => 2,
+        StateRole::PreCandidate => 3,
+    }
+}
+
+impl Replica {
+    /// Starts a replica. Incarnation [`FIRST_INCARNATION`] bootstraps as a
+    /// founding voter of `cfg.slots`; any later incarnation starts empty and
+    /// asks to join (it is a restart: it forgot its log).
+    pub fn new(cfg: Config, key: ClusterKey) -> Result<Self, InitError> {
+        if !cfg.slots.contains(&cfg.id.slot) {
+            return Err(InitError::UnknownSlot(cfg.id.slot));
+        }
+        let mut conf_history = BTreeMap::new();
+        let store = if cfg.id.incarnation == FIRST_INCARNATION {
+            let cs = ConfState {
+                voters: cfg
+                    .slots
+                    .iter()
+                    .map(|&s| NodeId::new(s, FIRST_INCARNATION).raft_id())
+                    .collect(),
+                ..Default::default()
+            };
+            conf_history.insert(1, cs.clone());
+            MemLog::bootstrap(cs)
+        } else {
+            MemLog::new()
+        };
+        let applied = store.snapshot_ref().get_metadata().index;
+        let rc = raft::Config {
+            id: cfg.id.raft_id(),
+            election_tick: cfg.election_tick,
+            heartbeat_tick: cfg.heartbeat_tick,
+            applied,
+            max_size_per_msg: cfg.max_size_per_msg,
+            max_inflight_msgs: cfg.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        rc.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&rc, store, &logger)?;
+        let mut r = Self {
+            inbox: Inbox::new(cfg.id, key.clone()),
+            outbox: Outbox::new(cfg.id, key),
+            rng: SplitMix64(cfg.seed),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            batch_first_seq: 1,
+            next_seq: 1,
+            extra: Vec::new(),
+            dropped: Vec::new(),
+            conf_history,
+            delivered: applied,
+            applied,
+            awaiting_advance: false,
+            seen_term_role: (0, StateRole::Follower),
+            last_role: StateRole::Follower,
+            last_leader: 0,
+            join_countdown: 0,
+            step_errors: 0,
+            raw,
+            cfg,
+        };
+        r.redraw_election_timeout();
+        Ok(r)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// raft-rs draws election timeouts from the thread RNG whenever the term
+    /// or role changes; draw them from our seeded PRNG instead so runs replay.
+    fn redraw_election_timeout(&mut self) {
+        let now = (self.raw.raft.term, self.raw.raft.state);
+        if role_code(now.1) == role_code(self.seen_term_role.1) && now.0 == self.seen_term_role.0 {
+            return;
+        }
+        self.seen_term_role = now;
+        let e = self.cfg.election_tick as u64;
+        let t = e + self.rng.next() % e;
+        self.raw.raft.set_randomized_election_timeout(t as usize);
+    }
+
+    fn is_member(&self) -> bool {
+        let me = self.cfg.id.raft_id();
+        let cs = self.raw.store().conf_state();
+        cs.voters.contains(&me) || cs.learners.contains(&me) || cs.voters_outgoing.contains(&me)
+    }
+
+    fn conf_change_pending(&self) -> bool {
+        self.raw.raft.pending_conf_index > self.applied
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.redraw_election_timeout();
+        if !self.is_member() && self.cfg.id.incarnation != FIRST_INCARNATION {
+            if self.join_countdown == 0 {
+                self.join_countdown = self.cfg.join_retry_ticks.max(1);
+                for &slot in &self.cfg.slots {
+                    if slot != self.cfg.id.slot {
+                        self.extra
+                            .push((NodeId::new(slot, ANY_INCARNATION), Body::Join));
+                    }
+                }
+            }
+            self.join_countdown -= 1;
+        }
+        if self.raw.raft.state == StateRole::Leader {
+            self.manage_membership();
+        }
+    }
+
+    /// On the leader: leave a joint configuration if nobody did (raft-rs's
+    /// auto-leave is skipped if leadership changed in between), and swap
+    /// caught-up learners in for their slot's older incarnation.
+    fn manage_membership(&mut self) {
+        if self.conf_change_pending() {
+            return;
+        }
+        let cs = self.raw.store().conf_state().clone();
+        if !cs.voters_outgoing.is_empty() {
+            let _ = self
+                .raw
+                .propose_conf_change(Vec::new(), ConfChangeV2::default());
+            return;
+        }
+        let committed = self.raw.raft.raft_log.committed;
+        for &learner in &cs.learners {
+            let l = NodeId::from_raft_id(learner);
+            let old: Vec<u64> = cs
+                .voters
+                .iter()
+                .chain(&cs.learners)
+                .copied()
+                .filter(|&v| {
+                    let v = NodeId::from_raft_id(v);
+                    v.slot == l.slot && v.incarnation < l.incarnation
+                })
+                .collect();
+            if old.is_empty() {
+                continue;
+            }
+            let matched = self.raw.raft.prs().get(learner).map_or(0, |p| p.matched);
+            // matched > 0: it has at least acknowledged a snapshot.
+            if matched == 0 || matched + self.cfg.swap_max_lag < committed {
+                continue;
+            }
+            let mut changes = vec![single(learner, ConfChangeType::AddNode)];
+            changes.extend(old.iter().map(|&o| single(o, ConfChangeType::RemoveNode)));
+            let cc = ConfChangeV2 {
+                changes: changes.into(),
+                ..Default::default()
+            };
+            let mut cc = cc;
+            cc.set_transition(ConfChangeTransition::Auto);
+            let _ = self.raw.propose_conf_change(Vec::new(), cc);
+            return;
+        }
+    }
+
+    /// Handles a join request from `from` (a new incarnation of a slot):
+    /// the leader adds it as a learner if its slot belongs to the cluster.
+    fn on_join(&mut self, from: NodeId) {
+        if self.raw.raft.state != StateRole::Leader
+            || self.conf_change_pending()
+            || !self.cfg.slots.contains(&from.slot)
+        {
+            return;
+        }
+        let cs = self.raw.store().conf_state();
+        let id = from.raft_id();
+        if cs.voters.contains(&id) || cs.learners.contains(&id) {
+            return;
+        }
+        // A newer incarnation of the slot is already known: this one is stale.
+        if cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .map(|&v| NodeId::from_raft_id(v))
+            .any(|v| v.slot == from.slot && v.incarnation >= from.incarnation)
+        {
+            return;
+        }
+        let cc = ConfChangeV2 {
+            changes: vec![single(id, ConfChangeType::AddLearnerNode)].into(),
+            ..Default::default()
+        };
+        let _ = self.raw.propose_conf_change(Vec::new(), cc);
+    }
+
+    /// Receives a sealed envelope from the network. Rejected envelopes are
+    /// counted (see [`Replica::status`]) and returned as errors; the caller
+    /// just drops them and keeps running.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), EnvelopeError> {
+        let opened = self.inbox.open(bytes)?;
+        match opened.body {
+            Body::Join => self.on_join(opened.from),
+            Body::Raft(m) => self.step(m),
+        }
+        Ok(())
+    }
+
+    /// Steps an already-authenticated raft message. Errors from raft-rs
+    /// (e.g. a response from a peer removed meanwhile) are counted, not fatal.
+    pub fn step(&mut self, m: Message) {
+        if self.raw.step(m).is_err() {
+            self.step_errors += 1;
+        }
+        self.redraw_election_timeout();
+    }
+
+    /// Queues a payload for the log. Only the leader proposes. Payloads are
+    /// batched: they become one entry at the next [`Replica::ready`] (or
+    /// earlier when the batch is full). The returned id reappears in a
+    /// [`CommittedEntry`] once committed, or in [`Output::dropped`].
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<ProposalId, ProposeError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        if self.raw.raft.lead_transferee.is_some() {
+            return Err(ProposeError::Transferring);
+        }
+        let id = ProposalId {
+            proposer: self.cfg.id,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        if self.batch.is_empty() {
+            self.batch_first_seq = id.seq;
+        }
+        self.batch_bytes += data.len();
+        self.batch.push(data);
+        if self.batch_bytes >= self.cfg.max_batch_bytes
+            || self.batch.len() >= self.cfg.max_batch_payloads
+        {
+            self.flush();
+        }
+        Ok(id)
+    }
+
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let data = encode_batch(self.cfg.id, self.batch_first_seq, &batch);
+        if self.raw.propose(Vec::new(), data).is_err() {
+            let first = self.batch_first_seq;
+            self.dropped
+                .extend((0..batch.len() as u64).map(|i| ProposalId {
+                    proposer: self.cfg.id,
+                    seq: first + i,
+                }));
+        }
+    }
+
+    /// Starts a leadership transfer to `to` (planned migration, §3.6).
+    /// Proposals are refused until it completes or times out.
+    pub fn transfer_leader(&mut self, to: NodeId) {
+        self.flush();
+        self.raw.transfer_leader(to.raft_id());
+    }
+
+    /// Starts an election now (tests, or an operator forcing a failover).
+    pub fn campaign(&mut self) {
+        let _ = self.raw.campaign();
+        self.redraw_election_timeout();
+    }
+
+    /// On the leader, proposes adding `id` as a learner (joins normally
+    /// arrive as [`Body::Join`] envelopes and are handled by `receive`).
+    pub fn add_learner(&mut self, id: NodeId) {
+        self.on_join(id);
+    }
+
+    /// Takes a snapshot at `index`, which the application has applied (and
+    /// acknowledged with `advance`), holding the application's `data`; drops
+    /// the log up to it. Lagging and new replicas are then sent this snapshot.
+    pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<(), raft::StorageError> {
+        if index > self.applied {
+            return Err(raft::StorageError::Unavailable);
+        }
+        let cs = self
+            .conf_history
+            .range(..=index)
+            .next_back()
+            .map(|(_, cs)| cs.clone())
+            .unwrap_or_else(|| {
+                self.raw
+                    .store()
+                    .snapshot_ref()
+                    .get_metadata()
+                    .get_conf_state()
+                    .clone()
+            });
+        self.raw.mut_store().compact(index, cs, data)?;
+        // Keep the configuration in force at the snapshot, drop older ones.
+        if let Some((&k, _)) = self.conf_history.range(..=index).next_back() {
+            self.conf_history = self.conf_history.split_off(&k);
+        }
+        Ok(())
+    }
+
+    /// True if `ready` has something to hand out.
+    pub fn has_ready(&self) -> bool {
+        !self.awaiting_advance
+            && (self.raw.has_ready()
+                || !self.batch.is_empty()
+                || !self.extra.is_empty()
+                || !self.dropped.is_empty()
+                || self.raw.raft.state != self.last_role
+                || self.raw.raft.leader_id != self.last_leader)
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        let l = self.raw.raft.leader_id;
+        (l != 0).then(|| NodeId::from_raft_id(l))
+    }
+
+    fn seal_all(&mut self, msgs: Vec<Message>, out: &mut Output, snaps: &mut Vec<u64>) {
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                snaps.push(m.to);
+            }
+            let to = NodeId::from_raft_id(m.to);
+            let bytes = self.outbox.seal(to, &Body::Raft(m));
+            out.messages.push((to, bytes));
+        }
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>, out: &mut Output) {
+        for e in entries {
+            self.delivered = self.delivered.max(e.index);
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if e.data.is_empty() {
+                        continue; // a new leader's empty entry
+                    }
+                    // Only this crate proposes; an undecodable entry would be
+                    // skipped identically on every replica.
+                    if let Some((proposer, first_seq, payloads)) = decode_batch(&e.data) {
+                        for (i, p) in payloads.into_iter().enumerate() {
+                            out.committed.push(CommittedEntry {
+                                index: e.index,
+                                sub: i as u32,
+                                term: e.term,
+                                proposal: ProposalId {
+                                    proposer,
+                                    seq: first_seq + i as u64,
+                                },
+                                data: p.to_vec(),
+                            });
+                        }
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    // raft-rs applies either kind (it converts v1 itself).
+                    let applied = if e.get_entry_type() == EntryType::EntryConfChange {
+                        let cc: Result<ConfChange, _> =
+                            protobuf::Message::parse_from_bytes(&e.data);
+                        cc.ok().map(|cc| self.raw.apply_conf_change(&cc))
+                    } else {
+                        let cc: Result<ConfChangeV2, _> =
+                            protobuf::Message::parse_from_bytes(&e.data);
+                        cc.ok().map(|cc| self.raw.apply_conf_change(&cc))
+                    };
+                    if let Some(Ok(cs)) = applied {
+                        self.raw.mut_store().set_conf_state(cs.clone());
+                        self.conf_history.insert(e.index, cs.clone());
+                        out.conf_changes.push((e.index, cs));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Collects everything to do: messages to send (sealed), a snapshot to
+    /// install, committed payloads to apply. New entries are already in the
+    /// in-memory log when this returns. Call [`Replica::advance`] once the
+    /// committed payloads are applied; until then `ready` returns nothing new.
+    pub fn ready(&mut self) -> Output {
+        let mut out = Output::default();
+        if !self.awaiting_advance {
+            self.flush();
+            let mut snaps = Vec::new();
+            for (to, body) in std::mem::take(&mut self.extra) {
+                let bytes = self.outbox.seal(to, &body);
+                out.messages.push((to, bytes));
+            }
+            if self.raw.has_ready() {
+                let mut rd = self.raw.ready();
+                let msgs = rd.take_messages();
+                self.seal_all(msgs, &mut out, &mut snaps);
+                if !rd.snapshot().is_empty() {
+                    let snap = rd.snapshot().clone();
+                    let meta = snap.get_metadata();
+                    out.install_snapshot = Some(InstallSnapshot {
+                        index: meta.index,
+                        term: meta.term,
+                        data: snap.data.to_vec(),
+                    });
+                    self.conf_history.clear();
+                    self.conf_history
+                        .insert(meta.index, meta.get_conf_state().clone());
+                    self.delivered = meta.index;
+                    // Storage refuses only an older snapshot, which raft-rs
+                    // never hands out.
+                    let _ = self.raw.mut_store().apply_snapshot(snap);
+                }
+                let committed = rd.take_committed_entries();
+                self.apply_committed(committed, &mut out);
+                if self.raw.mut_store().append(rd.entries()).is_err() {
+                    self.step_errors += 1;
+                }
+                if let Some(hs) = rd.hs() {
+                    self.raw.mut_store().set_hard_state(hs.clone());
+                }
+                let msgs = rd.take_persisted_messages();
+                self.seal_all(msgs, &mut out, &mut snaps);
+                let mut light = self.raw.advance(rd);
+                if let Some(commit) = light.commit_index() {
+                    self.raw.mut_store().set_commit(commit);
+                }
+                let msgs = light.take_messages();
+                self.seal_all(msgs, &mut out, &mut snaps);
+                let committed = light.take_committed_entries();
+                self.apply_committed(committed, &mut out);
+            }
+            // The snapshot is handed to the transport; report it sent so the
+            // leader probes again. If it was lost, the probe fails and the
+            // leader sends it anew — never stuck waiting for a lost snapshot.
+            for to in snaps {
+                self.raw.report_snapshot(to, SnapshotStatus::Finish);
+            }
+            self.awaiting_advance = self.delivered > self.applied;
+        }
+        out.dropped = std::mem::take(&mut self.dropped);
+        out.snapshot_wanted = self.raw.store().take_snapshot_wanted();
+        self.redraw_election_timeout();
+        let role = self.raw.raft.state;
+        out.role = role;
+        out.role_changed = role != self.last_role;
+        self.last_role = role;
+        let leader = self.raw.raft.leader_id;
+        out.leader = self.leader();
+        out.leader_changed = leader != self.last_leader;
+        self.last_leader = leader;
+        out.term = self.raw.raft.term;
+        out
+    }
+
+    /// Tells the replica the application has applied everything the last
+    /// `ready` returned.
+    pub fn advance(&mut self) {
+        if self.awaiting_advance {
+            self.raw.advance_apply_to(self.delivered);
+            self.applied = self.delivered;
+            self.awaiting_advance = false;
+        }
+    }
+
+    /// Test-only: makes this replica's envelopes start at a later sequence
+    /// number, emulating a restart that kept its identity *and* a peer
+    /// transport without replay state. Exists only so the simulation can show
+    /// what the incarnation scheme prevents; never use it in a node.
+    #[doc(hidden)]
+    pub fn skip_sequence_numbers(&mut self, n: u64) {
+        self.outbox.skip(n);
+    }
+
+    /// Index the application has applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The current role.
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The in-memory log (read-only).
+    pub fn log(&self) -> &MemLog {
+        self.raw.store()
+    }
+
+    /// Errors raft-rs returned while stepping messages (counted, not fatal).
+    pub fn step_errors(&self) -> u64 {
+        self.step_errors
+    }
+
+    /// Role, term, indexes, membership and per-peer progress.
+    pub fn status(&self) -> Status {
+        let store = self.raw.store();
+        let cs = store.conf_state();
+        let ids = |v: &[u64]| {
+            let mut ids: Vec<NodeId> = v.iter().map(|&i| NodeId::from_raft_id(i)).collect();
+            ids.sort();
+            ids
+        };
+        let matched = if self.raw.raft.state == StateRole::Leader {
+            self.raw
+                .raft
+                .prs()
+                .iter()
+                .map(|(&id, p)| (NodeId::from_raft_id(id), p.matched))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        Status {
+            id: self.cfg.id,
+            role: self.raw.raft.state,
+            term: self.raw.raft.term,
+            leader: self.leader(),
+            commit: self.raw.raft.raft_log.committed,
+            applied: self.applied,
+            log: (store.first(), store.last()),
+            snapshot_index: store.snapshot_ref().get_metadata().index,
+            voters: ids(&cs.voters),
+            learners: ids(&cs.learners),
+            voters_outgoing: ids(&cs.voters_outgoing),
+            matched,
+            envelopes: self.inbox.stats(),
+        }
+    }
+}
+
+fn single(id: u64, ty: ConfChangeType) -> ConfChangeSingle {
+    let mut c = ConfChangeSingle {
+        node_id: id,
+        ..Default::default()
+    };
+    c.set_change_type(ty);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_round_trips_and_rejects_garbage() {
+        let me = NodeId::new(3, 9);
+        let payloads = vec![b"a".to_vec(), Vec::new(), vec![7; 300]];
+        let enc = encode_batch(me, 42, &payloads);
+        let (p, s, got) = decode_batch(&enc).unwrap();
+        assert_eq!((p, s), (me, 42));
+        assert_eq!(got, payloads.iter().map(|p| &p[..]).collect::<Vec<_>>());
+        for cut in 0..enc.len() {
+            assert!(decode_batch(&enc[..cut]).is_none());
+        }
+        assert!(decode_batch(&[9, 9, 9]).is_none());
+    }
+}
