@@ -62,7 +62,7 @@ fn main() -> std::io::Result<()> {
         }
     });
 
-    let mut rt = Runtime::new(Box::new(Kv::new()), 0x7a4d_e3);
+    let mut rt = Runtime::new(Box::new(Kv::new()), 0x007a_4de3);
     let mut sockets: BTreeMap<ConnId, TcpStream> = BTreeMap::new();
     let mut index = 0u64;
     while let Ok(first) = rx.recv() {
