@@ -102,6 +102,8 @@ struct Faults {
     dup: u64,
     max_delay: u64,
     compact_every: usize,
+    /// Fixed batch size (payloads per entry); random per node if `None`.
+    batch: Option<usize>,
     /// Restart crashed nodes as the same voter (same id, empty log): the
     /// unsafe scheme the incarnations exist to prevent.
     unsafe_rejoin: bool,
@@ -114,6 +116,7 @@ impl Default for Faults {
             dup: 0,
             max_delay: 0,
             compact_every: 50,
+            batch: None,
             unsafe_rejoin: false,
         }
     }
@@ -183,7 +186,10 @@ impl Sim {
         let mut cfg = Config::new(id, self.slots.clone());
         cfg.seed = self.rng.next();
         // Small batches sometimes, to exercise flushing by size.
-        cfg.max_batch_payloads = 1 + self.rng.below(8) as usize;
+        cfg.max_batch_payloads = match self.faults.batch {
+            Some(n) => n,
+            None => 1 + self.rng.below(8) as usize,
+        };
         cfg
     }
 
@@ -511,6 +517,7 @@ fn random_run(seed: u64) -> Sim {
         dup: rng.below(50),
         max_delay: rng.below(4),
         compact_every: 10 + rng.below(60) as usize,
+        batch: None,
         unsafe_rejoin: false,
     };
     let mut sim = Sim::new(seed, faults);
@@ -780,4 +787,138 @@ fn debug_seed() {
             r.step_errors()
         );
     }
+}
+
+fn quiet_cluster(faults: Faults) -> Sim {
+    let mut sim = Sim::new(1, faults);
+    sim.replica(1).campaign();
+    sim.run(30);
+    assert_eq!(sim.leader(), Some(1));
+    sim
+}
+
+#[test]
+fn proposals_are_batched_into_entries() {
+    let mut sim = quiet_cluster(Faults {
+        batch: Some(1000),
+        ..Faults::default()
+    });
+    let ids: Vec<_> = (0..10).map(|i| sim.propose(1, vec![i]).unwrap()).collect();
+    sim.run(10);
+    let entries: Vec<_> = ids.iter().map(|p| sim.acked[p]).collect();
+    // All ten in one entry, in order.
+    assert!(entries.iter().all(|e| e.0 == entries[0].0));
+    assert_eq!(
+        entries.iter().map(|e| e.1).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<u32>>()
+    );
+    // A full batch is flushed at once: 2 per entry.
+    let mut sim = quiet_cluster(Faults {
+        batch: Some(2),
+        ..Faults::default()
+    });
+    let ids: Vec<_> = (0..6).map(|i| sim.propose(1, vec![i]).unwrap()).collect();
+    sim.run(10);
+    let idx: Vec<_> = ids.iter().map(|p| sim.acked[p].0).collect();
+    assert_eq!(idx[0], idx[1]);
+    assert_eq!(idx[2], idx[0] + 1);
+    assert_eq!(idx[4], idx[0] + 2);
+    sim.final_check();
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+}
+
+#[test]
+fn only_the_leader_proposes() {
+    let mut sim = quiet_cluster(Faults::default());
+    let err = sim.replica(2).propose(b"x".to_vec()).unwrap_err();
+    assert_eq!(
+        err,
+        tandem_replica::ProposeError::NotLeader {
+            leader: Some(NodeId::new(1, 1))
+        }
+    );
+}
+
+#[test]
+fn leadership_transfer_moves_the_primary() {
+    let mut sim = quiet_cluster(Faults::default());
+    sim.propose(1, b"a".to_vec()).unwrap();
+    sim.run(10);
+    sim.replica(1).transfer_leader(NodeId::new(2, 1));
+    // While the transfer runs, the old leader refuses proposals (or is
+    // already a follower).
+    assert!(sim.replica(1).propose(b"b".to_vec()).is_err());
+    sim.run(10);
+    assert_eq!(sim.leader(), Some(2));
+    sim.propose(2, b"c".to_vec()).unwrap();
+    sim.run(10);
+    sim.final_check();
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+    assert_eq!(sim.acked.len(), 2);
+}
+
+#[test]
+fn a_lagging_follower_catches_up_from_a_snapshot() {
+    let mut sim = quiet_cluster(Faults {
+        compact_every: 10,
+        ..Faults::default()
+    });
+    sim.isolate(3);
+    for i in 0..200u32 {
+        sim.propose(1, i.to_be_bytes().to_vec()).unwrap();
+        if i % 5 == 0 {
+            sim.step();
+        }
+    }
+    sim.run(20);
+    // The leader compacted past 3's log: only a snapshot can catch it up.
+    let last3 = sim.replica(3).log().last();
+    assert!(sim.replica(1).log().first() > last3 + 1);
+    let before = sim.snapshots_installed;
+    sim.heal();
+    sim.run(200);
+    assert!(sim.snapshots_installed > before);
+    sim.final_check();
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+    assert_eq!(sim.nodes[&3].app.applied.len(), 200);
+}
+
+#[test]
+fn forged_replayed_and_stale_envelopes_are_counted_and_dropped() {
+    let mut sim = quiet_cluster(Faults::default());
+    // Capture a real envelope from 1 to 2 off the wire.
+    sim.propose(1, b"a".to_vec()).unwrap();
+    sim.pump();
+    let pkt = sim
+        .net
+        .values()
+        .find(|p| p.from == 1 && p.to == 2)
+        .cloned()
+        .unwrap();
+    sim.run(10);
+    let r2 = sim.replica(2);
+    // Replayed.
+    assert_eq!(
+        r2.receive(&pkt.bytes),
+        Err(tandem_replica::EnvelopeError::Replayed)
+    );
+    // Forged.
+    let mut forged = pkt.bytes.clone();
+    let n = forged.len();
+    forged[n / 2] ^= 0x40;
+    assert_eq!(
+        r2.receive(&forged),
+        Err(tandem_replica::EnvelopeError::BadMac)
+    );
+    // Garbage.
+    assert_eq!(
+        r2.receive(b"GET / HTTP/1.0\r\n"),
+        Err(tandem_replica::EnvelopeError::Malformed)
+    );
+    let st = r2.status().envelopes;
+    assert_eq!((st.replayed, st.bad_mac, st.malformed), (1, 1, 1));
+    // The node keeps running.
+    sim.propose(1, b"b".to_vec()).unwrap();
+    sim.run(10);
+    assert_eq!(sim.acked.len(), 2);
 }
