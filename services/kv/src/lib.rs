@@ -38,9 +38,19 @@ pub const PORT: u16 = 6379;
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Kv {
     db: Db,
-    /// Per open connection, the bytes of an unfinished request. Part of the
-    /// replicated state: a restored clone must finish the same request.
-    conns: BTreeMap<ConnId, Vec<u8>>,
+    /// Per open connection, its unfinished request.
+    conns: BTreeMap<ConnId, Conn>,
+}
+
+/// An open connection's input.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Conn {
+    /// The bytes of an unfinished request. Part of the replicated state: a
+    /// restored clone must finish the same request.
+    input: Vec<u8>,
+    /// Parser progress through `input` (a cache, rebuilt after a restore).
+    #[serde(skip)]
+    progress: resp::Progress,
 }
 
 /// Whether the connection goes on after a request.
@@ -68,15 +78,16 @@ impl Kv {
 
     fn on_data(&mut self, ctx: &mut Context, conn: ConnId, bytes: &[u8]) {
         // A connection we closed (or never saw) gets nothing more.
-        let Some(mut buf) = self.conns.remove(&conn) else {
+        let Some(mut c) = self.conns.remove(&conn) else {
             return;
         };
+        let buf = &mut c.input;
         buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         let mut pos = 0;
         let mut flow = Flow::Continue;
         while pos < buf.len() {
-            match resp::parse(&buf[pos..]) {
+            match resp::parse(&buf[pos..], &mut c.progress) {
                 Parsed::Command(args, used) => {
                     pos += used;
                     flow = commands::execute(&mut self.db, ctx, &args, &mut out);
@@ -101,7 +112,7 @@ impl Kv {
         ctx.send(conn, out);
         match flow {
             Flow::Continue => {
-                self.conns.insert(conn, buf);
+                self.conns.insert(conn, c);
             }
             Flow::Close => ctx.close(conn),
         }
@@ -113,7 +124,7 @@ impl Service for Kv {
         self.db.purge(ctx.now().0);
         match event {
             Event::Opened { conn, .. } => {
-                self.conns.insert(conn, Vec::new());
+                self.conns.insert(conn, Conn::default());
             }
             Event::Data { conn, bytes } => self.on_data(ctx, conn, &bytes),
             Event::PeerClosed { conn } => {

@@ -592,3 +592,20 @@ proptest! {
         prop_assert_eq!(a.kv_hash(), b.kv_hash());
     }
 }
+
+#[test]
+fn a_huge_request_trickling_in_is_parsed_in_linear_time() {
+    // 100k arguments in 512-byte pieces: re-reading every header on each
+    // piece would take quadratic time (minutes in a debug build).
+    let mut words: Vec<Vec<u8>> = vec![b"SADD".to_vec(), b"s".to_vec()];
+    words.extend((0..100_000).map(|i| format!("m{i}").into_bytes()));
+    let refs: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+    let req = multibulk(&refs);
+    let mut h = H::new(1);
+    let mut out = Vec::new();
+    for chunk in req.chunks(512) {
+        out.extend(h.raw(chunk));
+    }
+    assert_eq!(out, b":100000\r\n");
+    assert_eq!(h.cmd("SCARD s"), ":100000\r\n");
+}
