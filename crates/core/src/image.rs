@@ -176,9 +176,21 @@ pub enum ImageError {
 pub const MAX_WINDOW_SCALE: u8 = 14;
 
 impl SocketImage {
-    /// The oldest unacknowledged sequence number: the start of `send_queue`.
+    /// Whether `write_seq` counts a FIN of ours that the peer has not
+    /// acknowledged yet (as the kernel counts it in these states).
+    pub fn fin_unacked(&self) -> bool {
+        matches!(
+            self.state,
+            TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck
+        )
+    }
+
+    /// The oldest unacknowledged sequence number: the start of `send_queue`
+    /// (write_seq, less the queued bytes, less our FIN while unacknowledged).
     pub fn snd_una(&self) -> u32 {
-        self.write_seq.wrapping_sub(self.send_queue.len() as u32)
+        self.write_seq
+            .wrapping_sub(self.send_queue.len() as u32)
+            .wrapping_sub(u32::from(self.fin_unacked()))
     }
 
     /// The sequence number of the first byte of `recv_queue`.
@@ -264,6 +276,22 @@ mod tests {
         assert_eq!(image.recv_queue_seq(), 0);
         assert_eq!(image.unacked(), b"abcd");
         assert_eq!(image.unsent(), b"ef");
+    }
+
+    #[test]
+    fn an_unacknowledged_fin_is_not_part_of_snd_una() {
+        let mut image = sample();
+        let open = image.snd_una();
+        // Our FIN queued after the same bytes: write_seq one further, snd_una
+        // where it was.
+        image.state = TcpState::FinWait1;
+        image.write_seq = image.write_seq.wrapping_add(1);
+        assert_eq!(image.snd_una(), open);
+        // FIN and bytes acknowledged: nothing left, snd_una = write_seq.
+        image.state = TcpState::FinWait2;
+        image.send_queue.clear();
+        image.unsent_len = 0;
+        assert_eq!(image.snd_una(), image.write_seq);
     }
 
     #[test]

@@ -407,9 +407,9 @@ impl ShadowTable {
     /// - `send_queue` is all the unacknowledged output with `unsent_len` 0;
     ///   how much of it was really in flight is decided at restore time
     ///   (DESIGN §3.5: up to the client's last ACK + window).
-    /// - `write_seq` counts our FIN if one is queued, as the kernel does, so
-    ///   `SocketImage::snd_una()` (write_seq − queue length) is one past the
-    ///   real snd_una then; a restore queues the data at write_seq − 1 − len.
+    /// - `write_seq` counts our FIN if one is queued, as the kernel does
+    ///   (`SocketImage::snd_una()` allows for it); a restore queues the data
+    ///   at write_seq − 1 − len.
     /// - `timestamp` is our clock's best lower bound — the client's latest
     ///   TSecr (or our SYN-ACK's TSval) plus the log time elapsed since —
     ///   plus `ts_jump` (the failover barrier's jump, DESIGN §3.5), so our
