@@ -473,11 +473,14 @@ impl Replica {
             }
             let mut changes = vec![single(learner, ConfChangeType::AddNode)];
             changes.extend(old.iter().map(|&o| single(o, ConfChangeType::RemoveNode)));
-            let cc = ConfChangeV2 {
+            // One joint change (enter, then auto-leave): the old and new
+            // configurations must both agree during the swap, so no moment
+            // exists where a majority of either could be formed without a
+            // voter that holds every committed entry.
+            let mut cc = ConfChangeV2 {
                 changes: changes.into(),
                 ..Default::default()
             };
-            let mut cc = cc;
             cc.set_transition(ConfChangeTransition::Auto);
             let _ = self.raw.propose_conf_change(Vec::new(), cc);
             return;
@@ -539,7 +542,11 @@ impl Replica {
     /// Queues a payload for the log. Only the leader proposes. Payloads are
     /// batched: they become one entry at the next [`Replica::ready`] (or
     /// earlier when the batch is full). The returned id reappears in a
-    /// [`CommittedEntry`] once committed, or in [`Output::dropped`].
+    /// [`CommittedEntry`] once committed, or in [`Output::dropped`] if raft
+    /// refused the entry. A proposal already in the log when leadership is
+    /// lost may still commit under the next leader, or be overwritten: the
+    /// caller learns which only from `committed` (in tandem, a deposed
+    /// primary fences itself and releases nothing, DESIGN §3.5 step 6).
     pub fn propose(&mut self, data: Vec<u8>) -> Result<ProposalId, ProposeError> {
         if self.raw.raft.state != StateRole::Leader {
             return Err(ProposeError::NotLeader {
