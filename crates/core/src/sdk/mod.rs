@@ -40,7 +40,9 @@
 //!   panicked: because the code is deterministic, that is the same partial
 //!   state on every replica, so the replicas stay in agreement (never a dead
 //!   cluster, never divergent state). Write `on_event` so that a panic
-//!   half-way leaves the state usable.
+//!   half-way leaves the state usable. This needs `panic = "unwind"` (the
+//!   default; never `abort` in a profile that builds a node), and it cannot
+//!   help with a service that loops forever or exhausts memory.
 //! - **[`Service::snapshot`] / [`Service::restore`] round-trip exactly**
 //!   (including per-connection buffers): a clone seeded from a snapshot must
 //!   answer exactly as one that applied the whole log, and
