@@ -922,3 +922,32 @@ fn forged_replayed_and_stale_envelopes_are_counted_and_dropped() {
     sim.run(10);
     assert_eq!(sim.acked.len(), 2);
 }
+
+#[test]
+fn a_node_restarting_twice_before_its_swap_ends_up_a_voter_once() {
+    let mut sim = quiet_cluster(Faults::default());
+    for i in 0..20u8 {
+        sim.propose(1, vec![i]).unwrap();
+    }
+    sim.run(10);
+    sim.crash(2);
+    sim.start(2); // 2.2
+    sim.run(20); // joins, may be added as a learner
+    sim.crash(2);
+    sim.start(2); // 2.3
+    sim.run(400);
+    let st = sim.replica(1).status();
+    assert_eq!(
+        (st.voters, st.learners, st.voters_outgoing),
+        (
+            vec![NodeId::new(1, 1), NodeId::new(2, 3), NodeId::new(3, 1)],
+            vec![],
+            vec![]
+        )
+    );
+    sim.propose(1, b"after".to_vec()).unwrap();
+    sim.run(20);
+    sim.final_check();
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+    assert_eq!(sim.nodes[&2].app.applied.len(), 21);
+}
