@@ -7,6 +7,8 @@
 //! [`Runtime`] keeps the bookkeeping every replica must agree on: open
 //! connections, per-connection output offsets and output hashes, timers, and
 //! a [`Runtime::state_hash`] replicas compare at equal log indexes.
+//! [`Connections`] bridges shadow TCP to it: ids in log order, shadow
+//! events in, shadow keys for the actions out.
 //!
 //! # The determinism contract (DESIGN §3.4)
 //!
@@ -156,6 +158,7 @@
     )
 )]
 
+pub mod conns;
 pub mod rng;
 mod runtime;
 #[cfg(test)]
@@ -164,6 +167,7 @@ mod tests;
 use std::net::SocketAddr;
 
 pub use crate::shadow::Millis;
+pub use conns::Connections;
 pub use rng::Rng;
 pub use runtime::{ConnOutput, Runtime, TimerState};
 

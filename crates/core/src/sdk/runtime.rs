@@ -324,13 +324,7 @@ impl Runtime {
         put(&mut w, self.conns.len() as u64);
         for (id, c) in &self.conns {
             put(&mut w, id.0);
-            let (ip, port) = match c.peer.ip() {
-                IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), c.peer.port()),
-                IpAddr::V6(a) => (a.octets(), c.peer.port()),
-            };
-            w.push(u8::from(c.peer.is_ipv4()));
-            w.extend_from_slice(&ip);
-            w.extend_from_slice(&port.to_le_bytes());
+            put_addr(&mut w, &c.peer);
             put(&mut w, c.offset);
             put(&mut w, c.hash);
             w.push(u8::from(c.closed) | u8::from(c.peer_closed) << 1);
@@ -368,17 +362,7 @@ impl Runtime {
         let mut conns = BTreeMap::new();
         for _ in 0..r.u64()? {
             let id = ConnId(r.u64()?);
-            let v4 = r.take(1)? == [1];
-            let mut ip = [0u8; 16];
-            ip.copy_from_slice(r.take(16)?);
-            let mut port = [0u8; 2];
-            port.copy_from_slice(r.take(2)?);
-            let v6 = std::net::Ipv6Addr::from(ip);
-            let ip = match v6.to_ipv4_mapped() {
-                Some(v4addr) if v4 => IpAddr::V4(v4addr),
-                _ => IpAddr::V6(v6),
-            };
-            let peer = SocketAddr::new(ip, u16::from_le_bytes(port));
+            let peer = r.addr()?;
             let offset = r.u64()?;
             let hash = r.u64()?;
             let flags = r.take(1)?.first().copied().unwrap_or(0);
@@ -426,18 +410,31 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-fn put(w: &mut Vec<u8>, v: u64) {
+/// Appends an address: a v4 flag, 16 bytes (v4 as mapped v6), the port.
+pub(super) fn put_addr(w: &mut Vec<u8>, addr: &SocketAddr) {
+    let ip = match addr.ip() {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    w.push(u8::from(addr.is_ipv4()));
+    w.extend_from_slice(&ip);
+    w.extend_from_slice(&addr.port().to_le_bytes());
+}
+
+/// Appends a `u64`, little-endian.
+pub(super) fn put(w: &mut Vec<u8>, v: u64) {
     w.extend_from_slice(&v.to_le_bytes());
 }
 
-fn short() -> SdkError {
+pub(super) fn short() -> SdkError {
     SdkError::Snapshot("truncated".into())
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Reads what [`put`] and [`put_addr`] wrote.
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], SdkError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], SdkError> {
         if self.0.len() < n {
             return Err(short());
         }
@@ -446,10 +443,24 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u64(&mut self) -> Result<u64, SdkError> {
+    pub(super) fn u64(&mut self) -> Result<u64, SdkError> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(b))
+    }
+
+    pub(super) fn addr(&mut self) -> Result<SocketAddr, SdkError> {
+        let v4 = self.take(1)? == [1];
+        let mut ip = [0u8; 16];
+        ip.copy_from_slice(self.take(16)?);
+        let mut port = [0u8; 2];
+        port.copy_from_slice(self.take(2)?);
+        let v6 = std::net::Ipv6Addr::from(ip);
+        let ip = match v6.to_ipv4_mapped() {
+            Some(a) if v4 => IpAddr::V4(a),
+            _ => IpAddr::V6(v6),
+        };
+        Ok(SocketAddr::new(ip, u16::from_le_bytes(port)))
     }
 }
 
