@@ -7,5 +7,6 @@
 
 pub mod capture;
 pub mod config;
+pub mod group;
 pub mod migration;
 pub mod site;
