@@ -658,13 +658,17 @@ fn expire(db: &mut Db, now: u64, cmd: &str, a: &[Vec<u8>], out: &mut Vec<u8>) ->
 }
 
 fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
-    let (mut nx, mut xx, mut ch) = (false, false, false);
+    let (mut nx, mut xx, mut gt, mut lt, mut ch, mut incr) =
+        (false, false, false, false, false, false);
     let mut i = 2;
     while let Some(opt) = a.get(i) {
         match opt.to_ascii_uppercase().as_slice() {
             b"NX" => nx = true,
             b"XX" => xx = true,
+            b"GT" => gt = true,
+            b"LT" => lt = true,
             b"CH" => ch = true,
+            b"INCR" => incr = true,
             _ => break,
         }
         i += 1;
@@ -676,6 +680,12 @@ fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
     if nx && xx {
         return Err("ERR XX and NX options at the same time are not compatible".into());
     }
+    if (gt && nx) || (lt && nx) || (gt && lt) {
+        return Err("ERR GT, LT, and/or NX options at the same time are not compatible".into());
+    }
+    if incr && pairs.len() > 2 {
+        return Err("ERR INCR option supports a single increment-element pair".into());
+    }
     // Parse every score first: a bad one changes nothing.
     let parsed: Vec<(f64, &Vec<u8>)> = pairs
         .chunks(2)
@@ -684,19 +694,46 @@ fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
     let z: &mut ZSet = typed_create!(db, a[1], ZSet);
     let mut added = 0;
     let mut changed = 0;
+    let mut incr_result = None;
+    let mut nan = false;
     for (score, member) in parsed {
         let old = z.scores.get(member).map(|s| s.0);
         if (nx && old.is_some()) || (xx && old.is_none()) {
             continue;
         }
-        if z.insert(member, score) {
+        let new = match (incr, old) {
+            (true, Some(o)) => o + score,
+            _ => score,
+        };
+        if new.is_nan() {
+            nan = true;
+            break;
+        }
+        // GT/LT only restrain updates; new members are always added.
+        if let Some(o) = old {
+            if (gt && new <= o) || (lt && new >= o) {
+                continue;
+            }
+        }
+        if z.insert(member, new) {
             added += 1;
-        } else if old != Some(score) {
+        } else if old != Some(new) {
             changed += 1;
         }
+        incr_result = Some(new);
     }
     db.drop_if_empty(&a[1]);
-    int(out, if ch { added + changed } else { added });
+    if nan {
+        return Err("ERR resulting score is not a number (NaN)".into());
+    }
+    if incr {
+        match incr_result {
+            Some(v) => bulk(out, resp::score(v).as_bytes()),
+            None => nil(out),
+        }
+    } else {
+        int(out, if ch { added + changed } else { added });
+    }
     Ok(())
 }
 

@@ -219,6 +219,30 @@ fn lists_sets_hashes_zsets() {
                 "-ERR wrong number of arguments for 'zadd' command\r\n",
             ),
             ("ZCARD z", ":4\r\n"),
+            ("ZADD w GT CH 5 a", ":1\r\n"),
+            ("ZADD w GT CH 3 a", ":0\r\n"),
+            ("ZADD w LT CH 3 a", ":1\r\n"),
+            ("ZADD w INCR 2.5 a", "$3\r\n5.5\r\n"),
+            ("ZADD w NX INCR 1 a", "$-1\r\n"),
+            (
+                "ZADD w INCR 1 a 2 b",
+                "-ERR INCR option supports a single increment-element pair\r\n",
+            ),
+            (
+                "ZADD w GT LT 1 a",
+                "-ERR GT, LT, and/or NX options at the same time are not compatible\r\n",
+            ),
+            (
+                "ZADD w NX XX 1 a",
+                "-ERR XX and NX options at the same time are not compatible\r\n",
+            ),
+            ("ZADD w INCR inf a", "$3\r\ninf\r\n"),
+            (
+                "ZADD w INCR -inf a",
+                "-ERR resulting score is not a number (NaN)\r\n",
+            ),
+            ("ZADD w XX 1 nope", ":0\r\n"),
+            ("DEL w", ":1\r\n"),
             ("ZSCORE z c", "$3\r\n1.5\r\n"),
             (
                 "ZRANGE z 0 -1",
