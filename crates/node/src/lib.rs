@@ -9,4 +9,5 @@ pub mod capture;
 pub mod config;
 pub mod group;
 pub mod migration;
+pub mod proposer;
 pub mod site;
