@@ -680,7 +680,7 @@ fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
     if nx && xx {
         return Err("ERR XX and NX options at the same time are not compatible".into());
     }
-    if (gt && nx) || (lt && nx) || (gt && lt) {
+    if ((gt || lt) && nx) || (gt && lt) {
         return Err("ERR GT, LT, and/or NX options at the same time are not compatible".into());
     }
     if incr && pairs.len() > 2 {
