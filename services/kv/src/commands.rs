@@ -213,7 +213,7 @@ fn run(
             db.clear();
             simple(out, "OK");
         }
-        "info" => info(db, out),
+        "info" => info(db, a, out),
         "config" => config(a, out)?,
         "command" => match a.get(1).map(|s| s.to_ascii_uppercase()).as_deref() {
             // Enough for redis-cli: it asks COMMAND DOCS for hints and falls
@@ -737,17 +737,33 @@ fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
     Ok(())
 }
 
-fn info(db: &Db, out: &mut Vec<u8>) {
+fn info(db: &Db, a: &[Vec<u8>], out: &mut Vec<u8>) {
     // Only replicated facts: no pid, uptime, memory or host.
-    let mut s = String::from(
-        "# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\ntandem_service:kv\r\n\r\n# Keyspace\r\n",
-    );
-    if db.len() > 0 {
-        s.push_str(&format!(
-            "db0:keys={},expires={},avg_ttl=0\r\n",
-            db.len(),
-            db.expires_len()
-        ));
+    let wanted = |section: &[u8]| {
+        a.len() == 1
+            || a[1..].iter().any(|s| {
+                let s = s.to_ascii_lowercase();
+                s == section || s == b"all" || s == b"default" || s == b"everything"
+            })
+    };
+    let mut s = String::new();
+    if wanted(b"server") {
+        s.push_str(
+            "# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\ntandem_service:kv\r\n",
+        );
+    }
+    if wanted(b"keyspace") {
+        if !s.is_empty() {
+            s.push_str("\r\n");
+        }
+        s.push_str("# Keyspace\r\n");
+        if db.len() > 0 {
+            s.push_str(&format!(
+                "db0:keys={},expires={},avg_ttl=0\r\n",
+                db.len(),
+                db.expires_len()
+            ));
+        }
     }
     bulk(out, s.as_bytes());
 }

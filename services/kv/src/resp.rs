@@ -5,6 +5,8 @@
 //! bytes are there, and every length is bounded, so a hostile client cannot
 //! make a replica reserve memory it never sends.
 
+use std::io::Write;
+
 /// The longest bulk argument accepted (Redis allows 512 MB; a replicated
 /// store keeps every byte on every replica and in every snapshot, so we
 /// refuse much earlier).
@@ -279,12 +281,13 @@ pub fn error(out: &mut Vec<u8>, text: &str) {
 
 /// Appends `:n\r\n`.
 pub fn int(out: &mut Vec<u8>, n: i64) {
-    out.extend_from_slice(format!(":{n}\r\n").as_bytes());
+    // Writing to a Vec cannot fail; no intermediate String is allocated.
+    let _ = write!(out, ":{n}\r\n");
 }
 
 /// Appends a bulk string.
 pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
+    let _ = write!(out, "${}\r\n", bytes.len());
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
 }
@@ -296,7 +299,7 @@ pub fn nil(out: &mut Vec<u8>) {
 
 /// Appends an array header for `n` elements.
 pub fn array(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(format!("*{n}\r\n").as_bytes());
+    let _ = write!(out, "*{n}\r\n");
 }
 
 /// Appends the null array.

@@ -308,6 +308,13 @@ fn admin_commands_redis_clients_send() {
     );
     let info = h.cmd("INFO");
     assert!(info.contains("redis_version:"), "{info}");
+    assert_eq!(h.cmd("INFO keyspace"), "$12\r\n# Keyspace\r\n\r\n");
+    h.cmd("SET k v");
+    assert_eq!(
+        h.cmd("INFO KEYSPACE"),
+        "$44\r\n# Keyspace\r\ndb0:keys=1,expires=0,avg_ttl=0\r\n\r\n"
+    );
+    assert_eq!(h.cmd("INFO nothing"), "$0\r\n\r\n");
     assert_eq!(h.cmd("CONFIG GET *").matches("$").count(), 8);
     // QUIT answers then closes.
     let (out, closed) = h.raw_on(2, b"QUIT\r\n");
