@@ -69,7 +69,11 @@ impl Service for Counter {
                 self.partial.insert(conn, Vec::new());
             }
             Event::Data { conn, bytes } => {
-                let mut buf = self.partial.remove(&conn).unwrap_or_default();
+                // A connection we closed (or never saw) gets nothing more:
+                // its late lines must not change the counters.
+                let Some(mut buf) = self.partial.remove(&conn) else {
+                    return;
+                };
                 buf.extend_from_slice(&bytes);
                 let mut reply = Vec::new();
                 let mut start = 0;
@@ -180,6 +184,9 @@ mod tests {
             ]
         );
         assert_eq!(send(&mut rt, 4, 2, b"INCR k\n"), sent(2, b"1\n"));
+        // Lines arriving after the close change nothing.
+        assert_eq!(send(&mut rt, 5, 1, b"INCR k\n"), vec![]);
+        assert_eq!(send(&mut rt, 6, 2, b"GET k\n"), sent(2, b"1\n"));
     }
 
     #[test]
