@@ -322,6 +322,15 @@ impl Replica {
     /// Starts a replica. Incarnation [`FIRST_INCARNATION`] bootstraps as a
     /// founding voter of `cfg.slots`; any later incarnation starts empty and
     /// asks to join (it is a restart: it forgot its log).
+    ///
+    /// Two consequences of the in-memory log, by design: if every node of a
+    /// group restarts at once, no one holds the log and the joiners wait
+    /// forever (the group must be re-created, incarnation files removed on
+    /// all nodes together); and the incarnation file must survive a restart
+    /// — a node whose file is lost would come back as incarnation 1, the
+    /// voter that may have acknowledged entries. Peers then refuse it only
+    /// while they remember a later incarnation of its slot
+    /// ([`EnvelopeError::StaleSender`]).
     pub fn new(cfg: Config, key: ClusterKey) -> Result<Self, InitError> {
         if !cfg.slots.contains(&cfg.id.slot) {
             return Err(InitError::UnknownSlot(cfg.id.slot));
