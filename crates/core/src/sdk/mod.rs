@@ -413,3 +413,9 @@ pub trait Service: Send {
             .finish()
     }
 }
+
+/// Restores a service of type `S` as a boxed trait object: the function
+/// [`Runtime::restore`] wants, e.g. `Runtime::restore(bytes, restore_boxed::<Kv>)`.
+pub fn restore_boxed<S: Service + 'static>(bytes: &[u8]) -> Result<Box<dyn Service>, SdkError> {
+    Ok(Box::new(S::restore(bytes)?))
+}

@@ -297,7 +297,7 @@ fn snapshot_restore_keeps_hash_and_behaviour() {
     a.apply(3, Millis(10), data(1, b"hello t"));
     a.apply(4, Millis(20), data(2, b"rx"));
     let snap = a.snapshot();
-    let mut b = Runtime::restore(&snap, |s| Ok(Box::new(Probe::restore(s)?))).unwrap();
+    let mut b = Runtime::restore(&snap, restore_boxed::<Probe>).unwrap();
     assert_eq!(a.state_hash(), b.state_hash());
     assert_eq!(b.snapshot(), snap);
     for (i, e) in [
