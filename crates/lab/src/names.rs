@@ -139,7 +139,7 @@ mod tests {
         // Suffixes differ by kind (-br, -c, -nI), so equal names imply the
         // same lab name and the same role.
         let labs = ["a", "a-n1", "a-c", "a-br", "n1", "c"];
-        let mut all = std::collections::HashSet::new();
+        let mut all = std::collections::BTreeSet::new();
         for lab in labs {
             assert!(all.insert(bridge_netns_name(lab)));
             assert!(all.insert(client_netns_name(lab)));
