@@ -408,42 +408,36 @@ impl NfQueue {
     pub fn verdicts(&mut self, verdicts: &[(u32, Verdict)]) -> Result<(), NfQueueError> {
         let mut buf = Vec::with_capacity(verdicts.len() * 32);
         for &(id, verdict) in verdicts {
-            let mut hdr = [0u8; 8];
-            hdr[..4].copy_from_slice(&verdict.to_kernel().to_be_bytes());
-            hdr[4..].copy_from_slice(&id.to_be_bytes());
-            self.seq = self.seq.wrapping_add(1);
-            encode(
-                &mut buf,
-                NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_VERDICT,
-                libc::NLM_F_REQUEST as u16,
-                self.seq,
-                self.queue,
-                &[(NFQA_VERDICT_HDR, &hdr[..])],
-            );
+            self.encode_verdict(&mut buf, NFQNL_MSG_VERDICT, id, verdict);
         }
-        self.send(&buf).map_err(|source| NfQueueError::Io {
-            queue: self.queue,
-            source,
-        })
+        self.send_verdicts(&buf)
     }
 
     /// Gives every packet with an id up to `id` (that has no verdict yet)
     /// the same verdict: the cheap path when packets are handled in order.
     pub fn verdict_batch(&mut self, id: u32, verdict: Verdict) -> Result<(), NfQueueError> {
+        let mut buf = Vec::with_capacity(32);
+        self.encode_verdict(&mut buf, NFQNL_MSG_VERDICT_BATCH, id, verdict);
+        self.send_verdicts(&buf)
+    }
+
+    fn encode_verdict(&mut self, buf: &mut Vec<u8>, kind: u16, id: u32, verdict: Verdict) {
         let mut hdr = [0u8; 8];
         hdr[..4].copy_from_slice(&verdict.to_kernel().to_be_bytes());
         hdr[4..].copy_from_slice(&id.to_be_bytes());
-        let mut buf = Vec::with_capacity(32);
         self.seq = self.seq.wrapping_add(1);
         encode(
-            &mut buf,
-            NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_VERDICT_BATCH,
+            buf,
+            NFNL_SUBSYS_QUEUE << 8 | kind,
             libc::NLM_F_REQUEST as u16,
             self.seq,
             self.queue,
             &[(NFQA_VERDICT_HDR, &hdr[..])],
         );
-        self.send(&buf).map_err(|source| NfQueueError::Io {
+    }
+
+    fn send_verdicts(&self, buf: &[u8]) -> Result<(), NfQueueError> {
+        self.send(buf).map_err(|source| NfQueueError::Io {
             queue: self.queue,
             source,
         })
