@@ -949,6 +949,51 @@ mod tests {
         .unwrap();
     }
 
+    /// One batch verdict releases every earlier packet still waiting.
+    #[test]
+    fn a_batch_verdict_covers_every_earlier_packet() {
+        use std::io::{Read, Write};
+        crate::netns::run_in_private(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            client.set_nodelay(true).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            let mut queue = NfQueue::bind(15, QueueConfig::default()).unwrap();
+            iptables(&format!(
+                "-A INPUT -p tcp --dport {port} -j NFQUEUE --queue-num 15"
+            ));
+            queue
+                .set_read_timeout(std::time::Duration::from_millis(100))
+                .unwrap();
+            for chunk in [&b"one "[..], b"two ", b"three"] {
+                client.write_all(chunk).unwrap();
+            }
+            // Hold everything until all 13 bytes have been queued (however
+            // the writes were cut into segments).
+            let mut held: Vec<QueuedPacket> = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let payload = |p: &QueuedPacket| {
+                let ip = usize::from(p.payload[0] & 0xf) * 4;
+                let tcp = usize::from(p.payload[ip + 12] >> 4) * 4;
+                p.payload.len() - ip - tcp
+            };
+            while held.iter().map(payload).sum::<usize>() < 13 {
+                assert!(std::time::Instant::now() < deadline, "never saw 13 bytes");
+                let _ = queue.recv_batch(&mut held);
+            }
+            let last = held.iter().map(|p| p.id).max().unwrap();
+            queue.verdict_batch(last, Verdict::Accept).unwrap();
+            let mut got = [0u8; 13];
+            server
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            server.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"one two three");
+        })
+        .unwrap();
+    }
+
     #[test]
     fn a_queue_number_cannot_be_bound_twice() {
         crate::netns::run_in_private(|| {
