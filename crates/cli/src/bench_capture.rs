@@ -88,18 +88,10 @@ const SEGMENT: usize = 64;
 fn segment(flags: tandem_wire::TcpFlags, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
     use tandem_wire::{IpRepr, IpTcpRepr, Ipv4Repr, SeqNumber, TcpOptionSet, TcpRepr};
     let repr = IpTcpRepr {
-        ip: IpRepr::V4(Ipv4Repr {
-            src_addr: Ipv4Addr::new(127, 0, 0, 2),
-            dst_addr: Ipv4Addr::LOCALHOST,
-            protocol: tandem_wire::IpProtocol::TCP,
-            payload_len: 0,
-            ttl: 64,
-            dscp_ecn: 0,
-            ident: 0,
-            dont_frag: true,
-            more_frags: false,
-            frag_offset: 0,
-        }),
+        ip: IpRepr::V4(Ipv4Repr::tcp(
+            Ipv4Addr::new(127, 0, 0, 2),
+            Ipv4Addr::LOCALHOST,
+        )),
         tcp: TcpRepr {
             src_port: 5555,
             dst_port: 9,

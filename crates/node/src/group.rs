@@ -288,9 +288,7 @@ impl ServiceGroup {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
-    use tandem_wire::{
-        IpProtocol, IpRepr, Ipv4Repr, SeqNumber, TcpFlags, TcpOptionSet, TcpRepr, Timestamps,
-    };
+    use tandem_wire::{IpRepr, Ipv4Repr, SeqNumber, TcpFlags, TcpOptionSet, TcpRepr, Timestamps};
 
     const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
     const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -328,18 +326,7 @@ mod tests {
                 tsecr: 0,
             });
             let repr = tandem_wire::IpTcpRepr {
-                ip: IpRepr::V4(Ipv4Repr {
-                    src_addr: src,
-                    dst_addr: dst,
-                    protocol: IpProtocol::TCP,
-                    payload_len: 0,
-                    ttl: 64,
-                    dscp_ecn: 0,
-                    ident: 0,
-                    dont_frag: true,
-                    more_frags: false,
-                    frag_offset: 0,
-                }),
+                ip: IpRepr::V4(Ipv4Repr::tcp(src, dst)),
                 tcp: TcpRepr {
                     src_port: sp,
                     dst_port: dp,

@@ -333,6 +333,24 @@ pub struct Repr {
 }
 
 impl Repr {
+    /// The header of an ordinary, unfragmented TCP packet from `src` to
+    /// `dst` (TTL 64, Don't Fragment, no DSCP/ECN); the payload length is
+    /// filled in when the whole packet is emitted.
+    pub fn tcp(src_addr: Ipv4Addr, dst_addr: Ipv4Addr) -> Repr {
+        Repr {
+            src_addr,
+            dst_addr,
+            protocol: IpProtocol::TCP,
+            payload_len: 0,
+            ttl: 64,
+            dscp_ecn: 0,
+            ident: 0,
+            dont_frag: true,
+            more_frags: false,
+            frag_offset: 0,
+        }
+    }
+
     /// Parses a packet's header: lengths (again, so an unchecked view is safe
     /// too) and the header checksum. Options are skipped; fragments parse
     /// (see [`Packet::is_fragment`]).
