@@ -756,54 +756,8 @@ fn forgotten_log_without_incarnations_loses_x_and_the_checker_says_so() {
     );
 }
 
-/// Replays one seed (`SEED=n cargo test -p tandem-replica --test sim
-/// debug_seed -- --ignored --nocapture`) and traces the messages of 40 more
-/// ticks: how a failing seed is investigated.
-#[test]
-#[ignore]
-fn debug_seed() {
-    let seed: u64 = std::env::var("SEED").unwrap().parse().unwrap();
-    let mut sim = random_run(seed);
-    for _ in 0..40 {
-        let pkts: Vec<_> = sim.net.values().cloned().collect();
-        for p in pkts {
-            let o = tandem_replica::envelope::open(
-                &sim.key,
-                sim.nodes[&p.to].replica.as_ref().unwrap().id(),
-                &p.bytes,
-                &mut tandem_replica::ReplayWindow::new(),
-            );
-            match o {
-                Ok(o) => match o.body {
-                    tandem_replica::Body::Raft(m) => eprintln!(
-                        "t{} {}->{} {:?} term {} logterm {} idx {} reject {}",
-                        sim.now,
-                        p.from,
-                        p.to,
-                        m.get_msg_type(),
-                        m.term,
-                        m.log_term,
-                        m.index,
-                        m.reject
-                    ),
-                    b => eprintln!("t{} {}->{} {:?}", sim.now, p.from, p.to, b),
-                },
-                Err(e) => eprintln!("t{} {}->{} {e:?}", sim.now, p.from, p.to),
-            }
-        }
-        sim.step();
-    }
-    for (s, n) in &sim.nodes {
-        let r = n.replica.as_ref().unwrap();
-        use raft::Storage;
-        eprintln!(
-            "slot {s}: {:?} last term {:?} step_errors {}",
-            r.status().role,
-            r.log().term(r.log().last()),
-            r.step_errors()
-        );
-    }
-}
+// A failing seed replays alone: TANDEM_SIM_SEED_START=n TANDEM_SIM_SEEDS=1
+// cargo test -p tandem-replica --test sim -- --nocapture
 
 fn quiet_cluster(faults: Faults) -> Sim {
     let mut sim = Sim::new(1, faults);
