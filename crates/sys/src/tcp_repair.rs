@@ -439,35 +439,33 @@ fn raw_addr(addr: &SocketAddr) -> (libc::sockaddr_storage, socklen_t) {
 }
 
 fn local_addr(fd: BorrowedFd<'_>) -> Result<SocketAddr, RepairError> {
-    // SAFETY: plain data, zeroes are valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `storage`.
-    crate::cvt(unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            &mut storage as *mut _ as *mut libc::sockaddr,
-            &mut len,
-        )
-    })
-    .and_then(|_| socket_addr(&storage, len))
-    .map_err(sys("getsockname"))
+    socket_name(fd, libc::getsockname, "getsockname")
 }
 
 fn peer_addr(fd: BorrowedFd<'_>) -> Result<SocketAddr, RepairError> {
+    socket_name(fd, libc::getpeername, "getpeername")
+}
+
+/// One end's address, through `getsockname` or `getpeername`.
+fn socket_name(
+    fd: BorrowedFd<'_>,
+    call: unsafe extern "C" fn(c_int, *mut libc::sockaddr, *mut socklen_t) -> c_int,
+    step: &'static str,
+) -> Result<SocketAddr, RepairError> {
     // SAFETY: plain data, zeroes are valid.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `storage`.
+    // SAFETY: `call` is getsockname or getpeername, which write at most
+    // `len` bytes into `storage`.
     crate::cvt(unsafe {
-        libc::getpeername(
+        call(
             fd.as_raw_fd(),
             &mut storage as *mut _ as *mut libc::sockaddr,
             &mut len,
         )
     })
     .and_then(|_| socket_addr(&storage, len))
-    .map_err(sys("getpeername"))
+    .map_err(sys(step))
 }
 
 /// Reads the selected repair queue with `recv(MSG_PEEK)`, expecting
