@@ -37,6 +37,10 @@ pub struct NetLock {
     netns: Option<String>,
     vip: Ipv4Addr,
     port: u16,
+    /// Incoming segments go to this NFQUEUE instead of being dropped, so
+    /// a mover can take their bytes across (no `--queue-bypass`: without a
+    /// reader they are dropped, as with a plain lock).
+    queue: Option<u16>,
 }
 
 impl NetLock {
@@ -47,7 +51,15 @@ impl NetLock {
             netns: netns.map(str::to_string),
             vip,
             port,
+            queue: None,
         }
+    }
+
+    /// The same lock, holding incoming segments in NFQUEUE `queue` rather
+    /// than dropping them.
+    pub fn holding_in(mut self, queue: u16) -> NetLock {
+        self.queue = Some(queue);
+        self
     }
 
     /// The private chain's name: `TANDEM-LOCK-` + the VIP and port in hex,
@@ -77,10 +89,14 @@ impl NetLock {
     pub fn lock(&self) -> Result<(), NetLockError> {
         let chain = self.chain();
         let (vip, port) = (self.vip, self.port);
+        let incoming = match self.queue {
+            Some(queue) => format!("NFQUEUE --queue-num {queue}"),
+            None => "DROP".to_string(),
+        };
         let script = format!(
             "*filter\n\
              -F {chain}\n\
-             -A {chain} -d {vip}/32 -p tcp --dport {port} -j DROP\n\
+             -A {chain} -d {vip}/32 -p tcp --dport {port} -j {incoming}\n\
              -A {chain} -s {vip}/32 -p tcp --sport {port} -j DROP\n\
              COMMIT\n"
         );

@@ -764,14 +764,49 @@ pub struct Prepared {
     fd: OwnedFd,
     unsent: Vec<u8>,
     fin: bool,
+    local: SocketAddr,
+    peer: SocketAddr,
+    rcv_nxt: u32,
 }
 
 impl Prepared {
+    /// Our address (VIP:port).
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The next sequence number expected from the client.
+    pub fn rcv_nxt(&self) -> u32 {
+        self.rcv_nxt
+    }
+
+    /// Appends client bytes that arrived while the connection was frozen
+    /// (starting exactly at [`Prepared::rcv_nxt`]) to the receive queue, as
+    /// if the kernel had received them: the socket acknowledges them when it
+    /// goes live, so the client need not retransmit them.
+    pub fn append_received(&mut self, bytes: &[u8]) -> Result<(), RepairError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let fd = self.fd.as_fd();
+        select_queue(fd, TCP_RECV_QUEUE, "setsockopt(TCP_REPAIR_QUEUE=RECV)")?;
+        let written = write_repair_queue(fd, bytes, "send() into the receive queue");
+        select_queue(fd, TCP_NO_QUEUE, "setsockopt(TCP_REPAIR_QUEUE=NONE)")?;
+        written?;
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(bytes.len() as u32);
+        Ok(())
+    }
+
     /// Leaves repair mode (the kernel sends a window probe), writes the
     /// never-sent tail and, for the FIN_WAIT states, shuts down the sending
     /// side again. On failure the socket is closed silently.
     pub fn go_live(self) -> Result<OwnedFd, RepairError> {
-        let Prepared { fd, unsent, fin } = self;
+        let Prepared { fd, unsent, fin, .. } = self;
         match live(fd.as_fd(), &unsent, fin) {
             Ok(()) => Ok(fd),
             Err(e) => {
@@ -821,6 +856,9 @@ pub fn prepare(image: &SocketImage, options: &RestoreOptions) -> Result<Prepared
             fd,
             unsent: image.unsent().to_vec(),
             fin,
+            local: image.local,
+            peer: image.peer,
+            rcv_nxt: image.rcv_nxt,
         }),
         Err(e) => {
             // Back into repair mode (a no-op if still there) so that closing

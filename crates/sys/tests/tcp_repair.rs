@@ -907,3 +907,42 @@ fn drop_net_admin() {
     let r = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
     assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
 }
+
+/// Bytes the client sent while the connection was frozen, taken across and
+/// appended to the prepared socket's receive queue, reach the application
+/// at once and are acknowledged: the client's retransmission is a duplicate.
+#[test]
+fn bytes_received_while_frozen_can_be_appended_before_going_live() {
+    run_in_private(|| {
+        let Connection {
+            listener: _listener,
+            mut client,
+            mut server,
+        } = connect();
+        exchange(&mut client, &mut server, b"before");
+        let (client_addr, server_addr) =
+            (client.local_addr().unwrap(), server.local_addr().unwrap());
+        drop_packets(client_addr, server_addr, true);
+        client.write_all(b"frozen").unwrap();
+        let image = dump(server.as_fd()).unwrap();
+        close_silently(server.into()).unwrap();
+
+        let mut prepared =
+            tandem_sys::tcp_repair::prepare(&image, &RestoreOptions::default()).unwrap();
+        assert_eq!(prepared.rcv_nxt(), image.rcv_nxt);
+        assert_eq!(prepared.peer(), client_addr);
+        prepared.append_received(b"frozen").unwrap();
+        assert_eq!(prepared.rcv_nxt(), image.rcv_nxt.wrapping_add(6));
+        drop_packets(client_addr, server_addr, false);
+        let mut server = TcpStream::from(prepared.go_live().unwrap());
+        let mut got = [0u8; 6];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"frozen");
+        // The client learns its bytes arrived, and nothing is delivered twice.
+        wait_for("the client's bytes acknowledged", || {
+            queues(client.as_fd()).1 == 0
+        });
+        exchange(&mut client, &mut server, b"after");
+    })
+    .unwrap();
+}
