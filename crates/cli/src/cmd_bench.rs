@@ -16,6 +16,12 @@ pub struct BenchArgs {
     bench: Bench,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LockMode {
+    Hold,
+    Drop,
+}
+
 #[derive(clap::Subcommand)]
 enum Bench {
     /// Planned moves: the cost of dumping and restoring one socket (against
@@ -33,6 +39,11 @@ enum Bench {
         /// Dump/restore cycles for the single-socket figures.
         #[arg(long, default_value_t = 500)]
         cycles: usize,
+        /// What the lock does with client segments during the freeze:
+        /// `hold` them (NFQUEUE) and re-inject their bytes into the restored
+        /// sockets, or `drop` them and let clients retransmit.
+        #[arg(long, value_enum, default_value_t = LockMode::Hold)]
+        lock: LockMode,
     },
     /// The capture path: packets per second through NFQUEUE → parse →
     /// classify → verdict on one reader thread (against the rate the same
@@ -56,7 +67,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             sizes,
             rounds,
             cycles,
-        } => migrate(&sizes, rounds.max(1), cycles.max(1)),
+            lock,
+        } => migrate(&sizes, rounds.max(1), cycles.max(1), lock),
         Bench::Capture {
             seconds,
             round_trips,
@@ -64,7 +76,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
 }
 
-fn migrate(sizes: &[usize], rounds: usize, cycles: usize) -> Result<ExitCode> {
+fn migrate(sizes: &[usize], rounds: usize, cycles: usize, lock: LockMode) -> Result<ExitCode> {
     crate::require_root("tandem bench migrate")?;
     println!("## One socket, {cycles} cycles on loopback in a private namespace\n");
     let single = tandem_sys::netns::run_in_private(move || single_socket(cycles))??;
@@ -86,7 +98,15 @@ fn migrate(sizes: &[usize], rounds: usize, cycles: usize) -> Result<ExitCode> {
         );
     }
 
+    let (hold, what) = match lock {
+        LockMode::Hold => (
+            Some(tandem_cli::scenario::HOLD_QUEUE),
+            "held by the lock and re-injected",
+        ),
+        LockMode::Drop => (None, "dropped by the lock (clients retransmit)"),
+    };
     println!("\n## Planned move of N connections between two lab nodes, {rounds} moves each\n");
+    println!("Client segments sent during the freeze are {what}.");
     println!("Clients ping-pong numbered lines; the pause is the largest gap between two");
     println!("consecutive replies on any connection; the baseline is the largest gap over");
     println!("an equal window with no move, same clients, same run.\n");
@@ -94,8 +114,8 @@ fn migrate(sizes: &[usize], rounds: usize, cycles: usize) -> Result<ExitCode> {
     println!("|---|---|---|---|---|---|");
     let tandem = std::env::current_exe()?;
     for &n in sizes {
-        let row =
-            move_size(&tandem, n, rounds).with_context(|| format!("moving {n} connections"))?;
+        let row = move_size(&tandem, n, rounds, hold)
+            .with_context(|| format!("moving {n} connections"))?;
         println!(
             "| {n} | {} / {} | {} / {} | {} / {} | {} | {:.1} |",
             ms(median(&row.frozen)),
@@ -161,9 +181,14 @@ struct SizeRow {
     restore_per_socket: Vec<Duration>,
 }
 
-fn move_size(tandem: &std::path::Path, n: usize, rounds: usize) -> Result<SizeRow> {
+fn move_size(
+    tandem: &std::path::Path,
+    n: usize,
+    rounds: usize,
+    hold: Option<u16>,
+) -> Result<SizeRow> {
     let name = format!("bench{}-{n}", std::process::id());
-    let mut lab = MoveLab::up(&name, 2, tandem.to_path_buf())?;
+    let mut lab = MoveLab::up_with(&name, 2, tandem.to_path_buf(), hold)?;
     let streams = (0..n)
         .map(|_| lab.connect(None))
         .collect::<Result<Vec<_>>>()?;

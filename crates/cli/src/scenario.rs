@@ -19,6 +19,9 @@ use tandem_node::migration::{self, MigrationError, MoveReport, MoveSpec};
 use tandem_node::site::Site;
 use tandem_sys::arp::GarpSchedule;
 
+/// The NFQUEUE a holding lock uses in the lab's node namespaces.
+pub const HOLD_QUEUE: u16 = 40;
+
 /// A lab with an echo server on every node, ready to have connections moved
 /// from the one that holds the VIP to another.
 pub struct MoveLab {
@@ -38,7 +41,20 @@ impl MoveLab {
     /// Builds a lab of `nodes` nodes named `name`, puts the VIP on node 1 and
     /// starts an echo server there (the `tandem` binary at `tandem`, run as
     /// `tandem tool echo-server`), and waits until a client reaches it.
+    /// Moves hold what clients send while frozen and re-inject it.
     pub fn up(name: &str, nodes: usize, tandem: PathBuf) -> Result<MoveLab> {
+        MoveLab::up_with(name, nodes, tandem, Some(HOLD_QUEUE))
+    }
+
+    /// As [`MoveLab::up`], choosing the lock: `Some(queue)` holds client
+    /// segments in that NFQUEUE and re-injects them, `None` drops them (the
+    /// client retransmits).
+    pub fn up_with(
+        name: &str,
+        nodes: usize,
+        tandem: PathBuf,
+        hold_queue: Option<u16>,
+    ) -> Result<MoveLab> {
         let lab = Lab::up(&LabSpec {
             name: Some(name.to_string()),
             nodes,
@@ -50,6 +66,7 @@ impl MoveLab {
             prefix_len: lab.vip_prefix_len(),
             port: lab.port(),
             garp: GarpSchedule::default(),
+            hold_queue,
         };
         let mut this = MoveLab {
             lab: Some(lab),
@@ -67,6 +84,9 @@ impl MoveLab {
             let site = Site::open(Some(&netns), lab.node_interface(), 2)
                 .with_context(|| format!("opening node {id}"))?;
             site.prepare_lock(spec.vip, spec.port)?;
+            if let Some(queue) = hold_queue {
+                site.start_holding(queue)?;
+            }
             sites.insert(id, site);
         }
         this.sites = sites;

@@ -267,11 +267,24 @@ fn bulk_transfer_both_ways_survives_moves() {
     assert_no_rst(&lab);
 }
 
-/// (e) The client keeps sending while the connection is frozen: those
-/// segments are dropped by the lock and retransmitted to the new node.
+/// (e) The client keeps sending while the connection is frozen: the lock
+/// holds those segments and the move re-injects their bytes into the
+/// restored socket.
 #[test]
 fn client_sending_while_frozen_loses_nothing() {
-    let mut lab = lab("e");
+    client_sending_while_frozen(lab("e"), true);
+}
+
+/// (e') The same with a lock that drops: the client retransmits to the new
+/// node, and still nothing is lost.
+#[test]
+fn client_sending_while_frozen_through_a_dropping_lock_loses_nothing() {
+    let name = format!("m{}g", std::process::id() % 100_000);
+    let lab = MoveLab::up_with(&name, 2, tandem(), None).unwrap();
+    client_sending_while_frozen(lab, false);
+}
+
+fn client_sending_while_frozen(mut lab: MoveLab, holding: bool) {
     let client = lab.connect(None).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -316,6 +329,12 @@ fn client_sending_while_frozen_loses_nothing() {
         while_frozen > 0,
         "the client sent nothing while the connection was frozen"
     );
+    let reinjected = report.connections[0].reinjected;
+    if holding {
+        assert!(reinjected > 0, "nothing held was re-injected: {report:?}");
+    } else {
+        assert_eq!(reinjected, 0);
+    }
     assert_no_rst(&lab);
 }
 

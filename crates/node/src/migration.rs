@@ -6,19 +6,22 @@
 //! 1. **lock** the source: its kernel neither receives nor sends VIP:port
 //!    segments any more (a socket in repair mode would still ACK data);
 //! 2. **dump** every socket with TCP_REPAIR (they stay in repair mode);
-//! 3. **remove the VIP** from the source, so stray segments find no socket;
-//! 4. **transfer** the images (serialised as they would cross the network);
-//! 5. **restore** every socket on the target, still in repair mode and
+//! 3. **transfer** the images (serialised as they would cross the network);
+//! 4. **restore** every socket on the target, still in repair mode and
 //!    silent — possible before the VIP is there, thanks to `IP_TRANSPARENT` —
-//!    then close the source's sockets silently (no FIN, no RST);
+//!    and close the source's sockets silently (no FIN, no RST);
+//! 5. **remove the VIP** from the source and **re-inject** what the lock
+//!    held into the restored sockets;
 //! 6. **add the VIP** on the target, **announce** it by gratuitous ARP, and
 //!    only then let the restored sockets **go live** (leave repair mode and
 //!    send their never-sent bytes), so their first segments reach a client
 //!    that already answers to the target;
 //! 7. **unlock** the source, in the background ([`Moved::wait_unlocked`]).
 //!
-//! Segments the client sends while frozen are dropped by the lock and
-//! retransmitted by the client to the target: nothing is lost. If the target
+//! Segments the client sends while frozen are held by the lock (with
+//! [`MoveSpec::hold_queue`]) and their bytes appended to the restored
+//! sockets before they go live; without it they are dropped and the client
+//! retransmits them to the target. Nothing is lost either way. If the target
 //! cannot restore a connection, the move is rolled back: the source's
 //! sockets, never closed, leave repair mode and the VIP goes back there.
 //!
@@ -56,6 +59,8 @@ pub enum MigrationError {
     Close(#[source] RepairError),
     #[error("a moved connection could not leave repair mode on the target: {0}")]
     GoLive(#[source] RepairError),
+    #[error("appending held client bytes to a restored socket: {0}")]
+    Reinject(#[source] RepairError),
     #[error("the images did not survive serialisation: {0}")]
     Transfer(String),
     #[error(
@@ -79,6 +84,11 @@ pub struct MoveSpec {
     pub prefix_len: u8,
     pub port: u16,
     pub garp: GarpSchedule,
+    /// With an NFQUEUE number, the lock holds what clients send while the
+    /// connections are frozen, and the move appends those bytes to the
+    /// restored sockets: no client waits for a retransmission timeout.
+    /// Without, the lock drops them and clients retransmit (≥ 200 ms).
+    pub hold_queue: Option<u16>,
 }
 
 /// One moved connection, as its image described it.
@@ -92,6 +102,8 @@ pub struct ConnectionReport {
     pub unacked: usize,
     /// Bytes written by the server and never sent, carried over.
     pub unsent: usize,
+    /// Bytes the client sent while frozen, held by the lock and appended.
+    pub reinjected: usize,
 }
 
 /// How a move went, phase by phase.
@@ -171,9 +183,17 @@ pub fn move_connections(
         }
     };
 
+    let hold = spec.hold_queue;
+    let lock = move || match hold {
+        Some(queue) => NetLock::new(None, vip, port).holding_in(queue),
+        None => NetLock::new(None, vip, port),
+    };
+    if let Some(queue) = hold {
+        source.start_holding(queue)?;
+    }
     let frozen_at = Instant::now();
     source
-        .run(move || NetLock::new(None, vip, port).lock())?
+        .run(move || lock().lock())?
         .map_err(lock_error(source))?;
     lap("lock", &mut phases);
 
@@ -183,13 +203,11 @@ pub fn move_connections(
             for socket in &sockets {
                 let _ = tcp_repair::leave_repair(socket.as_fd());
             }
-            let _ = source.run(move || NetLock::new(None, vip, port).unlock());
+            let _ = source.run(move || lock().unlock());
             return Err(err);
         }
     };
     lap("dump", &mut phases);
-    source.remove_vip(vip, spec.prefix_len)?;
-    lap("remove-vip", &mut phases);
 
     // Stands for the network hop: what the target restores is what came off
     // the wire, not the source's values.
@@ -198,17 +216,28 @@ pub fn move_connections(
         postcard::from_bytes(&wire).map_err(|e| MigrationError::Transfer(e.to_string()))?;
     lap("transfer", &mut phases);
 
-    let prepared = match prepare_all(target, &images) {
+    let mut prepared = match prepare_all(target, &images) {
         Ok(prepared) => prepared,
         Err(cause) => return Err(roll_back(source, spec, sockets, cause)),
     };
     lap("restore", &mut phases);
-    // Only now, with every connection alive on the target, do the source's
-    // sockets go: until here a failure can hand them back intact.
+    // Only now, with every connection rebuilt on the target, do the source's
+    // sockets go (until here a failure can hand them back intact); the lock
+    // keeps every segment away from them, so closing makes no sound.
     for socket in sockets {
         tcp_repair::close_silently(socket).map_err(MigrationError::Close)?;
     }
     lap("close", &mut phases);
+    // The VIP leaves the source only now: until here, what clients send is
+    // held (or dropped) by the lock rather than lost in the source's routing.
+    source.remove_vip(vip, spec.prefix_len)?;
+    lap("remove-vip", &mut phases);
+    let mut reinjected = vec![0usize; prepared.len()];
+    if let Some(queue) = hold {
+        let held = source.drain_held(queue, Duration::from_millis(50))?;
+        reinjected = reinject(&mut prepared, &held)?;
+        lap("reinject", &mut phases);
+    }
     target.add_vip(vip, spec.prefix_len)?;
     lap("add-vip", &mut phases);
     target.announce(vip, spec.garp)?;
@@ -222,13 +251,13 @@ pub fn move_connections(
     // Off the critical path: emptying a netfilter chain waits for an RCU
     // grace period (~10 ms), and the caller has sockets to hand over first.
     let unlock_error = lock_error(source);
-    let unlocked = source.spawn_on(0, move || {
-        NetLock::new(None, vip, port).unlock().map_err(unlock_error)
-    })?;
+    let unlocked = source.spawn_on(0, move || lock().unlock().map_err(unlock_error))?;
 
     let connections = images
         .iter()
-        .map(|image| ConnectionReport {
+        .zip(reinjected)
+        .map(|(image, reinjected)| ConnectionReport {
+            reinjected,
             peer: image.peer,
             state: image.state,
             recv_queue: image.recv_queue.len(),
@@ -276,6 +305,60 @@ fn dump_all(sockets: &[OwnedFd], threads: usize) -> Result<Vec<SocketImage>, Mig
         }
         Ok(images)
     })
+}
+
+/// Appends to each prepared socket the client bytes the lock held that
+/// continue its stream (in sequence order, overlaps and duplicates skipped);
+/// returns how many bytes each got. A held packet that does not parse, or
+/// belongs to no moved connection, is left out: its sender retransmits.
+fn reinject(prepared: &mut [Prepared], held: &[Vec<u8>]) -> Result<Vec<usize>, MigrationError> {
+    use std::collections::BTreeMap;
+    use tandem_wire::tcp::{OptionsMode, ParseChecks};
+    let checks = ParseChecks {
+        // Checked by the source's kernel path only partly (veth packets
+        // carry offloaded checksums): trust the lab, but parse strictly
+        // enough to find sequence numbers and payload.
+        verify_checksum: false,
+        options: OptionsMode::Linux,
+    };
+    // (client, server) → the held segments' (seq, payload).
+    type Segments<'a> = BTreeMap<(SocketAddr, SocketAddr), Vec<(u32, &'a [u8])>>;
+    let mut segments: Segments<'_> = BTreeMap::new();
+    for bytes in held {
+        let Ok(repr) = tandem_wire::IpTcpRepr::parse(bytes, checks) else {
+            continue;
+        };
+        if repr.tcp.payload.is_empty() {
+            continue;
+        }
+        let from = SocketAddr::new(repr.ip.src_addr(), repr.tcp.src_port);
+        let to = SocketAddr::new(repr.ip.dst_addr(), repr.tcp.dst_port);
+        segments
+            .entry((from, to))
+            .or_default()
+            .push((repr.tcp.seq_number.0, repr.tcp.payload));
+    }
+    let mut counts = Vec::with_capacity(prepared.len());
+    for socket in prepared.iter_mut() {
+        let mut appended = 0usize;
+        if let Some(segs) = segments.get(&(socket.peer(), socket.local())) {
+            // Extend from rcv_nxt while some segment covers it.
+            loop {
+                let next = socket.rcv_nxt();
+                let fresh = segs.iter().find_map(|(seq, payload)| {
+                    let offset = next.wrapping_sub(*seq) as usize;
+                    (offset < payload.len()).then(|| &payload[offset..])
+                });
+                let Some(fresh) = fresh else { break };
+                socket
+                    .append_received(fresh)
+                    .map_err(MigrationError::Reinject)?;
+                appended += fresh.len();
+            }
+        }
+        counts.push(appended);
+    }
+    Ok(counts)
 }
 
 /// Prepares every image on the target's workers (rebuilt, still in repair

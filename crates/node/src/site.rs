@@ -22,6 +22,10 @@ pub enum SiteError {
     Arp(#[from] ArpError),
     #[error(transparent)]
     Lock(#[from] tandem_sys::netlock::NetLockError),
+    #[error(transparent)]
+    Queue(#[from] tandem_sys::nfqueue::NfQueueError),
+    #[error("holding packets: {0}")]
+    Hold(String),
     #[error("the worker thread of site {0} has stopped")]
     WorkerGone(String),
 }
@@ -36,6 +40,24 @@ pub struct Site {
     workers: Vec<mpsc::Sender<Job>>,
     netlink: Netlink,
     garp: GarpSender,
+    holders: std::sync::Mutex<std::collections::BTreeMap<u16, Holder>>,
+}
+
+/// A reader that copies every packet of an NFQUEUE and drops it: what a
+/// holding lock's segments become, to be carried across by a move.
+struct Holder {
+    held: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Site {
@@ -85,6 +107,7 @@ impl Site {
             workers: senders,
             netlink,
             garp,
+            holders: Default::default(),
         })
     }
 
@@ -160,6 +183,99 @@ impl Site {
     pub fn prepare_lock(&self, vip: Ipv4Addr, port: u16) -> Result<(), SiteError> {
         self.run(move || tandem_sys::netlock::NetLock::new(None, vip, port).install())??;
         Ok(())
+    }
+
+    /// Starts taking the packets of NFQUEUE `queue` in this namespace (a
+    /// holding lock sends segments there): each is copied and dropped.
+    /// Idempotent.
+    pub fn start_holding(&self, queue: u16) -> Result<(), SiteError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        use tandem_sys::nfqueue::{NfQueue, NfQueueError, QueueConfig, Verdict};
+        let mut holders = self.holders.lock().expect("holders lock");
+        if holders.contains_key(&queue) {
+            return Ok(());
+        }
+        let config = QueueConfig {
+            // Whole segments, never GSO super-packets: each is re-injected
+            // by its sequence number.
+            gso: false,
+            ..QueueConfig::default()
+        };
+        let mut nfq = self.run(move || NfQueue::bind(queue, config))??;
+        nfq.set_read_timeout(std::time::Duration::from_millis(20))
+            .map_err(|e| SiteError::Hold(e.to_string()))?;
+        let held: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (held, stop) = (held.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("hold-{queue}"))
+                .spawn(move || {
+                    let mut batch = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        batch.clear();
+                        match nfq.recv_batch(&mut batch) {
+                            Ok(_) => {}
+                            Err(NfQueueError::Io { source, .. })
+                                if source.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(err) => {
+                                tracing::warn!("holding queue {queue}: {err}");
+                                continue;
+                            }
+                        }
+                        if batch.is_empty() {
+                            continue;
+                        }
+                        // Copied before the verdict: once the kernel's count
+                        // of waiting packets is zero, every one is here.
+                        held.lock()
+                            .expect("held lock")
+                            .extend(batch.iter().map(|p| p.payload.clone()));
+                        let verdicts: Vec<_> =
+                            batch.iter().map(|p| (p.id, Verdict::Drop)).collect();
+                        if let Err(err) = nfq.verdicts(&verdicts) {
+                            tracing::warn!("holding queue {queue}: {err}");
+                        }
+                    }
+                })
+                .map_err(|e| SiteError::Hold(e.to_string()))?
+        };
+        holders.insert(
+            queue,
+            Holder {
+                held,
+                stop,
+                thread: Some(thread),
+            },
+        );
+        Ok(())
+    }
+
+    /// Every packet taken from `queue` so far, once the kernel holds none
+    /// waiting (or after `timeout`); the store is emptied.
+    pub fn drain_held(
+        &self,
+        queue: u16,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<Vec<u8>>, SiteError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let waiting = self
+                .run(move || tandem_sys::nfqueue::queue_stats(queue))?
+                .map_err(|e| SiteError::Hold(e.to_string()))?
+                .map(|s| s.waiting)
+                .unwrap_or(0);
+            if waiting == 0 || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        let holders = self.holders.lock().expect("holders lock");
+        Ok(holders
+            .get(&queue)
+            .map(|h| std::mem::take(&mut *h.held.lock().expect("held lock")))
+            .unwrap_or_default())
     }
 
     /// Announces the VIP with gratuitous ARP from this site's interface.

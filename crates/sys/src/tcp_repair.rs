@@ -806,7 +806,9 @@ impl Prepared {
     /// never-sent tail and, for the FIN_WAIT states, shuts down the sending
     /// side again. On failure the socket is closed silently.
     pub fn go_live(self) -> Result<OwnedFd, RepairError> {
-        let Prepared { fd, unsent, fin, .. } = self;
+        let Prepared {
+            fd, unsent, fin, ..
+        } = self;
         match live(fd.as_fd(), &unsent, fin) {
             Ok(()) => Ok(fd),
             Err(e) => {
