@@ -29,7 +29,7 @@
 //! (SIGSTOP) or otherwise not reading or writing them during the move; bytes
 //! written into a socket after its dump would not be in the image.
 
-use crate::site::{Site, SiteError};
+use crate::site::{HeldPacket, Site, SiteError};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -311,21 +311,21 @@ fn dump_all(sockets: &[OwnedFd], threads: usize) -> Result<Vec<SocketImage>, Mig
 /// continue its stream (in sequence order, overlaps and duplicates skipped);
 /// returns how many bytes each got. A held packet that does not parse, or
 /// belongs to no moved connection, is left out: its sender retransmits.
-fn reinject(prepared: &mut [Prepared], held: &[Vec<u8>]) -> Result<Vec<usize>, MigrationError> {
+fn reinject(prepared: &mut [Prepared], held: &[HeldPacket]) -> Result<Vec<usize>, MigrationError> {
     use std::collections::BTreeMap;
     use tandem_wire::tcp::{OptionsMode, ParseChecks};
-    let checks = ParseChecks {
-        // Checked by the source's kernel path only partly (veth packets
-        // carry offloaded checksums): trust the lab, but parse strictly
-        // enough to find sequence numbers and payload.
-        verify_checksum: false,
-        options: OptionsMode::Linux,
-    };
+
     // (client, server) → the held segments' (seq, payload).
     type Segments<'a> = BTreeMap<(SocketAddr, SocketAddr), Vec<(u32, &'a [u8])>>;
     let mut segments: Segments<'_> = BTreeMap::new();
-    for bytes in held {
-        let Ok(repr) = tandem_wire::IpTcpRepr::parse(bytes, checks) else {
+    for packet in held {
+        // The TCP checksum is checked wherever the kernel had not: a
+        // corrupted segment must not become stream bytes.
+        let checks = ParseChecks {
+            verify_checksum: packet.verify_checksum,
+            options: OptionsMode::Linux,
+        };
+        let Ok(repr) = tandem_wire::IpTcpRepr::parse(&packet.bytes, checks) else {
             continue;
         };
         if repr.tcp.payload.is_empty() {

@@ -43,10 +43,18 @@ pub struct Site {
     holders: std::sync::Mutex<std::collections::BTreeMap<u16, Holder>>,
 }
 
+/// A packet a holding lock took, with whether its TCP checksum still needs
+/// checking (the kernel had not verified it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldPacket {
+    pub bytes: Vec<u8>,
+    pub verify_checksum: bool,
+}
+
 /// A reader that copies every packet of an NFQUEUE and drops it: what a
 /// holding lock's segments become, to be carried across by a move.
 struct Holder {
-    held: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<HeldPacket>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -205,7 +213,7 @@ impl Site {
         let mut nfq = self.run(move || NfQueue::bind(queue, config))??;
         nfq.set_read_timeout(std::time::Duration::from_millis(20))
             .map_err(|e| SiteError::Hold(e.to_string()))?;
-        let held: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let held: Arc<Mutex<Vec<HeldPacket>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (held, stop) = (held.clone(), stop.clone());
@@ -231,7 +239,11 @@ impl Site {
                         // of waiting packets is zero, every one is here.
                         held.lock()
                             .expect("held lock")
-                            .extend(batch.iter().map(|p| p.payload.clone()));
+                            .extend(batch.iter().map(|p| HeldPacket {
+                                bytes: p.payload.clone(),
+                                verify_checksum: p.checksum
+                                    == tandem_sys::nfqueue::ChecksumState::NotVerified,
+                            }));
                         let verdicts: Vec<_> =
                             batch.iter().map(|p| (p.id, Verdict::Drop)).collect();
                         if let Err(err) = nfq.verdicts(&verdicts) {
@@ -258,7 +270,7 @@ impl Site {
         &self,
         queue: u16,
         timeout: std::time::Duration,
-    ) -> Result<Vec<Vec<u8>>, SiteError> {
+    ) -> Result<Vec<HeldPacket>, SiteError> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let waiting = self
