@@ -910,32 +910,35 @@ fn write_repair_queue(
 ) -> Result<(), RepairError> {
     let mut written = 0;
     while written < data.len() {
-        let rest = &data[written..];
-        // SAFETY: `rest` is a live, initialised byte slice.
-        let n = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                rest.as_ptr().cast::<c_void>(),
-                rest.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(sys(step)(e));
+        match send_nonblocking(fd, &data[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(sys(step)(e)),
         }
-        if n == 0 {
-            return Err(sys(step)(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "the kernel accepted no bytes",
-            )));
-        }
-        written += n as usize;
     }
     Ok(())
+}
+
+/// One non-blocking `send` of `data`: how many bytes the kernel took, or
+/// the error (`WriteZero` if it took none without saying why).
+fn send_nonblocking(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is a live, initialised byte slice.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            data.as_ptr().cast::<c_void>(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match n {
+        n if n > 0 => Ok(n as usize),
+        0 => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "the kernel accepted no bytes",
+        )),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// Writes the never-sent tail with normal sends. The send buffer was sized
@@ -947,24 +950,12 @@ fn write_tail(fd: BorrowedFd<'_>, data: &[u8]) -> Result<(), RepairError> {
     let deadline = Instant::now() + TAIL_WRITE_TIMEOUT;
     let mut written = 0;
     while written < data.len() {
-        let rest = &data[written..];
-        // SAFETY: `rest` is a live, initialised byte slice.
-        let n = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                rest.as_ptr().cast::<c_void>(),
-                rest.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n > 0 {
-            written += n as usize;
-            continue;
-        }
-        let e = if n == 0 {
-            io::Error::new(io::ErrorKind::WriteZero, "the kernel accepted no bytes")
-        } else {
-            io::Error::last_os_error()
+        let e = match send_nonblocking(fd, &data[written..]) {
+            Ok(n) => {
+                written += n;
+                continue;
+            }
+            Err(e) => e,
         };
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
