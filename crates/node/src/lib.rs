@@ -10,4 +10,5 @@ pub mod config;
 pub mod group;
 pub mod migration;
 pub mod proposer;
+pub mod report;
 pub mod site;

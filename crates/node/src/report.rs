@@ -1,0 +1,108 @@
+//! What a node tells about itself: the answer to `tandem status`, as the
+//! daemon builds it and the command line prints it (a table, or JSON with
+//! `--json`). Field names are part of the command-line contract: scripts
+//! and the lab read them.
+
+use serde::{Deserialize, Serialize};
+
+/// One node's view of its service and its replica group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// This node's slot (its id in the cluster, from 1).
+    pub slot: u16,
+    /// This process's incarnation of the slot (bumped at every start).
+    pub incarnation: u64,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// `"primary"` (Raft leader, holds the VIP), `"clone"` (follower),
+    /// `"candidate"`, `"learner"` (a restarted node catching up).
+    pub role: String,
+    pub term: u64,
+    /// The leader's slot, if known.
+    pub leader: Option<u16>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// First and last index held in the in-memory log.
+    pub log_first: u64,
+    pub log_last: u64,
+    /// Entries held in the log.
+    pub log_entries: u64,
+    /// Index the latest snapshot covers, and its age in seconds (`None`
+    /// before the first one).
+    pub snapshot_index: u64,
+    pub snapshot_age_s: Option<u64>,
+    /// Voters of the group, as `slot.incarnation`.
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    /// On the primary: how far behind each peer is (entries).
+    pub peers: Vec<PeerReport>,
+    pub service: ServiceReport,
+    pub counters: Counters,
+}
+
+/// One peer as the primary sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReport {
+    pub slot: u16,
+    pub incarnation: u64,
+    /// Highest index known to be in its log.
+    pub matched: u64,
+    /// `commit_index - matched`, 0 when caught up.
+    pub lag: u64,
+    /// Whether the transport has a live connection to it.
+    pub connected: bool,
+}
+
+/// The service this node hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    pub name: String,
+    pub kind: String,
+    pub vip: String,
+    pub port: u16,
+    /// Whether this node holds the VIP now.
+    pub holds_vip: bool,
+    /// Connections shadow TCP tracks (equal on every replica at equal index).
+    pub connections: u64,
+    /// Kernel sockets the primary has accepted and serves.
+    pub sockets: u64,
+    /// The state hash at `applied_index`, hex: service, shadow TCP and every
+    /// connection's output hash. Replicas at the same index must agree.
+    pub state_hash: String,
+    /// Entries and packets applied, connections opened and closed, panics
+    /// of the service caught.
+    pub entries_applied: u64,
+    pub packets_applied: u64,
+    pub opened: u64,
+    pub closed: u64,
+    pub service_panics: u64,
+}
+
+/// Counters since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Replication messages rejected: bad MAC, replayed, stale sender,
+    /// wrong destination, malformed (summed), and malformed frames.
+    pub auth_rejected: u64,
+    pub replayed: u64,
+    pub bad_frames: u64,
+    /// Captured packets, and what happened to them.
+    pub captured: u64,
+    pub released_at_once: u64,
+    pub committed_released: u64,
+    pub dropped_junk: u64,
+    pub dropped_uncommitted: u64,
+    /// Bytes the kernel received that differ from what shadow TCP delivered
+    /// (must stay 0: a mismatch is a bug).
+    pub shadow_mismatches: u64,
+    /// Proposals made and entries committed by this node.
+    pub proposals: u64,
+    pub committed_entries: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    /// Times this node became primary, and stepped down.
+    pub became_primary: u64,
+    pub stepped_down: u64,
+}
