@@ -41,7 +41,7 @@ fn in_path(tool: &str) -> bool {
     std::env::split_paths(&path).any(|dir| is_executable(&dir.join(tool)))
 }
 
-fn is_executable(path: &Path) -> bool {
+pub(crate) fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata()
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use crate::state::ServiceKind;
-
 /// Everything that can go wrong building, driving or removing a lab.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -37,12 +35,54 @@ pub enum LabError {
     #[error("a lab has 1 to {max} nodes, not {0}", max = crate::MAX_NODES)]
     InvalidNodeCount(usize),
 
-    /// The requested service needs the node daemon.
+    /// The `tandem` binary the node daemons would run cannot be run.
     #[error(
-        "service `{0}` needs the tandem node daemon, which does not exist yet; \
-         `--service none` builds the namespaces, bridge and addresses only"
+        "cannot run the node daemon {}: {reason}; build it (`cargo build -p tandem-cli`) \
+         or name the `tandem` binary in ${env}",
+        path.display(),
+        env = crate::DAEMON_ENV
     )]
-    ServiceUnavailable(ServiceKind),
+    DaemonUnusable {
+        /// The binary.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A node's daemon exited while `up` waited for a primary.
+    #[error(
+        "lab {name}: the daemon of node {node} exited ({status}) before a primary served \
+         the VIP. Node logs:\n{logs}"
+    )]
+    DaemonExited {
+        /// The lab name.
+        name: String,
+        /// The node.
+        node: u32,
+        /// How it ended, as far as known.
+        status: String,
+        /// The end of each node's log.
+        logs: String,
+    },
+
+    /// No primary served the VIP in time.
+    #[error(
+        "lab {name}: no primary served {vip}:{port} within {secs} s: {what}. Node logs:\n{logs}"
+    )]
+    NoPrimary {
+        /// The lab name.
+        name: String,
+        /// The VIP.
+        vip: std::net::Ipv4Addr,
+        /// The service port.
+        port: u16,
+        /// How long `up` waited.
+        secs: u64,
+        /// What did not happen, e.g. "no node holds the VIP".
+        what: String,
+        /// The end of each node's log.
+        logs: String,
+    },
 
     /// `up` with a name whose state file exists.
     #[error("lab {0} already exists; run `tandem lab down --name {0}`")]

@@ -7,19 +7,22 @@
 
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::cmd::{self, ip_in, iptables_in, iptables_restore_in};
+use crate::files;
 use crate::names::{self, CLIENT_BRIDGE_PORT};
 use crate::procs::{self, ProcRecord};
 use crate::state::{self, EndpointState, Fault, LabState, ServiceKind, StateLock};
 use crate::{
-    LabError, BRIDGE_DEVICE, CLIENT_ADDR, DEFAULT_NODES, MAX_NODES, NODE_INTERFACE,
-    PARTITION_CHAIN, PREFIX_LEN, PROBE_PORT, REPLICATION_PORTS, RST_COUNT_CHAIN, VIP,
+    LabError, BRIDGE_DEVICE, CLIENT_ADDR, DAEMON_ENV, DEFAULT_NODES, MAX_NODES, NODE_INTERFACE,
+    PARTITION_CHAIN, PREFIX_LEN, PRIMARY_WAIT, PROBE_PORT, REPLICATION_PORTS, RST_COUNT_CHAIN, VIP,
 };
 
 /// How long a fault waits for SIGKILLed processes to disappear.
@@ -27,6 +30,12 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// How long `up` and `restart` wait for links to become operational.
 const LINK_WAIT: Duration = Duration::from_secs(5);
+
+/// How often `up` says on stderr what it is still waiting for.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// How often `up` looks for a primary.
+const PRIMARY_POLL: Duration = Duration::from_millis(100);
 
 /// What [`Lab::up`] builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +45,8 @@ pub struct LabSpec {
     pub name: Option<String>,
     /// Number of nodes, 1..=[`MAX_NODES`].
     pub nodes: usize,
-    /// What the nodes serve. Only [`ServiceKind::None`] works today.
+    /// What the nodes serve: with anything but [`ServiceKind::None`], one
+    /// `tandem node` daemon runs per node (see [`Lab::up_with_daemon`]).
     pub service: ServiceKind,
 }
 
@@ -65,6 +75,12 @@ impl LabSpec {
         self.nodes = nodes;
         self
     }
+
+    /// The same spec serving `service`.
+    pub fn with_service(mut self, service: ServiceKind) -> Self {
+        self.service = service;
+        self
+    }
 }
 
 /// Node `id`'s address: 198.18.0.(10 + id), for ids 1..=[`MAX_NODES`]
@@ -84,7 +100,8 @@ pub struct LabStatus {
     pub port: u16,
     /// The client's namespace (run clients there: `tandem lab exec`).
     pub client_netns: String,
-    /// The node serving the VIP; `null` while no daemon runs.
+    /// The node serving the VIP (the only one whose role is `"primary"`);
+    /// `null` if there is none, or several, or no daemon (service none).
     pub leader: Option<u32>,
     /// The nodes, by id.
     pub nodes: Vec<NodeStatus>,
@@ -99,12 +116,16 @@ pub struct NodeStatus {
     pub netns: String,
     /// Its address.
     pub addr: Ipv4Addr,
-    /// The newest process the lab spawned there that still runs (the
-    /// daemon, once daemons exist); `null` if none.
+    /// The node's daemon, if it runs; with service none, the newest process
+    /// the lab spawned there that still runs. `null` if none.
     pub pid: Option<u32>,
-    /// The daemon's role; `"none"` while no daemon runs.
+    /// `"primary"` (its daemon runs, its link is up and the VIP is
+    /// assigned in its namespace), `"clone"` (daemon running, no VIP),
+    /// `"stopped"` (daemon SIGSTOPped) or `"down"` (no daemon, or link
+    /// down); `"none"` with service none.
     pub role: String,
-    /// Namespace present, link up, and not killed, crashed or stopped.
+    /// Whether its daemon runs and is not stopped. With service none:
+    /// namespace present, link up, and not killed, crashed or stopped.
     pub alive: bool,
 }
 
@@ -136,7 +157,8 @@ pub enum FaultAction {
     Stop,
     /// End of a hang: SIGCONT.
     Cont,
-    /// Reboot: SIGKILL whatever is left, link up, fresh daemon (none today).
+    /// Reboot: SIGKILL whatever is left, VIP dropped, link up, fresh
+    /// daemon with the same config (none with service none).
     Restart,
     /// Drop the node's replication traffic ([`REPLICATION_PORTS`]).
     Partition,
@@ -216,32 +238,59 @@ pub enum Probe {
 #[derive(Debug)]
 pub struct Lab {
     state: LabState,
+    /// Daemons this handle started (`up`, `restart`), reaped when they end
+    /// so a long-lived process collects no zombies.
+    children: Vec<Child>,
 }
 
 impl Lab {
     /// Builds a lab: its namespaces, bridge, veths, addresses, and the
     /// iptables chains used by `partition` and [`Lab::client_rst_count`].
-    /// On failure, whatever was built is removed again.
+    /// With a service other than none, also starts the node daemons and
+    /// waits for a primary, as [`Lab::up_with_daemon`] (daemon binary:
+    /// `$TANDEM_BIN`, else the running executable). On failure, whatever
+    /// was built is removed again.
     pub fn up(spec: &LabSpec) -> Result<Lab, LabError> {
-        if spec.service != ServiceKind::None {
-            return Err(LabError::ServiceUnavailable(spec.service));
-        }
+        Self::up_with_daemon(spec, None)
+    }
+
+    /// [`Lab::up`], with the node daemons run from `daemon` (a `tandem`
+    /// binary, run as `DAEMON node --config STATE_DIR/NAME/nodeI.toml`).
+    /// `None` = `$TANDEM_BIN` if set, else [`std::env::current_exe`]. The
+    /// binary is checked before anything is built and recorded in the
+    /// state, so `restart` runs the same one; it is not needed (nor
+    /// checked) with service none.
+    ///
+    /// With a daemon, `up` writes the lab's files (see [`crate`] docs),
+    /// starts one daemon per node and waits up to [`PRIMARY_WAIT`] until
+    /// exactly one node holds the VIP and a TCP connection from the client
+    /// to VIP:port succeeds, saying on stderr every 2 s what it waits for.
+    /// If a daemon exits first, or time runs out, the lab is removed and
+    /// the error quotes the end of every node's log. (The connection tests
+    /// may be refused while the primary starts: take a baseline of
+    /// [`Lab::client_rst_count`] after `up`.)
+    pub fn up_with_daemon(spec: &LabSpec, daemon: Option<&Path>) -> Result<Lab, LabError> {
         if spec.nodes == 0 || spec.nodes > MAX_NODES {
             return Err(LabError::InvalidNodeCount(spec.nodes));
         }
         if let Some(name) = &spec.name {
             names::validate_name(name)?;
         }
+        let daemon = if spec.service.has_daemon() {
+            Some(resolve_daemon(daemon)?)
+        } else {
+            None
+        };
         cmd::require_root()?;
         cmd::require_tools()?;
         match &spec.name {
-            Some(name) => Self::up_named(name, spec),
+            Some(name) => Self::up_named(name, spec, daemon),
             None => {
                 // A generated name can only clash with a stale state file
                 // of a dead process that had our pid: try a few.
                 let mut attempts = 0;
                 loop {
-                    match Self::up_named(&names::generate_name(), spec) {
+                    match Self::up_named(&names::generate_name(), spec, daemon.clone()) {
                         Err(LabError::AlreadyExists(_)) if attempts < 5 => attempts += 1,
                         other => return other,
                     }
@@ -250,12 +299,13 @@ impl Lab {
         }
     }
 
-    fn up_named(name: &str, spec: &LabSpec) -> Result<Lab, LabError> {
+    fn up_named(name: &str, spec: &LabSpec, daemon: Option<PathBuf>) -> Result<Lab, LabError> {
         let lock = StateLock::acquire(name)?;
         if lock.exists() {
             return Err(LabError::AlreadyExists(name.to_string()));
         }
         let mut state = plan(name, spec);
+        state.daemon = daemon;
         // Refuse before creating anything if a namespace we would create is
         // already there: it is someone else's.
         for netns in planned_netns(&state) {
@@ -264,22 +314,125 @@ impl Lab {
             }
         }
         lock.save(&state)?;
-        match build(&lock, &mut state) {
-            Ok(()) => {
-                tracing::info!(lab = name, nodes = spec.nodes, "lab up");
-                Ok(Lab { state })
+        let mut children = Vec::new();
+        let built = build(&lock, &mut state).and_then(|()| {
+            if state.service.has_daemon() {
+                start_daemons(&lock, &mut state, &mut children)
+            } else {
+                Ok(())
             }
-            Err(err) => {
-                tracing::warn!(lab = name, error = %err, "lab up failed; removing what was built");
-                if let Err(cleanup) = teardown(&state) {
-                    tracing::warn!(lab = name, error = %cleanup, "cleanup after a failed up");
-                    // Keep the state file: `down` can retry from it.
+        });
+        if let Err(err) = built {
+            tracing::warn!(lab = name, error = %err, "lab up failed; removing what was built");
+            let cleanup = teardown(&state);
+            reap(&mut children);
+            if let Err(cleanup) = cleanup {
+                tracing::warn!(lab = name, error = %cleanup, "cleanup after a failed up");
+                // Keep the state file: `down` can retry from it.
+                return Err(err);
+            }
+            lock.remove()?;
+            return Err(err);
+        }
+        // Faults and `status` from other processes may act while we wait.
+        drop(lock);
+        let mut lab = Lab { state, children };
+        if lab.state.service.has_daemon() {
+            match lab.wait_for_primary(PRIMARY_WAIT) {
+                Ok(leader) => {
+                    tracing::info!(lab = name, leader, "a primary serves the VIP");
+                }
+                Err(err) => {
+                    tracing::warn!(lab = name, error = %err, "no primary; removing the lab");
+                    if let Err(cleanup) = Self::down_by_name(name) {
+                        tracing::warn!(lab = name, error = %cleanup, "cleanup after a failed up");
+                    }
+                    reap(&mut lab.children);
                     return Err(err);
                 }
-                lock.remove()?;
-                Err(err)
             }
         }
+        tracing::info!(lab = name, nodes = spec.nodes, service = %spec.service, "lab up");
+        Ok(lab)
+    }
+
+    /// Waits (up to `timeout`) until exactly one node holds the VIP and the
+    /// client connects to VIP:port; returns that node. Fails at once if a
+    /// daemon has exited.
+    fn wait_for_primary(&mut self, timeout: Duration) -> Result<u32, LabError> {
+        let start = Instant::now();
+        let mut next_progress = start + PROGRESS_EVERY;
+        let (vip, port) = (self.state.vip, self.state.port);
+        loop {
+            if let Some((node, status)) = self.exited_daemon() {
+                return Err(LabError::DaemonExited {
+                    name: self.state.name.clone(),
+                    node,
+                    status,
+                    logs: files::log_tails(&self.state),
+                });
+            }
+            let holders: Vec<u32> = self
+                .state
+                .nodes
+                .iter()
+                .filter(|n| holds_vip(&n.netns, vip))
+                .map(|n| n.id)
+                .collect();
+            let what = match holders.as_slice() {
+                [] => format!("no node holds the VIP {vip}"),
+                [one] => {
+                    let to = SocketAddrV4::new(vip, port);
+                    match self.probe(None, to, Duration::from_secs(1))? {
+                        Probe::Open => return Ok(*one),
+                        Probe::Refused => format!(
+                            "node {one} holds the VIP but {to} refuses the client's connections"
+                        ),
+                        Probe::Unreachable => {
+                            format!("node {one} holds the VIP but {to} does not answer the client")
+                        }
+                    }
+                }
+                many => format!("nodes {} all hold the VIP {vip}", join_ids(many)),
+            };
+            let now = Instant::now();
+            if now >= start + timeout {
+                return Err(LabError::NoPrimary {
+                    name: self.state.name.clone(),
+                    vip,
+                    port,
+                    secs: timeout.as_secs(),
+                    what,
+                    logs: files::log_tails(&self.state),
+                });
+            }
+            if now >= next_progress {
+                eprintln!(
+                    "tandem lab {}: waiting for a primary to serve {vip}:{port}: {what} ({} s of {})",
+                    self.state.name,
+                    (now - start).as_secs(),
+                    timeout.as_secs()
+                );
+                next_progress += PROGRESS_EVERY;
+            }
+            std::thread::sleep(PRIMARY_POLL);
+        }
+    }
+
+    /// The first node whose newest daemon no longer runs, and how it ended
+    /// (known only for daemons this handle started).
+    fn exited_daemon(&mut self) -> Option<(u32, String)> {
+        let (node, pid) = self.state.nodes.iter().find_map(|node| {
+            let daemon = node.procs.iter().rev().find(|p| p.daemon)?;
+            (!daemon.is_running()).then_some((node.id, daemon.pid))
+        })?;
+        let status = self
+            .children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .and_then(|c| c.try_wait().ok().flatten())
+            .map_or_else(|| format!("pid {pid} is gone"), |s| s.to_string());
+        Some((node, status))
     }
 
     /// A handle on an existing lab, from its state file. Works on a lab
@@ -288,6 +441,7 @@ impl Lab {
         names::validate_name(name)?;
         Ok(Lab {
             state: state::load(name)?,
+            children: Vec::new(),
         })
     }
 
@@ -311,12 +465,15 @@ impl Lab {
         }
     }
 
-    /// Removes the lab: SIGKILLs the processes it spawned and everything
-    /// still running in its namespaces, deletes the namespaces it created
-    /// (which takes their veths, bridge and iptables rules with them) and
-    /// its state file. Pieces already gone are fine.
-    pub fn down(self) -> Result<(), LabError> {
-        Self::down_by_name(&self.state.name)
+    /// Removes the lab: SIGKILLs the processes it spawned (the daemons
+    /// among them) and everything still running in its namespaces, deletes
+    /// the namespaces it created (which takes their veths, bridge and
+    /// iptables rules with them), its directory of daemon files and its
+    /// state file. Pieces already gone are fine.
+    pub fn down(mut self) -> Result<(), LabError> {
+        let result = Self::down_by_name(&self.state.name);
+        reap(&mut self.children);
+        result
     }
 
     /// [`Lab::down`] by name, e.g. after the process that built the lab died.
@@ -391,6 +548,37 @@ impl Lab {
         self.state.client.addr
     }
 
+    /// The `tandem` binary the node daemons run (`None` with service none).
+    pub fn daemon(&self) -> Option<&Path> {
+        self.state.daemon.as_deref()
+    }
+
+    /// The lab's directory of daemon files (`STATE_DIR/NAME/`), once made.
+    pub fn files_dir(&self) -> Option<&Path> {
+        self.state.files_dir.as_deref()
+    }
+
+    /// Node `id`'s config file (`STATE_DIR/NAME/nodeI.toml`), if the lab
+    /// runs daemons.
+    pub fn node_config_path(&self, id: u32) -> Result<Option<PathBuf>, LabError> {
+        self.node(id)?;
+        Ok(self.files_dir().map(|dir| files::config_path(dir, id)))
+    }
+
+    /// Node `id`'s admin socket (`STATE_DIR/NAME/nodeI.sock`), if the lab
+    /// runs daemons.
+    pub fn node_admin_socket(&self, id: u32) -> Result<Option<PathBuf>, LabError> {
+        self.node(id)?;
+        Ok(self.files_dir().map(|dir| files::admin_socket(dir, id)))
+    }
+
+    /// Node `id`'s daemon log (`STATE_DIR/NAME/nodeI.log`), if the lab
+    /// runs daemons.
+    pub fn node_log_path(&self, id: u32) -> Result<Option<PathBuf>, LabError> {
+        self.node(id)?;
+        Ok(self.files_dir().map(|dir| files::log_path(dir, id)))
+    }
+
     /// The namespace of `node`, or of the client for `None`.
     pub fn netns(&self, node: Option<u32>) -> Result<&str, LabError> {
         match node {
@@ -413,37 +601,26 @@ impl Lab {
     /// file cannot be read).
     pub fn status(&self) -> LabStatus {
         let state = state::load(&self.state.name).unwrap_or_else(|_| self.state.clone());
-        let role = match state.service {
-            ServiceKind::None => "none",
-            // Daemons will report their own roles; until then, nothing to ask.
-            _ => "unknown",
-        };
+        let nodes: Vec<NodeStatus> = state
+            .nodes
+            .iter()
+            .map(|node| node_status(&state, node))
+            .collect();
+        let primaries: Vec<u32> = nodes
+            .iter()
+            .filter(|n| n.role == ROLE_PRIMARY)
+            .map(|n| n.id)
+            .collect();
         LabStatus {
             name: state.name.clone(),
             vip: state.vip,
             port: state.port,
             client_netns: state.client.netns.clone(),
-            leader: None,
-            nodes: state
-                .nodes
-                .iter()
-                .map(|node| {
-                    let cond = condition(node);
-                    NodeStatus {
-                        id: node.id,
-                        netns: node.netns.clone(),
-                        addr: node.addr,
-                        pid: node
-                            .procs
-                            .iter()
-                            .rev()
-                            .find(|p| p.is_running())
-                            .map(|p| p.pid),
-                        role: role.to_string(),
-                        alive: cond.netns_exists && cond.link_up && cond.fault == Fault::None,
-                    }
-                })
-                .collect(),
+            leader: match primaries.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            },
+            nodes,
         }
     }
 
@@ -457,7 +634,10 @@ impl Lab {
     pub fn apply(&mut self, action: FaultAction, id: u32) -> Result<FaultReport, LabError> {
         cmd::require_root()?;
         find_node(&self.state, id)?;
-        self.update(|state| fault(state, action, id))
+        reap_finished(&mut self.children);
+        let (report, child) = self.update(|state| fault(state, action, id))?;
+        self.children.extend(child);
+        Ok(report)
     }
 
     /// Power cut: SIGKILL the node's processes and set its link down (both
@@ -466,8 +646,9 @@ impl Lab {
         self.apply(FaultAction::Kill, id)
     }
 
-    /// Process crash: SIGKILL the node's processes, link left up (its
-    /// kernel lives on and answers for closed sockets with resets).
+    /// Process crash: SIGKILL the node's daemon (with service none: every
+    /// process of the node), link left up (its kernel lives on and answers
+    /// for closed sockets with resets).
     pub fn crash(&mut self, id: u32) -> Result<FaultReport, LabError> {
         self.apply(FaultAction::Crash, id)
     }
@@ -493,8 +674,11 @@ impl Lab {
         self.apply(FaultAction::Heal, id)
     }
 
-    /// Reboot: SIGKILL whatever still runs in the node, set its link up.
-    /// With service none there is no daemon to start (the report says so).
+    /// Reboot: SIGKILL whatever still runs in the node, drop the VIP if its
+    /// namespace still has it (a reboot loses it), set its link up, and
+    /// start a fresh daemon with the same config (it rejoins as a clone;
+    /// its pid is recorded). With service none there is no daemon to start
+    /// and the VIP is left alone (the report says so).
     pub fn restart(&mut self, id: u32) -> Result<FaultReport, LabError> {
         self.apply(FaultAction::Restart, id)
     }
@@ -519,45 +703,8 @@ impl Lab {
     /// records its pid in the state file, so that faults and `down` act on
     /// it even if it leaves the namespace. The caller owns the [`Child`]
     /// and should reap it (`wait`).
-    pub fn spawn(&mut self, node: Option<u32>, mut command: Command) -> Result<Child, LabError> {
-        let netns = self.netns(node)?.to_string();
-        let args: Vec<&OsStr> = command.get_args().collect();
-        let line = std::iter::once(command.get_program())
-            .chain(args.iter().copied())
-            .map(|s| s.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let expected = [OsStr::new("netns"), OsStr::new("exec"), OsStr::new(&netns)];
-        if command.get_program() != "ip" || args.len() < 4 || args[..3] != expected {
-            return Err(LabError::ForeignCommand {
-                expected: netns,
-                got: line,
-            });
-        }
-        let shown = args[3..]
-            .iter()
-            .map(|s| s.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let child = command
-            .spawn()
-            .map_err(|source| cmd::spawn_error("ip", &line, source))?;
-        let pid = child.id();
-        // The start time is fixed at fork, so it is readable even before
-        // `ip` has exec'd the program; if the process is already gone there
-        // is nothing to record.
-        if let Some((start_time, _)) = procs::stat(pid) {
-            let record = ProcRecord {
-                pid,
-                start_time,
-                command: shown,
-            };
-            self.update(|state| {
-                endpoint_mut(state, node)?.procs.push(record);
-                Ok(())
-            })?;
-        }
-        Ok(child)
+    pub fn spawn(&mut self, node: Option<u32>, command: Command) -> Result<Child, LabError> {
+        self.update(|state| spawn_recorded(state, node, command, false))
     }
 
     /// Runs `argv` in `node`'s namespace (the client's for `None`) with this
@@ -715,6 +862,249 @@ fn plan(name: &str, spec: &LabSpec) -> LabState {
         created_netns: Vec::new(),
         complete: false,
         creator_pid: std::process::id(),
+        daemon: None,
+        files_dir: None,
+    }
+}
+
+/// A planned lab, for the tests of other modules.
+#[cfg(test)]
+pub(crate) fn plan_for_tests(name: &str, nodes: usize, service: ServiceKind) -> LabState {
+    plan(
+        name,
+        &LabSpec::named(name).with_nodes(nodes).with_service(service),
+    )
+}
+
+/// The daemon binary: `explicit`, else `$TANDEM_BIN`, else the running
+/// executable; made absolute (so `restart` from another directory finds
+/// it) and checked to be an executable file.
+fn resolve_daemon(explicit: Option<&Path>) -> Result<PathBuf, LabError> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => match std::env::var_os(DAEMON_ENV) {
+            Some(value) if !value.is_empty() => PathBuf::from(value),
+            _ => std::env::current_exe().map_err(|e| LabError::DaemonUnusable {
+                path: PathBuf::from("(the running executable)"),
+                reason: e.to_string(),
+            })?,
+        },
+    };
+    let absolute = std::fs::canonicalize(&path).map_err(|e| LabError::DaemonUnusable {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if !cmd::is_executable(&absolute) {
+        return Err(LabError::DaemonUnusable {
+            path: absolute,
+            reason: "not an executable file".to_string(),
+        });
+    }
+    Ok(absolute)
+}
+
+/// Writes the lab's files and starts every node's daemon, recording the
+/// directory before it exists and each daemon as soon as it runs.
+fn start_daemons(
+    lock: &StateLock,
+    state: &mut LabState,
+    children: &mut Vec<Child>,
+) -> Result<(), LabError> {
+    let dir = state::files_dir(&state.name);
+    if dir.exists() {
+        // No state file records it (we hold the lock and there is none):
+        // the leftovers of an earlier lab of this name, in the lab's own
+        // directory. A new cluster must not inherit its key or data.
+        tracing::warn!(dir = %dir.display(), "removing a stale lab directory");
+        std::fs::remove_dir_all(&dir).map_err(|source| LabError::StateIo {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    state.files_dir = Some(dir.clone());
+    lock.save(state)?;
+    files::write_all(state, &dir)?;
+    let ids: Vec<u32> = state.nodes.iter().map(|n| n.id).collect();
+    for id in ids {
+        let started = start_daemon(state, id);
+        lock.save(state)?;
+        children.push(started?);
+    }
+    Ok(())
+}
+
+/// Starts node `id`'s daemon (`DAEMON node --config nodeI.toml` in its
+/// namespace, output appended to `nodeI.log`) and records it.
+fn start_daemon(state: &mut LabState, id: u32) -> Result<Child, LabError> {
+    let missing = |what: &str| LabError::DaemonUnusable {
+        path: PathBuf::from("(none)"),
+        reason: format!("the state of lab {} records no {what}", state.name),
+    };
+    let daemon = state
+        .daemon
+        .clone()
+        .ok_or_else(|| missing("daemon binary"))?;
+    let dir = state
+        .files_dir
+        .clone()
+        .ok_or_else(|| missing("directory of node files"))?;
+    let netns = find_node(state, id)?.netns.clone();
+    let config = files::config_path(&dir, id);
+    let mut log = files::open_log(&dir, id)?;
+    let log_err = |source| LabError::StateIo {
+        path: files::log_path(&dir, id),
+        source,
+    };
+    {
+        use std::io::Write;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        writeln!(
+            log,
+            "=== tandem lab {}: starting {} node --config {} in {netns} (unix time {now})",
+            state.name,
+            daemon.display(),
+            config.display()
+        )
+        .map_err(log_err)?;
+    }
+    let stderr = log.try_clone().map_err(log_err)?;
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &netns])
+        .arg(&daemon)
+        .arg("node")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(stderr)
+        // Its own process group: a Ctrl-C meant for `tandem lab up` (or a
+        // test runner) does not reach the cluster.
+        .process_group(0);
+    if let Some(filter) = std::env::var_os("RUST_LOG") {
+        command.env("RUST_LOG", filter);
+    }
+    spawn_recorded(state, Some(id), command, true)
+}
+
+/// Starts `command` (built as [`Lab::command`] builds it, for `node`) and
+/// records it in `state` (see [`Lab::spawn`]).
+fn spawn_recorded(
+    state: &mut LabState,
+    node: Option<u32>,
+    mut command: Command,
+    daemon: bool,
+) -> Result<Child, LabError> {
+    let netns = endpoint_mut(state, node)?.netns.clone();
+    let args: Vec<&OsStr> = command.get_args().collect();
+    let line = std::iter::once(command.get_program())
+        .chain(args.iter().copied())
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let expected = [OsStr::new("netns"), OsStr::new("exec"), OsStr::new(&netns)];
+    if command.get_program() != "ip" || args.len() < 4 || args[..3] != expected {
+        return Err(LabError::ForeignCommand {
+            expected: netns,
+            got: line,
+        });
+    }
+    let shown = args[3..]
+        .iter()
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let child = command
+        .spawn()
+        .map_err(|source| cmd::spawn_error("ip", &line, source))?;
+    let pid = child.id();
+    // The start time is fixed at fork, so it is readable even before
+    // `ip` has exec'd the program; if the process is already gone there
+    // is nothing to record.
+    if let Some((start_time, _)) = procs::stat(pid) {
+        endpoint_mut(state, node)?.procs.push(ProcRecord {
+            pid,
+            start_time,
+            command: shown,
+            daemon,
+        });
+    }
+    Ok(child)
+}
+
+/// Reaps `children` that have exited (SIGKILLed daemons, typically).
+fn reap_finished(children: &mut Vec<Child>) {
+    children.retain_mut(|child| matches!(child.try_wait(), Ok(None)));
+}
+
+/// Reaps what can be reaped and forgets the rest (after `down`).
+fn reap(children: &mut Vec<Child>) {
+    for child in children.iter_mut() {
+        let _ = child.try_wait();
+    }
+    children.clear();
+}
+
+fn join_ids(ids: &[u32]) -> String {
+    ids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether the address `vip` is assigned in `netns` (on any interface).
+fn holds_vip(netns: &str, vip: Ipv4Addr) -> bool {
+    let prefix = format!("{vip}/");
+    ip_in(netns, &["-o", "-4", "addr", "show"])
+        .map(|out| out.split_whitespace().any(|word| word.starts_with(&prefix)))
+        .unwrap_or(false)
+}
+
+const ROLE_PRIMARY: &str = "primary";
+
+/// A daemon node's role from what is observed of it.
+fn role(daemon_running: bool, stopped: bool, link_up: bool, holds_vip: bool) -> &'static str {
+    match () {
+        _ if !daemon_running => "down",
+        _ if stopped => "stopped",
+        _ if !link_up => "down",
+        _ if holds_vip => ROLE_PRIMARY,
+        _ => "clone",
+    }
+}
+
+/// One node as [`LabStatus`] shows it.
+fn node_status(state: &LabState, node: &EndpointState) -> NodeStatus {
+    let cond = condition(node);
+    if !state.service.has_daemon() {
+        return NodeStatus {
+            id: node.id,
+            netns: node.netns.clone(),
+            addr: node.addr,
+            pid: node
+                .procs
+                .iter()
+                .rev()
+                .find(|p| p.is_running())
+                .map(|p| p.pid),
+            role: "none".to_string(),
+            alive: cond.netns_exists && cond.link_up && cond.fault == Fault::None,
+        };
+    }
+    let daemon = node.procs.iter().rev().find(|p| p.daemon && p.is_running());
+    let stopped = daemon.is_some_and(ProcRecord::is_stopped);
+    let link_up = cond.netns_exists && cond.link_up;
+    let vip = daemon.is_some() && link_up && holds_vip(&node.netns, state.vip);
+    NodeStatus {
+        id: node.id,
+        netns: node.netns.clone(),
+        addr: node.addr,
+        pid: daemon.map(|d| d.pid),
+        role: role(daemon.is_some(), stopped, link_up, vip).to_string(),
+        alive: daemon.is_some() && !stopped,
     }
 }
 
@@ -878,6 +1268,13 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
             errors.push(e.to_string());
         }
     }
+    if let Some(dir) = &state.files_dir {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("cannot remove {}: {e}", dir.display())),
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {
@@ -957,7 +1354,20 @@ fn set_links(state: &LabState, node: &EndpointState, up: &str) -> Result<(), Lab
     }
 }
 
-fn fault(state: &mut LabState, action: FaultAction, id: u32) -> Result<FaultReport, LabError> {
+/// Adds `note` to the report's note.
+fn add_note(report: &mut FaultReport, note: &str) {
+    report.note = Some(match report.note.take() {
+        Some(n) => format!("{n}; {note}"),
+        None => note.to_string(),
+    });
+}
+
+/// Applies a fault; returns what it did and the daemon it started, if any.
+fn fault(
+    state: &mut LabState,
+    action: FaultAction,
+    id: u32,
+) -> Result<(FaultReport, Option<Child>), LabError> {
     let node = find_node(state, id)?.clone();
     let mut report = FaultReport {
         action,
@@ -965,11 +1375,15 @@ fn fault(state: &mut LabState, action: FaultAction, id: u32) -> Result<FaultRepo
         signalled: Vec::new(),
         note: None,
     };
-    let kill_all = |report: &mut FaultReport| -> Result<(), LabError> {
-        report.signalled = procs::signal_all(Some(&node.netns), &node.procs, Signal::SIGKILL)?;
+    let mut started = None;
+    let kill = |report: &mut FaultReport,
+                netns: Option<&str>,
+                records: &[ProcRecord]|
+     -> Result<(), LabError> {
+        report.signalled = procs::signal_all(netns, records, Signal::SIGKILL)?;
         let left = procs::wait_gone(&report.signalled, KILL_WAIT);
         if !left.is_empty() {
-            report.note = Some(format!("processes {left:?} have not died yet"));
+            add_note(report, &format!("processes {left:?} have not died yet"));
         }
         Ok(())
     };
@@ -977,11 +1391,19 @@ fn fault(state: &mut LabState, action: FaultAction, id: u32) -> Result<FaultRepo
         FaultAction::Kill => {
             // Link first: a dying process must not get a last word out.
             set_links(state, &node, "down")?;
-            kill_all(&mut report)?;
+            kill(&mut report, Some(&node.netns), &node.procs)?;
             Fault::Killed
         }
+        FaultAction::Crash if state.service.has_daemon() => {
+            // The daemon only: the machine (its kernel, other processes)
+            // lives on.
+            let daemons: Vec<ProcRecord> =
+                node.procs.iter().filter(|p| p.daemon).cloned().collect();
+            kill(&mut report, None, &daemons)?;
+            Fault::Crashed
+        }
         FaultAction::Crash => {
-            kill_all(&mut report)?;
+            kill(&mut report, Some(&node.netns), &node.procs)?;
             Fault::Crashed
         }
         FaultAction::Stop => {
@@ -1003,15 +1425,24 @@ fn fault(state: &mut LabState, action: FaultAction, id: u32) -> Result<FaultRepo
         FaultAction::Restart => {
             // A reboot: nothing of the old life survives, not even a
             // stopped process.
-            kill_all(&mut report)?;
+            kill(&mut report, Some(&node.netns), &node.procs)?;
+            if state.service.has_daemon() {
+                // Nor the VIP a killed primary left assigned: a rebooted
+                // machine comes up without it, and must not answer for it.
+                if holds_vip(&node.netns, state.vip) {
+                    let cidr = format!("{}/{}", state.vip, state.prefix_len);
+                    ip_in(&node.netns, &["addr", "del", &cidr, "dev", NODE_INTERFACE])?;
+                    add_note(&mut report, &format!("dropped the VIP {cidr}"));
+                }
+            }
             set_links(state, &node, "up")?;
             wait_links_up(state, &[&node])?;
-            if state.service == ServiceKind::None {
-                let note = "service none: no daemon to start";
-                report.note = Some(match report.note.take() {
-                    Some(n) => format!("{n}; {note}"),
-                    None => note.to_string(),
-                });
+            if state.service.has_daemon() {
+                let child = start_daemon(state, id)?;
+                add_note(&mut report, &format!("started daemon pid {}", child.id()));
+                started = Some(child);
+            } else {
+                add_note(&mut report, "service none: no daemon to start");
             }
             Fault::None
         }
@@ -1046,7 +1477,7 @@ fn fault(state: &mut LabState, action: FaultAction, id: u32) -> Result<FaultRepo
         FaultAction::Heal => entry.partitioned = false,
         _ => {}
     }
-    Ok(report)
+    Ok((report, started))
 }
 
 /// Re-installs the jumps into [`PARTITION_CHAIN`] if something removed them
@@ -1158,14 +1589,58 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_services_are_refused_before_anything_is_built() {
-        let spec = LabSpec {
-            service: ServiceKind::Kv,
-            ..LabSpec::named("never-built")
-        };
-        let err = Lab::up(&spec).unwrap_err();
-        assert!(matches!(err, LabError::ServiceUnavailable(ServiceKind::Kv)));
-        assert!(err.to_string().contains("--service none"));
+    fn an_unusable_daemon_is_refused_before_anything_is_built() {
+        // Checked before root: this runs (and fails the same way) as any user.
+        let spec = LabSpec::named("never-built").with_service(ServiceKind::Kv);
+        let err = Lab::up_with_daemon(&spec, Some(Path::new("/nonexistent/tandem"))).unwrap_err();
+        assert!(
+            matches!(&err, LabError::DaemonUnusable { path, .. } if path == Path::new("/nonexistent/tandem")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("TANDEM_BIN"), "{err}");
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let err = Lab::up_with_daemon(&spec, Some(&manifest)).unwrap_err();
+        assert!(err.to_string().contains("not an executable file"), "{err}");
+        assert!(!Path::new(&format!("{}/never-built.json", crate::STATE_DIR)).exists());
+    }
+
+    #[test]
+    fn the_daemon_binary_is_resolved_to_an_absolute_executable() {
+        let sh = resolve_daemon(Some(Path::new("/bin/sh"))).unwrap();
+        assert!(sh.is_absolute());
+        assert!(cmd::is_executable(&sh));
+        // Without a path or $TANDEM_BIN: the running executable (the test
+        // binary here; `tandem` itself from the CLI).
+        if std::env::var_os(DAEMON_ENV).is_none() {
+            let me = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+            assert_eq!(resolve_daemon(None).unwrap(), me);
+        }
+    }
+
+    #[test]
+    fn service_none_plans_no_daemon() {
+        let state = plan_for_tests("p", 3, ServiceKind::None);
+        assert_eq!(state.daemon, None);
+        assert_eq!(state.files_dir, None);
+        assert!(!state.service.has_daemon());
+        assert!(ServiceKind::Kv.has_daemon());
+    }
+
+    #[test]
+    fn roles_follow_what_is_observed() {
+        // (daemon running, stopped, link up, holds the VIP) -> role
+        assert_eq!(role(false, false, true, false), "down");
+        assert_eq!(role(true, true, true, true), "stopped");
+        assert_eq!(role(true, false, false, true), "down");
+        assert_eq!(role(true, false, true, true), "primary");
+        assert_eq!(role(true, false, true, false), "clone");
+    }
+
+    #[test]
+    fn kv_plan_uses_the_kv_port() {
+        let state = plan_for_tests("k", 3, ServiceKind::Kv);
+        assert_eq!(state.port, 6379);
+        assert_eq!(state.service, ServiceKind::Kv);
     }
 
     #[test]

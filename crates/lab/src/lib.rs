@@ -18,7 +18,15 @@
 //! node daemons and migration do. Addresses come from 198.18.0.0/15, reserved
 //! for benchmarking. Service ports: see [`ServiceKind::port`] (kv 6379, echo
 //! and none 7000, counter 7001). Replication traffic uses
-//! [`REPLICATION_PORTS`] (TCP and UDP), which is what `partition` cuts.
+//! [`REPLICATION_PORTS`] (TCP and UDP), which is what `partition` cuts; the
+//! daemons listen on [`REPLICATION_PORT`].
+//!
+//! # Daemons
+//! With a service other than `none`, [`Lab::up`] starts one `tandem node
+//! --config FILE` per node namespace (the binary of [`Lab::up_with_daemon`],
+//! else `$TANDEM_BIN`, else the running executable) and waits until exactly
+//! one node holds the VIP and the client reaches the service through it. A
+//! node is the primary iff the VIP is assigned in its namespace.
 //!
 //! # State
 //! Each lab is described by a JSON file, `/run/tandem/labs/NAME.json`
@@ -26,7 +34,10 @@
 //! after it is created and every spawned process right after it starts, so
 //! [`Lab::down`] (possibly from another process, after the lab's creator
 //! crashed) removes exactly what was built and nothing else. Updates are
-//! serialised between processes with an `flock` on `NAME.lock`.
+//! serialised between processes with an `flock` on `NAME.lock`. A lab with
+//! daemons also has a directory `/run/tandem/labs/NAME/`: the cluster key
+//! `cluster.key`, and per node `nodeI.toml` (config), `nodeI.d/` (data),
+//! `nodeI.sock` (admin socket) and `nodeI.log` (daemon output).
 //!
 //! # Requirements
 //! Root, and the `ip` (iproute2) and `iptables`/`iptables-restore` (iptables)
@@ -35,6 +46,7 @@
 
 mod cmd;
 mod error;
+mod files;
 mod lab;
 mod names;
 mod procs;
@@ -54,11 +66,19 @@ pub use state::{Fault, ServiceKind};
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 
-/// Where the per-lab state files (`NAME.json`) and their locks live.
+/// Where the per-lab state files (`NAME.json`), their locks and the labs'
+/// directories of daemon files (`NAME/`) live.
 pub const STATE_DIR: &str = "/run/tandem/labs";
 
 /// The most nodes a lab can have (node addresses are 198.18.0.11–19).
 pub const MAX_NODES: usize = 9;
+
+/// Environment variable naming the `tandem` binary the node daemons run,
+/// when [`Lab::up_with_daemon`] is not given one.
+pub const DAEMON_ENV: &str = "TANDEM_BIN";
+
+/// How long [`Lab::up`] waits for a primary to serve the VIP.
+pub const PRIMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Nodes in a lab when nothing else is asked for.
 pub const DEFAULT_NODES: usize = 3;
@@ -89,6 +109,15 @@ pub const BRIDGE_DEVICE: &str = "br0";
 /// heartbeats, elections. `partition` drops exactly these, in both
 /// directions, and leaves the client path alone.
 pub const REPLICATION_PORTS: RangeInclusive<u16> = 7100..=7199;
+
+/// The port (TCP and UDP) each node daemon listens on for its peers, in
+/// its lab address (written into the nodes' configs as the members'
+/// `addr`). Inside [`REPLICATION_PORTS`].
+pub const REPLICATION_PORT: u16 = 7100;
+
+const _: () = assert!(
+    REPLICATION_PORT >= *REPLICATION_PORTS.start() && REPLICATION_PORT <= *REPLICATION_PORTS.end()
+);
 
 /// The private iptables chain (filter table, in each node namespace) that
 /// `partition` fills and `heal` empties.

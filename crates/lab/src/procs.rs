@@ -27,12 +27,22 @@ pub(crate) struct ProcRecord {
     pub start_time: u64,
     /// What was started, for humans reading the state file.
     pub command: String,
+    /// Whether it is the node's `tandem node` daemon (started by `up` or
+    /// `restart`), as opposed to a process a test spawned there.
+    #[serde(default)]
+    pub daemon: bool,
 }
 
 impl ProcRecord {
     /// Whether the recorded process still exists (and is not a zombie).
     pub fn is_running(&self) -> bool {
         matches!(stat(self.pid), Some((start, state)) if start == self.start_time && state != 'Z')
+    }
+
+    /// Whether the recorded process exists and is stopped (SIGSTOP: state
+    /// `T`, or `t` under a tracer).
+    pub fn is_stopped(&self) -> bool {
+        matches!(stat(self.pid), Some((start, 'T' | 't')) if start == self.start_time)
     }
 }
 
@@ -154,7 +164,9 @@ mod tests {
             pid,
             start_time: start,
             command: "me".into(),
+            daemon: false,
         };
+        assert!(!live.is_stopped());
         assert!(live.is_running());
         let reused = ProcRecord {
             start_time: start + 1,

@@ -24,8 +24,8 @@ pub(crate) const STATE_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
-    /// Topology only: no daemon, nothing listens. The only kind that works
-    /// today (the node daemon does not exist yet).
+    /// Topology only: no daemon, nothing listens (tests and scenarios that
+    /// drive the VIP themselves).
     None,
     /// The replicated key-value store (RESP), port 6379.
     Kv,
@@ -47,7 +47,14 @@ impl ServiceKind {
         }
     }
 
-    /// The lowercase name used on the command line and in JSON.
+    /// Whether the lab runs a `tandem node` daemon per node for it (every
+    /// kind but [`ServiceKind::None`]).
+    pub fn has_daemon(self) -> bool {
+        self != ServiceKind::None
+    }
+
+    /// The lowercase name used on the command line and in JSON (and, for
+    /// the daemon kinds, the service's `name` and `kind` in node configs).
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceKind::None => "none",
@@ -158,6 +165,16 @@ pub(crate) struct LabState {
     pub complete: bool,
     /// The process that ran `up`.
     pub creator_pid: u32,
+    /// The `tandem` binary the node daemons run (`DAEMON node --config
+    /// FILE`), resolved once by `up` so `restart` starts the same one.
+    /// `None` for service none.
+    #[serde(default)]
+    pub daemon: Option<PathBuf>,
+    /// The lab's own directory (`STATE_DIR/NAME/`: cluster key, node
+    /// configs, data directories, admin sockets, logs), once `up` created
+    /// it: `down` removes it.
+    #[serde(default)]
+    pub files_dir: Option<PathBuf>,
 }
 
 impl LabState {
@@ -175,6 +192,11 @@ pub(crate) fn state_dir() -> PathBuf {
 /// `STATE_DIR/NAME.json`.
 pub(crate) fn state_path(name: &str) -> PathBuf {
     state_dir().join(format!("{name}.json"))
+}
+
+/// `STATE_DIR/NAME/`: the lab's files (see [`crate::files`]).
+pub(crate) fn files_dir(name: &str) -> PathBuf {
+    state_dir().join(name)
 }
 
 fn lock_path(name: &str) -> PathBuf {
@@ -358,6 +380,7 @@ mod tests {
                         pid: 42,
                         start_time: 1234,
                         command: "sleep 1000".into(),
+                        daemon: true,
                     }],
                     fault: Fault::Stopped,
                     partitioned: true,
@@ -367,6 +390,8 @@ mod tests {
             created_netns: vec!["tdm-x-br".into(), "tdm-x-c".into()],
             complete: false,
             creator_pid: 7,
+            daemon: Some("/usr/bin/tandem".into()),
+            files_dir: Some("/run/tandem/labs/x".into()),
         }
     }
 
@@ -394,9 +419,19 @@ mod tests {
         for key in ["procs", "fault", "partitioned"] {
             value["nodes"][0].as_object_mut().unwrap().remove(key);
         }
+        value["nodes"][1]["procs"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("daemon");
+        for key in ["daemon", "files_dir"] {
+            value.as_object_mut().unwrap().remove(key);
+        }
         let state = from_json(&value.to_string()).unwrap();
         assert_eq!(state.nodes[0].fault, Fault::None);
         assert!(state.nodes[0].procs.is_empty());
+        assert!(!state.nodes[1].procs[0].daemon);
+        assert_eq!(state.daemon, None);
+        assert_eq!(state.files_dir, None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tandem_lab::{Fault, Lab, LabError, LabGuard, LabSpec, Probe, REPLICATION_PORTS};
+use tandem_lab::{Fault, Lab, LabError, LabGuard, LabSpec, Probe, ServiceKind, REPLICATION_PORTS};
 
 /// A lab name unique to this test and this test process.
 fn unique(test: &str) -> String {
@@ -454,4 +454,171 @@ fn generated_names_are_unique() {
     // The guards took both labs down.
     assert!(lab_netns(&a_name).is_empty());
     assert!(lab_netns(&b_name).is_empty());
+}
+
+/// A stand-in for `tandem node --config FILE` (the real daemon is tested by
+/// its own crate): it checks its arguments, reads its slot, VIP, interface
+/// and port from the config the lab wrote, and node 1 takes the VIP and
+/// serves the port (socat echo); the others idle as clones.
+const FAKE_DAEMON: &str = r#"#!/bin/sh
+[ "$1" = node ] && [ "$2" = --config ] && [ -f "$3" ] || { echo "usage: $0 node --config FILE" >&2; exit 2; }
+slot=$(sed -n 's/^slot = //p' "$3" | head -n 1)
+vip=$(sed -n 's/^vip = "\(.*\)"$/\1/p' "$3")
+iface=$(sed -n 's/^interface = "\(.*\)"$/\1/p' "$3")
+port=$(sed -n 's/^port = //p' "$3")
+echo "fake daemon: slot $slot vip $vip on $iface port $port"
+if [ "$slot" = 1 ]; then
+    ip addr add "$vip" dev "$iface" || exit 1
+    exec socat "TCP-LISTEN:$port,bind=${vip%/*},reuseaddr,fork" EXEC:cat
+fi
+exec sleep 100000
+"#;
+
+/// A daemon that refuses its config, as the real one does on a bad file.
+const FAILING_DAEMON: &str =
+    "#!/bin/sh\necho \"config: this daemon refuses to start\" >&2\nexit 3\n";
+
+/// Writes an executable script into a fresh temporary file.
+fn script(test: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("tandem-lab-{test}-{}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn role(lab: &Lab, id: u32) -> String {
+    lab.status().nodes[id as usize - 1].role.clone()
+}
+
+fn wait_for_long(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn daemons_start_serve_fail_and_go() {
+    use std::os::unix::fs::PermissionsExt;
+    let name = unique("daemons");
+    let fake = script("fake-daemon", FAKE_DAEMON);
+    let spec = LabSpec::named(&name).with_service(ServiceKind::Kv);
+    let lab = Lab::up_with_daemon(&spec, Some(&fake)).unwrap();
+    let mut lab = LabGuard::new(lab);
+    let dir = Path::new(tandem_lab::STATE_DIR).join(&name);
+    assert_eq!(lab.files_dir(), Some(dir.as_path()));
+    assert_eq!(lab.daemon(), Some(fake.as_path()));
+
+    // `up` returned once node 1 served the VIP.
+    let status = lab.status();
+    assert_eq!(status.leader, Some(1));
+    assert_eq!(status.port, 6379);
+    let roles: Vec<&str> = status.nodes.iter().map(|n| n.role.as_str()).collect();
+    assert_eq!(roles, ["primary", "clone", "clone"]);
+    assert!(status.nodes.iter().all(|n| n.alive && n.pid.is_some()));
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["leader"], 1);
+    assert_eq!(json["nodes"][0]["role"], "primary");
+
+    // The files the daemons were given.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("cluster.key")), 0o600);
+    assert_eq!(std::fs::read(dir.join("cluster.key")).unwrap().len(), 32);
+    for id in 1..=3u32 {
+        let config = dir.join(format!("node{id}.toml"));
+        assert_eq!(lab.node_config_path(id).unwrap(), Some(config.clone()));
+        assert_eq!(mode(&config), 0o600);
+        assert_eq!(mode(&dir.join(format!("node{id}.d"))), 0o700);
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.contains(&format!("slot = {id}\n")), "{text}");
+        let log = std::fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap();
+        assert!(
+            log.contains(&format!(
+                "fake daemon: slot {id} vip 198.18.0.100/24 on eth0 port 6379"
+            )),
+            "{log}"
+        );
+    }
+
+    // stop / cont: the daemon hangs, then resumes.
+    lab.stop(2).unwrap();
+    wait_for("node 2 to be stopped", || role(&lab, 2) == "stopped");
+    assert!(!lab.status().nodes[1].alive);
+    lab.cont(2).unwrap();
+    wait_for("node 2 to run again", || role(&lab, 2) == "clone");
+
+    // crash: the daemon dies, the machine (link, other processes) lives on.
+    let mut bystander = spawn_sleep(&mut lab, 3);
+    let old = lab.status().nodes[2].pid.unwrap();
+    let report = lab.crash(3).unwrap();
+    assert_eq!(report.signalled, [old]);
+    assert_eq!(role(&lab, 3), "down");
+    assert!(!lab.status().nodes[2].alive);
+    assert!(lab.conditions()[2].link_up);
+    assert!(lab.pids(Some(3)).unwrap().contains(&bystander.id()));
+    let report = lab.restart(3).unwrap();
+    assert!(
+        report.note.unwrap().contains("started daemon pid"),
+        "restart"
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_some(),
+        "a reboot kills all"
+    );
+    let new = lab.status().nodes[2].pid.unwrap();
+    assert_ne!(new, old);
+    wait_for("node 3 to rejoin", || role(&lab, 3) == "clone");
+
+    // kill the primary: no leader; restart: it drops the stale VIP, and
+    // (this fake being node 1) takes it again.
+    lab.kill(1).unwrap();
+    let status = lab.status();
+    assert_eq!(status.leader, None);
+    assert_eq!(status.nodes[0].role, "down");
+    let report = lab.restart(1).unwrap();
+    assert!(report.note.unwrap().contains("dropped the VIP"));
+    wait_for_long("node 1 to serve again", || lab.status().leader == Some(1));
+    let to = SocketAddrV4::new(lab.vip(), lab.port());
+    wait_for_long("the client to reach the VIP", || {
+        lab.probe(None, to, SHORT).unwrap() == Probe::Open
+    });
+
+    // down kills every daemon and removes the files.
+    let pids: Vec<u32> = lab.status().nodes.iter().filter_map(|n| n.pid).collect();
+    assert_eq!(pids.len(), 3);
+    lab.down().unwrap();
+    for pid in pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists() || proc_state(pid) == Some('Z'));
+    }
+    assert!(!dir.exists());
+    assert!(lab_netns(&name).is_empty());
+    assert!(!Path::new(&state_file(&name)).exists());
+    std::fs::remove_file(fake).unwrap();
+}
+
+#[test]
+fn a_daemon_that_exits_fails_up_with_its_log() {
+    let name = unique("baddaemon");
+    let failing = script("failing-daemon", FAILING_DAEMON);
+    let spec = LabSpec::named(&name)
+        .with_nodes(1)
+        .with_service(ServiceKind::Echo);
+    let started = Instant::now();
+    let err = Lab::up_with_daemon(&spec, Some(&failing)).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(15), "it waited");
+    assert!(
+        matches!(err, LabError::DaemonExited { node: 1, .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("exit status: 3"), "{msg}");
+    assert!(msg.contains("this daemon refuses to start"), "{msg}");
+    assert!(msg.contains("node1.log"), "{msg}");
+    // Nothing is left.
+    assert!(lab_netns(&name).is_empty());
+    assert!(!Path::new(&state_file(&name)).exists());
+    assert!(!Path::new(tandem_lab::STATE_DIR).join(&name).exists());
+    std::fs::remove_file(failing).unwrap();
 }
