@@ -391,7 +391,7 @@ impl Context {
 /// contract of the module docs.
 ///
 /// The trait is dyn-compatible: the [`Runtime`] holds a `Box<dyn Service>`.
-pub trait Service: Send {
+pub trait Service: Send + RestoreInPlace {
     /// Handles one event, recording actions in `ctx`.
     fn on_event(&mut self, ctx: &mut Context, event: Event);
 
@@ -411,6 +411,23 @@ pub trait Service: Send {
         crate::shadow::hash::Fnv64::new()
             .bytes(&self.snapshot())
             .finish()
+    }
+}
+
+/// Restoring a service through a trait object: implemented for every
+/// [`Service`] (never implement it yourself). A fresh `Box<dyn Service>` of
+/// the right kind can take a snapshot's state without its caller naming the
+/// concrete type (`ServiceGroup::restore` in the node does this).
+pub trait RestoreInPlace {
+    /// Replaces `self` with [`Service::restore`]'s result; on error `self`
+    /// is left as it was.
+    fn restore_in_place(&mut self, bytes: &[u8]) -> Result<(), SdkError>;
+}
+
+impl<S: Service> RestoreInPlace for S {
+    fn restore_in_place(&mut self, bytes: &[u8]) -> Result<(), SdkError> {
+        *self = S::restore(bytes)?;
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 //! `tcp_validate_incoming()` + `tcp_ack()` + `tcp_data_queue()` for an
 //! established connection, `tcp_timewait_state_process()` for TIME_WAIT.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use super::hash::Fnv64;
@@ -28,7 +29,7 @@ const MSS_MIN: u16 = 64;
 const MAX_WSCALE: u8 = 14;
 
 /// The most recent timestamp accepted from the client, and when (log time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TsRecent {
     pub(crate) val: u32,
     pub(crate) stamp: Millis,
@@ -69,7 +70,7 @@ fn paws_reject(recent: Option<TsRecent>, tsval: u32, now: Millis, rst: bool) -> 
 }
 
 /// One side's handshake segment: the SYN or the SYN-ACK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Hello {
     pub(crate) isn: u32,
     pub(crate) window: u16,
@@ -107,7 +108,7 @@ impl Hello {
 }
 
 /// A handshake in progress: the SYN seen, the SYN-ACK maybe.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct HalfOpen {
     pub(crate) syn: Hello,
     pub(crate) synack: Option<Hello>,
@@ -278,7 +279,7 @@ impl HalfOpen {
 }
 
 /// An established connection (or one closing: FIN_WAIT, CLOSE_WAIT, …).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Open {
     pub(crate) client_isn: u32,
     pub(crate) server_isn: u32,
@@ -305,6 +306,12 @@ pub(crate) struct Open {
     /// Our FIN was queued before the client's FIN arrived (we will be the
     /// one in TIME_WAIT).
     pub(crate) closed_first: bool,
+    /// In-order client bytes received (rcv_nxt is past them: the kernel has
+    /// acknowledged them) but held back by the input throttle, in order.
+    pub(crate) pending: VecDeque<u8>,
+    /// The client's FIN came in order while input was held back: the
+    /// application hears of it after the held bytes.
+    pub(crate) pending_fin: bool,
 }
 
 impl Open {
@@ -347,6 +354,56 @@ impl Open {
             ts_clock: synack.ts.filter(|_| ts_ok).map(|t| (t.tsval, synack.at)),
             sack: SackBlocks::default(),
             closed_first: false,
+            pending: VecDeque::new(),
+            pending_fin: false,
+        }
+    }
+
+    /// Whether the input throttle is on: more unacknowledged output than
+    /// the limit (decided from logged ACKs only).
+    pub(crate) fn throttled(&self, cfg: &ShadowConfig) -> bool {
+        self.out.unacked().len() as u64 > cfg.output_limit
+    }
+
+    /// Whether input (bytes or the FIN) is being held back.
+    pub(crate) fn holding(&self) -> bool {
+        !self.pending.is_empty() || self.pending_fin
+    }
+
+    /// Client bytes handed to the application so far.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.rx.next().saturating_sub(self.pending.len() as u64)
+    }
+
+    /// In-order input `bytes` (and the client's FIN after them, if `fin`):
+    /// delivered now, or held back behind what is already held.
+    fn receive(&mut self, cfg: &ShadowConfig, bytes: Vec<u8>, fin: bool, ev: &mut Vec<Event>) {
+        if self.holding() || self.throttled(cfg) {
+            self.pending.extend(bytes);
+            self.pending_fin |= fin;
+            return;
+        }
+        if !bytes.is_empty() {
+            ev.push(Event::Delivered(bytes));
+        }
+        if fin {
+            ev.push(Event::PeerClosed);
+        }
+    }
+
+    /// Delivers what the throttle held, once the unacknowledged output is
+    /// back within the limit.
+    pub(crate) fn release(&mut self, cfg: &ShadowConfig, ev: &mut Vec<Event>) {
+        if !self.holding() || self.throttled(cfg) {
+            return;
+        }
+        // Taking the buffer gives its memory back.
+        let bytes: Vec<u8> = std::mem::take(&mut self.pending).into();
+        if !bytes.is_empty() {
+            ev.push(Event::Delivered(bytes));
+        }
+        if std::mem::take(&mut self.pending_fin) {
+            ev.push(Event::PeerClosed);
         }
     }
 
@@ -532,13 +589,13 @@ impl Open {
             let got = self
                 .rx
                 .insert(start, payload, flags.fin(), cfg.reassembly_limit());
-            if !got.delivered.is_empty() {
-                ev.push(Event::Delivered(got.delivered));
-            }
-            if got.fin {
-                ev.push(Event::PeerClosed);
+            if !got.delivered.is_empty() || got.fin {
+                self.receive(cfg, got.delivered, got.fin, ev);
             }
         }
+        // 7. The input throttle: this segment's ACK may have brought the
+        // unacknowledged output back within the limit.
+        self.release(cfg, ev);
         self.settle(cfg, now, ev)
     }
 
@@ -561,7 +618,29 @@ impl Open {
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.rx.heap_bytes() + self.out.heap_bytes()
+        self.rx.heap_bytes() + self.out.heap_bytes() + self.pending.capacity()
+    }
+
+    /// Checks what the per-segment code relies on (a decoded snapshot).
+    pub(crate) fn validate(&self, cfg: &ShadowConfig) -> Result<(), &'static str> {
+        self.rx.validate(cfg.reassembly_limit())?;
+        self.out.validate()?;
+        if self.snd_wscale > MAX_WSCALE || self.rcv_wscale > MAX_WSCALE {
+            return Err("window scale above 14");
+        }
+        if self.mss < MSS_MIN {
+            return Err("MSS below the minimum");
+        }
+        if self.sack.as_slice().len() != self.sack.len_field() {
+            return Err("more than four SACK blocks");
+        }
+        if self.pending.len() as u64 > self.rx.next() {
+            return Err("more input held back than received");
+        }
+        if self.pending_fin && !self.rx.fin_done() {
+            return Err("a held-back FIN that was not received");
+        }
+        Ok(())
     }
 
     pub(crate) fn hash_into(&self, h: &mut Fnv64) {
@@ -584,12 +663,15 @@ impl Open {
             h.u32(b.left).u32(b.right);
         }
         h.bool(self.closed_first);
+        h.u64(self.pending.len() as u64);
+        let (a, b) = self.pending.as_slices();
+        h.bytes(a).bytes(b).bool(self.pending_fin);
     }
 }
 
 /// What remains of a connection we closed first: enough to answer a new
 /// SYN on the same tuple as `tcp_timewait_state_process()` does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TimeWait {
     pub(crate) rcv_nxt: u32,
     pub(crate) ts_recent: Option<TsRecent>,

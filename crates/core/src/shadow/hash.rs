@@ -2,7 +2,7 @@
 //! platform computes the same state hash (no `RandomState` anywhere).
 
 /// An FNV-1a 64-bit hasher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Fnv64(u64);
 
 const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;

@@ -72,6 +72,7 @@ pub mod output;
 pub mod reasm;
 pub mod segment;
 pub mod seq;
+mod snapshot;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -81,9 +82,17 @@ pub use segment::{
     ConnKey, Direction, SackBlock, SackBlocks, Segment, SegmentOptions, TcpFlags, Timestamps,
 };
 pub use seq::Millis;
+pub use snapshot::{seal, unseal, SnapshotError, TableSnapshot};
 pub use table::{ConnInfo, MemoryReport, ShadowTable};
 
 use crate::image::TcpState;
+
+/// The default [`ShadowConfig::output_limit`]: 4 MiB of unacknowledged
+/// output per connection. Far above what a well-behaved client leaves
+/// unread (a reply in flight is at most a few windows), small enough that a
+/// client pipelining requests without reading keeps each replica's output
+/// buffers for it to a few MiB.
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// The table's parameters. Every replica must use the same values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,6 +117,16 @@ pub struct ShadowConfig {
     pub half_open_timeout_ms: u64,
     /// How long a TIME_WAIT entry lives, in ms (the kernel's 60 s).
     pub time_wait_ms: u64,
+    /// The input throttle (DESIGN §3.2): while a connection's unacknowledged
+    /// output (bytes the application wrote that the client's logged ACKs do
+    /// not cover yet) is above this many bytes, its in-order input is held
+    /// back in shadow TCP instead of being delivered; a logged ACK that
+    /// brings the unacknowledged output back to this limit or below
+    /// delivers what was held, in order. Decided from logged ACKs only, so
+    /// every replica decides the same. The limit is soft by the output one
+    /// entry's input produces (the decision is taken when input arrives).
+    /// `u64::MAX` turns the throttle off.
+    pub output_limit: u64,
 }
 
 impl ShadowConfig {
@@ -120,6 +139,7 @@ impl ShadowConfig {
             max_half_open: 4_096,
             half_open_timeout_ms: 75_000,
             time_wait_ms: 60_000,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use super::hash::Fnv64;
 
 /// The server's side of one stream.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Output {
     /// Stream offset of the oldest unacknowledged byte (bytes released).
     acked: u64,
@@ -118,6 +118,21 @@ impl Output {
             self.fin_acked = true;
         }
         n as u64
+    }
+
+    /// Checks the invariants (for a decoded snapshot).
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.fin_acked && !self.fin {
+            return Err("FIN acknowledged but never queued");
+        }
+        if self
+            .acked
+            .checked_add(self.unacked.len() as u64 + 1)
+            .is_none()
+        {
+            return Err("output offsets overflow");
+        }
+        Ok(())
     }
 
     /// Heap bytes owned.

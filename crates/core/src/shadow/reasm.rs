@@ -31,7 +31,7 @@ pub struct Inserted {
 }
 
 /// The receive side of one stream.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Reassembly {
     /// Offset of the next byte to deliver (bytes delivered so far).
     next: u64,
@@ -90,6 +90,44 @@ impl Reassembly {
     /// Heap bytes owned (allocated capacity, not just length).
     pub fn heap_bytes(&self) -> usize {
         self.held.capacity() + self.present.capacity() * std::mem::size_of::<u64>()
+    }
+
+    /// Checks the invariants the insertion code relies on (for a decoded
+    /// snapshot): the bitmap starts at the word holding `next`, covers no
+    /// more than the buffer, marks nothing past its end, and the buffer is
+    /// within `limit`.
+    pub fn validate(&self, limit: u64) -> Result<(), &'static str> {
+        if self.word_base != self.next & !63 {
+            return Err("reassembly bitmap not at the next offset's word");
+        }
+        let span = (self.next - self.word_base).saturating_add(self.held.len() as u64);
+        if self.held.len() as u64 > limit {
+            return Err("more out-of-order data than the limit");
+        }
+        if self.present.len() as u64 > span.div_ceil(64) {
+            return Err("reassembly bitmap longer than the buffer");
+        }
+        let end = self.next.saturating_add(self.held.len() as u64);
+        for (i, word) in self.present.iter().enumerate() {
+            let base = self.word_base.saturating_add(64 * i as u64);
+            // Bits below `hi` of this word are at or before the buffer's end
+            // (bits below `next` are stale marks of delivered bytes, never
+            // looked at again).
+            let hi = end.clamp(base, base.saturating_add(64)) - base;
+            let inside = if hi >= 64 { u64::MAX } else { (1u64 << hi) - 1 };
+            if word & !inside != 0 {
+                return Err("reassembly bitmap marks bytes outside the buffer");
+            }
+        }
+        if self.fin_done && !self.held.is_empty() {
+            return Err("out-of-order data after the FIN");
+        }
+        match self.fin_at {
+            Some(f) if f < self.next => Err("FIN before delivered data"),
+            Some(f) if self.fin_done && f != self.next => Err("FIN not at the stream's end"),
+            None if self.fin_done => Err("FIN reached but never seen"),
+            _ => Ok(()),
+        }
     }
 
     fn has(&self, off: u64) -> bool {

@@ -77,7 +77,9 @@ impl std::ops::BitOr for TcpFlags {
 }
 
 /// The timestamps option (RFC 7323).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Timestamps {
     /// The sender's clock.
     pub tsval: u32,
@@ -86,7 +88,9 @@ pub struct Timestamps {
 }
 
 /// One SACK block: sequence numbers `[left, right)` the sender holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct SackBlock {
     /// First sequence number of the block.
     pub left: u32,
@@ -96,7 +100,9 @@ pub struct SackBlock {
 
 /// Up to four SACK blocks (the most 40 bytes of options can carry), stored
 /// inline so a segment and a connection never allocate for them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct SackBlocks {
     blocks: [SackBlock; 4],
     len: u8,
@@ -121,6 +127,12 @@ impl SackBlocks {
     /// The blocks, in the order they were carried.
     pub fn as_slice(&self) -> &[SackBlock] {
         self.blocks.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+
+    /// How many blocks the set claims to hold (more than [`Self::MAX`] only
+    /// in a corrupt snapshot).
+    pub(crate) fn len_field(&self) -> usize {
+        usize::from(self.len)
     }
 
     /// Builds a set from up to four blocks (extra ones are ignored).
@@ -197,11 +209,15 @@ pub enum Direction {
 }
 
 /// A connection's identity: the 4-tuple, client side first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ConnKey {
     /// The client's address and port.
+    #[serde(with = "super::snapshot::addr")]
     pub client: SocketAddr,
     /// The service's address (VIP) and port.
+    #[serde(with = "super::snapshot::addr")]
     pub server: SocketAddr,
 }
 

@@ -9,7 +9,19 @@
 /// A point in log time, in milliseconds. Shadow TCP never reads a clock: the
 /// caller passes the timestamp of the log entry being applied, so every
 /// replica sees the same time at the same log position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Millis(pub u64);
 
 impl Millis {

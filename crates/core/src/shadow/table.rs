@@ -6,13 +6,14 @@ use super::conn::{hash_addr, Fate, HalfOpen, Hello, Open, TimeWait};
 use super::hash::Fnv64;
 use super::segment::{ConnKey, Direction, SackBlocks, Segment};
 use super::seq::{after, Millis};
+use super::snapshot::{SnapshotError, TableOut, TableSnapshot, TABLE_VERSION};
 use super::{DropReason, Event, Outcome, ShadowConfig, ShadowError, ShadowState};
 use crate::image::{RepairWindow, SocketImage, TcpOptions, TcpState, WindowScale};
 
 /// One table entry. Each variant is boxed so the B-tree's nodes stay small
 /// and an entry's memory is one exact allocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Entry {
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Entry {
     HalfOpen(Box<HalfOpen>),
     Open(Box<Open>),
     TimeWait(Box<TimeWait>),
@@ -59,8 +60,14 @@ pub struct ConnInfo {
     pub snd_una: u32,
     /// After the last byte (and FIN) the application queued.
     pub write_seq: u32,
-    /// Client bytes delivered in order so far.
+    /// Client bytes delivered in order so far (received in order, less
+    /// those the input throttle holds back).
     pub delivered: u64,
+    /// In-order client bytes received (and acknowledged by the kernel) but
+    /// held back by the input throttle ([`ShadowConfig::output_limit`]).
+    pub held_input: u64,
+    /// The client's FIN is in but held back behind `held_input`.
+    pub held_fin: bool,
     /// Client bytes held out of order.
     pub held: usize,
     /// Output bytes appended so far.
@@ -339,6 +346,8 @@ impl ShadowTable {
                 snd_una: h.synack.map_or(0, |s| s.isn),
                 write_seq: h.synack.map_or(0, |s| s.isn.wrapping_add(1)),
                 delivered: 0,
+                held_input: 0,
+                held_fin: false,
                 held: 0,
                 output_total: 0,
                 unacked: 0,
@@ -355,7 +364,9 @@ impl ShadowTable {
                 rcv_nxt: o.rcv_nxt(),
                 snd_una: o.snd_una(),
                 write_seq: o.write_seq(),
-                delivered: o.rx.next(),
+                delivered: o.delivered(),
+                held_input: o.pending.len() as u64,
+                held_fin: o.pending_fin,
                 held: o.rx.held_bytes(),
                 output_total: o.out.total(),
                 unacked: o.out.unacked().len() as u64,
@@ -373,6 +384,8 @@ impl ShadowTable {
                 snd_una: 0,
                 write_seq: 0,
                 delivered: 0,
+                held_input: 0,
+                held_fin: false,
                 held: 0,
                 output_total: 0,
                 unacked: 0,
@@ -383,6 +396,34 @@ impl ShadowTable {
                 sack: SackBlocks::default(),
             },
         })
+    }
+
+    /// Whether the input throttle holds `conn`'s input back (its
+    /// unacknowledged output is over [`ShadowConfig::output_limit`], or
+    /// input held earlier is still waiting). The primary should stop
+    /// reading the connection's kernel socket meanwhile, so the kernel's
+    /// receive window closes and the client stops sending.
+    pub fn throttled(&self, conn: &ConnKey) -> bool {
+        match self.entries.get(conn) {
+            Some(Entry::Open(o)) => o.holding() || o.throttled(&self.config),
+            _ => false,
+        }
+    }
+
+    /// Delivers the input the throttle held back on `conn` if its
+    /// unacknowledged output is now within the limit: the events are
+    /// [`Event::Delivered`] and then [`Event::PeerClosed`] if the client's
+    /// FIN was held too. [`ShadowTable::on_segment`] already does this after
+    /// every segment's ACK (so a pure ACK's outcome may deliver bytes); this
+    /// is for callers that change the limit's inputs otherwise. Empty when
+    /// nothing is held or the throttle is still on.
+    pub fn release_input(&mut self, conn: &ConnKey) -> Vec<Event> {
+        let cfg = self.config;
+        let mut ev = Vec::new();
+        if let Some(Entry::Open(o)) = self.entries.get_mut(conn) {
+            o.release(&cfg, &mut ev);
+        }
+        ev
     }
 
     /// The output of `conn` not yet acknowledged by the client, in order.
@@ -402,8 +443,11 @@ impl ShadowTable {
     /// ESTABLISHED with nothing sent, DESIGN §3.5).
     ///
     /// - `recv_queue` is empty: every in-order byte was delivered to the
-    ///   application (which is replicated); out-of-order bytes are not
-    ///   carried (the client retransmits them: SACK is advisory).
+    ///   application (which is replicated) or is held back by the input
+    ///   throttle in this table (replicated too: it is delivered from here,
+    ///   never read from the restored socket); `rcv_nxt` is past both, as
+    ///   the kernel acknowledged them. Out-of-order bytes are not carried
+    ///   (the client retransmits them: SACK is advisory).
     /// - `send_queue` is all the unacknowledged output with `unsent_len` 0;
     ///   how much of it was really in flight is decided at restore time
     ///   (DESIGN §3.5: up to the client's last ACK + window).
@@ -505,6 +549,54 @@ impl ShadowTable {
         }
     }
 
+    /// The whole table, encoded with postcard: every entry with its
+    /// reassembly and output buffers, held-back input, TIME_WAIT entries and
+    /// the state hash (checked on restore), then an integrity check
+    /// ([`super::seal`]). The configuration is not included: every replica
+    /// has it. (A bigger snapshot embeds the table through its `Serialize`
+    /// impl and decodes it with [`TableSnapshot`].)
+    pub fn snapshot(&self) -> Vec<u8> {
+        // Serialising plain data into a Vec cannot fail.
+        super::seal(postcard::to_stdvec(self).unwrap_or_default())
+    }
+
+    /// Rebuilds a table from [`ShadowTable::snapshot`]'s bytes, under
+    /// `config` (the one every replica uses). Bad bytes are an error.
+    pub fn restore(config: ShadowConfig, bytes: &[u8]) -> Result<ShadowTable, SnapshotError> {
+        let body = super::unseal(bytes)?;
+        let snapshot: TableSnapshot =
+            postcard::from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        snapshot.into_table(config)
+    }
+
+    /// A table holding `entries`, checked as a decoded snapshot must be.
+    pub(crate) fn from_entries(
+        config: ShadowConfig,
+        entries: BTreeMap<ConnKey, Entry>,
+    ) -> Result<ShadowTable, SnapshotError> {
+        if entries.len() > config.max_connections {
+            return Err(SnapshotError::invalid("more entries than max_connections"));
+        }
+        let mut table = ShadowTable::new(config);
+        for (key, entry) in &entries {
+            if key.client.is_ipv4() != key.server.is_ipv4() {
+                return Err(SnapshotError::invalid("a connection of mixed families"));
+            }
+            match entry {
+                Entry::Open(o) => o
+                    .validate(&config)
+                    .map_err(|e| SnapshotError::invalid(format!("{key:?}: {e}")))?,
+                Entry::HalfOpen(_) | Entry::TimeWait(_) => {}
+            }
+            table.count(entry.kind(), true);
+        }
+        if table.half_open > config.max_half_open {
+            return Err(SnapshotError::invalid("more handshakes than max_half_open"));
+        }
+        table.entries = entries;
+        Ok(table)
+    }
+
     /// The memory the table holds, and its bounds.
     pub fn memory(&self) -> MemoryReport {
         let mut reassembly = 0usize;
@@ -564,5 +656,17 @@ impl ShadowTable {
             }
         }
         h.finish()
+    }
+}
+
+impl serde::Serialize for ShadowTable {
+    /// The entries and the state hash; decode with [`TableSnapshot`].
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        TableOut {
+            version: TABLE_VERSION,
+            entries: &self.entries,
+            hash: self.state_hash(),
+        }
+        .serialize(s)
     }
 }

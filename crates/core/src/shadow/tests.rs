@@ -1002,6 +1002,8 @@ mod fuzz {
         let mut config = ShadowConfig::new(4096);
         config.max_connections = 3;
         config.max_half_open = 2;
+        // Small enough that the input throttle engages.
+        config.output_limit = 16;
         let mut a = ShadowTable::new(config);
         let mut b = ShadowTable::new(config);
         let mut now = Millis(0);
@@ -1107,6 +1109,11 @@ mod fuzz {
                 prop_assert!(info.held as u64 <= config.reassembly_limit());
             }
             prop_assert_eq!(a.state_hash(), b.state_hash());
+            if op.app & 0x20 != 0 {
+                // b continues from a snapshot: it must stay a's twin.
+                b = ShadowTable::restore(config, &b.snapshot()).unwrap();
+                prop_assert_eq!(&a, &b);
+            }
             if let Some(info) = a.info(&key) {
                 reached |= 1 << (info.state as u32);
             }
@@ -1242,4 +1249,285 @@ fn bytes_per_idle_connection_measured() {
     );
     assert!(m.total_bytes >= measured);
     assert!(m.bytes_per_idle_connection <= 2048);
+}
+
+// ---------------------------------------------------------------------------
+// The input throttle (DESIGN §3.2) and snapshots (§3.7).
+
+fn throttled_cfg(limit: u64) -> ShadowConfig {
+    let mut c = cfg();
+    c.output_limit = limit;
+    c
+}
+
+#[test]
+fn default_output_limit_is_4_mib() {
+    assert_eq!(ShadowConfig::default().output_limit, 4 << 20);
+    assert_eq!(ShadowConfig::new(1000).output_limit, DEFAULT_OUTPUT_LIMIT);
+}
+
+#[test]
+fn throttle_holds_input_until_logged_acks_bring_output_back() {
+    let mut h = Harness::open(throttled_cfg(100), 1, 2, true);
+    let key = h.key;
+    assert_eq!(h.client(ACK, 0, 0, b"a").delivered(), b"a");
+    // Exactly at the limit: not throttled.
+    h.table.append_output(&key, &[7; 100]).unwrap();
+    assert!(!h.table.throttled(&key));
+    assert_eq!(h.client(ACK, 1, 0, b"b").delivered(), b"b");
+    h.table.append_output(&key, &[8; 50]).unwrap();
+    assert!(h.table.throttled(&key));
+    // Over it: received (rcv_nxt moves, as the kernel's did) but held.
+    assert_eq!(h.client(ACK, 2, 0, b"cd").events, vec![]);
+    // Out of order, then the gap: still held, in order.
+    assert_eq!(h.client(ACK, 5, 0, b"f").events, vec![]);
+    assert_eq!(h.client(ACK, 4, 0, b"e").events, vec![]);
+    // The FIN waits behind the held bytes.
+    assert_eq!(h.client(FIN | ACK, 6, 0, b"g").events, vec![]);
+    let info = h.info();
+    assert_eq!(info.state, ShadowState::CloseWait);
+    assert_eq!(info.rcv_nxt, h.c(8));
+    assert_eq!(info.delivered, 2);
+    assert_eq!(info.held_input, 5);
+    assert!(info.held_fin);
+    let img = h.table.image(&key, h.now, 0).unwrap();
+    assert_eq!(img.rcv_nxt, h.c(8));
+    assert!(img.recv_queue.is_empty());
+    assert_eq!(img.validate(), Ok(()));
+    // An ACK leaving 110 bytes unacknowledged: still held.
+    assert_eq!(h.client(ACK, 8, 40, b"").events, vec![Event::Acked(40)]);
+    assert!(h.table.release_input(&key).is_empty());
+    // A pure ACK bringing it to the limit releases everything, in order.
+    assert_eq!(
+        h.client(ACK, 8, 50, b"").events,
+        vec![
+            Event::Acked(10),
+            Event::Delivered(b"cdefg".to_vec()),
+            Event::PeerClosed
+        ]
+    );
+    let info = h.info();
+    assert_eq!(
+        (info.delivered, info.held_input, info.held_fin),
+        (7, 0, false)
+    );
+    assert!(!h.table.throttled(&key));
+    assert_eq!(h.client(ACK, 8, 150, b"").events, vec![Event::Acked(100)]);
+}
+
+#[test]
+fn throttle_releases_before_the_connection_ends() {
+    // The application closes while input is held; the client's ACK of
+    // everything (our FIN included) delivers the input, then the FIN, then
+    // ends the connection.
+    let mut h = Harness::open(throttled_cfg(10), 1, 2, true);
+    let key = h.key;
+    h.table.append_output(&key, &[1; 20]).unwrap();
+    assert_eq!(h.client(FIN | ACK, 0, 0, b"xy").events, vec![]);
+    h.table.close(&key).unwrap();
+    assert_eq!(h.info().state, ShadowState::LastAck);
+    assert_eq!(
+        h.client(ACK, 3, 21, b"").events,
+        vec![
+            Event::Acked(20),
+            Event::Delivered(b"xy".to_vec()),
+            Event::PeerClosed,
+            Event::Closed
+        ]
+    );
+    assert!(h.table.is_empty());
+}
+
+#[test]
+fn state_hash_covers_held_input() {
+    let run = |byte: u8| {
+        let mut h = Harness::open(throttled_cfg(10), 1, 2, false);
+        let key = h.key;
+        h.table.append_output(&key, &[1; 20]).unwrap();
+        assert_eq!(h.client(ACK, 0, 0, &[b'a', byte]).events, vec![]);
+        h.table.state_hash()
+    };
+    assert_ne!(run(b'b'), run(b'c'));
+}
+
+/// Snapshots `t`, restores it and checks the copy is identical.
+fn roundtrip(t: &ShadowTable) -> ShadowTable {
+    let bytes = t.snapshot();
+    let back = ShadowTable::restore(*t.config(), &bytes).unwrap();
+    assert_eq!(&back, t);
+    assert_eq!(back.state_hash(), t.state_hash());
+    assert_eq!(back.memory().open, t.memory().open);
+    back
+}
+
+#[test]
+fn a_restored_table_continues_identically() {
+    let mut h = Harness::open(throttled_cfg(30), u32::MAX - 2, u32::MAX - 1, true);
+    let key = h.key;
+    h.client(ACK, 0, 0, b"hello");
+    h.table.append_output(&key, &[9; 40]).unwrap();
+    h.client(ACK, 5, 3, b"held");
+    h.client(ACK, 20, 3, b"out of order");
+    assert_eq!(h.info().held_input, 4);
+    assert_eq!(h.info().held, 12);
+    let mut twin = roundtrip(&h.table);
+    // Both go on with the same segments: same events, same tables.
+    let script: Vec<(TcpFlags, u32, u32, &[u8])> = vec![
+        (ACK, 9, 5, b"abcdefghijk"),
+        (ACK, 32, 10, b""),
+        (FIN | ACK, 32, 15, b"!"),
+        (ACK, 34, 40, b""),
+    ];
+    for (flags, off, ack_off, payload) in script {
+        let seg = h.seg(flags, h.c(off), h.s(ack_off), payload);
+        h.now = h.now.plus(1);
+        let a = h.table.on_segment(h.now, Direction::FromClient, &seg);
+        let b = twin.on_segment(h.now, Direction::FromClient, &seg);
+        assert_eq!(a, b);
+        assert_eq!(h.table, twin);
+        twin = roundtrip(&twin);
+    }
+    assert_eq!(h.info().state, ShadowState::CloseWait);
+    assert_eq!(h.info().delivered, 33);
+    // TIME_WAIT and pending handshakes survive too.
+    let mut tw = Harness::open(cfg(), 1, 2, true);
+    let k = tw.key;
+    tw.table.close(&k).unwrap();
+    tw.client(ACK, 0, 1, b"");
+    tw.client(FIN | ACK, 0, 1, b"");
+    assert_eq!(tw.info().state, ShadowState::TimeWait);
+    roundtrip(&tw.table);
+    let ho = Harness::half_open(cfg(), 7, 8, true);
+    roundtrip(&ho.table);
+    // IPv6 with a flow label and scope: every field the hash covers.
+    let mut t = ShadowTable::new(cfg());
+    let ip = |last: u16| std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, last);
+    let client = SocketAddr::V6(std::net::SocketAddrV6::new(ip(1), 4000, 0x12345, 3));
+    let server = SocketAddr::V6(std::net::SocketAddrV6::new(ip(2), 80, 0, 3));
+    let syn = Segment {
+        src: client,
+        dst: server,
+        seq: 1,
+        ack: 0,
+        flags: SYN,
+        window: 1000,
+        options: SegmentOptions::default(),
+        payload: &[],
+    };
+    t.on_segment(Millis(1), Direction::FromClient, &syn);
+    let back = roundtrip(&t);
+    assert_eq!(back.keys().next().unwrap().client, client);
+}
+
+#[test]
+fn bad_table_snapshots_are_errors() {
+    let mut h = Harness::open(throttled_cfg(30), 1, 2, true);
+    let key = h.key;
+    h.client(ACK, 0, 0, b"hello");
+    h.table.append_output(&key, &[9; 40]).unwrap();
+    h.client(ACK, 5, 3, b"held");
+    h.client(ACK, 20, 3, b"out of order");
+    let good = h.table.snapshot();
+    let config = *h.table.config();
+    for cut in 0..good.len() {
+        assert!(
+            ShadowTable::restore(config, &good[..cut]).is_err(),
+            "cut {cut}"
+        );
+    }
+    for i in 0..good.len() {
+        for flip in [1u8, 0x80, 0xff] {
+            let mut bad = good.clone();
+            bad[i] ^= flip;
+            assert!(ShadowTable::restore(config, &bad).is_err(), "byte {i}");
+        }
+    }
+    // Garbage with a valid integrity check: refused by decoding or checks.
+    let mut rng = Rng(7);
+    for len in 0..300 {
+        let body: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+        assert!(ShadowTable::restore(config, &seal(body)).is_err());
+    }
+    // A well-formed table that breaks the configuration's bounds.
+    let mut small = config;
+    small.max_connections = 0;
+    assert!(matches!(
+        ShadowTable::restore(small, &good),
+        Err(SnapshotError::Invalid(_))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(200), ..ProptestConfig::default() })]
+
+    /// A client that pipelines and acknowledges our output late, at random:
+    /// input reaches the application in order, only while the
+    /// unacknowledged output is within the limit (as logged ACKs say), all
+    /// of it once everything is acknowledged; a twin restored from a
+    /// snapshot at random points behaves identically.
+    #[test]
+    fn throttle_delivers_in_order_within_the_limit(
+        data in proptest::collection::vec(any::<u8>(), 1..3_000),
+        limit in 0u64..400,
+        seed in 1u64..u64::MAX,
+    ) {
+        let mut rng = Rng(seed);
+        let mut h = Harness::open(throttled_cfg(limit), 100, 200, true);
+        let key = h.key;
+        let mut twin = h.table.clone();
+        let n = data.len() as u64;
+        let mut sent = 0u64; // next in-order offset to send
+        let mut acked = 0u64;
+        let mut written = 0u64;
+        let mut got = Vec::new();
+        let mut held_seen = false;
+        while got.len() < data.len() {
+            // The application answers what it got; the client sends a bit
+            // more (sometimes out of order), acking a random part.
+            if rng.below(3) == 0 {
+                let k = rng.below(120);
+                h.table.append_output(&key, &vec![1; k as usize]).unwrap();
+                twin.append_output(&key, &vec![1; k as usize]).unwrap();
+                written += k;
+            }
+            let ack_all = sent >= n;
+            if ack_all || rng.below(4) == 0 {
+                acked = if ack_all { written } else { acked + rng.below(written - acked + 1) };
+            }
+            let (a, b) = if sent < n && rng.below(5) == 0 {
+                // A piece ahead of the gap, then the gap.
+                let skip = 1 + rng.below(20).min(n - sent - 1);
+                (sent + skip, (sent + skip + rng.below(50)).min(n))
+            } else {
+                (sent, (sent + rng.below(200)).min(n))
+            };
+            let seg = h.seg(ACK, h.c(a as u32), h.s(acked as u32), &data[a as usize..b as usize]);
+            h.now = h.now.plus(1);
+            let out = h.table.on_segment(h.now, Direction::FromClient, &seg);
+            prop_assert_eq!(&out, &twin.on_segment(h.now, Direction::FromClient, &seg));
+            if a == sent {
+                sent = b;
+            }
+            let unacked = h.info().unacked;
+            let delivered = out.delivered();
+            if !delivered.is_empty() {
+                prop_assert!(unacked <= limit, "delivered over the limit");
+            }
+            got.extend_from_slice(&delivered);
+            prop_assert_eq!(&got[..], &data[..got.len()]);
+            let info = h.info();
+            prop_assert_eq!(info.delivered, got.len() as u64);
+            if info.held_input > 0 {
+                held_seen = true;
+                prop_assert!(unacked > limit, "held while within the limit");
+            }
+            prop_assert_eq!(info.rcv_nxt, h.c(sent as u32).max(info.rcv_nxt));
+            if rng.below(10) == 0 {
+                twin = ShadowTable::restore(*h.table.config(), &twin.snapshot()).unwrap();
+            }
+            prop_assert_eq!(&h.table, &twin);
+            prop_assert!(h.now.0 < 1_000_000 + 100_000, "no progress");
+        }
+        let _ = held_seen;
+    }
 }
