@@ -5,6 +5,7 @@ mod bench_capture;
 mod cmd_bench;
 mod cmd_demo;
 mod cmd_lab;
+mod cmd_status;
 mod cmd_tool;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show a node as it sees itself and its cluster (role, term, log,
+    /// snapshot, connections, state hash, peers), asked over its local admin
+    /// socket; `--lab NAME` asks every node of a lab.
+    Status(cmd_status::StatusArgs),
     /// Build and drive a test cluster of network namespaces on this machine.
     Lab(cmd_lab::LabArgs),
     /// Watch live TCP connections move between nodes without their client
@@ -46,6 +51,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
     let result = match cli.command {
+        Command::Status(args) => cmd_status::run(args),
         Command::Lab(args) => cmd_lab::run(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),
