@@ -5,6 +5,7 @@
 //! and decide their fate ([`capture`]). The replicated daemon — log, apply,
 //! takeover — grows here in later steps.
 
+pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod group;
@@ -12,3 +13,4 @@ pub mod migration;
 pub mod proposer;
 pub mod report;
 pub mod site;
+pub mod transport;
