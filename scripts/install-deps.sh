@@ -2,7 +2,8 @@
 # Installs the system packages tandem's lab, demo and tests need on Debian 12:
 # iproute2 (ip, namespaces), iptables (locks, capture, partitions, counters),
 # nftables (the fencing guard and lease), tcpdump and socat (for looking at
-# what crosses the lab by hand). Idempotent; runs
+# what crosses the lab by hand), redis-tools (redis-cli and redis-benchmark,
+# clients of the kv service). Idempotent; runs
 # apt-get only when something is missing.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
