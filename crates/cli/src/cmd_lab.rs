@@ -24,18 +24,27 @@ bridge in a namespace of its own; nothing is added to the root namespace.
   addresses   client 198.18.0.2, node I 198.18.0.(10+I), VIP 198.18.0.100, all /24,
               on interface eth0 in every namespace
   ports       kv 6379, echo 7000, counter 7001 (none: 7000);
-              replication 7100-7199 (TCP and UDP, what `partition` drops)
-  state       /run/tandem/labs/NAME.json
+              replication 7100-7199 (TCP and UDP, what `partition` drops),
+              the daemons listen on 7100
+  daemons     one `tandem node --config FILE` per node namespace (kv, echo, counter;
+              none runs no daemon). The binary is $TANDEM_BIN if set, else this
+              `tandem`; `restart` uses the same one. The primary is the node whose
+              namespace holds the VIP; `tandem status --lab NAME` asks the daemons.
+  state       /run/tandem/labs/NAME.json, and the directory /run/tandem/labs/NAME/:
+              cluster.key, nodeI.toml (config), nodeI.d/ (data), nodeI.sock (admin
+              socket), nodeI.log (the daemon's output)
 Every command but `up` and `list` takes --name; without it, the only lab on
 the machine is used (an error if there are none or several).
-Needs root and the Debian packages iproute2 and iptables.";
+Needs root and the Debian packages iproute2 and iptables (and redis-tools for
+redis-cli against the kv service).";
 
 #[derive(Subcommand)]
 enum LabCommand {
-    /// Build a lab. Today only `--service none` works: it builds the
-    /// namespaces, bridge, veths and addresses, and no daemon runs (the VIP
-    /// is not assigned either: daemons add it). The other services need the
-    /// node daemon, which does not exist yet.
+    /// Build a lab: namespaces, bridge, veths and addresses, then one
+    /// `tandem node` daemon per node; waits (up to 30 s) until a primary
+    /// holds the VIP and the client reaches the service through it. On
+    /// failure the lab is removed and the end of each node's log printed.
+    /// `--service none` builds the topology only: no daemon, no VIP.
     Up {
         /// Lab name: 1-24 characters of [a-z0-9-]. Default: "tandem".
         #[arg(long, default_value = tandem_lab::DEFAULT_NAME)]
@@ -71,18 +80,18 @@ enum LabCommand {
     /// Power cut: SIGKILL every process of the node and set its link down.
     /// Peers and clients hear nothing more from it, not even a reset.
     Kill(NodeArgs),
-    /// Process crash on a live machine: SIGKILL the node's processes, link
-    /// left up. Its kernel lives on and answers with resets for sockets
-    /// that died.
+    /// Process crash on a live machine: SIGKILL the node's daemon (with
+    /// service none: its processes), link left up. Its kernel lives on and
+    /// answers with resets for sockets that died.
     Crash(NodeArgs),
     /// Hang: SIGSTOP the node's processes. The kernel still ACKs TCP data
     /// but nobody reads it; timers stop.
     Stop(NodeArgs),
     /// End a hang: SIGCONT the node's processes.
     Cont(NodeArgs),
-    /// Reboot after kill/crash: SIGKILL what is left, link up, and a fresh
-    /// daemon that rejoins as a clone (with service none: no daemon to
-    /// start).
+    /// Reboot after kill/crash: SIGKILL what is left, drop the VIP if the
+    /// node still has it, link up, and a fresh daemon with the same config
+    /// that rejoins as a clone (with service none: no daemon to start).
     Restart(NodeArgs),
     /// Network partition: drop the node's replication traffic (TCP and UDP
     /// ports 7100-7199, both directions) while clients can still reach it.
@@ -161,15 +170,21 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             } else {
                 println!("built lab {}", lab.name());
                 print_table(&lab);
-                if lab.service() == ServiceKind::None {
-                    println!(
-                        "\nservice none: no daemon runs and nothing serves {}:{} yet.",
+                println!();
+                match lab.service() {
+                    ServiceKind::None => println!(
+                        "service none: no daemon runs and nothing serves {}:{}.",
                         lab.vip(),
                         lab.port()
-                    );
+                    ),
+                    service => println!(
+                        "try: tandem lab exec --name {} -- {}",
+                        lab.name(),
+                        client_example(service, &lab)
+                    ),
                 }
                 println!(
-                    "try: tandem lab exec --name {0} -- ip addr; remove with: tandem lab down --name {0}",
+                    "inspect: tandem lab exec --name {0} -- ip addr; remove with: tandem lab down --name {0}",
                     lab.name()
                 );
             }
@@ -219,6 +234,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A client command line that talks to `service` through the VIP.
+fn client_example(service: ServiceKind, lab: &Lab) -> String {
+    match service {
+        ServiceKind::Kv => format!("redis-cli -h {} -p {} ping", lab.vip(), lab.port()),
+        _ => format!("socat - TCP:{}:{}", lab.vip(), lab.port()),
+    }
+}
+
 fn open(name: Option<&str>) -> anyhow::Result<Lab> {
     let name = Lab::resolve_name(name)?;
     Ok(Lab::open(&name)?)
@@ -264,10 +287,10 @@ fn render(lab: &Lab, status: &LabStatus, conditions: &[NodeCondition]) -> String
         status.name,
         status.nodes.len(),
         service,
-        if service == ServiceKind::None {
-            " (topology only, no daemon)"
-        } else {
-            ""
+        match lab.daemon() {
+            _ if service == ServiceKind::None => " (topology only, no daemon)".to_string(),
+            Some(daemon) => format!(" (daemon {})", daemon.display()),
+            None => String::new(),
         }
     ));
     out.push_str(&format!(
@@ -281,12 +304,18 @@ fn render(lab: &Lab, status: &LabStatus, conditions: &[NodeCondition]) -> String
         status.vip,
         lab.vip_prefix_len(),
         status.port,
-        if service == ServiceKind::None {
-            " (not assigned: the daemons add it)"
-        } else {
-            ""
+        match status.leader {
+            _ if service == ServiceKind::None => " (not assigned: the daemons add it)",
+            Some(_) => " (held by the leader)",
+            None => " (no single live node holds it)",
         }
     ));
+    if let Some(dir) = lab.files_dir() {
+        out.push_str(&format!(
+            "  files   {}/ (nodeI.toml, nodeI.log, nodeI.sock)\n",
+            dir.display()
+        ));
+    }
     out.push_str(&format!(
         "  leader  {}\n\n",
         status
@@ -468,8 +497,6 @@ mod tests {
         let name = format!("cli-{}", std::process::id());
         let _down = DownOnDrop(name.clone());
         let n = name.as_str();
-        let err = run_cli(&["lab", "up", "--name", n]).unwrap_err();
-        assert!(err.to_string().contains("does not exist yet"), "{err}");
         let ok = format!("{:?}", ExitCode::SUCCESS);
         let code = run_cli(&[
             "lab",

@@ -343,7 +343,8 @@ impl Lab {
                     tracing::info!(lab = name, leader, "a primary serves the VIP");
                 }
                 Err(err) => {
-                    tracing::warn!(lab = name, error = %err, "no primary; removing the lab");
+                    // The error (returned) quotes the logs; don't repeat them.
+                    tracing::warn!(lab = name, "no primary served the VIP; removing the lab");
                     if let Err(cleanup) = Self::down_by_name(name) {
                         tracing::warn!(lab = name, error = %cleanup, "cleanup after a failed up");
                     }
