@@ -109,11 +109,16 @@ pub struct MemoryReport {
     /// Of which unacknowledged output (bounded by the caller's output limit,
     /// not by the table).
     pub output_bytes: usize,
+    /// Of which in-order input held back by the input throttle (bounded by
+    /// what the kernel accepts while the primary stops reading, not by the
+    /// table).
+    pub held_input_bytes: usize,
     /// What one idle established connection costs.
     pub bytes_per_idle_connection: usize,
     /// The most out-of-order memory one connection can hold.
     pub reassembly_bytes_max_per_connection: usize,
-    /// The most memory the table can hold, output buffers aside.
+    /// The most memory the table can hold, output buffers and held-back
+    /// input aside.
     pub bound_bytes: usize,
 }
 
@@ -601,12 +606,14 @@ impl ShadowTable {
     pub fn memory(&self) -> MemoryReport {
         let mut reassembly = 0usize;
         let mut output = 0usize;
+        let mut held_input = 0usize;
         let mut total = 0usize;
         for entry in self.entries.values() {
             total += slot_bytes() + entry.heap_bytes();
             if let Entry::Open(o) = entry {
                 reassembly += o.rx.heap_bytes();
                 output += o.out.heap_bytes();
+                held_input += o.pending.capacity();
             }
         }
         let idle = slot_bytes() + std::mem::size_of::<Open>();
@@ -623,6 +630,7 @@ impl ShadowTable {
             total_bytes: total,
             reassembly_bytes: reassembly,
             output_bytes: output,
+            held_input_bytes: held_input,
             bytes_per_idle_connection: idle,
             reassembly_bytes_max_per_connection: reasm_max,
             bound_bytes: self

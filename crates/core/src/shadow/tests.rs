@@ -1103,7 +1103,7 @@ mod fuzz {
             let m = a.memory();
             prop_assert!(a.len() <= config.max_connections);
             prop_assert!(m.half_open <= config.max_half_open);
-            prop_assert!(m.total_bytes - m.output_bytes <= m.bound_bytes);
+            prop_assert!(m.total_bytes - m.output_bytes - m.held_input_bytes <= m.bound_bytes);
             for k in a.keys() {
                 let info = a.info(k).unwrap();
                 prop_assert!(info.held as u64 <= config.reassembly_limit());
