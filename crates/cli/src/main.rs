@@ -5,6 +5,7 @@ mod bench_capture;
 mod cmd_bench;
 mod cmd_demo;
 mod cmd_lab;
+mod cmd_node;
 mod cmd_status;
 mod cmd_tool;
 
@@ -27,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one node daemon in the foreground: `tandem node --config FILE`.
+    Node(cmd_node::NodeArgs),
     /// Show a node as it sees itself and its cluster (role, term, log,
     /// snapshot, connections, state hash, peers), asked over its local admin
     /// socket; `--lab NAME` asks every node of a lab.
@@ -52,6 +55,7 @@ fn main() -> std::process::ExitCode {
     init_logging(cli.log.as_deref());
     let result = match cli.command {
         Command::Status(args) => cmd_status::run(args),
+        Command::Node(args) => cmd_node::run(args),
         Command::Lab(args) => cmd_lab::run(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),

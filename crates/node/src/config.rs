@@ -376,6 +376,16 @@ impl Config {
                 ));
             }
         }
+        if self.services.len() > 1 {
+            // Each service is its own replica group with its own Raft log;
+            // one daemon runs one of them.
+            return Err(invalid(
+                "service",
+                format!("{} services in one config", self.services.len()),
+                "run one `tandem node` per service, each with its own config, \
+                 replication addresses and admin socket",
+            ));
+        }
         Ok(())
     }
 
@@ -550,6 +560,14 @@ port = 6379
             .unwrap_err()
             .to_string()
             .contains("service[1].queue"));
+        let two = doubled.replace(
+            "name = \"kv\"\nkind = \"echo\"",
+            "name = \"echo\"\nkind = \"echo\"",
+        );
+        assert!(Config::parse(&two)
+            .unwrap_err()
+            .to_string()
+            .contains("one `tandem node` per service"));
     }
 
     #[test]

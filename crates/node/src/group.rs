@@ -82,6 +82,9 @@ pub enum Effect {
     },
     /// Forget a timer.
     CancelTimer { id: u64 },
+    /// Shadow TCP handed these client bytes to the service: the primary's
+    /// kernel socket must receive exactly the same (DESIGN §3.2).
+    Delivered { conn: ConnKey, bytes: Vec<u8> },
 }
 
 /// Counters of what applying saw; equal on every replica.
@@ -108,6 +111,8 @@ pub struct ServiceGroup {
     next_id: u64,
     applied: u64,
     stats: GroupStats,
+    /// [`Effect::Delivered`]s of the entry being applied.
+    delivered: Vec<Effect>,
 }
 
 impl ServiceGroup {
@@ -122,6 +127,7 @@ impl ServiceGroup {
             next_id: 0,
             applied: 0,
             stats: GroupStats::default(),
+            delivered: Vec::new(),
         }
     }
 
@@ -235,6 +241,7 @@ impl ServiceGroup {
             next_id: s.next_id,
             applied: s.applied,
             stats: s.stats,
+            delivered: Vec::new(),
         };
         let restored = group.state_hash();
         if restored != s.hash {
@@ -256,6 +263,15 @@ impl ServiceGroup {
         self.stats.entries += 1;
         let now = Millis(entry.timestamp_ms);
         let mut events = Vec::new();
+        // Half-open handshakes and TIME_WAIT entries expire in log time,
+        // checked once per second of it: the previous entry's time is in
+        // every replica's state (and snapshot), so all expire alike.
+        let before = self.runtime.now();
+        if before.0 / 1000 != before.0.max(now.0) / 1000 {
+            for (key, event) in self.shadow.expire(Millis(before.0.max(now.0))) {
+                self.translate(key, vec![event], &mut events);
+            }
+        }
         for item in &entry.items {
             match item {
                 Item::Packet { from_server, bytes } => {
@@ -295,7 +311,14 @@ impl ServiceGroup {
             }
         }
         let actions = self.runtime.apply_entry(index, now, events);
-        self.carry_out(actions)
+        let mut effects = std::mem::take(&mut self.delivered);
+        effects.extend(self.carry_out(actions));
+        effects
+    }
+
+    /// Panics of the service caught during apply (each aborted a connection).
+    pub fn panics(&self) -> u64 {
+        self.runtime.panics()
     }
 
     /// Shadow TCP's events for one connection, as SDK events.
@@ -320,6 +343,10 @@ impl ServiceGroup {
                 }
                 ShadowEvent::Delivered(bytes) => {
                     if let Some(&conn) = self.ids.get(&key) {
+                        self.delivered.push(Effect::Delivered {
+                            conn: key,
+                            bytes: bytes.clone(),
+                        });
                         out.push(SdkEvent::Data { conn, bytes });
                     }
                 }

@@ -1,16 +1,20 @@
 //! The tandem node.
 //!
-//! Today it knows how to move live TCP connections, with the virtual IP, from
-//! one node to another ([`migration`]), and how to capture client packets
-//! and decide their fate ([`capture`]). The replicated daemon — log, apply,
-//! takeover — grows here in later steps.
+//! The daemon ([`daemon`], `tandem node --config FILE`) runs one replicated
+//! service: it captures client packets ([`capture`], [`proposer`]), commits
+//! them through the replica group ([`transport`] between nodes), applies
+//! them on every node ([`group`]), and answers `tandem status` ([`admin`],
+//! [`report`]). [`migration`] moves live TCP connections, with the virtual
+//! IP, from one node to another.
 
 pub mod admin;
 pub mod capture;
 pub mod config;
+pub mod daemon;
 pub mod group;
 pub mod migration;
 pub mod proposer;
 pub mod report;
+pub mod services;
 pub mod site;
 pub mod transport;

@@ -105,4 +105,6 @@ pub struct Counters {
     /// Times this node became primary, and stepped down.
     pub became_primary: u64,
     pub stepped_down: u64,
+    /// Kernel lease refreshes that failed (`nft` refused or is missing).
+    pub lease_refresh_errors: u64,
 }

@@ -1,0 +1,840 @@
+//! The node daemon (`tandem node --config FILE`): one process, one service,
+//! one single-threaded event loop.
+//!
+//! The loop drives everything from readiness events and a 10 ms tick:
+//! - the replica (raft-rs behind [`tandem_replica::Replica`]) — ticks,
+//!   messages from the transport, proposals, and its `ready` output:
+//!   messages out, snapshots in, committed entries to apply;
+//! - on every node, committed entries go through the [`ServiceGroup`]
+//!   (shadow TCP + the service) in log order;
+//! - on the primary only: the capture queue (client packets and SYN-ACKs,
+//!   classified, proposed, and released once committed), the listener and
+//!   the accepted sockets that carry the service's effects, the VIP, the
+//!   lease;
+//! - the admin socket (`tandem status`).
+//!
+//! Becoming primary waits until everything committed before this term is
+//! applied (the leader's first entry of its term is the barrier), then
+//! listens, captures, takes the lease, adds the VIP and announces it.
+//! Stepping down undoes it in the order that keeps clients' connections
+//! intact for the next primary: verdicts stop, held packets are dropped
+//! (their clients retransmit), the lease and the VIP go, sockets close in
+//! repair mode.
+
+mod fence;
+mod sockets;
+
+use crate::admin::{AdminReply, AdminRequest, AdminServer};
+use crate::capture::{direction_of, facts_of, segment_of, CaptureLoop, Decision};
+use crate::config::{Config, ServiceSection};
+use crate::group::{Effect, Item, LogEntry, ServiceGroup};
+use crate::proposer::{Proposal, Proposer};
+use crate::report::{Counters, NodeReport, PeerReport, ServiceReport};
+use crate::services;
+use crate::transport::{Transport, TransportConfig};
+use fence::Fence;
+use mio::{Events, Interest, Poll, Token};
+use sockets::KernelSockets;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tandem_core::classify::{classify, SynLimiter};
+use tandem_core::shadow::{ConnKey, ShadowConfig};
+use tandem_replica::{ClusterKey, NodeId, Output, ProposalId, Replica, StateRole};
+use tandem_sys::capture::{detect_backend, Backend, CaptureRules};
+use tandem_sys::nfqueue::{NfQueue, QueueConfig, Verdict};
+
+const NFQUEUE_TOKEN: Token = Token(0);
+const LISTENER_TOKEN: Token = Token(1);
+const TRANSPORT_TOKENS: usize = 1 << 20;
+const ADMIN_TOKENS: usize = 2 << 20;
+const SOCKET_TOKENS: usize = 1 << 24;
+
+/// Largest entry the proposer builds (a packet bigger than this, a GSO
+/// super-packet, travels alone).
+const MAX_ENTRY_BYTES: usize = 256 * 1024;
+/// Pure ACKs and SYNs (released at once) wait at most this long to be logged.
+const LAZY_LOG_MS: u64 = 5;
+/// A snapshot every this many applied payloads, or this often if anything
+/// was applied since the last one.
+const SNAPSHOT_EVERY_PAYLOADS: u64 = 20_000;
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cluster key: {0}")]
+    Key(#[from] tandem_replica::envelope::KeyError),
+    #[error("incarnation file {path}: {source}")]
+    Incarnation {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("replica: {0}")]
+    Replica(#[from] tandem_replica::InitError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("fence (guard rules and lease): {0}")]
+    Guard(#[from] tandem_sys::guard::GuardError),
+    #[error("capture rules: {0}")]
+    Capture(#[from] tandem_sys::capture::CaptureError),
+    #[error("capture queue: {0}")]
+    Queue(#[from] tandem_sys::nfqueue::NfQueueError),
+    #[error("addresses: {0}")]
+    Addr(#[from] tandem_sys::addr::AddrError),
+    #[error("gratuitous ARP: {0}")]
+    Arp(#[from] tandem_sys::arp::ArpError),
+    #[error("admin socket: {0}")]
+    Admin(#[from] crate::admin::AdminError),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Where this node stands as a primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    /// A clone: applies, serves nothing.
+    No,
+    /// Elected; waiting until the log up to `barrier` is applied.
+    Awaiting { barrier: u64 },
+    /// Holds the VIP and serves.
+    Yes,
+}
+
+/// The whole daemon state, owned by the loop.
+struct Daemon {
+    config: Config,
+    service: ServiceSection,
+    vip: Ipv4Addr,
+    prefix_len: u8,
+    me: NodeId,
+    started: Instant,
+    poll: Poll,
+    replica: Replica,
+    transport: Transport,
+    admin: AdminServer,
+    group: ServiceGroup,
+    shadow_config: ShadowConfig,
+    capture: CaptureLoop,
+    rules: CaptureRules,
+    backend: Backend,
+    proposer: Proposer,
+    syn_limiter: SynLimiter,
+    /// NFQUEUE ids held until each of our proposals commits.
+    held: BTreeMap<ProposalId, Vec<u32>>,
+    sockets: KernelSockets,
+    fence: Fence,
+    netlink: tandem_sys::addr::Netlink,
+    interface: tandem_sys::addr::Interface,
+    garp: tandem_sys::arp::GarpSender,
+    /// Timers the service set, by id: (generation, due at log ms). Tracked
+    /// on every replica so that a new primary knows them.
+    timers: BTreeMap<u64, (u64, u64)>,
+    serving: Serving,
+    counters: Counters,
+    /// The unique, increasing index under which each payload is applied.
+    payloads_applied: u64,
+    payloads_at_snapshot: u64,
+    last_snapshot: Option<Instant>,
+    snapshot_index: u64,
+    want_snapshot_now: bool,
+    last_sweep: Instant,
+    verdicts: Vec<(u32, Verdict)>,
+}
+
+/// Runs the node until `stop` is set (SIGTERM/SIGINT): reads and checks the
+/// config, fences, joins the group, and serves.
+pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
+    let mut daemon = Daemon::start(config)?;
+    let result = daemon.run_loop(&stop);
+    daemon.shutdown();
+    result
+}
+
+impl Daemon {
+    fn start(config: Config) -> Result<Daemon, DaemonError> {
+        let secret = config.check_files()?;
+        let key = ClusterKey::from_secret(&secret)?;
+        let service = config.services[0].clone();
+        let (vip, prefix_len) = service.vip();
+
+        // Fence first (DESIGN §3.8): guard on, no lease, no VIP, no capture.
+        let fence = Fence::install(vip, service.port)?;
+        let netlink = tandem_sys::addr::Netlink::open()?;
+        let interface = netlink.interface(&service.interface)?;
+        if netlink.has_address(&interface, IpAddr::V4(vip))? {
+            tracing::warn!(%vip, "the VIP was on this node at start-up; removed");
+            netlink.remove_address(&interface, IpAddr::V4(vip), prefix_len)?;
+        }
+        let rules = CaptureRules::new(None, vip, &[service.port], service.queue)?;
+        let _ = rules.remove();
+        let garp = tandem_sys::arp::GarpSender::open(&service.interface)?;
+
+        // Identity: a new incarnation at every start, on disk before anything
+        // is sent.
+        std::fs::create_dir_all(&config.node.data_dir).map_err(io_err(format!(
+            "creating {}",
+            config.node.data_dir.display()
+        )))?;
+        let incarnation_path = config.node.data_dir.join("incarnation");
+        let incarnation =
+            tandem_replica::bump_incarnation(&incarnation_path).map_err(|source| {
+                DaemonError::Incarnation {
+                    path: incarnation_path.display().to_string(),
+                    source,
+                }
+            })?;
+        let me = NodeId::new(config.node.slot, incarnation);
+        let slots: Vec<u16> = config.cluster.members.iter().map(|m| m.slot).collect();
+        let mut replica_config = tandem_replica::Config::new(me, slots);
+        replica_config.election_tick = config.raft.election_ticks as usize;
+        replica_config.heartbeat_tick = config.raft.heartbeat_ticks as usize;
+        replica_config.join_retry_ticks = config.raft.election_ticks as usize;
+        // Seeded per process so that two nodes never time out in lockstep.
+        replica_config.seed = me.raft_id() ^ u64::from(std::process::id()).rotate_left(32);
+        let replica = Replica::new(replica_config, key)?;
+
+        let poll = Poll::new().map_err(io_err("creating the event loop"))?;
+        let registry = poll.registry();
+        let peers: BTreeMap<u16, SocketAddr> = config
+            .cluster
+            .members
+            .iter()
+            .filter(|m| m.slot != config.node.slot)
+            .map(|m| (m.slot, m.addr))
+            .collect();
+        let listen = config.me().addr;
+        let transport = Transport::bind(
+            TransportConfig::new(listen, peers),
+            registry,
+            TRANSPORT_TOKENS,
+        )
+        .map_err(io_err(format!("replication address {listen}")))?;
+        let admin = AdminServer::bind(&config.node.admin_socket, registry, ADMIN_TOKENS)?;
+
+        let queue = NfQueue::bind(service.queue, QueueConfig::default())?;
+        queue
+            .set_nonblocking(true)
+            .map_err(io_err("capture queue"))?;
+        registry
+            .register(
+                &mut mio::unix::SourceFd(&queue.as_fd().as_raw_fd()),
+                NFQUEUE_TOKEN,
+                Interest::READABLE,
+            )
+            .map_err(io_err("watching the capture queue"))?;
+
+        let shadow_config = ShadowConfig::new(service.window_clamp);
+        let group = ServiceGroup::new(
+            services::fresh(service.kind),
+            shadow_config.clone(),
+            group_seed(&service.name),
+        );
+        tracing::info!(
+            slot = me.slot,
+            incarnation,
+            service = %service.name,
+            kind = services::kind_name(service.kind),
+            %vip,
+            port = service.port,
+            replication = %listen,
+            "node started"
+        );
+        Ok(Daemon {
+            sockets: KernelSockets::new(LISTENER_TOKEN, SOCKET_TOKENS, service.window_clamp),
+            backend: detect_backend(),
+            config,
+            service,
+            vip,
+            prefix_len,
+            me,
+            started: Instant::now(),
+            poll,
+            replica,
+            transport,
+            admin,
+            group,
+            shadow_config,
+            capture: CaptureLoop::new(queue),
+            rules,
+            proposer: Proposer::new(MAX_ENTRY_BYTES, LAZY_LOG_MS),
+            syn_limiter: SynLimiter::new(20_000, 2_000),
+            held: BTreeMap::new(),
+            fence,
+            netlink,
+            interface,
+            garp,
+            timers: BTreeMap::new(),
+            serving: Serving::No,
+            counters: Counters::default(),
+            payloads_applied: 0,
+            payloads_at_snapshot: 0,
+            last_snapshot: None,
+            snapshot_index: 0,
+            want_snapshot_now: false,
+            last_sweep: Instant::now(),
+            verdicts: Vec::new(),
+        })
+    }
+
+    fn run_loop(&mut self, stop: &AtomicBool) -> Result<(), DaemonError> {
+        let tick = Duration::from_millis(self.config.raft.tick_ms);
+        let mut next_tick = Instant::now() + tick;
+        let mut events = Events::with_capacity(1024);
+        let mut frames = Vec::new();
+        let mut requests = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let timeout = if self.transport.has_pending_reads() {
+                Duration::ZERO
+            } else {
+                next_tick
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(if self.proposer_waiting() {
+                        LAZY_LOG_MS
+                    } else {
+                        100
+                    }))
+            };
+            if let Err(err) = self.poll.poll(&mut events, Some(timeout)) {
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(DaemonError::Io {
+                        what: "waiting for events".into(),
+                        source: err,
+                    });
+                }
+            }
+            for event in events.iter() {
+                let token = event.token();
+                if token == NFQUEUE_TOKEN {
+                    self.on_capture();
+                } else if self.transport.owns(token) {
+                    self.transport
+                        .on_event(self.poll.registry(), event, &mut frames);
+                } else if self.admin.owns(token) {
+                    self.admin
+                        .on_event(self.poll.registry(), event, &mut requests);
+                } else if self.sockets.owns(token) {
+                    self.sockets.on_event(self.poll.registry(), token);
+                }
+            }
+            if self.transport.has_pending_reads() {
+                self.transport
+                    .read_pending(self.poll.registry(), &mut frames);
+            }
+            for frame in frames.drain(..) {
+                // Rejections are counted by the replica's inbox.
+                let _ = self.replica.receive(&frame);
+            }
+            let now = Instant::now();
+            while now >= next_tick {
+                self.replica.tick();
+                next_tick += tick;
+            }
+            self.transport.poll_timers(self.poll.registry(), now);
+            self.admin.poll_timers(self.poll.registry(), now);
+            self.primary_duties(now);
+            self.drive_replica();
+            for (client, request) in requests.drain(..) {
+                let reply = self.answer(request);
+                self.admin.respond(self.poll.registry(), client, &reply);
+            }
+            self.maybe_snapshot(now);
+        }
+        Ok(())
+    }
+
+    fn proposer_waiting(&self) -> bool {
+        self.serving == Serving::Yes
+    }
+
+    /// Reads the capture queue until it is empty.
+    fn on_capture(&mut self) {
+        let serving = self.serving == Serving::Yes;
+        loop {
+            let now_ms = wall_ms();
+            let group = &self.group;
+            let proposer = &mut self.proposer;
+            let syn_limiter = &mut self.syn_limiter;
+            let counters = &mut self.counters;
+            let mut full: Vec<Proposal> = Vec::new();
+            let result = self.capture.poll(|packet, parsed| {
+                counters.captured += 1;
+                let Ok(repr) = parsed else {
+                    counters.dropped_junk += 1;
+                    return Decision::Verdict(Verdict::Drop);
+                };
+                if !serving {
+                    // Not (yet) the primary: nothing may pass unlogged.
+                    counters.dropped_uncommitted += 1;
+                    return Decision::Verdict(Verdict::Drop);
+                }
+                let direction = direction_of(packet);
+                let segment = segment_of(&repr);
+                let key = ConnKey::of(direction, &segment);
+                let class = classify(
+                    direction,
+                    facts_of(&repr),
+                    group.knows(&key),
+                    syn_limiter,
+                    now_ms,
+                );
+                let from_server = matches!(direction, tandem_core::classify::Direction::FromServer);
+                let (verdict, proposal) = proposer.on_packet(
+                    now_ms,
+                    packet.id,
+                    class,
+                    from_server,
+                    packet.payload.to_vec(),
+                );
+                if let Some(p) = proposal {
+                    full.push(p);
+                }
+                match verdict {
+                    Some(Verdict::Drop) => {
+                        counters.dropped_junk += 1;
+                        Decision::Verdict(Verdict::Drop)
+                    }
+                    Some(Verdict::Accept) => {
+                        counters.released_at_once += 1;
+                        Decision::Verdict(Verdict::Accept)
+                    }
+                    None => Decision::Hold,
+                }
+            });
+            for proposal in full {
+                self.propose(proposal);
+            }
+            match result {
+                Ok(_) => {}
+                Err(tandem_sys::nfqueue::NfQueueError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    break
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "capture queue");
+                    break;
+                }
+            }
+        }
+        if let Some(p) = self.proposer.poll(wall_ms()) {
+            self.propose(p);
+        }
+    }
+
+    fn propose(&mut self, proposal: Proposal) {
+        let bytes = match postcard::to_stdvec(&proposal.entry) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::error!(%err, "cannot encode an entry");
+                self.drop_held(proposal.held);
+                return;
+            }
+        };
+        match self.replica.propose(bytes) {
+            Ok(id) => {
+                self.counters.proposals += 1;
+                if !proposal.held.is_empty() {
+                    self.held.insert(id, proposal.held);
+                }
+            }
+            Err(err) => {
+                tracing::debug!(%err, "proposal refused");
+                self.drop_held(proposal.held);
+            }
+        }
+    }
+
+    fn drop_held(&mut self, ids: Vec<u32>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.counters.dropped_uncommitted += ids.len() as u64;
+        let verdicts: Vec<(u32, Verdict)> = ids.into_iter().map(|id| (id, Verdict::Drop)).collect();
+        if let Err(err) = self.capture.release(&verdicts) {
+            tracing::warn!(%err, "dropping held packets");
+        }
+    }
+
+    /// What only the primary does each turn: flush lazy log items, fire due
+    /// timers, report clients the kernel gave up on, keep the lease.
+    fn primary_duties(&mut self, now: Instant) {
+        if self.serving != Serving::Yes {
+            return;
+        }
+        let now_ms = wall_ms();
+        // Timers are due in log time, which is the primaries' clock made
+        // monotonic; the primary's own clock is the right comparison.
+        let log_now = now_ms;
+        let due: Vec<(u64, u64)> = self
+            .timers
+            .iter()
+            .filter(|(_, (_, at))| *at <= log_now)
+            .map(|(id, (generation, _))| (*id, *generation))
+            .collect();
+        for (id, generation) in due {
+            self.timers.remove(&id);
+            self.proposer.push(now_ms, Item::Timer { id, generation });
+        }
+        for key in self.sockets.take_gave_up() {
+            self.proposer.push(
+                now_ms,
+                Item::Abort {
+                    client: key.client,
+                    server: key.server,
+                },
+            );
+        }
+        if let Some(p) = self.proposer.poll(now_ms) {
+            self.propose(p);
+        }
+        if self.replica.role() == StateRole::Leader {
+            // check-quorum deposes a leader that has not heard from a
+            // quorum within the election timeout; until then it is entitled.
+            self.fence.entitle(now);
+        }
+        if now.duration_since(self.last_sweep) > Duration::from_secs(1) {
+            self.last_sweep = now;
+            let group = &self.group;
+            self.sockets.sweep_pending(|key| group.knows(key));
+        }
+    }
+
+    /// Hands the replica's output to the world until it has nothing more.
+    fn drive_replica(&mut self) {
+        for _ in 0..64 {
+            if !self.replica.has_ready() {
+                break;
+            }
+            let out = self.replica.ready();
+            self.handle_ready(out);
+            self.replica.advance();
+        }
+        self.after_ready();
+    }
+
+    fn handle_ready(&mut self, out: Output) {
+        for (to, bytes) in &out.messages {
+            self.transport.send(self.poll.registry(), to.slot, bytes);
+        }
+        if let Some(snapshot) = out.install_snapshot {
+            self.install_snapshot(snapshot.index, &snapshot.data);
+        }
+        let primary = self.serving == Serving::Yes;
+        for committed in out.committed {
+            self.counters.committed_entries += 1;
+            self.payloads_applied += 1;
+            let index = (committed.index << 16) | u64::from(committed.sub);
+            match postcard::from_bytes::<LogEntry>(&committed.data) {
+                Ok(entry) => {
+                    let effects = self.group.apply(index, &entry);
+                    for effect in effects {
+                        match effect {
+                            Effect::Timer {
+                                id,
+                                generation,
+                                at_ms,
+                            } => {
+                                self.timers.insert(id, (generation, at_ms));
+                            }
+                            Effect::CancelTimer { id } => {
+                                self.timers.remove(&id);
+                            }
+                            other if primary => self.sockets.apply(self.poll.registry(), other),
+                            _ => {}
+                        }
+                    }
+                }
+                Err(err) => {
+                    // Authenticated and committed, so every replica skips
+                    // it alike; still, it means a bug in a proposer.
+                    tracing::error!(index = committed.index, %err, "undecodable log entry skipped");
+                }
+            }
+            if committed.proposal.proposer == self.me {
+                if let Some(ids) = self.held.remove(&committed.proposal) {
+                    self.counters.committed_released += ids.len() as u64;
+                    self.verdicts
+                        .extend(ids.into_iter().map(|id| (id, Verdict::Accept)));
+                }
+            }
+        }
+        if !self.verdicts.is_empty() {
+            let verdicts = std::mem::take(&mut self.verdicts);
+            if let Err(err) = self.capture.release(&verdicts) {
+                tracing::warn!(%err, "releasing committed packets");
+            }
+        }
+        for dropped in out.dropped {
+            if let Some(ids) = self.held.remove(&dropped) {
+                self.drop_held(ids);
+            }
+        }
+        if out.snapshot_wanted {
+            self.want_snapshot_now = true;
+        }
+        if out.role_changed || out.leader_changed {
+            tracing::info!(
+                role = ?out.role,
+                term = out.term,
+                leader = ?out.leader.map(|l| l.slot),
+                "raft role"
+            );
+        }
+        if out.role_changed {
+            if out.role == StateRole::Leader {
+                let barrier = self.replica.status().log.1;
+                self.serving = Serving::Awaiting { barrier };
+            } else if self.serving != Serving::No {
+                self.step_down("lost leadership");
+            }
+        }
+    }
+
+    fn after_ready(&mut self) {
+        if let Serving::Awaiting { barrier } = self.serving {
+            if self.replica.role() != StateRole::Leader {
+                self.serving = Serving::No;
+            } else if self.replica.applied() >= barrier {
+                if let Err(err) = self.take_over() {
+                    tracing::error!(%err, "taking over failed; stepping down");
+                    self.step_down("take-over failed");
+                }
+            }
+        }
+    }
+
+    /// The new primary takes up the service (DESIGN §3.5 in the order that
+    /// never lets a packet through unlogged): listener, capture rules,
+    /// lease, VIP, gratuitous ARP.
+    fn take_over(&mut self) -> Result<(), DaemonError> {
+        let started = Instant::now();
+        let open = self.group.shadow().len();
+        if open > 0 {
+            tracing::warn!(
+                connections = open,
+                "connections of the previous primary are in the log; rebuilding them is not implemented yet, their clients will time out"
+            );
+        }
+        let addr = SocketAddr::new(IpAddr::V4(self.vip), self.service.port);
+        self.sockets
+            .listen(self.poll.registry(), addr, self.service.window_clamp)
+            .map_err(io_err(format!("listening on {addr}")))?;
+        self.rules.install(self.backend)?;
+        self.fence.grant_now()?;
+        self.netlink
+            .add_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)?;
+        self.garp
+            .announce(self.vip, tandem_sys::arp::GarpSchedule::default())?;
+        self.serving = Serving::Yes;
+        self.counters.became_primary += 1;
+        tracing::info!(
+            term = self.replica.term(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            %addr,
+            "primary: serving"
+        );
+        Ok(())
+    }
+
+    /// Stops serving; the next primary takes the clients over.
+    fn step_down(&mut self, why: &str) {
+        if self.serving == Serving::No {
+            return;
+        }
+        let was_serving = self.serving == Serving::Yes;
+        self.serving = Serving::No;
+        let held: Vec<u32> = self
+            .proposer
+            .abandon()
+            .into_iter()
+            .chain(std::mem::take(&mut self.held).into_values().flatten())
+            .collect();
+        self.drop_held(held);
+        if let Err(err) = self.fence.revoke() {
+            tracing::warn!(%err, "revoking the lease");
+        }
+        if let Err(err) =
+            self.netlink
+                .remove_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)
+        {
+            tracing::warn!(%err, "removing the VIP");
+        }
+        if let Err(err) = self.rules.remove() {
+            tracing::warn!(%err, "removing the capture rules");
+        }
+        self.sockets.close_all_silently(self.poll.registry());
+        if was_serving {
+            self.counters.stepped_down += 1;
+        }
+        tracing::info!(why, "primary: stepped down");
+    }
+
+    fn install_snapshot(&mut self, index: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        match ServiceGroup::restore(
+            services::fresh(self.service.kind),
+            self.shadow_config.clone(),
+            data,
+        ) {
+            Ok(group) => {
+                self.group = group;
+                self.snapshot_index = index;
+                self.counters.snapshots_installed += 1;
+                tracing::info!(index, "snapshot installed");
+            }
+            Err(err) => tracing::error!(index, %err, "cannot install a snapshot"),
+        }
+    }
+
+    fn maybe_snapshot(&mut self, now: Instant) {
+        let since = self.payloads_applied - self.payloads_at_snapshot;
+        let due = self.want_snapshot_now
+            || since >= SNAPSHOT_EVERY_PAYLOADS
+            || (since > 0
+                && self
+                    .last_snapshot
+                    .is_none_or(|at| now.duration_since(at) >= SNAPSHOT_EVERY));
+        if !due {
+            return;
+        }
+        let applied = self.replica.applied();
+        if applied == 0 || applied <= self.snapshot_index && !self.want_snapshot_now {
+            return;
+        }
+        self.want_snapshot_now = false;
+        let data = self.group.snapshot();
+        match self.replica.compact(applied, data) {
+            Ok(()) => {
+                self.snapshot_index = applied;
+                self.payloads_at_snapshot = self.payloads_applied;
+                self.last_snapshot = Some(now);
+                self.counters.snapshots_taken += 1;
+                tracing::debug!(index = applied, "snapshot taken, log compacted");
+            }
+            Err(err) => tracing::debug!(%err, "snapshot not taken"),
+        }
+    }
+
+    fn answer(&mut self, request: AdminRequest) -> AdminReply {
+        match request {
+            AdminRequest::Status => AdminReply::Status(Box::new(self.report())),
+            AdminRequest::Migrate { .. } | AdminRequest::Drain | AdminRequest::Undrain => {
+                AdminReply::Error {
+                    message: "planned migration is not implemented yet".into(),
+                }
+            }
+        }
+    }
+
+    fn report(&self) -> NodeReport {
+        let status = self.replica.status();
+        let role = match (status.role, self.serving) {
+            (StateRole::Leader, Serving::Yes) => "primary",
+            (StateRole::Leader, _) => "primary-elect",
+            (StateRole::Candidate | StateRole::PreCandidate, _) => "candidate",
+            (StateRole::Follower, _) if !status.voters.contains(&self.me) => "learner",
+            (StateRole::Follower, _) => "clone",
+        };
+        let peers = status
+            .matched
+            .iter()
+            .filter(|(id, _)| **id != self.me)
+            .map(|(id, matched)| PeerReport {
+                slot: id.slot,
+                incarnation: id.incarnation,
+                matched: *matched,
+                lag: status.commit.saturating_sub(*matched),
+                connected: self.transport.connected(id.slot),
+            })
+            .collect();
+        let stats = self.group.stats();
+        let envelopes = status.envelopes;
+        let mut counters = self.counters.clone();
+        counters.auth_rejected = envelopes.rejected();
+        counters.replayed = envelopes.replayed;
+        counters.bad_frames = self.transport.stats().bad_frames;
+        counters.shadow_mismatches = self.sockets.stats().mismatches;
+        counters.lease_refresh_errors = self.fence.refresh_errors();
+        NodeReport {
+            slot: self.me.slot,
+            incarnation: self.me.incarnation,
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            role: role.into(),
+            term: status.term,
+            leader: status.leader.map(|l| l.slot),
+            commit_index: status.commit,
+            applied_index: status.applied,
+            log_first: status.log.0,
+            log_last: status.log.1,
+            log_entries: status.log.1.saturating_sub(status.log.0) + 1,
+            snapshot_index: status.snapshot_index,
+            snapshot_age_s: self.last_snapshot.map(|at| at.elapsed().as_secs()),
+            voters: status
+                .voters
+                .iter()
+                .map(|v| format!("{}.{}", v.slot, v.incarnation))
+                .collect(),
+            learners: status
+                .learners
+                .iter()
+                .map(|v| format!("{}.{}", v.slot, v.incarnation))
+                .collect(),
+            peers,
+            service: ServiceReport {
+                name: self.service.name.clone(),
+                kind: services::kind_name(self.service.kind).into(),
+                vip: self.service.vip.clone(),
+                port: self.service.port,
+                holds_vip: self.serving == Serving::Yes,
+                connections: self.group.shadow().len() as u64,
+                sockets: self.sockets.len() as u64,
+                state_hash: format!("{:016x}", self.group.state_hash()),
+                entries_applied: stats.entries,
+                packets_applied: stats.packets,
+                opened: stats.opened,
+                closed: stats.closed,
+                service_panics: self.group.panics(),
+            },
+            counters,
+        }
+    }
+
+    /// Leaving: a primary steps down first so its clients are kept for the
+    /// next one (no FIN, no RST).
+    fn shutdown(&mut self) {
+        self.step_down("shutting down");
+        tracing::info!("node stopped");
+    }
+}
+
+/// The SDK's seed: the same on every replica of a service.
+fn group_seed(name: &str) -> u64 {
+    let mut h = tandem_core::shadow::hash::Fnv64::new();
+    h.bytes(name.as_bytes());
+    h.finish()
+}
+
+/// The primary's clock for entry timestamps (ms since the epoch); the SDK
+/// makes time monotonic across primaries.
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
