@@ -533,6 +533,11 @@ impl Daemon {
             self.install_snapshot(snapshot.index, &snapshot.data);
         }
         let primary = self.serving == Serving::Yes;
+        // Socket effects wait until the committed packets are released: the
+        // kernel must hold a client's request before the reply leaves, so
+        // the reply carries the ACK (else the client, under Nagle, waits for
+        // a delayed ACK: 40 ms per request).
+        let mut socket_effects = Vec::new();
         for committed in out.committed {
             self.counters.committed_entries += 1;
             self.payloads_applied += 1;
@@ -552,7 +557,7 @@ impl Daemon {
                             Effect::CancelTimer { id } => {
                                 self.timers.remove(&id);
                             }
-                            other if primary => self.sockets.apply(self.poll.registry(), other),
+                            other if primary => socket_effects.push(other),
                             _ => {}
                         }
                     }
@@ -576,6 +581,9 @@ impl Daemon {
             if let Err(err) = self.capture.release(&verdicts) {
                 tracing::warn!(%err, "releasing committed packets");
             }
+        }
+        for effect in socket_effects {
+            self.sockets.apply(self.poll.registry(), effect);
         }
         for dropped in out.dropped {
             if let Some(ids) = self.held.remove(&dropped) {
