@@ -238,7 +238,7 @@ impl Daemon {
         let shadow_config = ShadowConfig::new(service.window_clamp);
         let group = ServiceGroup::new(
             services::fresh(service.kind),
-            shadow_config.clone(),
+            shadow_config,
             group_seed(&service.name),
         );
         tracing::info!(
@@ -696,7 +696,7 @@ impl Daemon {
         }
         match ServiceGroup::restore(
             services::fresh(self.service.kind),
-            self.shadow_config.clone(),
+            self.shadow_config,
             data,
         ) {
             Ok(group) => {
