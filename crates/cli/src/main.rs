@@ -52,7 +52,13 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    // A daemon tells what it does (roles, takeovers and their phases); the
+    // interactive commands stay quiet unless asked.
+    let default_filter = match cli.command {
+        Command::Node(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log.as_deref(), default_filter);
     let result = match cli.command {
         Command::Status(args) => cmd_status::run(args),
         Command::Node(args) => cmd_node::run(args),
@@ -86,12 +92,12 @@ fn describe(err: &anyhow::Error) -> String {
     out
 }
 
-fn init_logging(filter: Option<&str>) {
+fn init_logging(filter: Option<&str>, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = filter
         .map(str::to_string)
         .or_else(|| std::env::var("TANDEM_LOG").ok())
-        .unwrap_or_else(|| "warn".to_string());
+        .unwrap_or_else(|| default_filter.to_string());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -102,6 +102,10 @@ pub struct Counters {
     pub committed_entries: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Connections rebuilt from shadow TCP when this node took over, and
+    /// those that could not be.
+    pub connections_restored: u64,
+    pub restore_failures: u64,
     /// Times this node became primary, and stepped down.
     pub became_primary: u64,
     pub stepped_down: u64,

@@ -34,6 +34,8 @@ pub struct SocketStats {
     pub read: u64,
     /// Connections the kernel gave up on (the client vanished).
     pub gave_up: u64,
+    /// Sockets rebuilt from shadow TCP at takeover.
+    pub restored: u64,
 }
 
 #[derive(Default)]
@@ -215,6 +217,50 @@ impl KernelSockets {
             }
             self.stats.closed += 1;
         }
+    }
+
+    /// Takes a socket rebuilt with TCP_REPAIR at takeover (already live):
+    /// the service's further output for `key` goes to it. `shut`: our FIN
+    /// is already part of it (the service had closed).
+    pub fn adopt(
+        &mut self,
+        registry: &Registry,
+        key: ConnKey,
+        fd: OwnedFd,
+        shut: bool,
+    ) -> io::Result<()> {
+        let std_stream = std::net::TcpStream::from(fd);
+        std_stream.set_nonblocking(true)?;
+        let _ = std_stream.set_nodelay(true);
+        let mut stream = TcpStream::from_std(std_stream);
+        let token = self.token_base + self.next_token;
+        self.next_token = (self.next_token + 1) % (1 << 24);
+        registry.register(
+            &mut stream,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let (mut out, expected) = self.pending.remove(&key).unwrap_or_default();
+        out.shutdown |= shut;
+        let conn = Conn {
+            stream,
+            token,
+            out,
+            shut,
+            expected,
+            kernel_ahead: VecDeque::new(),
+            mismatched: false,
+            eof: false,
+            paused: false,
+        };
+        if let Some(old) = self.conns.insert(key, conn) {
+            self.by_token.remove(&old.token);
+            self.drop_conn(registry, old);
+        }
+        self.by_token.insert(token, key);
+        self.stats.restored += 1;
+        self.pump(registry, key);
+        Ok(())
     }
 
     fn accept_all(&mut self, registry: &Registry) {
