@@ -14,7 +14,8 @@
 //! - [`netlock`]: freeze a VIP:port with iptables rules in a private chain;
 //! - [`process`]: take sockets from another process and hand them to a new one;
 //! - [`rawsock`]: whole IPv4 packets sent from user space;
-//! - [`sockinfo`]: queue sizes of a live socket.
+//! - [`sockinfo`]: queue sizes of a live socket;
+//! - [`sockdestroy`]: leftover connections on VIP:port destroyed (SOCK_DESTROY).
 
 pub mod addr;
 pub mod arp;
@@ -25,6 +26,7 @@ pub mod netns;
 pub mod nfqueue;
 pub mod process;
 pub mod rawsock;
+pub mod sockdestroy;
 pub mod sockinfo;
 pub mod tcp_repair;
 

@@ -179,6 +179,7 @@ impl Daemon {
         }
         let rules = CaptureRules::new(None, vip, &[service.port], service.queue)?;
         let _ = rules.remove();
+        clear_leftovers(vip, service.port);
         let garp = tandem_sys::arp::GarpSender::open(&service.interface)?;
 
         // Identity: a new incarnation at every start, on disk before anything
@@ -629,6 +630,8 @@ impl Daemon {
     /// lease, VIP, gratuitous ARP.
     fn take_over(&mut self) -> Result<(), DaemonError> {
         let started = Instant::now();
+        // Orphans of an earlier life of this node hold the 4-tuples.
+        clear_leftovers(self.vip, self.service.port);
         // Rebuild every connection the log knows, silent until announced.
         let prepared = self.prepare_connections(wall_ms());
         let prepare_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -918,6 +921,15 @@ fn for_restore(mut image: tandem_core::SocketImage) -> tandem_core::SocketImage 
         other => other,
     };
     image
+}
+
+/// Destroys sockets left on VIP:port by an earlier daemon on this node.
+fn clear_leftovers(vip: Ipv4Addr, port: u16) {
+    match tandem_sys::sockdestroy::destroy_connections(vip, port) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(sockets = n, "destroyed leftover sockets on the VIP"),
+        Err(err) => tracing::warn!(%err, "cannot destroy leftover sockets on the VIP"),
+    }
 }
 
 /// The SDK's seed: the same on every replica of a service.

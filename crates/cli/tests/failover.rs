@@ -1,0 +1,350 @@
+//! Failover with real clients: the primary of a 3-node kv cluster dies
+//! (power cut: `lab kill`; process crash on a live machine: `lab crash`)
+//! while clients are mid-stream, and the clients never notice beyond a
+//! pause — no error, no reset, no end-of-file, no lost or repeated update.
+//!
+//! - redis-benchmark across a kill of the leader exits 0 with no error line;
+//! - a consistency checker (connections each doing INCR on its own key and
+//!   SET/GET of unique values) runs through repeated kills and crashes of
+//!   the leader, each followed by a restart of the old leader as a clone:
+//!   every INCR answers exactly the previous value + 1, every GET the last
+//!   SET, and at the end every replica has the same state hash.
+//!
+//! Needs root and redis-tools; runs in CI; fails, never skips.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_lab::{Lab, LabGuard, LabSpec, ServiceKind};
+use tandem_node::admin::{request, AdminReply, AdminRequest};
+use tandem_node::report::NodeReport;
+
+fn cluster(case: &str) -> LabGuard {
+    let spec = LabSpec::named(format!("fo{case}{}", std::process::id() % 10_000))
+        .with_nodes(3)
+        .with_service(ServiceKind::Kv);
+    let daemon = Path::new(env!("CARGO_BIN_EXE_tandem"));
+    LabGuard::new(Lab::up_with_daemon(&spec, Some(daemon)).expect("lab up with 3 kv daemons"))
+}
+
+fn report(lab: &Lab, id: u32) -> Option<NodeReport> {
+    let path = lab.node_admin_socket(id).ok()??;
+    match request(&path, &AdminRequest::Status, Duration::from_secs(2)) {
+        Ok(AdminReply::Status(report)) => Some(*report),
+        _ => None,
+    }
+}
+
+fn leader(lab: &Lab) -> Option<u32> {
+    lab.status().leader
+}
+
+/// Waits until the cluster has a primary serving and three caught-up
+/// voters (after a restart: the new incarnation swapped in).
+fn wait_healthy(lab: &Lab, why: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reports: Vec<NodeReport> = lab
+            .node_ids()
+            .iter()
+            .filter_map(|id| report(lab, *id))
+            .collect();
+        let primary = reports.iter().find(|r| r.role == "primary");
+        if let Some(p) = primary {
+            let healthy = reports.len() == 3
+                && reports.iter().all(|r| {
+                    r.voters.len() == 3
+                        && r.learners.is_empty()
+                        && p.commit_index.saturating_sub(r.applied_index) < 1000
+                });
+            if healthy && leader(lab) == Some(u32::from(p.slot)) {
+                return u32::from(p.slot);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{why}: the cluster did not become healthy: {:?}",
+            reports
+                .iter()
+                .map(|r| (
+                    r.slot,
+                    r.role.clone(),
+                    r.applied_index,
+                    r.voters.clone(),
+                    r.learners.clone()
+                ))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until every replica has applied the same index and returns their
+/// state hashes then.
+fn settled_hashes(lab: &Lab) -> Vec<(u16, u64, String)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reports: Vec<NodeReport> = lab
+            .node_ids()
+            .iter()
+            .filter_map(|id| report(lab, *id))
+            .collect();
+        if reports.len() == 3
+            && reports
+                .iter()
+                .all(|r| r.applied_index == reports[0].applied_index)
+        {
+            return reports
+                .iter()
+                .map(|r| (r.slot, r.applied_index, r.service.state_hash.clone()))
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "replicas never settled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn redis_benchmark_survives_a_kill_of_the_leader() {
+    let mut lab = cluster("a");
+    let first = wait_healthy(&lab, "start");
+    let rst_before = lab.client_rst_count().unwrap();
+    let vip = lab.vip().to_string();
+    let mut bench = lab.command(None, "redis-benchmark").unwrap();
+    bench
+        .args([
+            "-h",
+            &vip,
+            "-q",
+            "-n",
+            "60000",
+            "-c",
+            "20",
+            "-t",
+            "set,get,incr,lpush,rpop",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = bench.spawn().expect("redis-benchmark starts");
+    std::thread::sleep(Duration::from_secs(3));
+    lab.kill(first).expect("kill the leader");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "redis-benchmark failed: {stderr}");
+    for line in stdout.lines().chain(stderr.lines()) {
+        let lower = line.to_lowercase();
+        assert!(
+            !lower.contains("error") && !lower.contains("reset") && !lower.contains("refused"),
+            "redis-benchmark reported: {line}"
+        );
+    }
+    let finals: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("requests per second"))
+        .collect();
+    assert_eq!(finals.len(), 5, "{stdout}");
+    eprintln!("{}", finals.join("\n"));
+    let second = leader(&lab).expect("a new primary");
+    assert_ne!(second, first);
+    assert_eq!(
+        lab.client_rst_count().unwrap(),
+        rst_before,
+        "a client saw a reset"
+    );
+}
+
+/// One checker connection's history.
+#[derive(Default, Debug)]
+struct Tally {
+    incrs: u64,
+    sets: u64,
+    errors: Vec<String>,
+}
+
+fn command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// INCR on its own key and SET/GET of unique values, in a loop, checking
+/// every reply, until `stop`.
+fn checker(addr: SocketAddr, id: usize, stop: Arc<AtomicBool>) -> Tally {
+    let mut tally = Tally::default();
+    let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(err) => {
+            tally.errors.push(format!("connect: {err}"));
+            return tally;
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let key = format!("counter:{id}");
+    let mut line = String::new();
+    let read_line = |reader: &mut BufReader<TcpStream>, line: &mut String| -> Result<(), String> {
+        line.clear();
+        match reader.read_line(line) {
+            Ok(0) => Err("end of stream (the server closed the connection)".into()),
+            Ok(_) => Ok(()),
+            Err(err) => Err(format!("read: {err}")),
+        }
+    };
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        if let Err(err) = writer.write_all(&command(&["INCR", &key])) {
+            tally.errors.push(format!("write: {err}"));
+            break;
+        }
+        if let Err(err) = read_line(&mut reader, &mut line) {
+            tally.errors.push(format!("INCR #{n}: {err}"));
+            break;
+        }
+        if line != format!(":{n}\r\n") {
+            tally.errors.push(format!("INCR #{n} answered {line:?}"));
+            break;
+        }
+        tally.incrs += 1;
+        let value = format!("v{id}-{n}");
+        let unique = format!("unique:{id}:{}", n % 8);
+        if let Err(err) = writer.write_all(
+            &[
+                command(&["SET", &unique, &value]),
+                command(&["GET", &unique]),
+            ]
+            .concat(),
+        ) {
+            tally.errors.push(format!("write: {err}"));
+            break;
+        }
+        let mut replies = String::new();
+        for _ in 0..3 {
+            if let Err(err) = read_line(&mut reader, &mut line) {
+                tally.errors.push(format!("SET/GET #{n}: {err}"));
+                return tally;
+            }
+            replies.push_str(&line);
+        }
+        let expect = format!("+OK\r\n${}\r\n{value}\r\n", value.len());
+        if replies != expect {
+            tally
+                .errors
+                .push(format!("SET/GET #{n}: {replies:?}, expected {expect:?}"));
+            break;
+        }
+        tally.sets += 1;
+    }
+    tally
+}
+
+#[test]
+fn consistency_checker_survives_repeated_leader_failures() {
+    const CONNECTIONS: usize = 12;
+    const ROUNDS: usize = 20;
+    let mut lab = cluster("b");
+    wait_healthy(&lab, "start");
+    let rst_before = lab.client_rst_count().unwrap();
+    let addr = SocketAddr::new(lab.vip().into(), lab.port());
+    let stop = Arc::new(AtomicBool::new(false));
+    let client_ns = lab.client_netns().to_string();
+    let checkers = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Runs in the client namespace; the checkers' threads inherit it.
+            tandem_sys::netns::run_in(&client_ns, move || {
+                let handles: Vec<_> = (0..CONNECTIONS)
+                    .map(|id| {
+                        let stop = stop.clone();
+                        std::thread::spawn(move || checker(addr, id, stop))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<Tally>>()
+            })
+            .expect("client namespace")
+        })
+    };
+    let mut pauses = Vec::new();
+    for round in 0..ROUNDS {
+        std::thread::sleep(Duration::from_millis(1500));
+        let victim = wait_healthy(&lab, &format!("before round {round}"));
+        let started = Instant::now();
+        if round % 2 == 0 {
+            lab.kill(victim).expect("kill");
+        } else {
+            lab.crash(victim).expect("crash");
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while leader(&lab).is_none_or(|l| l == victim) {
+            assert!(Instant::now() < deadline, "round {round}: no new primary");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        pauses.push(started.elapsed());
+        std::thread::sleep(Duration::from_millis(500));
+        lab.restart(victim).expect("restart the old primary");
+        wait_healthy(&lab, &format!("after round {round}"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let tallies = checkers.join().unwrap();
+    eprintln!("new primary serving after: {pauses:?}");
+    let failed: Vec<String> = tallies
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !t.errors.is_empty())
+        .map(|(id, t)| format!("connection {id} after {} INCRs: {:?}", t.incrs, t.errors))
+        .collect();
+    if !failed.is_empty() {
+        for id in lab.node_ids() {
+            if let Ok(Some(path)) = lab.node_log_path(id) {
+                let log = std::fs::read_to_string(path).unwrap_or_default();
+                for line in log.lines().filter(|l| {
+                    l.contains("WARN")
+                        || l.contains("ERROR")
+                        || l.contains("serving")
+                        || l.contains("stepped")
+                }) {
+                    eprintln!("node {id}: {line}");
+                }
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+    let mut total = 0;
+    for (id, t) in tallies.iter().enumerate() {
+        assert!(
+            t.errors.is_empty(),
+            "connection {id}: {:?} after {} INCRs",
+            t.errors,
+            t.incrs
+        );
+        assert!(
+            t.incrs > 20,
+            "connection {id} made too little progress: {t:?}"
+        );
+        total += t.incrs;
+    }
+    eprintln!("{total} INCRs checked across {ROUNDS} failovers");
+    assert_eq!(
+        lab.client_rst_count().unwrap(),
+        rst_before,
+        "a client saw a reset"
+    );
+    let hashes = settled_hashes(&lab);
+    assert!(
+        hashes.iter().all(|h| h.2 == hashes[0].2),
+        "replicas diverged: {hashes:?}"
+    );
+}
