@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use tandem_cli::scenario::{MoveLab, PingPong, PingPongStats};
 use tandem_sys::tcp_repair::{self, RestoreOptions};
 
+/// `tandem bench kv` and the kv server behind `tandem tool kv-server`.
+#[path = "bench_kv.rs"]
+pub(crate) mod bench_kv;
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -59,6 +63,31 @@ enum Bench {
         #[arg(long, default_value_t = 20_000)]
         round_trips: usize,
     },
+    /// The replicated kv service against its baselines: requests/s and
+    /// p50/p99 latency of SET and GET (redis-benchmark from the lab's client
+    /// namespace, one client for latency, many for throughput) through (a)
+    /// the 3-node replicated kv behind the VIP, (b) the same kv on one node
+    /// with no capture and no replication, (c) a real redis-server on a
+    /// node. Builds its own lab and always removes it. Needs root, and
+    /// redis-server and redis-benchmark (`sudo scripts/install-bench-deps.sh`).
+    Kv {
+        /// Requests per redis-benchmark test (`-n`).
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        /// Rounds of (a, b, c); targets are interleaved so noise spreads
+        /// evenly, and the table shows medians over the rounds.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Parallel clients of the throughput runs (`-c`).
+        #[arg(long, default_value_t = 50)]
+        clients: u32,
+        /// The lab's name.
+        #[arg(long, default_value = bench_kv::DEFAULT_LAB)]
+        name: String,
+        /// Print the results as JSON (progress still goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -73,6 +102,19 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             seconds,
             round_trips,
         } => crate::bench_capture::run(seconds.max(0.1), round_trips.max(100)),
+        Bench::Kv {
+            requests,
+            rounds,
+            clients,
+            name,
+            json,
+        } => bench_kv::run(bench_kv::Options {
+            name,
+            requests: requests.max(1),
+            rounds: rounds.max(1),
+            clients: clients.max(2),
+            json,
+        }),
     }
 }
 

@@ -26,6 +26,14 @@ enum Tool {
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<SocketAddr>,
     },
+    /// The kv service on one node with no capture and no replication: plain
+    /// sockets, one thread, each poll's worth of input applied as one entry
+    /// (the baseline of `tandem bench kv`).
+    KvServer {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: SocketAddr,
+    },
 }
 
 pub fn run(args: ToolArgs) -> Result<ExitCode> {
@@ -57,6 +65,10 @@ pub fn run(args: ToolArgs) -> Result<ExitCode> {
                 "echo server up"
             );
             tandem_cli::echo::serve(listener, inherited, channels)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Tool::KvServer { listen } => {
+            crate::cmd_bench::bench_kv::serve(listen)?;
             Ok(ExitCode::SUCCESS)
         }
     }
