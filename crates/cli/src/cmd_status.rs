@@ -100,7 +100,7 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
 }
 
 /// One node's report, or why there is none.
-fn ask(path: &Path) -> Result<NodeReport> {
+pub(crate) fn ask(path: &Path) -> Result<NodeReport> {
     match admin::request(path, &AdminRequest::Status, TIMEOUT)? {
         AdminReply::Status(report) => Ok(*report),
         AdminReply::Error { message } => bail!("the node on {} refused: {message}", path.display()),
@@ -156,7 +156,7 @@ fn run_lab(name: &str, json: bool) -> Result<ExitCode> {
 }
 
 /// The `node<ID>.sock` files in `dir`, by ID.
-fn lab_sockets(name: &str, dir: &Path) -> Result<Vec<(u16, PathBuf)>> {
+pub(crate) fn lab_sockets(name: &str, dir: &Path) -> Result<Vec<(u16, PathBuf)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
@@ -357,6 +357,7 @@ mod tests {
             pid: 777,
             uptime_s: 3725,
             role: role.into(),
+            draining: false,
             term: 5,
             leader: Some(1),
             commit_index: 1042,

@@ -3,6 +3,7 @@
 
 mod bench_capture;
 mod cmd_bench;
+mod cmd_cluster;
 mod cmd_demo;
 mod cmd_lab;
 mod cmd_node;
@@ -30,6 +31,12 @@ struct Cli {
 enum Command {
     /// Run one node daemon in the foreground: `tandem node --config FILE`.
     Node(cmd_node::NodeArgs),
+    /// Move a service's primary, with every live connection, to another node.
+    Migrate(cmd_cluster::MigrateArgs),
+    /// Move every primary off a node for maintenance, and keep it off.
+    Drain(cmd_cluster::DrainArgs),
+    /// Allow a drained node to be primary again.
+    Undrain(cmd_cluster::DrainArgs),
     /// Show a node as it sees itself and its cluster (role, term, log,
     /// snapshot, connections, state hash, peers), asked over its local admin
     /// socket; `--lab NAME` asks every node of a lab.
@@ -62,6 +69,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Status(args) => cmd_status::run(args),
         Command::Node(args) => cmd_node::run(args),
+        Command::Migrate(args) => cmd_cluster::migrate(args),
+        Command::Drain(args) => cmd_cluster::drain(args, false),
+        Command::Undrain(args) => cmd_cluster::drain(args, true),
         Command::Lab(args) => cmd_lab::run(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),

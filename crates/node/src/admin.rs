@@ -680,6 +680,7 @@ mod tests {
             pid: 4242,
             uptime_s: 61,
             role: "primary".into(),
+            draining: false,
             term: 7,
             leader: Some(1),
             commit_index: 120,

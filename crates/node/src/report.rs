@@ -19,6 +19,10 @@ pub struct NodeReport {
     /// `"primary"` (Raft leader, holds the VIP), `"clone"` (follower),
     /// `"candidate"`, `"learner"` (a restarted node catching up).
     pub role: String,
+    /// Drained for maintenance (`tandem drain`): it hands the primary role
+    /// over and never keeps it until `tandem undrain`.
+    #[serde(default)]
+    pub draining: bool,
     pub term: u64,
     /// The leader's slot, if known.
     pub leader: Option<u16>,

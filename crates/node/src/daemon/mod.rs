@@ -62,6 +62,10 @@ const LAZY_LOG_MS: u64 = 5;
 /// was applied since the last one.
 const SNAPSHOT_EVERY_PAYLOADS: u64 = 20_000;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
+/// A planned migration goes only to a clone at most this many entries
+/// behind (raft-rs would make it catch up first anyway; this keeps the
+/// pause short and the answer honest).
+const MAX_TRANSFER_LAG: u64 = 1_000;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +146,11 @@ struct Daemon {
     /// on every replica so that a new primary knows them.
     timers: BTreeMap<u64, (u64, u64)>,
     serving: Serving,
+    /// Drained: never stays primary (`tandem drain`).
+    draining: bool,
+    last_handover: Option<Instant>,
+    /// When an authenticated message from each peer slot last arrived.
+    heard: BTreeMap<u16, Instant>,
     counters: Counters,
     /// The unique, increasing index under which each payload is applied.
     payloads_applied: u64,
@@ -278,6 +287,9 @@ impl Daemon {
             garp,
             timers: BTreeMap::new(),
             serving: Serving::No,
+            heard: BTreeMap::new(),
+            draining: false,
+            last_handover: None,
             counters: Counters::default(),
             payloads_applied: 0,
             payloads_at_snapshot: 0,
@@ -334,9 +346,14 @@ impl Daemon {
                 self.transport
                     .read_pending(self.poll.registry(), &mut frames);
             }
+            let received_at = Instant::now();
             for frame in frames.drain(..) {
                 // Rejections are counted by the replica's inbox.
-                let _ = self.replica.receive(&frame);
+                if self.replica.receive(&frame).is_ok() {
+                    if let Some(slot) = sender_slot(&frame) {
+                        self.heard.insert(slot, received_at);
+                    }
+                }
             }
             let now = Instant::now();
             while now >= next_tick {
@@ -354,6 +371,19 @@ impl Daemon {
             self.maybe_snapshot(now);
         }
         Ok(())
+    }
+
+    /// The latest instant by which a majority of the members (this node
+    /// included) had been heard from.
+    fn quorum_heard(&self) -> Option<Instant> {
+        let members = self.config.cluster.members.len();
+        let needed_peers = members / 2; // a majority counts this node too
+        if needed_peers == 0 {
+            return Some(Instant::now());
+        }
+        let mut times: Vec<Instant> = self.heard.values().copied().collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        times.get(needed_peers - 1).copied()
     }
 
     fn proposer_waiting(&self) -> bool {
@@ -502,9 +532,12 @@ impl Daemon {
             self.propose(p);
         }
         if self.replica.role() == StateRole::Leader {
-            // check-quorum deposes a leader that has not heard from a
-            // quorum within the election timeout; until then it is entitled.
-            self.fence.entitle(now);
+            // Entitled to the lease only as long as a quorum has been heard
+            // from within it (DESIGN §3.8): a primary cut off, or frozen and
+            // then woken up, never re-grants itself the VIP.
+            if let Some(heard) = self.quorum_heard() {
+                self.fence.entitle(heard);
+            }
         }
         if now.duration_since(self.last_sweep) > Duration::from_secs(1) {
             self.last_sweep = now;
@@ -613,6 +646,19 @@ impl Daemon {
     }
 
     fn after_ready(&mut self) {
+        if self.draining
+            && self.replica.role() == StateRole::Leader
+            && self
+                .last_handover
+                .is_none_or(|at| at.elapsed() > Duration::from_millis(500))
+        {
+            // Elected anyway (it is the only candidate able to win, or the
+            // transfer timed out): pass the role on again.
+            self.last_handover = Some(Instant::now());
+            if let Err(err) = self.hand_over("drained") {
+                tracing::warn!(%err, "drained node cannot hand over yet");
+            }
+        }
         if let Serving::Awaiting { barrier } = self.serving {
             if self.replica.role() != StateRole::Leader {
                 self.serving = Serving::No;
@@ -807,12 +853,87 @@ impl Daemon {
     fn answer(&mut self, request: AdminRequest) -> AdminReply {
         match request {
             AdminRequest::Status => AdminReply::Status(Box::new(self.report())),
-            AdminRequest::Migrate { .. } | AdminRequest::Drain | AdminRequest::Undrain => {
-                AdminReply::Error {
-                    message: "planned migration is not implemented yet".into(),
+            AdminRequest::Migrate { to } => match self.migrate_to(to) {
+                Ok(message) => AdminReply::Done { message },
+                Err(message) => AdminReply::Error { message },
+            },
+            AdminRequest::Drain => {
+                self.draining = true;
+                tracing::info!("drained: this node gives up and refuses the primary role");
+                let message = if self.replica.role() == StateRole::Leader {
+                    match self.hand_over("drain") {
+                        Ok(to) => format!("node {} drained; the primary moves to node {to}", self.me.slot),
+                        Err(err) => format!("node {} drained, but the primary cannot move yet: {err}; it will keep trying", self.me.slot),
+                    }
+                } else {
+                    format!("node {} drained (it is not the primary)", self.me.slot)
+                };
+                AdminReply::Done { message }
+            }
+            AdminRequest::Undrain => {
+                self.draining = false;
+                tracing::info!("undrained: this node may be primary again");
+                AdminReply::Done {
+                    message: format!("node {} undrained: it may be primary again", self.me.slot),
                 }
             }
         }
+    }
+
+    /// `tandem migrate SERVICE --to NODE` on the primary: a Raft leadership
+    /// transfer to a caught-up clone (DESIGN §3.6).
+    fn migrate_to(&mut self, slot: u16) -> Result<String, String> {
+        let status = self.replica.status();
+        if status.role != StateRole::Leader {
+            return Err(match status.leader {
+                Some(l) => format!(
+                    "node {} is not the primary; node {} is: ask it (or use --lab)",
+                    self.me.slot, l.slot
+                ),
+                None => format!(
+                    "node {} is not the primary and no primary is known now",
+                    self.me.slot
+                ),
+            });
+        }
+        if slot == self.me.slot {
+            return Ok(format!("node {slot} is already the primary"));
+        }
+        let Some(target) = status.voters.iter().copied().find(|v| v.slot == slot) else {
+            return Err(format!(
+                "node {slot} is not a voter of this group (voters: {:?})",
+                status.voters.iter().map(|v| v.slot).collect::<Vec<_>>()
+            ));
+        };
+        let matched = status.matched.get(&target).copied().unwrap_or(0);
+        let lag = status.commit.saturating_sub(matched);
+        if lag > MAX_TRANSFER_LAG {
+            return Err(format!(
+                "node {slot} lags {lag} entries behind; try again when it has caught up"
+            ));
+        }
+        self.replica.transfer_leader(target);
+        tracing::info!(to = slot, "planned migration: leadership transfer started");
+        Ok(format!(
+            "primary moving from node {} to node {slot}",
+            self.me.slot
+        ))
+    }
+
+    /// Hands leadership to the most caught-up peer (drain).
+    fn hand_over(&mut self, why: &str) -> Result<u16, String> {
+        let status = self.replica.status();
+        let best = status
+            .voters
+            .iter()
+            .filter(|v| **v != self.me)
+            .filter(|v| self.transport.connected(v.slot))
+            .max_by_key(|v| status.matched.get(v).copied().unwrap_or(0))
+            .copied()
+            .ok_or_else(|| "no reachable peer to hand over to".to_string())?;
+        self.replica.transfer_leader(best);
+        tracing::info!(to = best.slot, why, "handing the primary role over");
+        Ok(best.slot)
     }
 
     fn report(&self) -> NodeReport {
@@ -850,6 +971,7 @@ impl Daemon {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
             role: role.into(),
+            draining: self.draining,
             term: status.term,
             leader: status.leader.map(|l| l.slot),
             commit_index: status.commit,
@@ -921,6 +1043,12 @@ fn for_restore(mut image: tandem_core::SocketImage) -> tandem_core::SocketImage 
         other => other,
     };
     image
+}
+
+/// The sending slot of an envelope that passed authentication (its header:
+/// magic, kind, then the sender's slot).
+fn sender_slot(frame: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(frame.get(5..7)?.try_into().ok()?))
 }
 
 /// Destroys sockets left on VIP:port by an earlier daemon on this node.
