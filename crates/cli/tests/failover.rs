@@ -12,99 +12,17 @@
 //!
 //! Needs root and redis-tools; runs in CI; fails, never skips.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_lab::{Lab, LabGuard, LabSpec, ServiceKind};
-use tandem_node::admin::{request, AdminReply, AdminRequest};
-use tandem_node::report::NodeReport;
+mod common;
+
+use common::*;
+use tandem_lab::{LabGuard, ServiceKind};
 
 fn cluster(case: &str) -> LabGuard {
-    let spec = LabSpec::named(format!("fo{case}{}", std::process::id() % 10_000))
-        .with_nodes(3)
-        .with_service(ServiceKind::Kv);
-    let daemon = Path::new(env!("CARGO_BIN_EXE_tandem"));
-    LabGuard::new(Lab::up_with_daemon(&spec, Some(daemon)).expect("lab up with 3 kv daemons"))
-}
-
-fn report(lab: &Lab, id: u32) -> Option<NodeReport> {
-    let path = lab.node_admin_socket(id).ok()??;
-    match request(&path, &AdminRequest::Status, Duration::from_secs(2)) {
-        Ok(AdminReply::Status(report)) => Some(*report),
-        _ => None,
-    }
-}
-
-fn leader(lab: &Lab) -> Option<u32> {
-    lab.status().leader
-}
-
-/// Waits until the cluster has a primary serving and three caught-up
-/// voters (after a restart: the new incarnation swapped in).
-fn wait_healthy(lab: &Lab, why: &str) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let reports: Vec<NodeReport> = lab
-            .node_ids()
-            .iter()
-            .filter_map(|id| report(lab, *id))
-            .collect();
-        let primary = reports.iter().find(|r| r.role == "primary");
-        if let Some(p) = primary {
-            let healthy = reports.len() == 3
-                && reports.iter().all(|r| {
-                    r.voters.len() == 3
-                        && r.learners.is_empty()
-                        && p.commit_index.saturating_sub(r.applied_index) < 1000
-                });
-            if healthy && leader(lab) == Some(u32::from(p.slot)) {
-                return u32::from(p.slot);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{why}: the cluster did not become healthy: {:?}",
-            reports
-                .iter()
-                .map(|r| (
-                    r.slot,
-                    r.role.clone(),
-                    r.applied_index,
-                    r.voters.clone(),
-                    r.learners.clone()
-                ))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Waits until every replica has applied the same index and returns their
-/// state hashes then.
-fn settled_hashes(lab: &Lab) -> Vec<(u16, u64, String)> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let reports: Vec<NodeReport> = lab
-            .node_ids()
-            .iter()
-            .filter_map(|id| report(lab, *id))
-            .collect();
-        if reports.len() == 3
-            && reports
-                .iter()
-                .all(|r| r.applied_index == reports[0].applied_index)
-        {
-            return reports
-                .iter()
-                .map(|r| (r.slot, r.applied_index, r.service.state_hash.clone()))
-                .collect();
-        }
-        assert!(Instant::now() < deadline, "replicas never settled");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster_of("fo", case, ServiceKind::Kv)
 }
 
 #[test]
@@ -155,96 +73,6 @@ fn redis_benchmark_survives_a_kill_of_the_leader() {
         rst_before,
         "a client saw a reset"
     );
-}
-
-/// One checker connection's history.
-#[derive(Default, Debug)]
-struct Tally {
-    incrs: u64,
-    sets: u64,
-    errors: Vec<String>,
-}
-
-fn command(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    out
-}
-
-/// INCR on its own key and SET/GET of unique values, in a loop, checking
-/// every reply, until `stop`.
-fn checker(addr: SocketAddr, id: usize, stop: Arc<AtomicBool>) -> Tally {
-    let mut tally = Tally::default();
-    let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Ok(s) => s,
-        Err(err) => {
-            tally.errors.push(format!("connect: {err}"));
-            return tally;
-        }
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    let key = format!("counter:{id}");
-    let mut line = String::new();
-    let read_line = |reader: &mut BufReader<TcpStream>, line: &mut String| -> Result<(), String> {
-        line.clear();
-        match reader.read_line(line) {
-            Ok(0) => Err("end of stream (the server closed the connection)".into()),
-            Ok(_) => Ok(()),
-            Err(err) => Err(format!("read: {err}")),
-        }
-    };
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        if let Err(err) = writer.write_all(&command(&["INCR", &key])) {
-            tally.errors.push(format!("write: {err}"));
-            break;
-        }
-        if let Err(err) = read_line(&mut reader, &mut line) {
-            tally.errors.push(format!("INCR #{n}: {err}"));
-            break;
-        }
-        if line != format!(":{n}\r\n") {
-            tally.errors.push(format!("INCR #{n} answered {line:?}"));
-            break;
-        }
-        tally.incrs += 1;
-        let value = format!("v{id}-{n}");
-        let unique = format!("unique:{id}:{}", n % 8);
-        if let Err(err) = writer.write_all(
-            &[
-                command(&["SET", &unique, &value]),
-                command(&["GET", &unique]),
-            ]
-            .concat(),
-        ) {
-            tally.errors.push(format!("write: {err}"));
-            break;
-        }
-        let mut replies = String::new();
-        for _ in 0..3 {
-            if let Err(err) = read_line(&mut reader, &mut line) {
-                tally.errors.push(format!("SET/GET #{n}: {err}"));
-                return tally;
-            }
-            replies.push_str(&line);
-        }
-        let expect = format!("+OK\r\n${}\r\n{value}\r\n", value.len());
-        if replies != expect {
-            tally
-                .errors
-                .push(format!("SET/GET #{n}: {replies:?}, expected {expect:?}"));
-            break;
-        }
-        tally.sets += 1;
-    }
-    tally
 }
 
 #[test]
