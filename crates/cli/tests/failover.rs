@@ -176,3 +176,72 @@ fn consistency_checker_survives_repeated_leader_failures() {
         "replicas diverged: {hashes:?}"
     );
 }
+
+#[test]
+fn an_unhealthy_primary_hands_over_and_an_unhealthy_clone_refuses() {
+    let lab = cluster("c");
+    let first = wait_healthy(&lab, "start");
+    let addr = SocketAddr::new(lab.vip().into(), lab.port());
+    let stop = Arc::new(AtomicBool::new(false));
+    let client_ns = lab.client_netns().to_string();
+    let checkers = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            tandem_sys::netns::run_in(&client_ns, move || {
+                let handles: Vec<_> = (0..4)
+                    .map(|id| {
+                        let stop = stop.clone();
+                        std::thread::spawn(move || checker(addr, id, stop))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<Tally>>()
+            })
+            .expect("client namespace")
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // The primary's check command starts failing: it hands over.
+    lab.set_unhealthy(first, true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        if let Some(l) = leader(&lab).filter(|l| *l != first) {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the unhealthy primary kept its role"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let r = report(&lab, first).expect("node answers");
+    assert!(r.health.starts_with("unhealthy"), "{}", r.health);
+    // Now the new primary fails too: the only healthy node takes over, and
+    // the unhealthy first one never keeps the role.
+    lab.set_unhealthy(second, true).unwrap();
+    let third = loop {
+        if let Some(l) = leader(&lab).filter(|l| *l != second) {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second unhealthy primary kept its role"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_ne!(third, first, "an unhealthy clone took the primary role");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(leader(&lab), Some(third), "the healthy primary stays");
+    lab.set_unhealthy(first, false).unwrap();
+    lab.set_unhealthy(second, false).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for (id, t) in checkers.join().unwrap().iter().enumerate() {
+        assert!(t.errors.is_empty(), "connection {id}: {:?}", t.errors);
+        assert!(t.incrs > 10, "connection {id} made too little progress");
+    }
+    let hashes = settled_hashes(&lab);
+    assert!(hashes.iter().all(|h| h.2 == hashes[0].2), "{hashes:?}");
+}

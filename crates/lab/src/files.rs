@@ -117,13 +117,27 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
          vip = {vip}\n\
          interface = {interface}\n\
          port = {port}\n\
-         queue = 0\n",
+         queue = 0\n\
+         \n\
+         # `touch {flag}` makes this node unhealthy: as primary it hands\n\
+         # its role over, as a clone it refuses it.\n\
+         [supervision]\n\
+         check_command = {check}\n\
+         check_interval_ms = 200\n\
+         failures = 2\n",
         name = toml_str(service),
         vip = toml_str(&format!("{}/{}", state.vip, state.prefix_len)),
         interface = toml_str(NODE_INTERFACE),
         port = state.port,
+        flag = unhealthy_flag(dir, id).display(),
+        check = toml_str(&format!("test ! -e {}", unhealthy_flag(dir, id).display())),
     ));
     text
+}
+
+/// The file whose presence makes node `id` fail its health check.
+pub(crate) fn unhealthy_flag(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("node{id}.unhealthy"))
 }
 
 /// Creates `path` with `mode` (whatever the umask) and writes `data`.
@@ -251,16 +265,27 @@ vip = "198.18.0.100/24"
 interface = "eth0"
 port = 6379
 queue = 0
+
+# `touch /run/tandem/labs/kv3/node2.unhealthy` makes this node unhealthy: as primary it hands
+# its role over, as a clone it refuses it.
+[supervision]
+check_command = "test ! -e /run/tandem/labs/kv3/node2.unhealthy"
+check_interval_ms = 200
+failures = 2
 "#;
         assert_eq!(node_config(&state, dir, 2), expected);
         // Only [node] differs between nodes.
         let one = node_config(&state, dir, 1);
         assert!(one.contains("slot = 1\ndata_dir = \"/run/tandem/labs/kv3/node1.d\"\n"));
         assert!(one.contains("admin_socket = \"/run/tandem/labs/kv3/node1.sock\"\n"));
-        assert_eq!(
-            one.lines().skip(7).collect::<Vec<_>>(),
-            expected.lines().skip(7).collect::<Vec<_>>()
-        );
+        let shared = |text: &str| -> Vec<String> {
+            text.lines()
+                .skip(7)
+                .filter(|l| !l.contains(".unhealthy"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(shared(&one), shared(expected));
         assert!(!one.contains("[raft]"));
     }
 

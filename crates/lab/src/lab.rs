@@ -580,6 +580,33 @@ impl Lab {
         Ok(self.files_dir().map(|dir| files::log_path(dir, id)))
     }
 
+    /// Makes node `id` fail (or pass again) its supervision check: the
+    /// daemon's check command tests for a flag file in the lab's directory.
+    /// An unhealthy primary hands its role over; an unhealthy clone refuses
+    /// it.
+    pub fn set_unhealthy(&self, id: u32, unhealthy: bool) -> Result<(), LabError> {
+        self.node(id)?;
+        let Some(dir) = self.files_dir() else {
+            return Err(LabError::Command {
+                command: format!("mark node {id} unhealthy"),
+                detail: "this lab runs no daemons (service none)".into(),
+            });
+        };
+        let flag = files::unhealthy_flag(dir, id);
+        let result = if unhealthy {
+            std::fs::write(&flag, b"set by the lab: this node fails its health check\n")
+        } else {
+            match std::fs::remove_file(&flag) {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        };
+        result.map_err(|source| LabError::Spawn {
+            command: format!("writing {}", flag.display()),
+            source,
+        })
+    }
+
     /// The namespace of `node`, or of the client for `None`.
     pub fn netns(&self, node: Option<u32>) -> Result<&str, LabError> {
         match node {

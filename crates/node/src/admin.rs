@@ -681,6 +681,7 @@ mod tests {
             uptime_s: 61,
             role: "primary".into(),
             draining: false,
+            health: "healthy".into(),
             term: 7,
             leader: Some(1),
             commit_index: 120,

@@ -20,6 +20,13 @@
 //!   { slot = 3, addr = "198.18.0.13:7100" },
 //! ]
 //!
+//! [supervision]                            # optional; these are the defaults
+//! link = true                             # VIP interface link down = unhealthy
+//! # check_command = "redis-cli PING"      # sh -c; exit 0 = healthy (none by default)
+//! check_interval_ms = 1000
+//! check_timeout_ms = 1000
+//! failures = 3                            # consecutive results before health changes
+//!
 //! [raft]                                   # optional; these are the defaults
 //! tick_ms = 10
 //! heartbeat_ticks = 3
@@ -75,6 +82,8 @@ pub struct Config {
     pub cluster: ClusterSection,
     #[serde(default)]
     pub raft: RaftSection,
+    #[serde(default)]
+    pub supervision: SupervisionSection,
     #[serde(rename = "service")]
     pub services: Vec<ServiceSection>,
 }
@@ -129,6 +138,37 @@ impl Default for RaftSection {
             tick_ms: 10,
             heartbeat_ticks: 3,
             election_ticks: 30,
+        }
+    }
+}
+
+/// `[supervision]`: how the node judges its own health (claim 13). An
+/// unhealthy primary hands its role to a clone; an unhealthy clone refuses
+/// to keep the role if elected.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionSection {
+    /// Watch the VIP interface's link state (down = unhealthy).
+    pub link: bool,
+    /// A command run with `sh -c`: exit status 0 means healthy. None: no
+    /// check.
+    pub check_command: Option<String>,
+    /// How often the command runs, and how long it may take.
+    pub check_interval_ms: u64,
+    pub check_timeout_ms: u64,
+    /// Consecutive failures before the node counts as unhealthy (and
+    /// successes before it is healthy again).
+    pub failures: u32,
+}
+
+impl Default for SupervisionSection {
+    fn default() -> Self {
+        SupervisionSection {
+            link: true,
+            check_command: None,
+            check_interval_ms: 1000,
+            check_timeout_ms: 1000,
+            failures: 3,
         }
     }
 }
@@ -287,6 +327,40 @@ impl Config {
                     raft.heartbeat_ticks * 3
                 ),
                 "make the election timeout at least 3 heartbeats, or followers start elections while the leader is healthy",
+            ));
+        }
+
+        let sup = &self.supervision;
+        if sup
+            .check_command
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(invalid(
+                "supervision.check_command",
+                "empty command",
+                "give a shell command whose exit status 0 means healthy, or leave it out",
+            ));
+        }
+        if !(100..=60_000).contains(&sup.check_interval_ms) {
+            return Err(invalid(
+                "supervision.check_interval_ms",
+                format!("{} ms is out of range", sup.check_interval_ms),
+                "use 100 to 60000 (1000 is the default)",
+            ));
+        }
+        if !(50..=60_000).contains(&sup.check_timeout_ms) {
+            return Err(invalid(
+                "supervision.check_timeout_ms",
+                format!("{} ms is out of range", sup.check_timeout_ms),
+                "use 50 to 60000 (1000 is the default)",
+            ));
+        }
+        if !(1..=100).contains(&sup.failures) {
+            return Err(invalid(
+                "supervision.failures",
+                format!("{} is out of range", sup.failures),
+                "use 1 to 100 (3 is the default)",
             ));
         }
 
@@ -483,6 +557,16 @@ port = 6379
         let cases: &[(&str, &str, &str)] = &[
             ("slot = 1", "slot = 4", "node.slot"),
             ("port = 6379", "port = 0", "service[0].port"),
+            (
+                "[[service]]",
+                "[supervision]\ncheck_interval_ms = 5\n[[service]]",
+                "supervision.check_interval_ms",
+            ),
+            (
+                "[[service]]",
+                "[supervision]\ncheck_command = \" \"\n[[service]]",
+                "supervision.check_command",
+            ),
             ("port = 6379", "port = 70000", "port"),
             ("198.18.0.100/24", "198.18.0.100", "service[0].vip"),
             ("198.18.0.100/24", "127.0.0.1/8", "service[0].vip"),

@@ -23,6 +23,10 @@ pub struct NodeReport {
     /// over and never keeps it until `tandem undrain`.
     #[serde(default)]
     pub draining: bool,
+    /// "healthy", or "unhealthy: why" (supervision: link, check command).
+    /// An unhealthy node hands the primary role over and never keeps it.
+    #[serde(default)]
+    pub health: String,
     pub term: u64,
     /// The leader's slot, if known.
     pub leader: Option<u16>,

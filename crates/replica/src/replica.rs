@@ -301,6 +301,7 @@ pub struct Replica {
     last_leader: u64,
     join_countdown: usize,
     step_errors: u64,
+    refuse_leadership: bool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -384,6 +385,7 @@ impl Replica {
             last_leader: 0,
             join_countdown: 0,
             step_errors: 0,
+            refuse_leadership: false,
             raw,
             cfg,
         };
@@ -424,9 +426,20 @@ impl Replica {
         self.raw.raft.pending_conf_index > self.applied
     }
 
+    /// Makes this replica refuse leadership (a drained or unhealthy node,
+    /// claim 13): it never starts an election and ignores a leader's
+    /// "campaign now" (leadership transfer); it still votes and replicates.
+    /// A leader is not demoted by this: it hands over itself.
+    pub fn set_refuse_leadership(&mut self, refuse: bool) {
+        self.refuse_leadership = refuse;
+    }
+
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
-        self.raw.tick();
+        // A follower's tick only counts towards its election timeout.
+        if !self.refuse_leadership || self.raw.raft.state == StateRole::Leader {
+            self.raw.tick();
+        }
         self.redraw_election_timeout();
         if !self.is_member() && self.cfg.id.incarnation != FIRST_INCARNATION {
             if self.join_countdown == 0 {
@@ -542,6 +555,9 @@ impl Replica {
     /// Steps an already-authenticated raft message. Errors from raft-rs
     /// (e.g. a response from a peer removed meanwhile) are counted, not fatal.
     pub fn step(&mut self, m: Message) {
+        if self.refuse_leadership && m.get_msg_type() == MessageType::MsgTimeoutNow {
+            return;
+        }
         if self.raw.step(m).is_err() {
             self.step_errors += 1;
         }

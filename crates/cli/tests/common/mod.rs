@@ -24,7 +24,7 @@ pub fn cluster_of(prefix: &str, case: &str, service: ServiceKind) -> LabGuard {
     LabGuard::new(Lab::up_with_daemon(&spec, Some(daemon)).expect("lab up with 3 daemons"))
 }
 
-fn report(lab: &Lab, id: u32) -> Option<NodeReport> {
+pub fn report(lab: &Lab, id: u32) -> Option<NodeReport> {
     let path = lab.node_admin_socket(id).ok()??;
     match request(&path, &AdminRequest::Status, Duration::from_secs(2)) {
         Ok(AdminReply::Status(report)) => Some(*report),

@@ -23,6 +23,7 @@
 
 mod fence;
 mod sockets;
+mod supervise;
 
 use crate::admin::{AdminReply, AdminRequest, AdminServer};
 use crate::capture::{direction_of, facts_of, segment_of, CaptureLoop, Decision};
@@ -41,6 +42,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use supervise::Supervisor;
 use tandem_core::classify::{classify, SynLimiter};
 use tandem_core::shadow::{ConnKey, ShadowConfig};
 use tandem_replica::{ClusterKey, NodeId, Output, ProposalId, Replica, StateRole};
@@ -148,7 +150,10 @@ struct Daemon {
     serving: Serving,
     /// Drained: never stays primary (`tandem drain`).
     draining: bool,
+    supervisor: Supervisor,
+    was_healthy: bool,
     last_handover: Option<Instant>,
+    last_handover_to: Option<u16>,
     /// When an authenticated message from each peer slot last arrived.
     heard: BTreeMap<u16, Instant>,
     counters: Counters,
@@ -261,6 +266,7 @@ impl Daemon {
             replication = %listen,
             "node started"
         );
+        let supervisor = Supervisor::start(config.supervision.clone(), service.interface.clone());
         Ok(Daemon {
             sockets: KernelSockets::new(LISTENER_TOKEN, SOCKET_TOKENS, service.window_clamp),
             backend: detect_backend(),
@@ -289,7 +295,10 @@ impl Daemon {
             serving: Serving::No,
             heard: BTreeMap::new(),
             draining: false,
+            supervisor,
+            was_healthy: true,
             last_handover: None,
+            last_handover_to: None,
             counters: Counters::default(),
             payloads_applied: 0,
             payloads_at_snapshot: 0,
@@ -646,7 +655,14 @@ impl Daemon {
     }
 
     fn after_ready(&mut self) {
-        if self.draining
+        let health = self.supervisor.health();
+        if health.healthy != self.was_healthy {
+            self.was_healthy = health.healthy;
+            self.last_handover = None;
+        }
+        self.replica
+            .set_refuse_leadership(self.draining || !health.healthy);
+        if (self.draining || !health.healthy)
             && self.replica.role() == StateRole::Leader
             && self
                 .last_handover
@@ -655,7 +671,12 @@ impl Daemon {
             // Elected anyway (it is the only candidate able to win, or the
             // transfer timed out): pass the role on again.
             self.last_handover = Some(Instant::now());
-            if let Err(err) = self.hand_over("drained") {
+            let why = if self.draining {
+                "drained"
+            } else {
+                "unhealthy"
+            };
+            if let Err(err) = self.hand_over(why) {
                 tracing::warn!(%err, "drained node cannot hand over yet");
             }
         }
@@ -920,17 +941,27 @@ impl Daemon {
         ))
     }
 
-    /// Hands leadership to the most caught-up peer (drain).
+    /// Hands leadership to the most caught-up reachable peer (drain, or
+    /// unhealthy). A peer that refuses (drained or unhealthy itself) lets
+    /// the transfer time out; the next attempt then tries another one.
     fn hand_over(&mut self, why: &str) -> Result<u16, String> {
         let status = self.replica.status();
-        let best = status
+        let mut peers: Vec<NodeId> = status
             .voters
             .iter()
-            .filter(|v| **v != self.me)
-            .filter(|v| self.transport.connected(v.slot))
-            .max_by_key(|v| status.matched.get(v).copied().unwrap_or(0))
             .copied()
+            .filter(|v| *v != self.me && self.transport.connected(v.slot))
+            .collect();
+        peers.sort_by_key(|v| std::cmp::Reverse(status.matched.get(v).copied().unwrap_or(0)));
+        if peers.len() > 1 {
+            if let Some(last) = self.last_handover_to {
+                peers.retain(|v| v.slot != last);
+            }
+        }
+        let best = *peers
+            .first()
             .ok_or_else(|| "no reachable peer to hand over to".to_string())?;
+        self.last_handover_to = Some(best.slot);
         self.replica.transfer_leader(best);
         tracing::info!(to = best.slot, why, "handing the primary role over");
         Ok(best.slot)
@@ -972,6 +1003,14 @@ impl Daemon {
             uptime_s: self.started.elapsed().as_secs(),
             role: role.into(),
             draining: self.draining,
+            health: {
+                let h = self.supervisor.health();
+                if h.healthy {
+                    "healthy".into()
+                } else {
+                    format!("unhealthy: {}", h.reason)
+                }
+            },
             term: status.term,
             leader: status.leader.map(|l| l.slot),
             commit_index: status.commit,
