@@ -154,6 +154,13 @@ struct Daemon {
     was_healthy: bool,
     last_handover: Option<Instant>,
     last_handover_to: Option<u16>,
+    /// The logged SYN-ACK of each handshake still in progress, and the
+    /// handshakes this node rebuilt as ESTABLISHED at takeover: a client
+    /// that never got the SYN-ACK retransmits its SYN, and the logged
+    /// SYN-ACK is replayed to it from a raw socket (DESIGN §3.5).
+    synacks: BTreeMap<ConnKey, Vec<u8>>,
+    restored_handshakes: std::collections::BTreeSet<ConnKey>,
+    raw: Option<tandem_sys::rawsock::RawIpv4Sender>,
     /// When an authenticated message from each peer slot last arrived.
     heard: BTreeMap<u16, Instant>,
     counters: Counters,
@@ -294,6 +301,13 @@ impl Daemon {
             timers: BTreeMap::new(),
             serving: Serving::No,
             heard: BTreeMap::new(),
+            synacks: BTreeMap::new(),
+            restored_handshakes: std::collections::BTreeSet::new(),
+            raw: tandem_sys::rawsock::RawIpv4Sender::open()
+                .map_err(
+                    |err| tracing::warn!(%err, "no raw socket: logged SYN-ACKs cannot be replayed"),
+                )
+                .ok(),
             draining: false,
             supervisor,
             was_healthy: true,
@@ -405,6 +419,9 @@ impl Daemon {
         loop {
             let now_ms = wall_ms();
             let group = &self.group;
+            let synacks = &self.synacks;
+            let restored_handshakes = &self.restored_handshakes;
+            let mut replays: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
             let proposer = &mut self.proposer;
             let syn_limiter = &mut self.syn_limiter;
             let counters = &mut self.counters;
@@ -423,13 +440,18 @@ impl Daemon {
                 let direction = direction_of(packet);
                 let segment = segment_of(&repr);
                 let key = ConnKey::of(direction, &segment);
-                let class = classify(
-                    direction,
-                    facts_of(&repr),
-                    group.knows(&key),
-                    syn_limiter,
-                    now_ms,
-                );
+                let facts = facts_of(&repr);
+                if facts.syn && !facts.ack && restored_handshakes.contains(&key) {
+                    // The kernel holds an ESTABLISHED socket for this
+                    // handshake, which cannot answer a SYN: replay the
+                    // logged SYN-ACK instead.
+                    if let (Some(synack), IpAddr::V4(client)) = (synacks.get(&key), key.client.ip())
+                    {
+                        replays.push((client, synack.clone()));
+                    }
+                    return Decision::Verdict(Verdict::Drop);
+                }
+                let class = classify(direction, facts, group.knows(&key), syn_limiter, now_ms);
                 let from_server = matches!(direction, tandem_core::classify::Direction::FromServer);
                 let (verdict, proposal) = proposer.on_packet(
                     now_ms,
@@ -455,6 +477,14 @@ impl Daemon {
             });
             for proposal in full {
                 self.propose(proposal);
+            }
+            for (client, synack) in replays {
+                if let Some(raw) = &self.raw {
+                    match raw.send(&synack, client) {
+                        Ok(()) => self.counters.synacks_replayed += 1,
+                        Err(err) => tracing::warn!(%err, "replaying a logged SYN-ACK"),
+                    }
+                }
             }
             match result {
                 Ok(_) => {}
@@ -552,6 +582,14 @@ impl Daemon {
             self.last_sweep = now;
             let group = &self.group;
             self.sockets.sweep_pending(|key| group.knows(key));
+            let in_handshake = |key: &ConnKey| {
+                group
+                    .shadow()
+                    .info(key)
+                    .is_some_and(|i| i.state == tandem_core::shadow::ShadowState::SynAckSeen)
+            };
+            self.synacks.retain(|key, _| in_handshake(key));
+            self.restored_handshakes.retain(|key| in_handshake(key));
         }
     }
 
@@ -587,6 +625,17 @@ impl Daemon {
             let index = (committed.index << 16) | u64::from(committed.sub);
             match postcard::from_bytes::<LogEntry>(&committed.data) {
                 Ok(entry) => {
+                    for item in &entry.items {
+                        if let Item::Packet {
+                            from_server: true,
+                            bytes,
+                        } = item
+                        {
+                            if let Some((key, packet)) = synack_for_replay(bytes) {
+                                self.synacks.insert(key, packet);
+                            }
+                        }
+                    }
                     let effects = self.group.apply(index, &entry);
                     for effect in effects {
                         match effect {
@@ -754,13 +803,18 @@ impl Daemon {
         now_ms: u64,
     ) -> Vec<(ConnKey, tandem_sys::tcp_repair::Prepared, bool)> {
         let shadow = self.group.shadow();
+        let mut handshakes = Vec::new();
         let mut images: Vec<(ConnKey, tandem_core::SocketImage)> = shadow
             .keys()
             .filter_map(|key| {
                 let image = shadow.image(key, tandem_core::shadow::Millis(now_ms), TS_JUMP)?;
+                if image.state == tandem_core::TcpState::SynRecv {
+                    handshakes.push(*key);
+                }
                 Some((*key, for_restore(image)))
             })
             .collect();
+        self.restored_handshakes.extend(handshakes);
         images.sort_by_key(|(_, image)| std::cmp::Reverse(image.send_queue.len()));
         if images.is_empty() {
             return Vec::new();
@@ -1082,6 +1136,26 @@ fn for_restore(mut image: tandem_core::SocketImage) -> tandem_core::SocketImage 
         other => other,
     };
     image
+}
+
+/// The connection of a logged SYN-ACK (from the server), and the packet
+/// re-emitted with its checksums computed (a SYN-ACK captured on OUTPUT may
+/// carry only the partial checksum the NIC was to complete).
+fn synack_for_replay(bytes: &[u8]) -> Option<(ConnKey, Vec<u8>)> {
+    let checks = tandem_wire::tcp::ParseChecks {
+        verify_checksum: false,
+        options: tandem_wire::tcp::OptionsMode::Linux,
+    };
+    let repr = tandem_wire::IpTcpRepr::parse(bytes, checks).ok()?;
+    let flags = repr.tcp.flags;
+    if !(flags.contains(tandem_wire::TcpFlags::SYN) && flags.contains(tandem_wire::TcpFlags::ACK)) {
+        return None;
+    }
+    let key = ConnKey::of(
+        tandem_core::classify::Direction::FromServer,
+        &segment_of(&repr),
+    );
+    Some((key, repr.to_bytes().ok()?))
 }
 
 /// The sending slot of an envelope that passed authentication (its header:
