@@ -23,8 +23,19 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
 
+    /// Log format: `human` (default) or `json` (one object per line, for log
+    /// collectors).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "human")]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -65,7 +76,7 @@ fn main() -> std::process::ExitCode {
         Command::Node(_) => "info",
         _ => "warn",
     };
-    init_logging(cli.log.as_deref(), default_filter);
+    init_logging(cli.log.as_deref(), default_filter, cli.log_format);
     let result = match cli.command {
         Command::Status(args) => cmd_status::run(args),
         Command::Node(args) => cmd_node::run(args),
@@ -102,16 +113,19 @@ fn describe(err: &anyhow::Error) -> String {
     out
 }
 
-fn init_logging(filter: Option<&str>, default_filter: &str) {
+fn init_logging(filter: Option<&str>, default_filter: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = filter
         .map(str::to_string)
         .or_else(|| std::env::var("TANDEM_LOG").ok())
         .unwrap_or_else(|| default_filter.to_string());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// Fails with a clear message unless running as root: the lab, TCP_REPAIR
