@@ -61,11 +61,14 @@ impl Fence {
         })
     }
 
-    /// Grants the lease now, synchronously (a new primary must hold it before
-    /// its first SYN-ACK or ARP reply), and keeps it for `LEASE`.
-    pub fn grant_now(&self) -> Result<(), GuardError> {
+    /// Grants the lease (a new primary must hold it before its first
+    /// segment or ARP reply), on another thread, so that a new primary can
+    /// rebuild its connections while `nft` runs; join before anything is
+    /// sent from the VIP.
+    pub fn grant_in_background(&self) -> JoinHandle<Result<(), GuardError>> {
         self.entitle(Instant::now());
-        self.guard.refresh_lease(LEASE)
+        let guard = self.guard.clone();
+        std::thread::spawn(move || guard.refresh_lease(LEASE))
     }
 
     /// The primary is entitled to the lease for `LEASE` after `heard` (the

@@ -46,7 +46,7 @@ use supervise::Supervisor;
 use tandem_core::classify::{classify, SynLimiter};
 use tandem_core::shadow::{ConnKey, ShadowConfig};
 use tandem_replica::{ClusterKey, NodeId, Output, ProposalId, Replica, StateRole};
-use tandem_sys::capture::{detect_backend, Backend, CaptureRules};
+use tandem_sys::capture::{detect_backend, CaptureRules};
 use tandem_sys::nfqueue::{NfQueue, QueueConfig, Verdict};
 
 const NFQUEUE_TOKEN: Token = Token(0);
@@ -134,7 +134,6 @@ struct Daemon {
     shadow_config: ShadowConfig,
     capture: CaptureLoop,
     rules: CaptureRules,
-    backend: Backend,
     proposer: Proposer,
     syn_limiter: SynLimiter,
     /// NFQUEUE ids held until each of our proposals commits.
@@ -198,9 +197,11 @@ impl Daemon {
             tracing::warn!(%vip, "the VIP was on this node at start-up; removed");
             netlink.remove_address(&interface, IpAddr::V4(vip), prefix_len)?;
         }
-        let rules = CaptureRules::new(None, vip, &[service.port], service.queue)?;
-        let _ = rules.remove();
+        // Orphans of an earlier daemon on this node (it crashed: the guard
+        // kept their FINs in) hold the 4-tuples a takeover must rebuild.
         clear_leftovers(vip, service.port);
+        // Capture is installed once, on every node: packets to the VIP only
+        // arrive where the VIP is, and a takeover saves an iptables run.
         let garp = tandem_sys::arp::GarpSender::open(&service.interface)?;
 
         // Identity: a new incarnation at every start, on disk before anything
@@ -246,6 +247,8 @@ impl Daemon {
         let admin = AdminServer::bind(&config.node.admin_socket, registry, ADMIN_TOKENS)?;
 
         let queue = NfQueue::bind(service.queue, QueueConfig::default())?;
+        let rules = CaptureRules::new(None, vip, &[service.port], service.queue)?;
+        rules.install(detect_backend())?;
         queue
             .set_nonblocking(true)
             .map_err(io_err("capture queue"))?;
@@ -276,7 +279,6 @@ impl Daemon {
         let supervisor = Supervisor::start(config.supervision.clone(), service.interface.clone());
         Ok(Daemon {
             sockets: KernelSockets::new(LISTENER_TOKEN, SOCKET_TOKENS, service.window_clamp),
-            backend: detect_backend(),
             config,
             service,
             vip,
@@ -742,12 +744,12 @@ impl Daemon {
     }
 
     /// The new primary takes up the service (DESIGN §3.5 in the order that
-    /// never lets a packet through unlogged): listener, capture rules,
-    /// lease, VIP, gratuitous ARP.
+    /// never lets a packet through unlogged; capture has been on since
+    /// start-up): connections rebuilt in repair mode while the lease is
+    /// granted, listener, VIP, gratuitous ARP, then the connections go live.
     fn take_over(&mut self) -> Result<(), DaemonError> {
         let started = Instant::now();
-        // Orphans of an earlier life of this node hold the 4-tuples.
-        clear_leftovers(self.vip, self.service.port);
+        let lease = self.fence.grant_in_background();
         // Rebuild every connection the log knows, silent until announced.
         let prepared = self.prepare_connections(wall_ms());
         let prepare_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -755,8 +757,13 @@ impl Daemon {
         self.sockets
             .listen(self.poll.registry(), addr, self.service.window_clamp)
             .map_err(io_err(format!("listening on {addr}")))?;
-        self.rules.install(self.backend)?;
-        self.fence.grant_now()?;
+        lease.join().unwrap_or_else(|_| {
+            Err(tandem_sys::guard::GuardError::Refused {
+                what: "lease",
+                stderr: "the lease thread panicked".into(),
+            })
+        })?;
+        let lease_ms = started.elapsed().as_secs_f64() * 1e3;
         self.netlink
             .add_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)?;
         self.garp
@@ -787,6 +794,7 @@ impl Daemon {
             restored,
             failed,
             prepare_ms,
+            lease_ms,
             announced_ms,
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             %addr,
@@ -870,9 +878,6 @@ impl Daemon {
                 .remove_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)
         {
             tracing::warn!(%err, "removing the VIP");
-        }
-        if let Err(err) = self.rules.remove() {
-            tracing::warn!(%err, "removing the capture rules");
         }
         self.sockets.close_all_silently(self.poll.registry());
         if was_serving {
@@ -1108,6 +1113,9 @@ impl Daemon {
     /// next one (no FIN, no RST).
     fn shutdown(&mut self) {
         self.step_down("shutting down");
+        if let Err(err) = self.rules.remove() {
+            tracing::warn!(%err, "removing the capture rules");
+        }
         tracing::info!("node stopped");
     }
 }
