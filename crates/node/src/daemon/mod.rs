@@ -64,6 +64,8 @@ const LAZY_LOG_MS: u64 = 5;
 /// was applied since the last one.
 const SNAPSHOT_EVERY_PAYLOADS: u64 = 20_000;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
+/// At most this many ticks are given at once after the loop was held up.
+const MAX_CATCH_UP_TICKS: u32 = 3;
 /// A planned migration goes only to a clone at most this many entries
 /// behind (raft-rs would make it catch up first anyway; this keeps the
 /// pause short and the answer honest).
@@ -381,9 +383,18 @@ impl Daemon {
                 }
             }
             let now = Instant::now();
-            while now >= next_tick {
+            // Ticks missed while the process was not running (a hang, a
+            // stall) are not replayed in a burst: that would time out an
+            // election at once, though a leader's message may have just
+            // arrived in this very turn.
+            let mut ticked = 0;
+            while now >= next_tick && ticked < MAX_CATCH_UP_TICKS {
                 self.replica.tick();
                 next_tick += tick;
+                ticked += 1;
+            }
+            if now >= next_tick {
+                next_tick = now + tick;
             }
             self.transport.poll_timers(self.poll.registry(), now);
             self.admin.poll_timers(self.poll.registry(), now);

@@ -231,8 +231,49 @@ impl KernelSockets {
     ) -> io::Result<()> {
         let std_stream = std::net::TcpStream::from(fd);
         std_stream.set_nonblocking(true)?;
-        let _ = std_stream.set_nodelay(true);
-        let mut stream = TcpStream::from_std(std_stream);
+        self.insert(registry, key, TcpStream::from_std(std_stream), shut)?;
+        self.stats.restored += 1;
+        Ok(())
+    }
+
+    fn accept_all(&mut self, registry: &Registry) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let Ok(local) = stream.local_addr() else {
+                        continue;
+                    };
+                    let key = ConnKey {
+                        client: peer,
+                        server: local,
+                    };
+                    match self.insert(registry, key, stream, false) {
+                        Ok(()) => self.stats.accepted += 1,
+                        Err(err) => tracing::warn!(%err, "cannot watch an accepted socket"),
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Watches a socket for `key`, hands it what waited for it, and pumps.
+    fn insert(
+        &mut self,
+        registry: &Registry,
+        key: ConnKey,
+        mut stream: TcpStream,
+        shut: bool,
+    ) -> io::Result<()> {
+        let _ = stream.set_nodelay(true);
         let token = self.token_base + self.next_token;
         self.next_token = (self.next_token + 1) % (1 << 24);
         registry.register(
@@ -254,69 +295,13 @@ impl KernelSockets {
             paused: false,
         };
         if let Some(old) = self.conns.insert(key, conn) {
+            // The same 4-tuple again: the old socket is dead.
             self.by_token.remove(&old.token);
             self.drop_conn(registry, old);
         }
         self.by_token.insert(token, key);
-        self.stats.restored += 1;
         self.pump(registry, key);
         Ok(())
-    }
-
-    fn accept_all(&mut self, registry: &Registry) {
-        loop {
-            let Some(listener) = &self.listener else {
-                return;
-            };
-            match listener.accept() {
-                Ok((mut stream, peer)) => {
-                    let Ok(local) = stream.local_addr() else {
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let key = ConnKey {
-                        client: peer,
-                        server: local,
-                    };
-                    let token = self.token_base + self.next_token;
-                    self.next_token = (self.next_token + 1) % (1 << 24);
-                    if let Err(err) = registry.register(
-                        &mut stream,
-                        Token(token),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        tracing::warn!(%err, "cannot watch an accepted socket");
-                        continue;
-                    }
-                    self.stats.accepted += 1;
-                    let (out, expected) = self.pending.remove(&key).unwrap_or_default();
-                    let conn = Conn {
-                        stream,
-                        token,
-                        out,
-                        shut: false,
-                        expected,
-                        kernel_ahead: VecDeque::new(),
-                        mismatched: false,
-                        eof: false,
-                        paused: false,
-                    };
-                    if let Some(old) = self.conns.insert(key, conn) {
-                        // The same 4-tuple again: the old socket is dead.
-                        self.by_token.remove(&old.token);
-                        self.drop_conn(registry, old);
-                    }
-                    self.by_token.insert(token, key);
-                    self.pump(registry, key);
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    return;
-                }
-            }
-        }
     }
 
     /// Reads what the kernel received and writes what waits, until the
