@@ -358,6 +358,7 @@ mod tests {
             uptime_s: 3725,
             role: role.into(),
             draining: false,
+            health: "healthy".into(),
             term: 5,
             leader: Some(1),
             commit_index: 1042,
