@@ -92,6 +92,7 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
          slot = {id}\n\
          data_dir = {data_dir}\n\
          admin_socket = {admin_socket}\n\
+         metrics = {metrics}\n\
          \n\
          [cluster]\n\
          key_file = {key_file}\n\
@@ -99,6 +100,7 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
         lab = state.name,
         data_dir = toml_path(&data_dir(dir, id)),
         admin_socket = toml_path(&admin_socket(dir, id)),
+        metrics = toml_str(&format!("{}:{METRICS_PORT}", node_addr(state, id))),
         key_file = toml_path(&key_path(dir)),
     );
     for node in &state.nodes {
@@ -133,6 +135,18 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
         check = toml_str(&format!("test ! -e {}", unhealthy_flag(dir, id).display())),
     ));
     text
+}
+
+/// The port of each node's Prometheus endpoint (on its lab address).
+pub const METRICS_PORT: u16 = 9100;
+
+fn node_addr(state: &LabState, id: u32) -> String {
+    state
+        .nodes
+        .iter()
+        .find(|n| n.id == id)
+        .map(|n| n.addr.to_string())
+        .unwrap_or_default()
 }
 
 /// The file whose presence makes node `id` fail its health check.
@@ -249,6 +263,7 @@ mod tests {
 slot = 2
 data_dir = "/run/tandem/labs/kv3/node2.d"
 admin_socket = "/run/tandem/labs/kv3/node2.sock"
+metrics = "198.18.0.12:9100"
 
 [cluster]
 key_file = "/run/tandem/labs/kv3/cluster.key"
@@ -280,7 +295,7 @@ failures = 2
         assert!(one.contains("admin_socket = \"/run/tandem/labs/kv3/node1.sock\"\n"));
         let shared = |text: &str| -> Vec<String> {
             text.lines()
-                .skip(7)
+                .skip(8)
                 .filter(|l| !l.contains(".unhealthy"))
                 .map(str::to_string)
                 .collect()

@@ -11,6 +11,7 @@
 //! slot = 1                                # this node's place, one of the members
 //! data_dir = "/var/lib/tandem/node1"      # holds the incarnation counter
 //! admin_socket = "/run/tandem/node1.sock" # `tandem status` talks to it (mode 0600)
+//! metrics = "127.0.0.1:9100"              # optional: Prometheus endpoint (off by default)
 //!
 //! [cluster]
 //! key_file = "/etc/tandem/cluster.key"    # the shared secret, ≥ 32 bytes, not world-readable
@@ -98,6 +99,11 @@ pub struct NodeSection {
     pub data_dir: PathBuf,
     /// The admin socket `tandem status` and friends talk to.
     pub admin_socket: PathBuf,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when absent.
+    /// Prefer loopback or a management network: the figures are not secret
+    /// but nothing authenticates the scraper.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[cluster]`: who the members are and how they authenticate.

@@ -64,6 +64,8 @@ const LAZY_LOG_MS: u64 = 5;
 /// was applied since the last one.
 const SNAPSHOT_EVERY_PAYLOADS: u64 = 20_000;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
+/// How often the metrics are brought up to date.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 /// At most this many ticks are given at once after the loop was held up.
 const MAX_CATCH_UP_TICKS: u32 = 3;
 /// A planned migration goes only to a clone at most this many entries
@@ -162,6 +164,15 @@ struct Daemon {
     synacks: BTreeMap<ConnKey, Vec<u8>>,
     restored_handshakes: std::collections::BTreeSet<ConnKey>,
     raw: Option<tandem_sys::rawsock::RawIpv4Sender>,
+    metrics: Arc<crate::metrics::Metrics>,
+    _metrics_server: Option<crate::metrics::MetricsServer>,
+    last_metrics: Instant,
+    /// When each of our pending proposals was made (commit latency).
+    proposed_at: BTreeMap<ProposalId, Instant>,
+    /// When this node last became leader (a takeover's duration counts
+    /// from there), and a planned migration it started: (target, when).
+    elected_at: Option<Instant>,
+    migrating: Option<(u16, Instant)>,
     /// When an authenticated message from each peer slot last arrived.
     heard: BTreeMap<u16, Instant>,
     counters: Counters,
@@ -279,6 +290,15 @@ impl Daemon {
             "node started"
         );
         let supervisor = Supervisor::start(config.supervision.clone(), service.interface.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        metrics.set_node(me.slot, incarnation);
+        let metrics_server = match config.node.metrics {
+            Some(addr) => Some(
+                crate::metrics::serve(addr, metrics.clone())
+                    .map_err(io_err(format!("metrics endpoint {addr}")))?,
+            ),
+            None => None,
+        };
         Ok(Daemon {
             sockets: KernelSockets::new(LISTENER_TOKEN, SOCKET_TOKENS, service.window_clamp),
             config,
@@ -305,6 +325,12 @@ impl Daemon {
             timers: BTreeMap::new(),
             serving: Serving::No,
             heard: BTreeMap::new(),
+            metrics,
+            _metrics_server: metrics_server,
+            last_metrics: Instant::now(),
+            proposed_at: BTreeMap::new(),
+            elected_at: None,
+            migrating: None,
             synacks: BTreeMap::new(),
             restored_handshakes: std::collections::BTreeSet::new(),
             raw: tandem_sys::rawsock::RawIpv4Sender::open()
@@ -405,6 +431,10 @@ impl Daemon {
                 self.admin.respond(self.poll.registry(), client, &reply);
             }
             self.maybe_snapshot(now);
+            if now.duration_since(self.last_metrics) >= METRICS_EVERY {
+                self.last_metrics = now;
+                self.update_metrics();
+            }
         }
         Ok(())
     }
@@ -529,6 +559,7 @@ impl Daemon {
         match self.replica.propose(bytes) {
             Ok(id) => {
                 self.counters.proposals += 1;
+                self.proposed_at.insert(id, Instant::now());
                 if !proposal.held.is_empty() {
                     self.held.insert(id, proposal.held);
                 }
@@ -634,6 +665,12 @@ impl Daemon {
         let mut socket_effects = Vec::new();
         for committed in out.committed {
             self.counters.committed_entries += 1;
+            self.metrics
+                .add_committed(&self.service.name, 1, committed.data.len() as u64);
+            if let Some(at) = self.proposed_at.remove(&committed.proposal) {
+                self.metrics
+                    .observe_commit_latency(&self.service.name, at.elapsed().as_secs_f64());
+            }
             self.payloads_applied += 1;
             let index = (committed.index << 16) | u64::from(committed.sub);
             match postcard::from_bytes::<LogEntry>(&committed.data) {
@@ -691,12 +728,20 @@ impl Daemon {
             self.sockets.apply(self.poll.registry(), effect);
         }
         for dropped in out.dropped {
+            self.proposed_at.remove(&dropped);
             if let Some(ids) = self.held.remove(&dropped) {
                 self.drop_held(ids);
             }
         }
         if out.snapshot_wanted {
             self.want_snapshot_now = true;
+        }
+        if let (Some((to, at)), Some(leader)) = (self.migrating, out.leader) {
+            if out.leader_changed && leader.slot == to {
+                self.metrics
+                    .observe_migration(&self.service.name, at.elapsed().as_secs_f64());
+                self.migrating = None;
+            }
         }
         if out.role_changed || out.leader_changed {
             tracing::info!(
@@ -708,6 +753,7 @@ impl Daemon {
         }
         if out.role_changed {
             if out.role == StateRole::Leader {
+                self.elected_at = Some(Instant::now());
                 let barrier = self.replica.status().log.1;
                 self.serving = Serving::Awaiting { barrier };
             } else if self.serving != Serving::No {
@@ -800,6 +846,9 @@ impl Daemon {
         self.counters.restore_failures += failed;
         self.serving = Serving::Yes;
         self.counters.became_primary += 1;
+        let since_elected = self.elected_at.map_or(started.elapsed(), |at| at.elapsed());
+        self.metrics
+            .observe_failover(&self.service.name, since_elected.as_secs_f64());
         tracing::info!(
             term = self.replica.term(),
             restored,
@@ -874,6 +923,8 @@ impl Daemon {
         }
         let was_serving = self.serving == Serving::Yes;
         self.serving = Serving::No;
+        self.proposed_at.clear();
+        self.restored_handshakes.clear();
         let held: Vec<u32> = self
             .proposer
             .abandon()
@@ -1004,6 +1055,7 @@ impl Daemon {
             ));
         }
         self.replica.transfer_leader(target);
+        self.migrating = Some((slot, Instant::now()));
         tracing::info!(to = slot, "planned migration: leadership transfer started");
         Ok(format!(
             "primary moving from node {} to node {slot}",
@@ -1033,11 +1085,29 @@ impl Daemon {
             .ok_or_else(|| "no reachable peer to hand over to".to_string())?;
         self.last_handover_to = Some(best.slot);
         self.replica.transfer_leader(best);
+        self.migrating = Some((best.slot, Instant::now()));
         tracing::info!(to = best.slot, why, "handing the primary role over");
         Ok(best.slot)
     }
 
+    fn update_metrics(&self) {
+        let report = self.report_with(false);
+        self.metrics.observe_report(&report);
+        let depth: usize = self.held.values().map(Vec::len).sum();
+        self.metrics.set_capture(
+            &self.service.name,
+            depth as u64,
+            self.capture.stats().overruns,
+        );
+    }
+
     fn report(&self) -> NodeReport {
+        self.report_with(true)
+    }
+
+    /// The status report; the state hash (which walks the whole service
+    /// state) only when asked.
+    fn report_with(&self, with_hash: bool) -> NodeReport {
         let status = self.replica.status();
         let role = match (status.role, self.serving) {
             (StateRole::Leader, Serving::Yes) => "primary",
@@ -1109,7 +1179,11 @@ impl Daemon {
                 holds_vip: self.serving == Serving::Yes,
                 connections: self.group.shadow().len() as u64,
                 sockets: self.sockets.len() as u64,
-                state_hash: format!("{:016x}", self.group.state_hash()),
+                state_hash: if with_hash {
+                    format!("{:016x}", self.group.state_hash())
+                } else {
+                    String::new()
+                },
                 entries_applied: stats.entries,
                 packets_applied: stats.packets,
                 opened: stats.opened,
