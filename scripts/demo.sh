@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
-# The main job: builds tandem and runs `tandem demo` (needs root).
+# The main job: builds tandem and runs `tandem demo` (needs root): a 3-node
+# lab of the replicated kv service under a checked load of 32 connections,
+# its primary killed (alternately power cut and process crash) every 8 s for
+# 45 s; a live status line, then a summary (operations, errors, lost and
+# duplicated updates, the pause clients saw at each failover) and a latency
+# chart (SVG) with every failover marked. Arguments go to `tandem demo`
+# (e.g. --duration 30, --kill-interval 5, --keep, --json, --svg PATH;
+# --moves for the connection-move demo; --help for all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then

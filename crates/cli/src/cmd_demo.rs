@@ -1,24 +1,92 @@
-//! `tandem demo`: the main job, on one machine. Today it shows the first
-//! brick of tandem — live TCP connections moving, with the virtual IP, from
-//! one node to another while their clients carry on.
+//! `tandem demo`: the main job, on one machine. By default the failover
+//! demo (see [`crate::demo`]): a replicated kv cluster keeps serving many
+//! checked client connections while its primary is killed again and again.
+//! `--moves` runs the first demo instead: live TCP connections of a plain
+//! echo server moving, with the virtual IP, from one node to another and
+//! back while their clients carry on.
 
 use anyhow::{ensure, Context, Result};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tandem_cli::scenario::{MoveLab, PingPong};
 use tandem_node::migration::MoveReport;
 
 #[derive(clap::Args)]
+#[command(after_help = "\
+By default: builds a lab of NODES network namespaces running the replicated kv \
+service (root needed), keeps CONNECTIONS clients busy with INCR on a key of \
+their own and SET/GET of unique values (every reply checked: a wrong one is a \
+lost or duplicated update), and every KILL_INTERVAL seconds fails the primary \
+(`lab kill`, a power cut, alternating with `lab crash`, a process crash), waits \
+for a clone to take over with every connection, and restarts the old primary \
+2 s later as a clone. A status line shows the progress; at the end a summary \
+(operations, errors, lost and duplicated updates, the pause clients saw at \
+each failover) and an SVG chart of request latency with each failover marked. \
+Ctrl-C stops early, prints the summary so far and removes the lab. Exit \
+status: 0 if no client saw any error, 1 otherwise, 130 when interrupted.
+
+With --moves: the connection-move demo. Builds a two-node lab, runs clients \
+against a plain echo server behind the virtual IP, moves every connection to \
+node 2 and back (planned moves, TCP_REPAIR), and reports what the clients saw.")]
 pub struct DemoArgs {
-    /// Client connections kept busy through the moves.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    connections: u16,
-    /// Round trips between moves, per connection (one every 5 ms).
-    #[arg(long, default_value_t = 300)]
+    /// Run the connection-move demo instead (a plain echo server's live
+    /// sockets moved to node 2 and back).
+    #[arg(long)]
+    moves: bool,
+    /// How long the load runs, in seconds (building and removing the lab
+    /// add a few seconds).
+    #[arg(long, value_name = "SECONDS", default_value_t = 45,
+          value_parser = clap::value_parser!(u64).range(1..=3600), conflicts_with = "moves")]
+    duration: u64,
+    /// Nodes in the lab (odd, at least 3).
+    #[arg(long, default_value_t = 3, conflicts_with = "moves")]
+    nodes: usize,
+    /// Seconds between two faults of the primary.
+    #[arg(long, value_name = "SECONDS", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(3..=3600), conflicts_with = "moves")]
+    kill_interval: u64,
+    /// Client connections (default: 32; 4 with --moves).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    connections: Option<u16>,
+    /// Leave the lab running at the end (it says how to use and remove it).
+    #[arg(long, conflicts_with = "moves")]
+    keep: bool,
+    /// Print the summary as one JSON object (the live display goes to
+    /// stderr).
+    #[arg(long, conflicts_with = "moves")]
+    json: bool,
+    /// Where to write the latency chart (default:
+    /// ./tandem-demo-YYYYMMDD-HHMMSS.svg).
+    #[arg(long, value_name = "PATH", conflicts_with = "moves")]
+    svg: Option<PathBuf>,
+    /// The lab's name (default: demo<pid>).
+    #[arg(long, conflicts_with = "moves")]
+    name: Option<String>,
+    /// With --moves: round trips between moves, per connection (one every
+    /// 5 ms).
+    #[arg(long, default_value_t = 300, requires = "moves")]
     exchanges: u32,
 }
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    if args.moves {
+        return run_moves(args);
+    }
+    crate::demo::run(crate::demo::Options {
+        duration: Duration::from_secs(args.duration),
+        nodes: args.nodes,
+        kill_interval: Duration::from_secs(args.kill_interval),
+        connections: usize::from(args.connections.unwrap_or(32)),
+        keep: args.keep,
+        json: args.json,
+        svg: args.svg,
+        name: args.name,
+    })
+}
+
+/// The connection-move demo (`tandem demo --moves`).
+fn run_moves(args: DemoArgs) -> Result<ExitCode> {
     crate::require_root("tandem demo")?;
     let tandem = std::env::current_exe().context("locating the tandem binary")?;
     let name = format!("demo{}", std::process::id());
@@ -28,14 +96,15 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         "echo server running on node 1 behind the virtual IP {}",
         lab.service_addr()
     );
-    let streams = (0..args.connections)
+    let connections = args.connections.unwrap_or(4);
+    let streams = (0..connections)
         .map(|_| lab.connect(None))
         .collect::<Result<Vec<_>>>()?;
     let interval = Duration::from_millis(5);
     let workload = PingPong::start(streams, interval);
     println!(
         "{} clients exchanging numbered lines with it, one round trip every 5 ms each",
-        args.connections
+        connections
     );
     // Clients' neighbour entries must be older than Linux's 1 s lock time
     // for the first gratuitous ARP to be taken at once; the demo shows the

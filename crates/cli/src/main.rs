@@ -9,6 +9,8 @@ mod cmd_lab;
 mod cmd_node;
 mod cmd_status;
 mod cmd_tool;
+mod demo;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
