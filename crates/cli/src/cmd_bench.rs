@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 use tandem_cli::scenario::{MoveLab, PingPong, PingPongStats};
 use tandem_sys::tcp_repair::{self, RestoreOptions};
 
+/// `tandem bench compare`: tandem, keepalived and Redis Sentinel when the
+/// primary is killed, with the same client workload.
+#[path = "bench_compare.rs"]
+pub(crate) mod bench_compare;
+
 /// `tandem bench kv` and the kv server behind `tandem tool kv-server`.
 #[path = "bench_kv.rs"]
 pub(crate) mod bench_kv;
@@ -63,6 +68,61 @@ enum Bench {
         #[arg(long, default_value_t = 20_000)]
         round_trips: usize,
     },
+    /// The primary killed under load, as clients see it, for (1) tandem's
+    /// replicated kv (3 nodes), (2) keepalived moving a VIP between two
+    /// redis-servers (one replicating the other) and (3) Redis Sentinel (2
+    /// redis-servers, 3 sentinels, clients following Sentinel): failed
+    /// requests, broken connections, resets, acknowledged writes lost, time
+    /// to the first success after the kill and latency outside the fault,
+    /// with one Python client (redis-py, in a venv the bench creates).
+    /// Builds its labs and always removes them. Needs root, and redis-server,
+    /// redis-tools, keepalived, redis-sentinel and python3-venv
+    /// (`sudo scripts/install-bench-deps.sh`).
+    Compare {
+        /// Systems to run, in this order.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
+            bench_compare::System::Tandem,
+            bench_compare::System::Keepalived,
+            bench_compare::System::Sentinel,
+        ])]
+        systems: Vec<bench_compare::System>,
+        /// Client connections (one thread and one key each).
+        #[arg(long, default_value_t = 8)]
+        connections: u32,
+        /// Length of each run, in seconds.
+        #[arg(long, default_value_t = 15.0)]
+        duration: f64,
+        /// When the primary is killed, in seconds into the run.
+        #[arg(long, default_value_t = 5.0)]
+        kill_after: f64,
+        /// Each connection sends one INCR per this many milliseconds.
+        #[arg(long, default_value_t = 5.0)]
+        period_ms: f64,
+        /// The client's socket timeout, in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        timeout: f64,
+        /// The client's connect timeout, in seconds.
+        #[arg(long, default_value_t = 0.5)]
+        connect_timeout: f64,
+        /// The client's socket and connect timeout towards sentinels.
+        #[arg(long, default_value_t = 0.25)]
+        sentinel_timeout: f64,
+        /// keepalived's advert_int, in seconds (VRRPv3: 0.01 to 255).
+        #[arg(long, default_value_t = 0.1)]
+        advert_int: f64,
+        /// Sentinel's down-after-milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        down_after_ms: u64,
+        /// Sentinel's failover-timeout, in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        failover_timeout_ms: u64,
+        /// The venv holding redis-py (created with it if missing).
+        #[arg(long, default_value = bench_compare::DEFAULT_VENV)]
+        venv: std::path::PathBuf,
+        /// Print the results as JSON (progress still goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// The replicated kv service against its baselines: requests/s and
     /// p50/p99 latency of SET and GET (redis-benchmark from the lab's client
     /// namespace, one client for latency, many for throughput) through (a)
@@ -102,6 +162,35 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             seconds,
             round_trips,
         } => crate::bench_capture::run(seconds.max(0.1), round_trips.max(100)),
+        Bench::Compare {
+            systems,
+            connections,
+            duration,
+            kill_after,
+            period_ms,
+            timeout,
+            connect_timeout,
+            sentinel_timeout,
+            advert_int,
+            down_after_ms,
+            failover_timeout_ms,
+            venv,
+            json,
+        } => bench_compare::run(bench_compare::Options {
+            systems,
+            connections: connections.max(1),
+            duration_s: duration.max(1.0),
+            kill_after_s: kill_after.clamp(0.5, duration.max(1.0)),
+            period_ms: period_ms.max(0.1),
+            timeout_s: timeout.max(0.01),
+            connect_timeout_s: connect_timeout.max(0.01),
+            sentinel_timeout_s: sentinel_timeout.max(0.01),
+            advert_int_s: advert_int,
+            down_after_ms: down_after_ms.max(1),
+            failover_timeout_ms: failover_timeout_ms.max(1),
+            venv,
+            json,
+        }),
         Bench::Kv {
             requests,
             rounds,
