@@ -1162,6 +1162,16 @@ fn build(
     };
     set_opt(fd, tcp, libc::TCP_REPAIR_WINDOW, &window)
         .map_err(sys("setsockopt(TCP_REPAIR_WINDOW)"))?;
+    if fin && image.unsent().is_empty() {
+        // Our FIN follows the bytes in flight: shut down now, in repair mode
+        // with the send queue selected, and the kernel queues the FIN as
+        // already sent (snd_nxt = write_seq) without transmitting it. The
+        // peer's ACK of it — it may have been acknowledged long ago — is
+        // then valid; a FIN queued after repair would sit one byte behind
+        // that ACK, which the kernel discards as acknowledging unsent data.
+        select_queue(fd, TCP_SEND_QUEUE, "setsockopt(TCP_REPAIR_QUEUE=SEND)")?;
+        shutdown_write(fd)?;
+    }
     // No queue selected while the socket waits in repair mode.
     select_queue(fd, TCP_NO_QUEUE, "setsockopt(TCP_REPAIR_QUEUE=NONE)")?;
     Ok(())
@@ -1174,9 +1184,9 @@ fn live(fd: BorrowedFd<'_>, unsent: &[u8], fin: bool) -> Result<(), RepairError>
     allow_port_reuse(fd)?;
 
     write_tail(fd, unsent)?;
-    if fin {
-        // Our FIN goes after the tail, as it did; if it had already been
-        // sent, the peer takes this one as a duplicate and acknowledges it.
+    if fin && !unsent.is_empty() {
+        // Our FIN goes after the never-sent tail (without a tail it was
+        // queued as sent in repair mode, see `build`).
         shutdown_write(fd)?;
     }
     Ok(())

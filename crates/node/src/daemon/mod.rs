@@ -827,10 +827,27 @@ impl Daemon {
             .announce(self.vip, tandem_sys::arp::GarpSchedule::default())?;
         let announced_ms = started.elapsed().as_secs_f64() * 1e3;
         let (mut restored, mut failed) = (0u64, 0u64);
-        for (key, prepared, fin) in prepared {
+        let mut replays = Vec::new();
+        for rebuilt in prepared {
+            let Rebuilt {
+                key,
+                socket,
+                fin,
+                peer_closed,
+                replay,
+            } = rebuilt;
+            let Ok(prepared) = socket else { continue };
             match prepared.go_live() {
-                Ok(fd) => match self.sockets.adopt(self.poll.registry(), key, fd, fin) {
-                    Ok(()) => restored += 1,
+                Ok(fd) => match self
+                    .sockets
+                    .adopt(self.poll.registry(), key, fd, fin, peer_closed)
+                {
+                    Ok(()) => {
+                        restored += 1;
+                        if let IpAddr::V4(client) = key.client.ip() {
+                            replays.extend(replay.into_iter().map(|p| (client, p)));
+                        }
+                    }
                     Err(err) => {
                         failed += 1;
                         tracing::warn!(client = %key.client, %err, "cannot watch a restored socket");
@@ -839,6 +856,13 @@ impl Daemon {
                 Err(err) => {
                     failed += 1;
                     tracing::warn!(client = %key.client, %err, "a restored socket could not go live");
+                }
+            }
+        }
+        if let Some(raw) = &self.raw {
+            for (client, packet) in &replays {
+                if let Err(err) = raw.send(packet, *client) {
+                    tracing::debug!(%err, "replaying output at takeover");
                 }
             }
         }
@@ -866,35 +890,41 @@ impl Daemon {
     /// Every connection of the log as a socket in repair mode (DESIGN §3.5
     /// step 4), busiest first, built on two threads; nothing is sent until
     /// each goes live after the VIP is announced.
-    fn prepare_connections(
-        &mut self,
-        now_ms: u64,
-    ) -> Vec<(ConnKey, tandem_sys::tcp_repair::Prepared, bool)> {
+    fn prepare_connections(&mut self, now_ms: u64) -> Vec<Rebuilt> {
         let shadow = self.group.shadow();
         let mut handshakes = Vec::new();
-        let mut images: Vec<(ConnKey, tandem_core::SocketImage)> = shadow
+        let mut images: Vec<(ConnKey, tandem_core::SocketImage, bool)> = shadow
             .keys()
             .filter_map(|key| {
                 let image = shadow.image(key, tandem_core::shadow::Millis(now_ms), TS_JUMP)?;
                 if image.state == tandem_core::TcpState::SynRecv {
                     handshakes.push(*key);
                 }
-                Some((*key, for_restore(image)))
+                let peer_closed = matches!(
+                    image.state,
+                    tandem_core::TcpState::CloseWait
+                        | tandem_core::TcpState::LastAck
+                        | tandem_core::TcpState::Closing
+                );
+                Some((*key, for_restore(image), peer_closed))
             })
             .collect();
         self.restored_handshakes.extend(handshakes);
-        images.sort_by_key(|(_, image)| std::cmp::Reverse(image.send_queue.len()));
+        images.sort_by_key(|(_, image, _)| std::cmp::Reverse(image.send_queue.len()));
         if images.is_empty() {
             return Vec::new();
         }
         let options = tandem_sys::tcp_repair::RestoreOptions::default();
         let half = images.len().div_ceil(2);
         let (first, second) = images.split_at(half);
-        let build = |part: &[(ConnKey, tandem_core::SocketImage)]| {
+        let build = |part: &[(ConnKey, tandem_core::SocketImage, bool)]| {
             part.iter()
-                .map(|(key, image)| {
-                    let fin = image.state != tandem_core::TcpState::Established;
-                    (*key, tandem_sys::tcp_repair::prepare(image, &options), fin)
+                .map(|(key, image, peer_closed)| Rebuilt {
+                    key: *key,
+                    socket: tandem_sys::tcp_repair::prepare(image, &options),
+                    fin: image.state != tandem_core::TcpState::Established,
+                    peer_closed: *peer_closed,
+                    replay: replay_head(image),
                 })
                 .collect::<Vec<_>>()
         };
@@ -904,12 +934,12 @@ impl Daemon {
             (mine, other.join().unwrap_or_default())
         });
         let mut prepared = Vec::with_capacity(images.len());
-        for (key, result, fin) in a.into_iter().chain(b) {
-            match result {
-                Ok(p) => prepared.push((key, p, fin)),
+        for rebuilt in a.into_iter().chain(b) {
+            match &rebuilt.socket {
+                Ok(_) => prepared.push(rebuilt),
                 Err(err) => {
                     self.counters.restore_failures += 1;
-                    tracing::warn!(client = %key.client, %err, "cannot rebuild a connection");
+                    tracing::warn!(client = %rebuilt.key.client, %err, "cannot rebuild a connection");
                 }
             }
         }
@@ -1205,30 +1235,110 @@ impl Daemon {
     }
 }
 
+/// A connection rebuilt in repair mode at takeover, waiting to go live.
+struct Rebuilt {
+    key: ConnKey,
+    socket: Result<tandem_sys::tcp_repair::Prepared, tandem_sys::tcp_repair::RepairError>,
+    /// Our FIN is part of it (the service had closed).
+    fin: bool,
+    /// The client's FIN was received (the service was told).
+    peer_closed: bool,
+    /// Segments to send from a raw socket once it is live ([`replay_head`]).
+    replay: Vec<Vec<u8>>,
+}
+
 /// How far a new primary moves the TCP timestamp clock of every rebuilt
 /// connection past the lower bound the log gives (DESIGN §3.5): one hour,
 /// so the old primary's clock can never have been ahead of it, and far below
 /// the 2^31 ms PAWS horizon.
 const TS_JUMP: u32 = 3_600_000;
 
-/// Adjusts shadow TCP's image for a restore by a new primary:
-/// - every unacknowledged output byte is sent again as soon as the socket
-///   goes live, instead of waiting in repair mode for a retransmission
-///   timeout (1-3 s on a socket without an RTT estimate): whatever the
-///   client already has it drops as a duplicate;
-/// - states TCP_REPAIR cannot build directly become the nearest one it can:
-///   a received FIN is already counted in rcv_nxt and the service was told
-///   (CLOSE_WAIT → ESTABLISHED, LAST_ACK/CLOSING → FIN_WAIT1), and a
-///   handshake whose SYN-ACK is logged is ESTABLISHED (SYN_RECV).
+/// Adjusts shadow TCP's image for a restore by a new primary: states
+/// TCP_REPAIR cannot build directly become the nearest one it can — a
+/// received FIN is already counted in rcv_nxt and the service was told
+/// (CLOSE_WAIT → ESTABLISHED, LAST_ACK/CLOSING → FIN_WAIT1), and a handshake
+/// whose SYN-ACK is logged is ESTABLISHED (SYN_RECV).
+///
+/// Every unacknowledged output byte stays *in flight* (snd_nxt = write_seq):
+/// the client may have received and acknowledged bytes the log does not
+/// know it has (its ACKs are logged lazily), and an ACK beyond snd_nxt is
+/// discarded by the kernel as acknowledging unsent data — the connection
+/// would deadlock. Bytes the client never got are sent again at once by
+/// [`replay_head`], not after a retransmission timeout.
 fn for_restore(mut image: tandem_core::SocketImage) -> tandem_core::SocketImage {
     use tandem_core::TcpState;
-    image.unsent_len = image.send_queue.len() as u32;
+    image.unsent_len = 0;
     image.state = match image.state {
         TcpState::CloseWait | TcpState::SynRecv | TcpState::NewSynRecv => TcpState::Established,
         TcpState::LastAck | TcpState::Closing => TcpState::FinWait1,
         other => other,
     };
     image
+}
+
+/// Most output bytes a new primary sends again from user space per
+/// connection at takeover (about an initial congestion window).
+const REPLAY_BYTES: usize = 10 * 1448;
+
+/// Segments carrying the head of a rebuilt connection's unacknowledged
+/// output (and our FIN if that is all that is left), as the restored socket
+/// would retransmit them — sent from a raw socket right after it goes live.
+/// A rebuilt socket has no RTT estimate, so its own retransmission waits 1
+/// to 3 s; these make the client answer now: it takes bytes it lacks, and
+/// acknowledges (as a duplicate) what it already has, which moves the
+/// socket's snd_una to the client's real position.
+fn replay_head(image: &tandem_core::SocketImage) -> Vec<Vec<u8>> {
+    use tandem_wire::{IpRepr, Ipv4Repr, SeqNumber, TcpFlags, TcpOptionSet, TcpRepr, Timestamps};
+    let (IpAddr::V4(local), IpAddr::V4(peer)) = (image.local.ip(), image.peer.ip()) else {
+        return Vec::new();
+    };
+    let data = image.unacked();
+    let mss = (image.mss as usize).clamp(64, 1448);
+    let rcv_wscale = image.options.window_scale.map_or(0, |w| w.rcv);
+    let window = (image.window.rcv_wnd >> rcv_wscale).min(65_535) as u16;
+    let segment = |seq: u32, flags: TcpFlags, payload: &[u8]| -> Option<Vec<u8>> {
+        let mut options = TcpOptionSet::default();
+        if image.options.timestamps {
+            options.timestamps = Some(Timestamps {
+                tsval: image.timestamp,
+                tsecr: 0,
+            });
+        }
+        tandem_wire::IpTcpRepr {
+            ip: IpRepr::V4(Ipv4Repr::tcp(local, peer)),
+            tcp: TcpRepr {
+                src_port: image.local.port(),
+                dst_port: image.peer.port(),
+                seq_number: SeqNumber(seq),
+                ack_number: SeqNumber(image.rcv_nxt),
+                flags,
+                window_len: window,
+                urgent_at: 0,
+                options,
+                payload,
+            },
+        }
+        .to_bytes()
+        .ok()
+    };
+    let start = image.snd_una();
+    let head = &data[..data.len().min(REPLAY_BYTES)];
+    let mut out: Vec<Vec<u8>> = head
+        .chunks(mss)
+        .enumerate()
+        .filter_map(|(i, chunk)| {
+            let seq = start.wrapping_add((i * mss) as u32);
+            segment(seq, TcpFlags::ACK | TcpFlags::PSH, chunk)
+        })
+        .collect();
+    if data.is_empty() && image.fin_unacked() {
+        out.extend(segment(
+            image.write_seq.wrapping_sub(1),
+            TcpFlags::ACK | TcpFlags::FIN,
+            &[],
+        ));
+    }
+    out
 }
 
 /// The connection of a logged SYN-ACK (from the server), and the packet

@@ -221,17 +221,26 @@ impl KernelSockets {
 
     /// Takes a socket rebuilt with TCP_REPAIR at takeover (already live):
     /// the service's further output for `key` goes to it. `shut`: our FIN
-    /// is already part of it (the service had closed).
+    /// is already part of it (the service had closed); `peer_closed`: the
+    /// client's FIN was received before (the rebuilt socket never reports
+    /// it: TCP_REPAIR cannot put a received FIN back).
     pub fn adopt(
         &mut self,
         registry: &Registry,
         key: ConnKey,
         fd: OwnedFd,
         shut: bool,
+        peer_closed: bool,
     ) -> io::Result<()> {
         let std_stream = std::net::TcpStream::from(fd);
         std_stream.set_nonblocking(true)?;
         self.insert(registry, key, TcpStream::from_std(std_stream), shut)?;
+        if peer_closed {
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.eof = true;
+            }
+            self.pump(registry, key);
+        }
         self.stats.restored += 1;
         Ok(())
     }
