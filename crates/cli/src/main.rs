@@ -56,10 +56,11 @@ enum Command {
     Status(cmd_status::StatusArgs),
     /// Build and drive a test cluster of network namespaces on this machine.
     Lab(cmd_lab::LabArgs),
-    /// Watch live TCP connections move between nodes without their client
-    /// noticing: builds a two-node lab, runs clients against an echo server
-    /// behind the virtual IP, moves every connection to node 2 and back, and
-    /// reports what the clients saw. Needs root; leaves nothing behind.
+    /// The main job: a 3-node replicated kv lab under a checked load while
+    /// its primary is killed or crashed every few seconds; a live status
+    /// line, a summary (errors, lost or duplicated updates, every pause) and
+    /// a latency chart. `--moves`: the connection-move demo. Needs root;
+    /// leaves nothing behind.
     Demo(cmd_demo::DemoArgs),
     /// Measure: `tandem bench migrate` (socket dump/restore, and the pause
     /// clients see during a planned move of 1, 100 and 1,000 connections) and
