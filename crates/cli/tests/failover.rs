@@ -12,9 +12,6 @@
 //!
 //! Needs root and redis-tools; runs in CI; fails, never skips.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 mod common;
 
@@ -82,28 +79,7 @@ fn consistency_checker_survives_repeated_leader_failures() {
     let mut lab = cluster("b");
     wait_healthy(&lab, "start");
     let rst_before = lab.client_rst_count().unwrap();
-    let addr = SocketAddr::new(lab.vip().into(), lab.port());
-    let stop = Arc::new(AtomicBool::new(false));
-    let client_ns = lab.client_netns().to_string();
-    let checkers = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            // Runs in the client namespace; the checkers' threads inherit it.
-            tandem_sys::netns::run_in(&client_ns, move || {
-                let handles: Vec<_> = (0..CONNECTIONS)
-                    .map(|id| {
-                        let stop = stop.clone();
-                        std::thread::spawn(move || checker(addr, id, stop))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap())
-                    .collect::<Vec<Tally>>()
-            })
-            .expect("client namespace")
-        })
-    };
+    let checkers = Checkers::start(&lab, CONNECTIONS);
     let mut pauses = Vec::new();
     for round in 0..ROUNDS {
         std::thread::sleep(Duration::from_millis(1500));
@@ -125,8 +101,7 @@ fn consistency_checker_survives_repeated_leader_failures() {
         wait_healthy(&lab, &format!("after round {round}"));
     }
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    let tallies = checkers.join().unwrap();
+    let tallies = checkers.stop();
     eprintln!("new primary serving after: {pauses:?}");
     let failed: Vec<String> = tallies
         .iter()
@@ -181,27 +156,7 @@ fn consistency_checker_survives_repeated_leader_failures() {
 fn an_unhealthy_primary_hands_over_and_an_unhealthy_clone_refuses() {
     let lab = cluster("c");
     let first = wait_healthy(&lab, "start");
-    let addr = SocketAddr::new(lab.vip().into(), lab.port());
-    let stop = Arc::new(AtomicBool::new(false));
-    let client_ns = lab.client_netns().to_string();
-    let checkers = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            tandem_sys::netns::run_in(&client_ns, move || {
-                let handles: Vec<_> = (0..4)
-                    .map(|id| {
-                        let stop = stop.clone();
-                        std::thread::spawn(move || checker(addr, id, stop))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap())
-                    .collect::<Vec<Tally>>()
-            })
-            .expect("client namespace")
-        })
-    };
+    let checkers = Checkers::start(&lab, 4);
     std::thread::sleep(Duration::from_millis(500));
     // The primary's check command starts failing: it hands over.
     lab.set_unhealthy(first, true).unwrap();
@@ -237,8 +192,7 @@ fn an_unhealthy_primary_hands_over_and_an_unhealthy_clone_refuses() {
     lab.set_unhealthy(first, false).unwrap();
     lab.set_unhealthy(second, false).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for (id, t) in checkers.join().unwrap().iter().enumerate() {
+    for (id, t) in checkers.stop().iter().enumerate() {
         assert!(t.errors.is_empty(), "connection {id}: {:?}", t.errors);
         assert!(t.incrs > 10, "connection {id} made too little progress");
     }

@@ -16,10 +16,6 @@
 //! Every case: no checker error, no reset seen by a client, equal state
 //! hashes at the end. Needs root; runs in CI; fails, never skips.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 mod common;
 
@@ -138,44 +134,18 @@ fn wait_for<T>(lab: &Lab, limit: Duration, what: &str, mut f: impl FnMut() -> Op
 }
 
 /// The consistency checker on `CONNECTIONS` connections from the client
-/// namespace, as in failover.rs.
-struct Checkers {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<Vec<Tally>>,
-}
+/// namespace, with this file's verdict.
+struct FaultCheckers(common::Checkers);
 
-impl Checkers {
-    fn start(lab: &Lab) -> Checkers {
-        let addr = SocketAddr::new(IpAddr::V4(lab.vip()), lab.port());
-        let stop = Arc::new(AtomicBool::new(false));
-        let client_ns = lab.client_netns().to_string();
-        let handle = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                // The checkers' threads inherit the client namespace.
-                tandem_sys::netns::run_in(&client_ns, move || {
-                    let handles: Vec<_> = (0..CONNECTIONS)
-                        .map(|id| {
-                            let stop = stop.clone();
-                            std::thread::spawn(move || checker(addr, id, stop))
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap())
-                        .collect::<Vec<Tally>>()
-                })
-                .expect("client namespace")
-            })
-        };
-        Checkers { stop, handle }
+impl FaultCheckers {
+    fn start(lab: &Lab) -> FaultCheckers {
+        FaultCheckers(common::Checkers::start(lab, CONNECTIONS))
     }
 
     /// Stops the checkers and asserts that every connection saw only right
     /// answers and made progress.
     fn finish(self, lab: &Lab) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let tallies = self.handle.join().unwrap();
+        let tallies = self.0.stop();
         let failed: Vec<String> = tallies
             .iter()
             .enumerate()
@@ -269,7 +239,7 @@ fn a_hung_leader_is_replaced_and_rejoins_as_a_clone() {
     let first = wait_healthy(&lab, "start");
     let term_before = must_report(&lab, first, "start").term;
     let rst_before = lab.client_rst_count().unwrap();
-    let checkers = Checkers::start(&lab);
+    let checkers = FaultCheckers::start(&lab);
     std::thread::sleep(Duration::from_millis(1500));
 
     lab.stop(first).expect("stop the leader");
@@ -339,7 +309,7 @@ fn a_follower_fault_moves_nothing(
         .expect("a follower");
     let before = must_report(&lab, primary, "start");
     let rst_before = lab.client_rst_count().unwrap();
-    let checkers = Checkers::start(&lab);
+    let checkers = FaultCheckers::start(&lab);
     std::thread::sleep(Duration::from_millis(1000));
 
     fault(&mut lab, follower).expect("fault on the follower");
@@ -408,7 +378,7 @@ fn a_partitioned_leader_is_fenced_and_replaced() {
     let first = wait_healthy(&lab, "start");
     let term_before = must_report(&lab, first, "start").term;
     let rst_before = lab.client_rst_count().unwrap();
-    let checkers = Checkers::start(&lab);
+    let checkers = FaultCheckers::start(&lab);
     std::thread::sleep(Duration::from_millis(1500));
 
     lab.partition(first).expect("partition the leader");

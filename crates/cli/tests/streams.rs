@@ -421,26 +421,7 @@ fn migrate_with_a_thousand_connections_then_drain_and_undrain() {
         opened.elapsed()
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let client_ns = lab.client_netns().to_string();
-    let checkers = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            tandem_sys::netns::run_in(&client_ns, move || {
-                let handles: Vec<_> = (0..BUSY)
-                    .map(|id| {
-                        let stop = stop.clone();
-                        std::thread::spawn(move || checker(addr, id, stop))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap())
-                    .collect::<Vec<Tally>>()
-            })
-            .expect("client namespace")
-        })
-    };
+    let checkers = Checkers::start(&lab, BUSY);
     settle();
 
     // The move, with every connection.
@@ -545,8 +526,7 @@ fn migrate_with_a_thousand_connections_then_drain_and_undrain() {
     ping_all(&lab, &mut idle, "after undrain and the migration back");
 
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let tallies = checkers.join().unwrap();
+    let tallies = checkers.stop();
     let failed: Vec<String> = tallies
         .iter()
         .enumerate()

@@ -190,3 +190,44 @@ pub fn checker(addr: SocketAddr, id: usize, stop: Arc<AtomicBool>) -> Tally {
     }
     tally
 }
+
+/// `connections` consistency checkers running from the lab's client
+/// namespace until [`Checkers::stop`].
+pub struct Checkers {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<Tally>>,
+}
+
+impl Checkers {
+    pub fn start(lab: &Lab, connections: usize) -> Checkers {
+        let addr = SocketAddr::new(lab.vip().into(), lab.port());
+        let stop = Arc::new(AtomicBool::new(false));
+        let client_ns = lab.client_netns().to_string();
+        let handle = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // The checkers' threads inherit the client namespace.
+                tandem_sys::netns::run_in(&client_ns, move || {
+                    let handles: Vec<_> = (0..connections)
+                        .map(|id| {
+                            let stop = stop.clone();
+                            std::thread::spawn(move || checker(addr, id, stop))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap())
+                        .collect::<Vec<Tally>>()
+                })
+                .expect("client namespace")
+            })
+        };
+        Checkers { stop, handle }
+    }
+
+    /// Stops them and returns each connection's tally.
+    pub fn stop(self) -> Vec<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
