@@ -19,6 +19,11 @@ pub(crate) mod bench_compare;
 #[path = "bench_kv.rs"]
 pub(crate) mod bench_kv;
 
+/// `tandem bench failover`: the pause clients see across kills, crashes
+/// and migrations of the primary.
+#[path = "bench_failover.rs"]
+pub(crate) mod bench_failover;
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -148,6 +153,37 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Failover and migration as clients see them: the largest gap between
+    /// consecutive replies (min/median/p99/max over the events) when the
+    /// primary of a 3-node kv lab is killed (power cut), crashed (daemon
+    /// killed, kernel alive) or migrated to a caught-up clone, with 1, 100
+    /// and 1,000 connections looping INCR on their own keys (every reply
+    /// checked; errors, resets, EOFs and wrong replies are counted). After a
+    /// kill or crash the old primary is restarted and the cluster waited for
+    /// before the next event. Builds its own lab and always removes it.
+    /// Needs root.
+    Failover {
+        /// Events per kind and connection count.
+        #[arg(long, default_value_t = 20)]
+        events: usize,
+        /// Which events, interleaved round by round.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
+            bench_failover::Kind::Kill,
+            bench_failover::Kind::Crash,
+            bench_failover::Kind::Migrate,
+        ])]
+        kinds: Vec<bench_failover::Kind>,
+        /// Connection counts, one after the other (each a fresh set of
+        /// connections, each sending at most one request per count × 50 µs).
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 1000])]
+        connections: Vec<usize>,
+        /// The lab's name.
+        #[arg(long, default_value = bench_failover::DEFAULT_LAB)]
+        name: String,
+        /// Print the results as JSON (progress still goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -202,6 +238,19 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             requests: requests.max(1),
             rounds: rounds.max(1),
             clients: clients.max(2),
+            json,
+        }),
+        Bench::Failover {
+            events,
+            kinds,
+            connections,
+            name,
+            json,
+        } => bench_failover::run(bench_failover::Options {
+            name,
+            events,
+            kinds,
+            connections: connections.into_iter().map(|c| c.max(1)).collect(),
             json,
         }),
     }
