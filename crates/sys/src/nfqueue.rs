@@ -187,6 +187,8 @@ pub struct NfQueue {
     buf: Vec<u8>,
     /// Packets lost to socket buffer overruns (ENOBUFS), since bind.
     overruns: u64,
+    /// Error reports the kernel sent back (verdicts it refused), since bind.
+    error_reports: u64,
 }
 
 impl NfQueue {
@@ -226,6 +228,7 @@ impl NfQueue {
             seq: 0,
             buf: vec![0u8; RECV_BATCH * RECV_SLOT],
             overruns: 0,
+            error_reports: 0,
         };
         let cmd = [NFQNL_CFG_CMD_BIND, 0, 0, 0];
         this.request(&[(NFQA_CFG_CMD, &cmd[..])])
@@ -266,6 +269,12 @@ impl NfQueue {
     /// Packets this reader lost because its socket buffer overflowed.
     pub fn overruns(&self) -> u64 {
         self.overruns
+    }
+
+    /// Error reports the kernel sent back (e.g. a verdict for a packet id it
+    /// no longer holds), since bind.
+    pub fn error_reports(&self) -> u64 {
+        self.error_reports
     }
 
     /// Switches the socket between blocking and non-blocking reads.
@@ -362,8 +371,22 @@ impl NfQueue {
         drop(headers);
         drop(iovecs);
         let before = out.len();
+        let mut errors = 0u64;
+        let mut first_error = None;
         for (slot, len) in self.buf.chunks(RECV_SLOT).zip(lens) {
-            self.parse_datagram(&slot[..len.min(slot.len())], out)?;
+            // An error report (a verdict for a packet the kernel no longer
+            // holds) must not cost the packets in the other datagrams of
+            // this batch: they would never get a verdict.
+            if let Err(err) = self.parse_datagram(&slot[..len.min(slot.len())], out) {
+                errors += 1;
+                first_error.get_or_insert(err);
+            }
+        }
+        self.error_reports += errors;
+        if out.len() == before {
+            if let Some(err) = first_error {
+                return Err(err);
+            }
         }
         Ok(out.len() - before)
     }

@@ -459,6 +459,7 @@ impl Daemon {
     /// Reads the capture queue until it is empty.
     fn on_capture(&mut self) {
         let serving = self.serving == Serving::Yes;
+        let mut errors = 0u32;
         loop {
             let now_ms = wall_ms();
             let group = &self.group;
@@ -537,8 +538,15 @@ impl Daemon {
                     break
                 }
                 Err(err) => {
-                    tracing::warn!(%err, "capture queue");
-                    break;
+                    // An error report from the kernel (a refused verdict):
+                    // keep reading, or packets queued behind it would wait
+                    // for the next edge of readiness.
+                    tracing::debug!(%err, "capture queue");
+                    errors += 1;
+                    if errors > 64 {
+                        tracing::warn!(%err, "capture queue keeps failing");
+                        break;
+                    }
                 }
             }
         }
