@@ -408,12 +408,16 @@ fn round_trip(case: &Case, lock: Lock) {
     // that the peer's next ACK is taken as a window update), and choosing
     // the window the probe advertises sets rcv_wup to rcv_nxt and may widen
     // rcv_wnd, never shrink it (the restored socket's receive buffer is
-    // sized for its queue, not copied).
-    assert_eq!(
-        b.window.snd_wl1,
-        b.rcv_nxt.wrapping_sub(1),
-        "snd_wl1: {context}"
-    );
+    // sized for its queue, not copied). A socket whose FIN is queued in
+    // repair mode (no never-sent tail to put before it) leaves repair in
+    // FIN_WAIT1, where the kernel sends no probe.
+    let probed = a.state == TcpState::Established || a.unsent_len > 0;
+    let expected_wl1 = if probed {
+        b.rcv_nxt.wrapping_sub(1)
+    } else {
+        a.window.snd_wl1
+    };
+    assert_eq!(b.window.snd_wl1, expected_wl1, "snd_wl1: {context}");
     assert_eq!(b.window.rcv_wup, b.rcv_nxt, "rcv_wup: {context}");
     assert!(
         b.window.rcv_wnd >= a.window.rcv_wnd,
