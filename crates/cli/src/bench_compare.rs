@@ -713,24 +713,52 @@ fn examples(run: &ClientRun) -> BTreeMap<String, String> {
 
 type Done = (Outcome, (String, String));
 
+/// Builds the lab of `spec`, runs `measure` in it, and always takes it
+/// down; with `keep_logs_in`, the daemons' logs are copied there first,
+/// for a look after the lab is gone.
+fn in_lab(
+    spec: &LabSpec,
+    what: &str,
+    measure: impl FnOnce(&mut LabGuard) -> Result<Done>,
+    keep_logs_in: Option<&Path>,
+) -> Result<Done> {
+    let name = spec.name.as_deref().unwrap_or("(generated)");
+    progress(format!("bringing up lab {name} ({what})"));
+    let mut lab = LabGuard::new(
+        Lab::up_with_daemon(spec, None).with_context(|| format!("bringing up lab {name}"))?,
+    );
+    let result = measure(&mut lab);
+    if let (Some(keep), Some(dir)) = (keep_logs_in, lab.files_dir()) {
+        for id in lab.node_ids() {
+            let _ = std::fs::copy(
+                dir.join(format!("node{id}.log")),
+                keep.join(format!("node{id}.log")),
+            );
+        }
+    }
+    let down = lab.down();
+    let done = result?;
+    down.context("taking the lab down")?;
+    Ok(done)
+}
+
 fn run_tandem(ctx: &Ctx) -> Result<Done> {
     let name = System::Tandem.lab_name();
-    progress(format!("bringing up lab {name} (3 nodes, replicated kv)"));
     let spec = LabSpec::named(name)
         .with_nodes(3)
         .with_service(ServiceKind::Kv);
-    let mut lab = LabGuard::new(
-        Lab::up_with_daemon(&spec, None).with_context(|| format!("bringing up lab {name}"))?,
-    );
-    let result = (|| -> Result<Done> {
-        let vip = SocketAddrV4::new(lab.vip(), lab.port());
-        wait_open(&lab, None, vip, Duration::from_secs(10))?;
-        let leader = lab
-            .status()
-            .leader
-            .context("the lab has no single primary")?;
-        let raft = tandem_node::config::RaftSection::default();
-        let mut config = vec![
+    in_lab(
+        &spec,
+        "3 nodes, replicated kv",
+        |lab| {
+            let vip = SocketAddrV4::new(lab.vip(), lab.port());
+            wait_open(&lab, None, vip, Duration::from_secs(10))?;
+            let leader = lab
+                .status()
+                .leader
+                .context("the lab has no single primary")?;
+            let raft = tandem_node::config::RaftSection::default();
+            let mut config = vec![
             format!(
                 "3 `tandem node` daemons (lab defaults), service kv on {vip}; Raft tick {} ms, heartbeat every {} ticks ({} ms), election timeout {} ticks ({}–{} ms, randomized)",
                 raft.tick_ms,
@@ -742,272 +770,255 @@ fn run_tandem(ctx: &Ctx) -> Result<Done> {
             ),
             "commit on 2 of 3 before the primary's kernel sees a client byte".to_string(),
         ];
-        config.push(ctx.client_config() + &format!(", to the VIP {vip}"));
-        let args = vec![
-            "--mode".to_string(),
-            "plain".into(),
-            "--host".into(),
-            vip.ip().to_string(),
-            "--port".into(),
-            vip.port().to_string(),
-        ];
-        let (run, metrics, rsts, kill_ms) = drive(&mut lab, ctx, &args, leader)?;
-        let after = match lab.status().leader {
-            Some(id) => format!("node {id} is the primary"),
-            None => "no single primary".to_string(),
-        };
-        Ok((
-            Outcome {
-                system: System::Tandem,
-                label: System::Tandem.label().into(),
-                config,
-                killed_node: leader,
-                after,
-                client_rsts: rsts,
-                kill_took_ms: kill_ms,
-                examples: examples(&run),
-                metrics,
-            },
-            (run.redis_py, run.python),
-        ))
-    })();
-    // The daemons' logs, kept for a look after the lab is gone.
-    if let Some(dir) = lab.files_dir() {
-        for id in lab.node_ids() {
-            let _ = std::fs::copy(
-                dir.join(format!("node{id}.log")),
-                ctx.dir.join(format!("node{id}.log")),
-            );
-        }
-    }
-    let down = lab.down();
-    let done = result?;
-    down.context("taking the lab down")?;
-    Ok(done)
+            config.push(ctx.client_config() + &format!(", to the VIP {vip}"));
+            let args = vec![
+                "--mode".to_string(),
+                "plain".into(),
+                "--host".into(),
+                vip.ip().to_string(),
+                "--port".into(),
+                vip.port().to_string(),
+            ];
+            let (run, metrics, rsts, kill_ms) = drive(lab, ctx, &args, leader)?;
+            let after = match lab.status().leader {
+                Some(id) => format!("node {id} is the primary"),
+                None => "no single primary".to_string(),
+            };
+            Ok((
+                Outcome {
+                    system: System::Tandem,
+                    label: System::Tandem.label().into(),
+                    config,
+                    killed_node: leader,
+                    after,
+                    client_rsts: rsts,
+                    kill_took_ms: kill_ms,
+                    examples: examples(&run),
+                    metrics,
+                },
+                (run.redis_py, run.python),
+            ))
+        },
+        Some(&ctx.dir),
+    )
 }
 
 fn run_keepalived(ctx: &Ctx) -> Result<Done> {
-    let name = System::Keepalived.lab_name();
-    progress(format!("bringing up lab {name} (2 nodes, service none)"));
-    let spec = LabSpec::named(name).with_nodes(2);
-    let mut lab = LabGuard::new(
-        Lab::up_with_daemon(&spec, None).with_context(|| format!("bringing up lab {name}"))?,
-    );
-    let result = (|| -> Result<Done> {
-        let mut children = Children(Vec::new());
-        let mut config = start_redis_pair(&mut lab, ctx, &mut children)?;
-        let vip: Ipv4Addr = tandem_lab::VIP;
-        let advert = format_advert(ctx.opts.advert_int_s);
-        for node in [1u32, 2] {
-            let addr = lab.node_addr(node)?;
-            let notify = ctx.dir.join(format!("notify-master-n{node}.sh"));
-            std::fs::write(
-                &notify,
-                fill(
-                    NOTIFY_MASTER,
-                    &[("ADDR", addr.to_string()), ("PORT", REDIS_PORT.to_string())],
-                ),
-            )?;
-            set_mode(&notify, 0o755)?;
-            let conf_text = fill(
-                KEEPALIVED_CONF,
-                &[
-                    ("NODE", node.to_string()),
-                    ("ADDR", addr.to_string()),
-                    (
-                        "STATE",
-                        if node == 1 { "MASTER" } else { "BACKUP" }.to_string(),
-                    ),
-                    (
-                        "PRIORITY",
-                        if node == 1 { "150" } else { "100" }.to_string(),
-                    ),
-                    ("ADVERT_INT", advert.clone()),
-                    ("VIP", vip.to_string()),
-                    ("NOTIFY_MASTER", notify.display().to_string()),
-                ],
-            );
-            let conf = ctx.dir.join(format!("keepalived-n{node}.conf"));
-            std::fs::write(&conf, &conf_text)?;
-            if node == 1 {
-                config.push(format!(
-                    "keepalived.conf (node 1; node 2: state BACKUP, priority 100): {}",
-                    effective_lines(&conf_text).join(" ")
-                ));
-                config.push(format!(
-                    "notify_master: {}",
-                    effective_lines(&fill(
+    let spec = LabSpec::named(System::Keepalived.lab_name()).with_nodes(2);
+    in_lab(
+        &spec,
+        "2 nodes, service none",
+        |lab| {
+            let mut children = Children(Vec::new());
+            let mut config = start_redis_pair(lab, ctx, &mut children)?;
+            let vip: Ipv4Addr = tandem_lab::VIP;
+            let advert = format_advert(ctx.opts.advert_int_s);
+            for node in [1u32, 2] {
+                let addr = lab.node_addr(node)?;
+                let notify = ctx.dir.join(format!("notify-master-n{node}.sh"));
+                std::fs::write(
+                    &notify,
+                    fill(
                         NOTIFY_MASTER,
-                        &[
-                            ("ADDR", "<own address>".into()),
-                            ("PORT", REDIS_PORT.to_string())
-                        ],
-                    ))
-                    .join(" ")
-                ));
+                        &[("ADDR", addr.to_string()), ("PORT", REDIS_PORT.to_string())],
+                    ),
+                )?;
+                set_mode(&notify, 0o755)?;
+                let conf_text = fill(
+                    KEEPALIVED_CONF,
+                    &[
+                        ("NODE", node.to_string()),
+                        ("ADDR", addr.to_string()),
+                        (
+                            "STATE",
+                            if node == 1 { "MASTER" } else { "BACKUP" }.to_string(),
+                        ),
+                        (
+                            "PRIORITY",
+                            if node == 1 { "150" } else { "100" }.to_string(),
+                        ),
+                        ("ADVERT_INT", advert.clone()),
+                        ("VIP", vip.to_string()),
+                        ("NOTIFY_MASTER", notify.display().to_string()),
+                    ],
+                );
+                let conf = ctx.dir.join(format!("keepalived-n{node}.conf"));
+                std::fs::write(&conf, &conf_text)?;
+                if node == 1 {
+                    config.push(format!(
+                        "keepalived.conf (node 1; node 2: state BACKUP, priority 100): {}",
+                        effective_lines(&conf_text).join(" ")
+                    ));
+                    config.push(format!(
+                        "notify_master: {}",
+                        effective_lines(&fill(
+                            NOTIFY_MASTER,
+                            &[
+                                ("ADDR", "<own address>".into()),
+                                ("PORT", REDIS_PORT.to_string())
+                            ],
+                        ))
+                        .join(" ")
+                    ));
+                }
+                let mut command = lab.command(Some(node), "keepalived")?;
+                command
+                    .args(["--dont-fork", "--log-console", "--log-detail", "--vrrp"])
+                    .arg("--use-file")
+                    .arg(&conf)
+                    .arg("--pid")
+                    .arg(ctx.dir.join(format!("keepalived-n{node}.pid")))
+                    .arg("--vrrp_pid")
+                    .arg(ctx.dir.join(format!("keepalived-vrrp-n{node}.pid")))
+                    .stdin(Stdio::null())
+                    .stdout(ctx.log(&format!("keepalived-n{node}.log"))?)
+                    .stderr(ctx.log(&format!("keepalived-n{node}.err"))?);
+                children.0.push(lab.spawn(Some(node), command)?);
+                if node == 1 {
+                    // Node 2's keepalived starts once node 1 holds the VIP: a
+                    // BACKUP that hears no MASTER takes over at once, and its
+                    // notify script would promote the replica for good.
+                    wait_for("node 1 to hold the VIP", Duration::from_secs(20), || {
+                        holds(&lab, 1, vip)
+                    })?;
+                }
             }
-            let mut command = lab.command(Some(node), "keepalived")?;
-            command
-                .args(["--dont-fork", "--log-console", "--log-detail", "--vrrp"])
-                .arg("--use-file")
-                .arg(&conf)
-                .arg("--pid")
-                .arg(ctx.dir.join(format!("keepalived-n{node}.pid")))
-                .arg("--vrrp_pid")
-                .arg(ctx.dir.join(format!("keepalived-vrrp-n{node}.pid")))
-                .stdin(Stdio::null())
-                .stdout(ctx.log(&format!("keepalived-n{node}.log"))?)
-                .stderr(ctx.log(&format!("keepalived-n{node}.err"))?);
-            children.0.push(lab.spawn(Some(node), command)?);
-            if node == 1 {
-                // Node 2's keepalived starts once node 1 holds the VIP: a
-                // BACKUP that hears no MASTER takes over at once, and its
-                // notify script would promote the replica for good.
-                wait_for("node 1 to hold the VIP", Duration::from_secs(20), || {
-                    holds(&lab, 1, vip)
-                })?;
-            }
-        }
-        config.push(
+            config.push(
             "keepalived --dont-fork --log-console --log-detail --vrrp -f CONF -p PID -r VRRP_PID"
                 .to_string(),
         );
-        let target = SocketAddrV4::new(vip, REDIS_PORT);
-        wait_for("node 1 to hold the VIP", Duration::from_secs(20), || {
-            Ok(holds(&lab, 1, vip)? && !holds(&lab, 2, vip)?)
-        })?;
-        wait_open(&lab, None, target, Duration::from_secs(10))?;
-        // Let node 2 hear a few adverts and settle as BACKUP; its
-        // redis-server must still be a replica.
-        std::thread::sleep(Duration::from_secs(1));
-        let replica = SocketAddrV4::new(lab.node_addr(2)?, REDIS_PORT);
-        let info = redis_cli(&lab, 2, replica, &["INFO", "replication"])?;
-        if !(info.contains("role:slave") && info.contains("master_link_status:up")) {
-            bail!("node 2's redis-server is no longer a working replica after keepalived started: {info}");
-        }
-        if holds(&lab, 2, vip)? {
-            bail!("node 2 holds the VIP too after keepalived started");
-        }
-        config.push(ctx.client_config() + &format!(", to the VIP {target}"));
-        let args = vec![
-            "--mode".to_string(),
-            "plain".into(),
-            "--host".into(),
-            vip.to_string(),
-            "--port".into(),
-            REDIS_PORT.to_string(),
-        ];
-        let (run, metrics, rsts, kill_ms) = drive(&mut lab, ctx, &args, 1)?;
-        let role = redis_cli(
-            &lab,
-            2,
-            SocketAddrV4::new(lab.node_addr(2)?, REDIS_PORT),
-            &["ROLE"],
-        )?;
-        let after = format!(
-            "node 2 {} the VIP; its redis-server's role: {}",
+            let target = SocketAddrV4::new(vip, REDIS_PORT);
+            wait_for("node 1 to hold the VIP", Duration::from_secs(20), || {
+                Ok(holds(&lab, 1, vip)? && !holds(&lab, 2, vip)?)
+            })?;
+            wait_open(&lab, None, target, Duration::from_secs(10))?;
+            // Let node 2 hear a few adverts and settle as BACKUP; its
+            // redis-server must still be a replica.
+            std::thread::sleep(Duration::from_secs(1));
+            let replica = SocketAddrV4::new(lab.node_addr(2)?, REDIS_PORT);
+            let info = redis_cli(&lab, 2, replica, &["INFO", "replication"])?;
+            if !(info.contains("role:slave") && info.contains("master_link_status:up")) {
+                bail!("node 2's redis-server is no longer a working replica after keepalived started: {info}");
+            }
             if holds(&lab, 2, vip)? {
-                "holds"
-            } else {
-                "does not hold"
-            },
-            role.lines().next().unwrap_or("?")
-        );
-        drop(children);
-        Ok((
-            Outcome {
-                system: System::Keepalived,
-                label: System::Keepalived.label().into(),
-                config,
-                killed_node: 1,
-                after,
-                client_rsts: rsts,
-                kill_took_ms: kill_ms,
-                examples: examples(&run),
-                metrics,
-            },
-            (run.redis_py, run.python),
-        ))
-    })();
-    let down = lab.down();
-    let done = result?;
-    down.context("taking the lab down")?;
-    Ok(done)
+                bail!("node 2 holds the VIP too after keepalived started");
+            }
+            config.push(ctx.client_config() + &format!(", to the VIP {target}"));
+            let args = vec![
+                "--mode".to_string(),
+                "plain".into(),
+                "--host".into(),
+                vip.to_string(),
+                "--port".into(),
+                REDIS_PORT.to_string(),
+            ];
+            let (run, metrics, rsts, kill_ms) = drive(lab, ctx, &args, 1)?;
+            let role = redis_cli(
+                &lab,
+                2,
+                SocketAddrV4::new(lab.node_addr(2)?, REDIS_PORT),
+                &["ROLE"],
+            )?;
+            let after = format!(
+                "node 2 {} the VIP; its redis-server's role: {}",
+                if holds(&lab, 2, vip)? {
+                    "holds"
+                } else {
+                    "does not hold"
+                },
+                role.lines().next().unwrap_or("?")
+            );
+            drop(children);
+            Ok((
+                Outcome {
+                    system: System::Keepalived,
+                    label: System::Keepalived.label().into(),
+                    config,
+                    killed_node: 1,
+                    after,
+                    client_rsts: rsts,
+                    kill_took_ms: kill_ms,
+                    examples: examples(&run),
+                    metrics,
+                },
+                (run.redis_py, run.python),
+            ))
+        },
+        None,
+    )
 }
 
 fn run_sentinel(ctx: &Ctx) -> Result<Done> {
-    let name = System::Sentinel.lab_name();
-    progress(format!("bringing up lab {name} (3 nodes, service none)"));
-    let spec = LabSpec::named(name).with_nodes(3);
-    let mut lab = LabGuard::new(
-        Lab::up_with_daemon(&spec, None).with_context(|| format!("bringing up lab {name}"))?,
-    );
-    let result = (|| -> Result<Done> {
-        let mut children = Children(Vec::new());
-        let mut config = start_redis_pair(&mut lab, ctx, &mut children)?;
-        let primary = lab.node_addr(1)?;
-        let mut sentinels = Vec::new();
-        for node in [1u32, 2, 3] {
-            let addr = lab.node_addr(node)?;
-            let dir = ctx.dir.join(format!("sentinel-n{node}"));
-            std::fs::create_dir_all(&dir)?;
-            let conf_text = fill(
-                SENTINEL_CONF,
-                &[
-                    ("NODE", node.to_string()),
-                    ("ADDR", addr.to_string()),
-                    ("DIR", dir.display().to_string()),
-                    ("PRIMARY", primary.to_string()),
-                    ("PORT", REDIS_PORT.to_string()),
-                    ("DOWN_AFTER_MS", ctx.opts.down_after_ms.to_string()),
-                    (
-                        "FAILOVER_TIMEOUT_MS",
-                        ctx.opts.failover_timeout_ms.to_string(),
-                    ),
-                ],
-            );
-            let conf = dir.join("sentinel.conf");
-            std::fs::write(&conf, &conf_text)?;
-            if node == 1 {
-                config.push(format!(
-                    "sentinel.conf (one per node 1, 2, 3; `bind` is the node's address): {}",
-                    effective_lines(&conf_text)
-                        .into_iter()
-                        .filter(|l| !l.starts_with("dir "))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ));
+    let spec = LabSpec::named(System::Sentinel.lab_name()).with_nodes(3);
+    in_lab(
+        &spec,
+        "3 nodes, service none",
+        |lab| {
+            let mut children = Children(Vec::new());
+            let mut config = start_redis_pair(lab, ctx, &mut children)?;
+            let primary = lab.node_addr(1)?;
+            let mut sentinels = Vec::new();
+            for node in [1u32, 2, 3] {
+                let addr = lab.node_addr(node)?;
+                let dir = ctx.dir.join(format!("sentinel-n{node}"));
+                std::fs::create_dir_all(&dir)?;
+                let conf_text = fill(
+                    SENTINEL_CONF,
+                    &[
+                        ("NODE", node.to_string()),
+                        ("ADDR", addr.to_string()),
+                        ("DIR", dir.display().to_string()),
+                        ("PRIMARY", primary.to_string()),
+                        ("PORT", REDIS_PORT.to_string()),
+                        ("DOWN_AFTER_MS", ctx.opts.down_after_ms.to_string()),
+                        (
+                            "FAILOVER_TIMEOUT_MS",
+                            ctx.opts.failover_timeout_ms.to_string(),
+                        ),
+                    ],
+                );
+                let conf = dir.join("sentinel.conf");
+                std::fs::write(&conf, &conf_text)?;
+                if node == 1 {
+                    config.push(format!(
+                        "sentinel.conf (one per node 1, 2, 3; `bind` is the node's address): {}",
+                        effective_lines(&conf_text)
+                            .into_iter()
+                            .filter(|l| !l.starts_with("dir "))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ));
+                }
+                let mut command = lab.command(Some(node), "redis-sentinel")?;
+                command
+                    .arg(&conf)
+                    .stdin(Stdio::null())
+                    .stdout(ctx.log(&format!("sentinel-n{node}.log"))?)
+                    .stderr(Stdio::null());
+                children.0.push(lab.spawn(Some(node), command)?);
+                sentinels.push(SocketAddrV4::new(addr, SENTINEL_PORT));
             }
-            let mut command = lab.command(Some(node), "redis-sentinel")?;
-            command
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(ctx.log(&format!("sentinel-n{node}.log"))?)
-                .stderr(Stdio::null());
-            children.0.push(lab.spawn(Some(node), command)?);
-            sentinels.push(SocketAddrV4::new(addr, SENTINEL_PORT));
-        }
-        for (i, s) in sentinels.iter().enumerate() {
-            let node = i as u32 + 1;
-            wait_for(
-                &format!("sentinel {s} to know its 2 peers and the replica"),
-                Duration::from_secs(30),
-                || {
-                    let out = redis_cli(&lab, node, *s, &["SENTINEL", "MASTER", "mymaster"])?;
-                    let lines: Vec<&str> = out.lines().collect();
-                    let field = |name: &str| {
-                        lines
-                            .iter()
-                            .position(|l| *l == name)
-                            .and_then(|i| lines.get(i + 1))
-                            .map(|v| v.to_string())
-                    };
-                    Ok(field("num-other-sentinels").as_deref() == Some("2")
-                        && field("num-slaves").as_deref() == Some("1"))
-                },
-            )?;
-        }
-        config.push(format!(
+            for (i, s) in sentinels.iter().enumerate() {
+                let node = i as u32 + 1;
+                wait_for(
+                    &format!("sentinel {s} to know its 2 peers and the replica"),
+                    Duration::from_secs(30),
+                    || {
+                        let out = redis_cli(&lab, node, *s, &["SENTINEL", "MASTER", "mymaster"])?;
+                        let lines: Vec<&str> = out.lines().collect();
+                        let field = |name: &str| {
+                            lines
+                                .iter()
+                                .position(|l| *l == name)
+                                .and_then(|i| lines.get(i + 1))
+                                .map(|v| v.to_string())
+                        };
+                        Ok(field("num-other-sentinels").as_deref() == Some("2")
+                            && field("num-slaves").as_deref() == Some("1"))
+                    },
+                )?;
+            }
+            config.push(format!(
             "{}, through redis-py's Sentinel([{}]).master_for(\"mymaster\"), sentinel socket and connect timeouts {} s, no redis-py retries",
             ctx.client_config(),
             sentinels
@@ -1017,47 +1028,45 @@ fn run_sentinel(ctx: &Ctx) -> Result<Done> {
                 .join(", "),
             ctx.opts.sentinel_timeout_s
         ));
-        let args = vec![
-            "--mode".to_string(),
-            "sentinel".into(),
-            "--sentinels".into(),
-            sentinels
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ];
-        let (run, metrics, rsts, kill_ms) = drive(&mut lab, ctx, &args, 1)?;
-        let master = redis_cli(
-            &lab,
-            2,
-            sentinels[1],
-            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
-        )?;
-        let after = format!(
-            "the sentinels name {} as the primary",
-            master.lines().collect::<Vec<_>>().join(":")
-        );
-        drop(children);
-        Ok((
-            Outcome {
-                system: System::Sentinel,
-                label: System::Sentinel.label().into(),
-                config,
-                killed_node: 1,
-                after,
-                client_rsts: rsts,
-                kill_took_ms: kill_ms,
-                examples: examples(&run),
-                metrics,
-            },
-            (run.redis_py, run.python),
-        ))
-    })();
-    let down = lab.down();
-    let done = result?;
-    down.context("taking the lab down")?;
-    Ok(done)
+            let args = vec![
+                "--mode".to_string(),
+                "sentinel".into(),
+                "--sentinels".into(),
+                sentinels
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ];
+            let (run, metrics, rsts, kill_ms) = drive(lab, ctx, &args, 1)?;
+            let master = redis_cli(
+                &lab,
+                2,
+                sentinels[1],
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
+            )?;
+            let after = format!(
+                "the sentinels name {} as the primary",
+                master.lines().collect::<Vec<_>>().join(":")
+            );
+            drop(children);
+            Ok((
+                Outcome {
+                    system: System::Sentinel,
+                    label: System::Sentinel.label().into(),
+                    config,
+                    killed_node: 1,
+                    after,
+                    client_rsts: rsts,
+                    kill_took_ms: kill_ms,
+                    examples: examples(&run),
+                    metrics,
+                },
+                (run.redis_py, run.python),
+            ))
+        },
+        None,
+    )
 }
 
 /// keepalived's advert_int: seconds, at most two decimals.
