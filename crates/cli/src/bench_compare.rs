@@ -752,7 +752,7 @@ fn run_tandem(ctx: &Ctx) -> Result<Done> {
         "3 nodes, replicated kv",
         |lab| {
             let vip = SocketAddrV4::new(lab.vip(), lab.port());
-            wait_open(&lab, None, vip, Duration::from_secs(10))?;
+            wait_open(lab, None, vip, Duration::from_secs(10))?;
             let leader = lab
                 .status()
                 .leader
@@ -799,7 +799,7 @@ fn run_tandem(ctx: &Ctx) -> Result<Done> {
                 (run.redis_py, run.python),
             ))
         },
-        Some(&ctx.dir),
+        Some(ctx.dir),
     )
 }
 
@@ -879,7 +879,7 @@ fn run_keepalived(ctx: &Ctx) -> Result<Done> {
                     // BACKUP that hears no MASTER takes over at once, and its
                     // notify script would promote the replica for good.
                     wait_for("node 1 to hold the VIP", Duration::from_secs(20), || {
-                        holds(&lab, 1, vip)
+                        holds(lab, 1, vip)
                     })?;
                 }
             }
@@ -889,18 +889,18 @@ fn run_keepalived(ctx: &Ctx) -> Result<Done> {
         );
             let target = SocketAddrV4::new(vip, REDIS_PORT);
             wait_for("node 1 to hold the VIP", Duration::from_secs(20), || {
-                Ok(holds(&lab, 1, vip)? && !holds(&lab, 2, vip)?)
+                Ok(holds(lab, 1, vip)? && !holds(lab, 2, vip)?)
             })?;
-            wait_open(&lab, None, target, Duration::from_secs(10))?;
+            wait_open(lab, None, target, Duration::from_secs(10))?;
             // Let node 2 hear a few adverts and settle as BACKUP; its
             // redis-server must still be a replica.
             std::thread::sleep(Duration::from_secs(1));
             let replica = SocketAddrV4::new(lab.node_addr(2)?, REDIS_PORT);
-            let info = redis_cli(&lab, 2, replica, &["INFO", "replication"])?;
+            let info = redis_cli(lab, 2, replica, &["INFO", "replication"])?;
             if !(info.contains("role:slave") && info.contains("master_link_status:up")) {
                 bail!("node 2's redis-server is no longer a working replica after keepalived started: {info}");
             }
-            if holds(&lab, 2, vip)? {
+            if holds(lab, 2, vip)? {
                 bail!("node 2 holds the VIP too after keepalived started");
             }
             config.push(ctx.client_config() + &format!(", to the VIP {target}"));
@@ -914,14 +914,14 @@ fn run_keepalived(ctx: &Ctx) -> Result<Done> {
             ];
             let (run, metrics, rsts, kill_ms) = drive(lab, ctx, &args, 1)?;
             let role = redis_cli(
-                &lab,
+                lab,
                 2,
                 SocketAddrV4::new(lab.node_addr(2)?, REDIS_PORT),
                 &["ROLE"],
             )?;
             let after = format!(
                 "node 2 {} the VIP; its redis-server's role: {}",
-                if holds(&lab, 2, vip)? {
+                if holds(lab, 2, vip)? {
                     "holds"
                 } else {
                     "does not hold"
@@ -1004,7 +1004,7 @@ fn run_sentinel(ctx: &Ctx) -> Result<Done> {
                     &format!("sentinel {s} to know its 2 peers and the replica"),
                     Duration::from_secs(30),
                     || {
-                        let out = redis_cli(&lab, node, *s, &["SENTINEL", "MASTER", "mymaster"])?;
+                        let out = redis_cli(lab, node, *s, &["SENTINEL", "MASTER", "mymaster"])?;
                         let lines: Vec<&str> = out.lines().collect();
                         let field = |name: &str| {
                             lines
@@ -1040,7 +1040,7 @@ fn run_sentinel(ctx: &Ctx) -> Result<Done> {
             ];
             let (run, metrics, rsts, kill_ms) = drive(lab, ctx, &args, 1)?;
             let master = redis_cli(
-                &lab,
+                lab,
                 2,
                 sentinels[1],
                 &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
