@@ -1,7 +1,7 @@
 //! `tandem migrate`, `tandem drain`, `tandem undrain`: planned moves of the
 //! primary, through the nodes' admin sockets.
 
-use crate::cmd_status::{ask, lab_sockets};
+use crate::cmd_status::{ask, lab_sockets, Target};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,21 +11,6 @@ use tandem_node::admin::{self, AdminReply, AdminRequest};
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `migrate` waits for the new primary to serve.
 const MOVE_WAIT: Duration = Duration::from_secs(10);
-
-/// Where to find the nodes: one admin socket, or every node of a lab.
-#[derive(clap::Args, Debug)]
-pub struct Target {
-    /// A node's admin socket (default: from --config, else
-    /// /run/tandem/node.sock). For `migrate` it must be the primary's.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["config", "lab"])]
-    admin: Option<PathBuf>,
-    /// A node's config file, read to find its admin socket.
-    #[arg(long, value_name = "FILE", conflicts_with = "lab")]
-    config: Option<PathBuf>,
-    /// Talk to the nodes of lab NAME (from the root namespace).
-    #[arg(long, value_name = "NAME")]
-    lab: Option<String>,
-}
 
 /// Move SERVICE's primary to node NODE, with every live connection: a Raft
 /// leadership transfer to a caught-up clone, which rebuilds the connections
@@ -63,19 +48,6 @@ pub struct DrainArgs {
     target: Target,
 }
 
-fn socket_of(target: &Target) -> Result<PathBuf> {
-    Ok(match (&target.admin, &target.config) {
-        (Some(path), _) => path.clone(),
-        (None, Some(config)) => {
-            tandem_node::config::Config::load(config)
-                .with_context(|| format!("finding the admin socket in {}", config.display()))?
-                .node
-                .admin_socket
-        }
-        (None, None) => PathBuf::from("/run/tandem/node.sock"),
-    })
-}
-
 fn lab_node_sockets(name: &str) -> Result<Vec<(u16, PathBuf)>> {
     tandem_lab::validate_name(name)?;
     let dir = Path::new(tandem_lab::STATE_DIR).join(name);
@@ -97,7 +69,7 @@ fn send(path: &Path, request: &AdminRequest) -> Result<String> {
 pub fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     let sockets: Vec<(u16, PathBuf)> = match &args.target.lab {
         Some(name) => lab_node_sockets(name)?,
-        None => vec![(0, socket_of(&args.target)?)],
+        None => vec![(0, args.target.socket()?)],
     };
     // The primary is the one to ask.
     let mut primary = None;
@@ -167,7 +139,7 @@ pub fn drain(args: DrainArgs, undrain: bool) -> Result<ExitCode> {
             .map(|(_, p)| p)
             .with_context(|| format!("lab {name} has no running node {}", args.node))?,
         None => {
-            let path = socket_of(&args.target)?;
+            let path = args.target.socket()?;
             let report = ask(&path)?;
             if report.slot != args.node {
                 bail!(

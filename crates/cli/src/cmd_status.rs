@@ -23,17 +23,40 @@ pub struct StatusArgs {
     /// --lab an array with one object per node.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Which node(s) to ask: one admin socket, or every node of a lab.
+#[derive(clap::Args, Debug)]
+pub struct Target {
     /// The node's admin socket. Default: `admin_socket` in the [node]
     /// section of --config FILE, else /run/tandem/node.sock.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["config", "lab"])]
-    admin: Option<PathBuf>,
+    pub admin: Option<PathBuf>,
     /// The node's configuration file, read only to find its admin socket.
     #[arg(long, value_name = "FILE", conflicts_with = "lab")]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// Ask every node of the lab NAME instead (their sockets are
     /// /run/tandem/labs/NAME/node<ID>.sock), from the root namespace.
     #[arg(long, value_name = "NAME")]
-    lab: Option<String>,
+    pub lab: Option<String>,
+}
+
+impl Target {
+    /// The one admin socket this names (not for --lab).
+    pub fn socket(&self) -> Result<PathBuf> {
+        Ok(match (&self.admin, &self.config) {
+            (Some(path), _) => path.clone(),
+            (None, Some(config)) => {
+                tandem_node::config::Config::load(config)
+                    .with_context(|| format!("finding the admin socket in {}", config.display()))?
+                    .node
+                    .admin_socket
+            }
+            (None, None) => PathBuf::from(DEFAULT_ADMIN_SOCKET),
+        })
+    }
 }
 
 const STATUS_HELP: &str = "\
@@ -76,19 +99,10 @@ Examples:
   sudo tandem status --lab tandem --json | jq '.[] | {slot, role, applied_index}'";
 
 pub fn run(args: StatusArgs) -> Result<ExitCode> {
-    if let Some(name) = &args.lab {
+    if let Some(name) = &args.target.lab {
         return run_lab(name, args.json);
     }
-    let path = match (&args.admin, &args.config) {
-        (Some(path), _) => path.clone(),
-        (None, Some(config)) => {
-            tandem_node::config::Config::load(config)
-                .with_context(|| format!("finding the admin socket in {}", config.display()))?
-                .node
-                .admin_socket
-        }
-        (None, None) => PathBuf::from(DEFAULT_ADMIN_SOCKET),
-    };
+    let path = args.target.socket()?;
     let report = ask(&path)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
