@@ -599,6 +599,36 @@ impl Replica {
         Ok(id)
     }
 
+    /// On a follower: hands payloads to the leader, which appends them as if
+    /// it had proposed them (raft-rs forwards the proposal). A primary that
+    /// hands its role over uses it for the client packets it captured but
+    /// could not commit, so their clients need not retransmit. Refused while
+    /// no leader is known. Nothing tells whether they were appended; a
+    /// payload may reach the log twice (once from the old leader's log,
+    /// once forwarded), which a consumer of client packets must tolerate
+    /// (shadow TCP drops a duplicate segment as the kernel does).
+    pub fn forward(&mut self, payloads: Vec<Vec<u8>>) -> Result<Vec<ProposalId>, ProposeError> {
+        let leader = self.leader();
+        if self.raw.raft.state == StateRole::Leader || leader.is_none() {
+            return Err(ProposeError::NotLeader { leader });
+        }
+        if payloads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = self.next_seq;
+        self.next_seq += payloads.len() as u64;
+        let data = encode_batch(self.cfg.id, first, &payloads);
+        self.raw
+            .propose(Vec::new(), data)
+            .map_err(|_| ProposeError::NotLeader { leader })?;
+        Ok((0..payloads.len() as u64)
+            .map(|i| ProposalId {
+                proposer: self.cfg.id,
+                seq: first + i,
+            })
+            .collect())
+    }
+
     fn flush(&mut self) {
         if self.batch.is_empty() {
             return;

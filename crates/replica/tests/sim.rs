@@ -921,3 +921,24 @@ fn a_node_restarting_twice_before_its_swap_ends_up_a_voter_once() {
     assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
     assert_eq!(sim.nodes[&2].app.applied.len(), 21);
 }
+
+#[test]
+fn a_followers_forwarded_payloads_are_committed_everywhere() {
+    let mut sim = quiet_cluster(Faults::default());
+    let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![0xf0, i]).collect();
+    let ids = sim
+        .replica(2)
+        .forward(payloads.clone())
+        .expect("a follower that knows its leader forwards");
+    assert_eq!(ids.len(), 5);
+    for (id, data) in ids.iter().zip(&payloads) {
+        sim.proposed.insert(*id, data.clone());
+    }
+    sim.run(20);
+    for id in &ids {
+        assert!(sim.acked.contains_key(id), "{id:?} not committed");
+    }
+    // The leader itself cannot forward.
+    assert!(sim.replica(1).forward(vec![vec![1]]).is_err());
+    sim.final_check();
+}
