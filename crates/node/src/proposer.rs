@@ -103,6 +103,12 @@ impl Proposer {
         self.take_entry(now_ms)
     }
 
+    /// Everything still waiting, as one entry, whatever its age (a primary
+    /// stepping down hands it to the next one).
+    pub fn take(&mut self, now_ms: u64) -> Option<Proposal> {
+        self.take_entry(now_ms)
+    }
+
     /// Everything still waiting, for a primary that steps down: the held
     /// packets get DROP (their entry will never be proposed by us).
     pub fn abandon(&mut self) -> Vec<u32> {

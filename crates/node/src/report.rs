@@ -114,6 +114,9 @@ pub struct Counters {
     /// those that could not be.
     pub connections_restored: u64,
     pub restore_failures: u64,
+    /// Uncommitted entries a deposed primary handed to the next one.
+    #[serde(default)]
+    pub entries_forwarded: u64,
     /// Logged SYN-ACKs sent again to clients whose handshake was rebuilt
     /// as ESTABLISHED and who retransmitted their SYN.
     pub synacks_replayed: u64,

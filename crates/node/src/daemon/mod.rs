@@ -66,6 +66,11 @@ const SNAPSHOT_EVERY_PAYLOADS: u64 = 20_000;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 /// How often the metrics are brought up to date.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// How long a deposed primary keeps the (silent) VIP, capturing what
+/// clients still send it for the next primary.
+const VIP_LINGER: Duration = Duration::from_millis(1500);
+/// How long a deposed primary keeps uncommitted packets for the next one.
+const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 /// At most this many ticks are given at once after the loop was held up.
 const MAX_CATCH_UP_TICKS: u32 = 3;
 /// A planned migration goes only to a clone at most this many entries
@@ -167,6 +172,17 @@ struct Daemon {
     metrics: Arc<crate::metrics::Metrics>,
     _metrics_server: Option<crate::metrics::MetricsServer>,
     last_metrics: Instant,
+    /// Our proposals not yet committed, as encoded entries: if leadership
+    /// goes, they are handed to the next primary with [`Replica::forward`]
+    /// (with what could not be proposed during a handover), so that their
+    /// clients need not retransmit.
+    uncommitted: BTreeMap<ProposalId, Vec<u8>>,
+    handover: Vec<Vec<u8>>,
+    handover_since: Option<Instant>,
+    /// A deposed primary removes the VIP at this instant.
+    vip_remove_at: Option<Instant>,
+    /// When this node last started handing its role over on purpose.
+    planned_handover_at: Option<Instant>,
     /// When each of our pending proposals was made (commit latency).
     proposed_at: BTreeMap<ProposalId, Instant>,
     /// When this node last became leader (a takeover's duration counts
@@ -329,6 +345,11 @@ impl Daemon {
             _metrics_server: metrics_server,
             last_metrics: Instant::now(),
             proposed_at: BTreeMap::new(),
+            uncommitted: BTreeMap::new(),
+            handover: Vec::new(),
+            handover_since: None,
+            vip_remove_at: None,
+            planned_handover_at: None,
             elected_at: None,
             migrating: None,
             synacks: BTreeMap::new(),
@@ -466,6 +487,8 @@ impl Daemon {
             let synacks = &self.synacks;
             let restored_handshakes = &self.restored_handshakes;
             let mut replays: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
+            let handing_over = self.vip_remove_at.is_some();
+            let mut late: Vec<Item> = Vec::new();
             let proposer = &mut self.proposer;
             let syn_limiter = &mut self.syn_limiter;
             let counters = &mut self.counters;
@@ -476,12 +499,22 @@ impl Daemon {
                     counters.dropped_junk += 1;
                     return Decision::Verdict(Verdict::Drop);
                 };
+                let direction = direction_of(packet);
                 if !serving {
-                    // Not (yet) the primary: nothing may pass unlogged.
+                    // Not (yet, or no longer) the primary: nothing may pass
+                    // unlogged. Just deposed, the VIP still here while the
+                    // clients' ARP caches catch up: the client's packet goes
+                    // to the next primary instead of waiting for the
+                    // client's retransmission timer.
+                    if handing_over && direction == tandem_core::classify::Direction::FromClient {
+                        late.push(Item::Packet {
+                            from_server: false,
+                            bytes: packet.payload.to_vec(),
+                        });
+                    }
                     counters.dropped_uncommitted += 1;
                     return Decision::Verdict(Verdict::Drop);
                 }
-                let direction = direction_of(packet);
                 let segment = segment_of(&repr);
                 let key = ConnKey::of(direction, &segment);
                 let facts = facts_of(&repr);
@@ -521,6 +554,15 @@ impl Daemon {
             });
             for proposal in full {
                 self.propose(proposal);
+            }
+            if !late.is_empty() {
+                let entry = LogEntry {
+                    timestamp_ms: now_ms,
+                    items: late,
+                };
+                if let Ok(bytes) = postcard::to_stdvec(&entry) {
+                    self.keep_for_handover(bytes);
+                }
             }
             for (client, synack) in replays {
                 if let Some(raw) = &self.raw {
@@ -564,17 +606,116 @@ impl Daemon {
                 return;
             }
         };
-        match self.replica.propose(bytes) {
+        match self.replica.propose(bytes.clone()) {
             Ok(id) => {
                 self.counters.proposals += 1;
                 self.proposed_at.insert(id, Instant::now());
+                self.uncommitted.insert(id, bytes);
                 if !proposal.held.is_empty() {
                     self.held.insert(id, proposal.held);
                 }
             }
             Err(err) => {
-                tracing::debug!(%err, "proposal refused");
+                // A handover under way: the packets never reach this
+                // kernel, their bytes go to the next primary.
+                tracing::debug!(%err, "proposal refused; kept for the next primary");
+                self.keep_for_handover(bytes);
                 self.drop_held(proposal.held);
+            }
+        }
+    }
+
+    fn remove_vip(&mut self) {
+        self.vip_remove_at = None;
+        if let Err(err) =
+            self.netlink
+                .remove_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)
+        {
+            tracing::warn!(%err, "removing the VIP");
+        }
+    }
+
+    /// Keeps an uncommitted entry for the next primary, without our own
+    /// SYN-ACKs: those never left this node, and the next primary's kernel
+    /// answers the client's retransmitted SYN with its own.
+    fn keep_for_handover(&mut self, bytes: Vec<u8>) {
+        let Ok(mut entry) = postcard::from_bytes::<LogEntry>(&bytes) else {
+            return;
+        };
+        entry.items.retain(|item| {
+            !matches!(
+                item,
+                Item::Packet {
+                    from_server: true,
+                    ..
+                }
+            )
+        });
+        if entry.items.is_empty() {
+            return;
+        }
+        let Ok(bytes) = postcard::to_stdvec(&entry) else {
+            return;
+        };
+        self.handover_since.get_or_insert_with(Instant::now);
+        self.handover.push(bytes);
+    }
+
+    /// Hands what this node captured but did not commit to the primary
+    /// once one is known; after a while without one, gives up (the clients
+    /// retransmit).
+    fn forward_handover(&mut self) {
+        if self.handover.is_empty() {
+            return;
+        }
+        if self.replica.role() == StateRole::Leader {
+            if self.serving == Serving::Yes {
+                // Still (or again) the leader: propose them ourselves, unless
+                // a transfer refuses proposals — then they wait for the
+                // next primary.
+                let mut waiting = std::mem::take(&mut self.handover).into_iter();
+                for bytes in waiting.by_ref() {
+                    match self.replica.propose(bytes.clone()) {
+                        Ok(id) => {
+                            self.uncommitted.insert(id, bytes);
+                        }
+                        Err(_) => {
+                            self.handover.push(bytes);
+                            break;
+                        }
+                    }
+                }
+                self.handover.extend(waiting);
+                if self.handover.is_empty() {
+                    self.handover_since = None;
+                }
+            }
+            return;
+        }
+        let payloads = std::mem::take(&mut self.handover);
+        let count = payloads.len();
+        match self.replica.forward(payloads.clone()) {
+            Ok(_) => {
+                self.counters.entries_forwarded += count as u64;
+                self.handover_since = None;
+                tracing::info!(
+                    entries = count,
+                    "uncommitted client packets handed to the new primary"
+                );
+            }
+            Err(_)
+                if self
+                    .handover_since
+                    .is_some_and(|at| at.elapsed() < HANDOVER_WAIT) =>
+            {
+                self.handover = payloads;
+            }
+            Err(_) => {
+                tracing::info!(
+                    entries = count,
+                    "no primary to hand uncommitted packets to; their clients will retransmit"
+                );
+                self.handover_since = None;
             }
         }
     }
@@ -671,10 +812,12 @@ impl Daemon {
         // the reply carries the ACK (else the client, under Nagle, waits for
         // a delayed ACK: 40 ms per request).
         let mut socket_effects = Vec::new();
+        let mut inject: Vec<Vec<u8>> = Vec::new();
         for committed in out.committed {
             self.counters.committed_entries += 1;
             self.metrics
                 .add_committed(&self.service.name, 1, committed.data.len() as u64);
+            self.uncommitted.remove(&committed.proposal);
             if let Some(at) = self.proposed_at.remove(&committed.proposal) {
                 self.metrics
                     .observe_commit_latency(&self.service.name, at.elapsed().as_secs_f64());
@@ -683,6 +826,16 @@ impl Daemon {
             let index = (committed.index << 16) | u64::from(committed.sub);
             match postcard::from_bytes::<LogEntry>(&committed.data) {
                 Ok(entry) => {
+                    if primary && committed.proposal.proposer != self.me {
+                        // Committed while we serve but not proposed by us:
+                        // packets a deposed primary handed over. Our kernel
+                        // must receive them too (it ACKs them, the client
+                        // stops resending, and Nagle does not hold its next
+                        // request back); they come through the capture again
+                        // and are logged as duplicates, which shadow TCP
+                        // drops like any retransmission.
+                        inject.extend(entry.items.iter().filter_map(handed_over_packet));
+                    }
                     for item in &entry.items {
                         if let Item::Packet {
                             from_server: true,
@@ -735,8 +888,18 @@ impl Daemon {
         for effect in socket_effects {
             self.sockets.apply(self.poll.registry(), effect);
         }
+        if let Some(raw) = &self.raw {
+            for packet in &inject {
+                if let Err(err) = raw.send(packet, self.vip) {
+                    tracing::debug!(%err, "re-injecting a handed-over packet");
+                }
+            }
+        }
         for dropped in out.dropped {
             self.proposed_at.remove(&dropped);
+            if let Some(bytes) = self.uncommitted.remove(&dropped) {
+                self.keep_for_handover(bytes);
+            }
             if let Some(ids) = self.held.remove(&dropped) {
                 self.drop_held(ids);
             }
@@ -771,6 +934,10 @@ impl Daemon {
     }
 
     fn after_ready(&mut self) {
+        if self.vip_remove_at.is_some_and(|at| Instant::now() >= at) {
+            self.remove_vip();
+        }
+        self.forward_handover();
         let health = self.supervisor.health();
         if health.healthy != self.was_healthy {
             self.was_healthy = health.healthy;
@@ -829,8 +996,14 @@ impl Daemon {
             })
         })?;
         let lease_ms = started.elapsed().as_secs_f64() * 1e3;
-        self.netlink
-            .add_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)?;
+        if self.vip_remove_at.take().is_none()
+            || !self
+                .netlink
+                .has_address(&self.interface, IpAddr::V4(self.vip))?
+        {
+            self.netlink
+                .add_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)?;
+        }
         self.garp
             .announce(self.vip, tandem_sys::arp::GarpSchedule::default())?;
         let announced_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -963,21 +1136,42 @@ impl Daemon {
         self.serving = Serving::No;
         self.proposed_at.clear();
         self.restored_handshakes.clear();
-        let held: Vec<u32> = self
-            .proposer
-            .abandon()
-            .into_iter()
-            .chain(std::mem::take(&mut self.held).into_values().flatten())
+        // Nothing uncommitted reaches this kernel (DROP); its bytes go to
+        // the next primary. An entry may also be in the log already: a
+        // duplicate is dropped by shadow TCP like any retransmission.
+        if let Some(pending) = self.proposer.take(wall_ms()) {
+            if let Ok(bytes) = postcard::to_stdvec(&pending.entry) {
+                self.keep_for_handover(bytes);
+            }
+            self.drop_held(pending.held);
+        }
+        let uncommitted: Vec<Vec<u8>> = std::mem::take(&mut self.uncommitted)
+            .into_values()
+            .collect();
+        for bytes in uncommitted {
+            self.keep_for_handover(bytes);
+        }
+        let held: Vec<u32> = std::mem::take(&mut self.held)
+            .into_values()
+            .flatten()
             .collect();
         self.drop_held(held);
         if let Err(err) = self.fence.revoke() {
             tracing::warn!(%err, "revoking the lease");
         }
-        if let Err(err) =
-            self.netlink
-                .remove_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)
-        {
-            tracing::warn!(%err, "removing the VIP");
+        let planned = self
+            .planned_handover_at
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(5));
+        if planned {
+            // A planned handover to a reachable peer: the VIP goes a moment
+            // later. The lease is revoked, so this kernel is already silent
+            // on it; until the clients' ARP caches follow the next primary's
+            // announcement their packets still arrive here, where they are
+            // captured and handed over instead of waiting for the clients'
+            // retransmission timers.
+            self.vip_remove_at = Some(Instant::now() + VIP_LINGER);
+        } else {
+            self.remove_vip();
         }
         self.sockets.close_all_silently(self.poll.registry());
         if was_serving {
@@ -1094,6 +1288,7 @@ impl Daemon {
         }
         self.replica.transfer_leader(target);
         self.migrating = Some((slot, Instant::now()));
+        self.planned_handover_at = Some(Instant::now());
         tracing::info!(to = slot, "planned migration: leadership transfer started");
         Ok(format!(
             "primary moving from node {} to node {slot}",
@@ -1124,6 +1319,7 @@ impl Daemon {
         self.last_handover_to = Some(best.slot);
         self.replica.transfer_leader(best);
         self.migrating = Some((best.slot, Instant::now()));
+        self.planned_handover_at = Some(Instant::now());
         tracing::info!(to = best.slot, why, "handing the primary role over");
         Ok(best.slot)
     }
@@ -1236,6 +1432,9 @@ impl Daemon {
     /// next one (no FIN, no RST).
     fn shutdown(&mut self) {
         self.step_down("shutting down");
+        if self.vip_remove_at.is_some() {
+            self.remove_vip();
+        }
         if let Err(err) = self.rules.remove() {
             tracing::warn!(%err, "removing the capture rules");
         }
@@ -1367,6 +1566,31 @@ fn synack_for_replay(bytes: &[u8]) -> Option<(ConnKey, Vec<u8>)> {
         &segment_of(&repr),
     );
     Some((key, repr.to_bytes().ok()?))
+}
+
+/// A client packet of a handed-over entry that carries bytes or a FIN, re-
+/// emitted with its checksum computed (it may have been captured with the
+/// partial checksum of an offloading NIC).
+fn handed_over_packet(item: &Item) -> Option<Vec<u8>> {
+    let Item::Packet {
+        from_server: false,
+        bytes,
+    } = item
+    else {
+        return None;
+    };
+    let checks = tandem_wire::tcp::ParseChecks {
+        verify_checksum: false,
+        options: tandem_wire::tcp::OptionsMode::Linux,
+    };
+    let repr = tandem_wire::IpTcpRepr::parse(bytes, checks).ok()?;
+    let flags = repr.tcp.flags;
+    let carries = !repr.tcp.payload.is_empty() || flags.contains(tandem_wire::TcpFlags::FIN);
+    (carries
+        && !flags.contains(tandem_wire::TcpFlags::SYN)
+        && !flags.contains(tandem_wire::TcpFlags::RST))
+    .then(|| repr.to_bytes().ok())
+    .flatten()
 }
 
 /// The sending slot of an envelope that passed authentication (its header:
