@@ -629,16 +629,31 @@ impl Lab {
     /// file cannot be read).
     pub fn status(&self) -> LabStatus {
         let state = state::load(&self.state.name).unwrap_or_else(|_| self.state.clone());
-        let nodes: Vec<NodeStatus> = state
+        let mut nodes: Vec<NodeStatus> = state
             .nodes
             .iter()
             .map(|node| node_status(&state, node))
             .collect();
-        let primaries: Vec<u32> = nodes
+        let mut primaries: Vec<u32> = nodes
             .iter()
             .filter(|n| n.role == ROLE_PRIMARY)
             .map(|n| n.id)
             .collect();
+        if primaries.len() > 1 {
+            // Right after a planned move the old primary keeps the VIP for
+            // a moment, silent (its lease is revoked): the primary is the
+            // holder whose kernel may speak for the VIP.
+            for n in nodes.iter_mut().filter(|n| n.role == ROLE_PRIMARY) {
+                if !holds_lease(&n.netns, state.vip, state.port) {
+                    n.role = "clone".to_string();
+                }
+            }
+            primaries = nodes
+                .iter()
+                .filter(|n| n.role == ROLE_PRIMARY)
+                .map(|n| n.id)
+                .collect();
+        }
         LabStatus {
             name: state.name.clone(),
             vip: state.vip,
@@ -1088,6 +1103,26 @@ fn holds_vip(netns: &str, vip: Ipv4Addr) -> bool {
     let prefix = format!("{vip}/");
     ip_in(netns, &["-o", "-4", "addr", "show"])
         .map(|out| out.split_whitespace().any(|word| word.starts_with(&prefix)))
+        .unwrap_or(false)
+}
+
+/// Whether the daemon in `netns` holds the kernel lease for `vip` (the
+/// guard's nftables set has an element).
+fn holds_lease(netns: &str, vip: Ipv4Addr, port: u16) -> bool {
+    let Ok(guard) = tandem_sys::guard::Guard::new(
+        Some(netns),
+        vip,
+        &[port],
+        tandem_sys::guard::DELIBERATE_CLOSE_MARK,
+    ) else {
+        return false;
+    };
+    Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "list", "set", "inet"])
+        .arg(guard.table())
+        .arg("lease")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains(&vip.to_string()))
         .unwrap_or(false)
 }
 
