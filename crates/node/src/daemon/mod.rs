@@ -24,6 +24,7 @@
 mod fence;
 mod sockets;
 mod supervise;
+mod takeover;
 
 use crate::admin::{AdminReply, AdminRequest, AdminServer};
 use crate::capture::{direction_of, facts_of, segment_of, CaptureLoop, Decision};
@@ -43,6 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supervise::Supervisor;
+use takeover::{for_restore, handed_over_packet, replay_head, synack_for_replay, Rebuilt, TS_JUMP};
 use tandem_core::classify::{classify, SynLimiter};
 use tandem_core::shadow::{ConnKey, ShadowConfig};
 use tandem_replica::{ClusterKey, NodeId, Output, ProposalId, Replica, StateRole};
@@ -1440,157 +1442,6 @@ impl Daemon {
         }
         tracing::info!("node stopped");
     }
-}
-
-/// A connection rebuilt in repair mode at takeover, waiting to go live.
-struct Rebuilt {
-    key: ConnKey,
-    socket: Result<tandem_sys::tcp_repair::Prepared, tandem_sys::tcp_repair::RepairError>,
-    /// Our FIN is part of it (the service had closed).
-    fin: bool,
-    /// The client's FIN was received (the service was told).
-    peer_closed: bool,
-    /// Segments to send from a raw socket once it is live ([`replay_head`]).
-    replay: Vec<Vec<u8>>,
-}
-
-/// How far a new primary moves the TCP timestamp clock of every rebuilt
-/// connection past the lower bound the log gives (DESIGN §3.5): one hour,
-/// so the old primary's clock can never have been ahead of it, and far below
-/// the 2^31 ms PAWS horizon.
-const TS_JUMP: u32 = 3_600_000;
-
-/// Adjusts shadow TCP's image for a restore by a new primary: states
-/// TCP_REPAIR cannot build directly become the nearest one it can — a
-/// received FIN is already counted in rcv_nxt and the service was told
-/// (CLOSE_WAIT → ESTABLISHED, LAST_ACK/CLOSING → FIN_WAIT1), and a handshake
-/// whose SYN-ACK is logged is ESTABLISHED (SYN_RECV).
-///
-/// Every unacknowledged output byte stays *in flight* (snd_nxt = write_seq):
-/// the client may have received and acknowledged bytes the log does not
-/// know it has (its ACKs are logged lazily), and an ACK beyond snd_nxt is
-/// discarded by the kernel as acknowledging unsent data — the connection
-/// would deadlock. Bytes the client never got are sent again at once by
-/// [`replay_head`], not after a retransmission timeout.
-fn for_restore(mut image: tandem_core::SocketImage) -> tandem_core::SocketImage {
-    use tandem_core::TcpState;
-    image.unsent_len = 0;
-    image.state = match image.state {
-        TcpState::CloseWait | TcpState::SynRecv | TcpState::NewSynRecv => TcpState::Established,
-        TcpState::LastAck | TcpState::Closing => TcpState::FinWait1,
-        other => other,
-    };
-    image
-}
-
-/// Most output bytes a new primary sends again from user space per
-/// connection at takeover (about an initial congestion window).
-const REPLAY_BYTES: usize = 10 * 1448;
-
-/// Segments carrying the head of a rebuilt connection's unacknowledged
-/// output (and our FIN if that is all that is left), as the restored socket
-/// would retransmit them — sent from a raw socket right after it goes live.
-/// A rebuilt socket has no RTT estimate, so its own retransmission waits 1
-/// to 3 s; these make the client answer now: it takes bytes it lacks, and
-/// acknowledges (as a duplicate) what it already has, which moves the
-/// socket's snd_una to the client's real position.
-fn replay_head(image: &tandem_core::SocketImage) -> Vec<Vec<u8>> {
-    use tandem_wire::{IpRepr, Ipv4Repr, SeqNumber, TcpFlags, TcpOptionSet, TcpRepr, Timestamps};
-    let (IpAddr::V4(local), IpAddr::V4(peer)) = (image.local.ip(), image.peer.ip()) else {
-        return Vec::new();
-    };
-    let data = image.unacked();
-    let mss = (image.mss as usize).clamp(64, 1448);
-    let rcv_wscale = image.options.window_scale.map_or(0, |w| w.rcv);
-    let window = (image.window.rcv_wnd >> rcv_wscale).min(65_535) as u16;
-    let segment = |seq: u32, flags: TcpFlags, payload: &[u8]| -> Option<Vec<u8>> {
-        let mut options = TcpOptionSet::default();
-        if image.options.timestamps {
-            options.timestamps = Some(Timestamps {
-                tsval: image.timestamp,
-                tsecr: 0,
-            });
-        }
-        tandem_wire::IpTcpRepr {
-            ip: IpRepr::V4(Ipv4Repr::tcp(local, peer)),
-            tcp: TcpRepr {
-                src_port: image.local.port(),
-                dst_port: image.peer.port(),
-                seq_number: SeqNumber(seq),
-                ack_number: SeqNumber(image.rcv_nxt),
-                flags,
-                window_len: window,
-                urgent_at: 0,
-                options,
-                payload,
-            },
-        }
-        .to_bytes()
-        .ok()
-    };
-    let start = image.snd_una();
-    let head = &data[..data.len().min(REPLAY_BYTES)];
-    let mut out: Vec<Vec<u8>> = head
-        .chunks(mss)
-        .enumerate()
-        .filter_map(|(i, chunk)| {
-            let seq = start.wrapping_add((i * mss) as u32);
-            segment(seq, TcpFlags::ACK | TcpFlags::PSH, chunk)
-        })
-        .collect();
-    if data.is_empty() && image.fin_unacked() {
-        out.extend(segment(
-            image.write_seq.wrapping_sub(1),
-            TcpFlags::ACK | TcpFlags::FIN,
-            &[],
-        ));
-    }
-    out
-}
-
-/// The connection of a logged SYN-ACK (from the server), and the packet
-/// re-emitted with its checksums computed (a SYN-ACK captured on OUTPUT may
-/// carry only the partial checksum the NIC was to complete).
-fn synack_for_replay(bytes: &[u8]) -> Option<(ConnKey, Vec<u8>)> {
-    let checks = tandem_wire::tcp::ParseChecks {
-        verify_checksum: false,
-        options: tandem_wire::tcp::OptionsMode::Linux,
-    };
-    let repr = tandem_wire::IpTcpRepr::parse(bytes, checks).ok()?;
-    let flags = repr.tcp.flags;
-    if !(flags.contains(tandem_wire::TcpFlags::SYN) && flags.contains(tandem_wire::TcpFlags::ACK)) {
-        return None;
-    }
-    let key = ConnKey::of(
-        tandem_core::classify::Direction::FromServer,
-        &segment_of(&repr),
-    );
-    Some((key, repr.to_bytes().ok()?))
-}
-
-/// A client packet of a handed-over entry that carries bytes or a FIN, re-
-/// emitted with its checksum computed (it may have been captured with the
-/// partial checksum of an offloading NIC).
-fn handed_over_packet(item: &Item) -> Option<Vec<u8>> {
-    let Item::Packet {
-        from_server: false,
-        bytes,
-    } = item
-    else {
-        return None;
-    };
-    let checks = tandem_wire::tcp::ParseChecks {
-        verify_checksum: false,
-        options: tandem_wire::tcp::OptionsMode::Linux,
-    };
-    let repr = tandem_wire::IpTcpRepr::parse(bytes, checks).ok()?;
-    let flags = repr.tcp.flags;
-    let carries = !repr.tcp.payload.is_empty() || flags.contains(tandem_wire::TcpFlags::FIN);
-    (carries
-        && !flags.contains(tandem_wire::TcpFlags::SYN)
-        && !flags.contains(tandem_wire::TcpFlags::RST))
-    .then(|| repr.to_bytes().ok())
-    .flatten()
 }
 
 /// The sending slot of an envelope that passed authentication (its header:
