@@ -713,41 +713,13 @@ fn examples(run: &ClientRun) -> BTreeMap<String, String> {
 
 type Done = (Outcome, (String, String));
 
-/// Builds the lab of `spec`, runs `measure` in it, and always takes it
-/// down; with `keep_logs_in`, the daemons' logs are copied there first,
-/// for a look after the lab is gone.
-fn in_lab(
-    spec: &LabSpec,
-    what: &str,
-    measure: impl FnOnce(&mut LabGuard) -> Result<Done>,
-    keep_logs_in: Option<&Path>,
-) -> Result<Done> {
-    let name = spec.name.as_deref().unwrap_or("(generated)");
-    progress(format!("bringing up lab {name} ({what})"));
-    let mut lab = LabGuard::new(
-        Lab::up_with_daemon(spec, None).with_context(|| format!("bringing up lab {name}"))?,
-    );
-    let result = measure(&mut lab);
-    if let (Some(keep), Some(dir)) = (keep_logs_in, lab.files_dir()) {
-        for id in lab.node_ids() {
-            let _ = std::fs::copy(
-                dir.join(format!("node{id}.log")),
-                keep.join(format!("node{id}.log")),
-            );
-        }
-    }
-    let down = lab.down();
-    let done = result?;
-    down.context("taking the lab down")?;
-    Ok(done)
-}
-
 fn run_tandem(ctx: &Ctx) -> Result<Done> {
     let name = System::Tandem.lab_name();
     let spec = LabSpec::named(name)
         .with_nodes(3)
         .with_service(ServiceKind::Kv);
-    in_lab(
+    super::in_lab(
+        "compare",
         &spec,
         "3 nodes, replicated kv",
         |lab| {
@@ -805,7 +777,8 @@ fn run_tandem(ctx: &Ctx) -> Result<Done> {
 
 fn run_keepalived(ctx: &Ctx) -> Result<Done> {
     let spec = LabSpec::named(System::Keepalived.lab_name()).with_nodes(2);
-    in_lab(
+    super::in_lab(
+        "compare",
         &spec,
         "2 nodes, service none",
         |lab| {
@@ -950,7 +923,8 @@ fn run_keepalived(ctx: &Ctx) -> Result<Done> {
 
 fn run_sentinel(ctx: &Ctx) -> Result<Done> {
     let spec = LabSpec::named(System::Sentinel.lab_name()).with_nodes(3);
-    in_lab(
+    super::in_lab(
+        "compare",
         &spec,
         "3 nodes, service none",
         |lab| {

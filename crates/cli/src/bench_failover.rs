@@ -212,21 +212,16 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     let most = opts.connections.iter().copied().max().unwrap_or(1);
     raise_nofile(most as u64 * 2 + 256)?;
 
-    progress(format!(
-        "bringing up lab {} (3 nodes, replicated kv)",
-        opts.name
-    ));
     let spec = LabSpec::named(opts.name.clone())
         .with_nodes(3)
         .with_service(ServiceKind::Kv);
-    let mut lab = LabGuard::new(
-        Lab::up_with_daemon(&spec, None)
-            .with_context(|| format!("bringing up lab {}", opts.name))?,
-    );
-    let result = measure(&mut lab, &opts);
-    let down = lab.down();
-    let (events, warmup_failures, client_rsts) = result?;
-    down.context("taking the lab down")?;
+    let (events, warmup_failures, client_rsts) = super::in_lab(
+        "failover",
+        &spec,
+        "3 nodes, replicated kv",
+        |lab| measure(lab, &opts),
+        None,
+    )?;
 
     let raft = tandem_node::config::RaftSection::default();
     let timeouts = Timeouts {

@@ -461,21 +461,16 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     let redis_server = version_of("redis-server");
     let tandem = std::env::current_exe().context("finding the tandem binary")?;
 
-    progress(format!(
-        "bringing up lab {} (3 nodes, replicated kv)",
-        opts.name
-    ));
     let spec = LabSpec::named(opts.name.clone())
         .with_nodes(3)
         .with_service(ServiceKind::Kv);
-    let mut lab = LabGuard::new(
-        Lab::up_with_daemon(&spec, None)
-            .with_context(|| format!("bringing up lab {}", opts.name))?,
-    );
-    let result = measure(&mut lab, &tandem, &opts);
-    let down = lab.down();
-    let (samples, cpu) = result?;
-    down.context("taking the lab down")?;
+    let (samples, cpu) = super::in_lab(
+        "kv",
+        &spec,
+        "3 nodes, replicated kv",
+        |lab| measure(lab, &tandem, &opts),
+        None,
+    )?;
 
     let report = summarize(&opts, samples, cpu, redis_benchmark, redis_server);
     if opts.json {

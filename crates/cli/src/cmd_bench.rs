@@ -24,6 +24,38 @@ pub(crate) mod bench_kv;
 #[path = "bench_failover.rs"]
 pub(crate) mod bench_failover;
 
+/// Builds the lab of `spec` for benchmark `bench`, runs `measure` in it,
+/// and always takes it down, also when measuring failed; with
+/// `keep_logs_in`, the daemons' logs are copied there first, for a look
+/// after the lab is gone.
+pub(crate) fn in_lab<T>(
+    bench: &str,
+    spec: &tandem_lab::LabSpec,
+    what: &str,
+    measure: impl FnOnce(&mut tandem_lab::LabGuard) -> Result<T>,
+    keep_logs_in: Option<&std::path::Path>,
+) -> Result<T> {
+    let name = spec.name.as_deref().unwrap_or("(generated)");
+    eprintln!("bench {bench}: bringing up lab {name} ({what})");
+    let mut lab = tandem_lab::LabGuard::new(
+        tandem_lab::Lab::up_with_daemon(spec, None)
+            .with_context(|| format!("bringing up lab {name}"))?,
+    );
+    let result = measure(&mut lab);
+    if let (Some(keep), Some(dir)) = (keep_logs_in, lab.files_dir()) {
+        for id in lab.node_ids() {
+            let _ = std::fs::copy(
+                dir.join(format!("node{id}.log")),
+                keep.join(format!("node{id}.log")),
+            );
+        }
+    }
+    let down = lab.down();
+    let measured = result?;
+    down.context("taking the lab down")?;
+    Ok(measured)
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
