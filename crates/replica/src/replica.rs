@@ -540,16 +540,18 @@ impl Replica {
         let _ = self.raw.propose_conf_change(Vec::new(), cc);
     }
 
-    /// Receives a sealed envelope from the network. Rejected envelopes are
-    /// counted (see [`Replica::status`]) and returned as errors; the caller
-    /// just drops them and keeps running.
-    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), EnvelopeError> {
+    /// Receives a sealed envelope from the network and returns its
+    /// (authenticated) sender. Rejected envelopes are counted (see
+    /// [`Replica::status`]) and returned as errors; the caller just drops
+    /// them and keeps running.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<NodeId, EnvelopeError> {
         let opened = self.inbox.open(bytes)?;
+        let from = opened.from;
         match opened.body {
-            Body::Join => self.on_join(opened.from),
+            Body::Join => self.on_join(from),
             Body::Raft(m) => self.step(m),
         }
-        Ok(())
+        Ok(from)
     }
 
     /// Steps an already-authenticated raft message. Errors from raft-rs

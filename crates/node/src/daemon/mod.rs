@@ -425,10 +425,8 @@ impl Daemon {
             let received_at = Instant::now();
             for frame in frames.drain(..) {
                 // Rejections are counted by the replica's inbox.
-                if self.replica.receive(&frame).is_ok() {
-                    if let Some(slot) = sender_slot(&frame) {
-                        self.heard.insert(slot, received_at);
-                    }
+                if let Ok(from) = self.replica.receive(&frame) {
+                    self.heard.insert(from.slot, received_at);
                 }
             }
             let now = Instant::now();
@@ -1442,12 +1440,6 @@ impl Daemon {
         }
         tracing::info!("node stopped");
     }
-}
-
-/// The sending slot of an envelope that passed authentication (its header:
-/// magic, kind, then the sender's slot).
-fn sender_slot(frame: &[u8]) -> Option<u16> {
-    Some(u16::from_be_bytes(frame.get(5..7)?.try_into().ok()?))
 }
 
 /// Destroys sockets left on VIP:port by an earlier daemon on this node.
