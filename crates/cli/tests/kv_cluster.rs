@@ -309,10 +309,13 @@ fn wait_for_counters(
 #[test]
 fn forged_and_replayed_replication_messages_are_rejected() {
     let lab = cluster("b");
-    let target = 1u32;
+    // Followers only talk to the leader: the leader is the sender whose
+    // traffic to the target (a follower) can be captured and replayed.
+    let leader = lab.status().leader.expect("a primary after lab up");
+    let target = lab.node_ids().into_iter().find(|id| *id != leader).unwrap();
     let addr: SocketAddr = SocketAddr::new(lab.node_addr(target).unwrap().into(), 7100);
     let before = report(&lab, target);
-    let sender = report(&lab, 2);
+    let sender = report(&lab, leader);
     let to = NodeId::new(before.slot, before.incarnation);
     let from = NodeId::new(sender.slot, sender.incarnation);
 
@@ -328,7 +331,7 @@ fn forged_and_replayed_replication_messages_are_rejected() {
     assert_eq!(after_forged.counters.replayed, before.counters.replayed);
 
     // Replayed: a real frame node 2 sent to node 1, sent again verbatim.
-    let real = capture_one_frame(&lab, 2, target);
+    let real = capture_one_frame(&lab, leader, target);
     send_raw(&lab, addr, real);
     let after_replay = wait_for_counters(&lab, target, "replayed message", |r| {
         r.counters.replayed > after_forged.counters.replayed
