@@ -767,9 +767,9 @@ mod tests {
 
     #[test]
     fn a_closed_connection_is_an_error_and_the_load_goes_on() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
+        // Port 1: nothing listens there, and no parallel test can bind it
+        // (a port freed by a dropped listener may be reused at once).
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
         let load = Workload::start(config(addr, 1));
         std::thread::sleep(Duration::from_millis(300));
         let report = load.stop(Duration::from_secs(1));
