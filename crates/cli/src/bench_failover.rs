@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use tandem_lab::{Lab, LabGuard, LabSpec, ServiceKind};
+use tandem_lab::{Lab, LabGuard, LabSpec, RaftTimings, ServiceKind};
 use tandem_node::admin::{request, AdminReply, AdminRequest};
 use tandem_node::report::NodeReport;
 
@@ -86,6 +86,8 @@ pub struct Options {
     pub kinds: Vec<Kind>,
     pub connections: Vec<usize>,
     pub json: bool,
+    /// The daemons' Raft timeouts (unset fields: the defaults).
+    pub raft: RaftTimings,
 }
 
 // ---------------------------------------------------------------------------
@@ -214,7 +216,8 @@ pub fn run(opts: Options) -> Result<ExitCode> {
 
     let spec = LabSpec::named(opts.name.clone())
         .with_nodes(3)
-        .with_service(ServiceKind::Kv);
+        .with_service(ServiceKind::Kv)
+        .with_raft(opts.raft);
     let (events, warmup_failures, client_rsts) = super::in_lab(
         "failover",
         &spec,
@@ -223,13 +226,19 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         None,
     )?;
 
-    let raft = tandem_node::config::RaftSection::default();
+    let defaults = tandem_node::config::RaftSection::default();
+    let tick_ms = opts.raft.tick_ms.unwrap_or(defaults.tick_ms);
+    let heartbeat_ticks = opts
+        .raft
+        .heartbeat_ticks
+        .unwrap_or(defaults.heartbeat_ticks);
+    let election_ticks = opts.raft.election_ticks.unwrap_or(defaults.election_ticks);
     let timeouts = Timeouts {
-        tick_ms: raft.tick_ms,
-        heartbeat_ms: raft.tick_ms * u64::from(raft.heartbeat_ticks),
-        election_ms_min: raft.tick_ms * u64::from(raft.election_ticks),
-        election_ms_max: raft.tick_ms * u64::from(raft.election_ticks) * 2,
-        lease_ms: 500,
+        tick_ms,
+        heartbeat_ms: tick_ms * u64::from(heartbeat_ticks),
+        election_ms_min: tick_ms * u64::from(election_ticks),
+        election_ms_max: tick_ms * u64::from(election_ticks) * 2,
+        lease_ms: tandem_node::daemon::LEASE.as_millis() as u64,
     };
     let rows = summarize(&opts, &events);
     let report = Report {

@@ -215,6 +215,10 @@ enum Bench {
         /// Print the results as JSON (progress still goes to stderr).
         #[arg(long)]
         json: bool,
+        /// Raft timeouts for the lab's daemons, to measure others than the
+        /// defaults.
+        #[command(flatten)]
+        raft: crate::cmd_lab::RaftArgs,
     },
 }
 
@@ -278,12 +282,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             connections,
             name,
             json,
+            raft,
         } => bench_failover::run(bench_failover::Options {
             name,
             events,
             kinds,
             connections: connections.into_iter().map(|c| c.max(1)).collect(),
             json,
+            raft: raft.into(),
         }),
     }
 }

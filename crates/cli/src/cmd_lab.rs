@@ -59,6 +59,8 @@ enum LabCommand {
         /// Print the lab as one JSON object (same as `lab status --json`).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        raft: RaftArgs,
     },
     /// Show a lab: its nodes, addresses, processes and faults.
     Status {
@@ -150,6 +152,32 @@ impl From<ServiceArg> for ServiceKind {
     }
 }
 
+/// Raft timeouts for a lab's daemons, written into `[raft]` of every
+/// node's config. Shared by `lab up` and the benchmarks that build labs.
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct RaftArgs {
+    /// Raft tick for the daemons, ms (default: the daemon's, 10).
+    #[arg(long, value_name = "MS")]
+    pub tick_ms: Option<u64>,
+    /// Heartbeat interval in ticks (default: the daemon's, 2).
+    #[arg(long, value_name = "TICKS")]
+    pub heartbeat_ticks: Option<u32>,
+    /// Election timeout in ticks; each follower draws its own from
+    /// [this, 2 × this) (default: the daemon's, 10). At least 3 heartbeats.
+    #[arg(long, value_name = "TICKS")]
+    pub election_ticks: Option<u32>,
+}
+
+impl From<RaftArgs> for tandem_lab::RaftTimings {
+    fn from(args: RaftArgs) -> Self {
+        tandem_lab::RaftTimings {
+            tick_ms: args.tick_ms,
+            heartbeat_ticks: args.heartbeat_ticks,
+            election_ticks: args.election_ticks,
+        }
+    }
+}
+
 /// Runs one `tandem lab` subcommand.
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     match args.command {
@@ -158,11 +186,13 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             nodes,
             service,
             json,
+            raft,
         } => {
             let spec = LabSpec {
                 name: Some(name),
                 nodes,
                 service: service.into(),
+                raft: raft.into(),
             };
             let lab = Lab::up(&spec)?;
             if json {

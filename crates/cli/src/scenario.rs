@@ -59,6 +59,7 @@ impl MoveLab {
             name: Some(name.to_string()),
             nodes,
             service: ServiceKind::None,
+            raft: Default::default(),
         })
         .with_context(|| format!("building lab {name}"))?;
         let spec = MoveSpec {

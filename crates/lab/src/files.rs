@@ -81,8 +81,8 @@ fn toml_path(path: &Path) -> String {
 /// Node `id`'s configuration (the format of `crates/node/src/config.rs`):
 /// its slot is its id, every lab node is a member at its lab address and
 /// [`REPLICATION_PORT`], and one `[[service]]` serves the lab's service on
-/// the VIP, on [`NODE_INTERFACE`]. `[raft]` is left out (the daemon's
-/// defaults).
+/// the VIP, on [`NODE_INTERFACE`]. `[raft]` holds only what the lab's
+/// [`crate::RaftTimings`] set (the daemon's defaults otherwise).
 pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
     let service = state.service.as_str();
     let mut text = format!(
@@ -134,6 +134,19 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
         flag = unhealthy_flag(dir, id).display(),
         check = toml_str(&format!("test ! -e {}", unhealthy_flag(dir, id).display())),
     ));
+    let raft = &state.raft;
+    if !raft.is_default() {
+        text.push_str("\n[raft]\n");
+        if let Some(v) = raft.tick_ms {
+            text.push_str(&format!("tick_ms = {v}\n"));
+        }
+        if let Some(v) = raft.heartbeat_ticks {
+            text.push_str(&format!("heartbeat_ticks = {v}\n"));
+        }
+        if let Some(v) = raft.election_ticks {
+            text.push_str(&format!("election_ticks = {v}\n"));
+        }
+    }
     text
 }
 
@@ -302,6 +315,25 @@ failures = 2
         };
         assert_eq!(shared(&one), shared(expected));
         assert!(!one.contains("[raft]"));
+    }
+
+    #[test]
+    fn raft_timings_are_written_only_when_set() {
+        let mut state = plan_for_tests("r", 3, ServiceKind::Kv);
+        state.raft = crate::RaftTimings {
+            tick_ms: None,
+            heartbeat_ticks: Some(3),
+            election_ticks: Some(30),
+        };
+        let text = node_config(&state, Path::new("/d"), 1);
+        assert!(
+            text.ends_with("\n[raft]\nheartbeat_ticks = 3\nelection_ticks = 30\n"),
+            "{text}"
+        );
+        // It is valid TOML with the values in the right table.
+        let config: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(config["raft"]["election_ticks"].as_integer(), Some(30));
+        assert!(config["raft"].get("tick_ms").is_none());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::cmd::{self, ip_in, iptables_in, iptables_restore_in};
 use crate::files;
 use crate::names::{self, CLIENT_BRIDGE_PORT};
 use crate::procs::{self, ProcRecord};
-use crate::state::{self, EndpointState, Fault, LabState, ServiceKind, StateLock};
+use crate::state::{self, EndpointState, Fault, LabState, RaftTimings, ServiceKind, StateLock};
 use crate::{
     LabError, BRIDGE_DEVICE, CLIENT_ADDR, DAEMON_ENV, DEFAULT_NODES, MAX_NODES, NODE_INTERFACE,
     PARTITION_CHAIN, PREFIX_LEN, PRIMARY_WAIT, PROBE_PORT, REPLICATION_PORTS, RST_COUNT_CHAIN, VIP,
@@ -48,6 +48,8 @@ pub struct LabSpec {
     /// What the nodes serve: with anything but [`ServiceKind::None`], one
     /// `tandem node` daemon runs per node (see [`Lab::up_with_daemon`]).
     pub service: ServiceKind,
+    /// Raft timeouts for the daemons (default: the daemon's own).
+    pub raft: RaftTimings,
 }
 
 impl Default for LabSpec {
@@ -57,6 +59,7 @@ impl Default for LabSpec {
             name: None,
             nodes: DEFAULT_NODES,
             service: ServiceKind::None,
+            raft: RaftTimings::default(),
         }
     }
 }
@@ -79,6 +82,12 @@ impl LabSpec {
     /// The same spec serving `service`.
     pub fn with_service(mut self, service: ServiceKind) -> Self {
         self.service = service;
+        self
+    }
+
+    /// The same spec with these Raft timeouts for the daemons.
+    pub fn with_raft(mut self, raft: RaftTimings) -> Self {
+        self.raft = raft;
         self
     }
 }
@@ -907,6 +916,7 @@ fn plan(name: &str, spec: &LabSpec) -> LabState {
         creator_pid: std::process::id(),
         daemon: None,
         files_dir: None,
+        raft: spec.raft,
     }
 }
 

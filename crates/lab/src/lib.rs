@@ -61,7 +61,7 @@ pub use names::{
     bridge_netns_name, client_netns_name, generate_name, node_netns_name, validate_name,
     MAX_NAME_LEN, NETNS_PREFIX,
 };
-pub use state::{Fault, ServiceKind};
+pub use state::{Fault, RaftTimings, ServiceKind};
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;

@@ -175,6 +175,31 @@ pub(crate) struct LabState {
     /// it: `down` removes it.
     #[serde(default)]
     pub files_dir: Option<PathBuf>,
+    /// Raft timeouts written into every node's config.
+    #[serde(default)]
+    pub raft: RaftTimings,
+}
+
+/// Raft timeouts for the lab's daemons, written as `[raft]` into every
+/// node's config (the fields of `crates/node/src/config.rs`); a field left
+/// `None` keeps the daemon's default. The daemon validates them: a bad
+/// combination fails `up` with the daemon's own error in its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftTimings {
+    /// Length of one Raft tick, ms.
+    pub tick_ms: Option<u64>,
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_ticks: Option<u32>,
+    /// Election timeout, in ticks (raft-rs draws each follower's from
+    /// [this, 2 × this)).
+    pub election_ticks: Option<u32>,
+}
+
+impl RaftTimings {
+    /// Whether every field is left to the daemon.
+    pub fn is_default(&self) -> bool {
+        *self == RaftTimings::default()
+    }
 }
 
 impl LabState {

@@ -695,6 +695,39 @@ impl Replica {
         Ok(())
     }
 
+    /// Heartbeats to every follower, sealed and ready to send, for a leader
+    /// whose event loop is held up by long local work (rebuilding thousands
+    /// of sockets at a takeover): without them the followers' election
+    /// timers run out and depose a leader that is alive, only busy. Nothing
+    /// else is taken from raft: no tick (check-quorum would count the time
+    /// as silence from followers whose answers are not being read), no
+    /// entries, so it may be called between `ready`s at any point. Empty
+    /// unless leader.
+    pub fn heartbeats_now(&mut self) -> Vec<(NodeId, Vec<u8>)> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let queued = self.raw.raft.msgs.len();
+        self.raw.ping();
+        let mut fresh = self.raw.raft.msgs.split_off(queued);
+        // `ping` only broadcasts heartbeats; anything else stays queued for
+        // the next `ready`, in order.
+        fresh.retain(|m| {
+            let beat = m.get_msg_type() == MessageType::MsgHeartbeat;
+            if !beat {
+                self.raw.raft.msgs.push(m.clone());
+            }
+            beat
+        });
+        fresh
+            .into_iter()
+            .map(|m| {
+                let to = NodeId::from_raft_id(m.to);
+                (to, self.outbox.seal(to, &Body::Raft(m)))
+            })
+            .collect()
+    }
+
     /// True if `ready` has something to hand out.
     pub fn has_ready(&self) -> bool {
         !self.awaiting_advance

@@ -143,6 +143,9 @@ struct Sim {
     leaders_seen: u64,
     snapshots_installed: u64,
     swaps: u64,
+    /// A node whose event loop is held up (a long takeover): it neither
+    /// ticks nor reads nor handles `ready`; what is sent to it waits.
+    busy: Option<u16>,
 }
 
 impl Sim {
@@ -166,6 +169,7 @@ impl Sim {
             leaders_seen: 0,
             snapshots_installed: 0,
             swaps: 0,
+            busy: None,
         };
         for s in slots {
             sim.nodes.insert(
@@ -375,6 +379,9 @@ impl Sim {
         for _ in 0..20 {
             let mut any = false;
             for slot in self.slots.clone() {
+                if self.busy == Some(slot) {
+                    continue;
+                }
                 let Some(r) = self.nodes.get_mut(&slot).unwrap().replica.as_mut() else {
                     continue;
                 };
@@ -394,11 +401,15 @@ impl Sim {
     fn step(&mut self) {
         self.now += 1;
         for slot in self.slots.clone() {
+            if self.busy == Some(slot) {
+                continue;
+            }
             if let Some(r) = self.nodes.get_mut(&slot).unwrap().replica.as_mut() {
                 r.tick();
             }
         }
         self.pump();
+        let mut waiting = Vec::new();
         while let Some(entry) = self.net.first_entry() {
             if entry.key().0 > self.now {
                 break;
@@ -407,10 +418,19 @@ impl Sim {
             if self.is_cut(pkt.from, pkt.to) {
                 continue;
             }
+            if self.busy == Some(pkt.to) {
+                waiting.push(pkt);
+                continue;
+            }
             if let Some(r) = self.nodes.get_mut(&pkt.to).unwrap().replica.as_mut() {
                 let _ = r.receive(&pkt.bytes);
             }
             self.pump();
+        }
+        // Read once the node's loop runs again, in the order sent.
+        for pkt in waiting {
+            self.packet_no += 1;
+            self.net.insert((self.now + 1, self.packet_no), pkt);
         }
         self.check_leaders();
     }
@@ -941,4 +961,62 @@ fn a_followers_forwarded_payloads_are_committed_everywhere() {
     // The leader itself cannot forward.
     assert!(sim.replica(1).forward(vec![vec![1]]).is_err());
     sim.final_check();
+}
+
+/// A leader held up by local work for several election timeouts.
+/// `heartbeats` = whether it sends `heartbeats_now` every heartbeat interval
+/// meanwhile. Returns the leader and its term after it resumes.
+fn busy_leader(heartbeats: bool) -> (Option<u16>, u64, u64) {
+    let mut sim = quiet_cluster(Faults::default());
+    sim.propose(1, b"before".to_vec()).unwrap();
+    sim.run(10);
+    let term = sim.replica(1).term();
+    sim.busy = Some(1);
+    let heartbeat = Config::new(NodeId::new(1, 1), vec![1]).heartbeat_tick as u64;
+    let election = Config::new(NodeId::new(1, 1), vec![1]).election_tick as u64;
+    for step in 0..election * 5 {
+        if heartbeats && step % heartbeat == 0 {
+            for (to, bytes) in sim.replica(1).heartbeats_now() {
+                sim.send(1, to.slot, bytes);
+            }
+        }
+        sim.step();
+    }
+    sim.busy = None;
+    sim.run(election);
+    let leader = sim.leader();
+    let now = leader.map_or(0, |l| sim.replica(l).term());
+    // Whoever leads takes proposals, and nothing acknowledged was lost.
+    if let Some(l) = leader {
+        sim.propose(l, b"after".to_vec()).unwrap();
+    }
+    sim.run(10);
+    sim.final_check();
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+    (leader, term, now)
+}
+
+#[test]
+fn a_busy_leader_that_sends_heartbeats_keeps_its_role() {
+    let (leader, before, after) = busy_leader(true);
+    assert_eq!(leader, Some(1));
+    assert_eq!(before, after, "no election while the leader was busy");
+}
+
+#[test]
+fn a_busy_silent_leader_is_replaced() {
+    // The control: the same hold-up without heartbeats costs an election.
+    let (leader, before, after) = busy_leader(false);
+    assert_ne!(leader, Some(1));
+    assert!(after > before);
+}
+
+#[test]
+fn only_a_leader_has_heartbeats_to_send() {
+    let mut sim = quiet_cluster(Faults::default());
+    assert!(sim.replica(2).heartbeats_now().is_empty());
+    let beats = sim.replica(1).heartbeats_now();
+    let mut to: Vec<u16> = beats.iter().map(|(id, _)| id.slot).collect();
+    to.sort_unstable();
+    assert_eq!(to, [2, 3]);
 }

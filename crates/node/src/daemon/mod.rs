@@ -22,6 +22,9 @@
 //! repair mode.
 
 mod fence;
+/// The kernel lease a primary holds (see `fence`): how long a dead or cut-off
+/// primary's kernel may still answer for the VIP.
+pub use fence::LEASE;
 mod sockets;
 mod supervise;
 mod takeover;
@@ -73,6 +76,11 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 const VIP_LINGER: Duration = Duration::from_millis(1500);
 /// How long a deposed primary keeps uncommitted packets for the next one.
 const HANDOVER_WAIT: Duration = Duration::from_secs(2);
+/// Up to this many connections are rebuilt on the loop's own thread at a
+/// takeover (a millisecond or two); more go to two builder threads while
+/// the loop keeps sending heartbeats.
+const REBUILD_INLINE: usize = 64;
+
 /// At most this many ticks are given at once after the loop was held up.
 const MAX_CATCH_UP_TICKS: u32 = 3;
 /// A planned migration goes only to a clone at most this many entries
@@ -1096,8 +1104,6 @@ impl Daemon {
             return Vec::new();
         }
         let options = tandem_sys::tcp_repair::RestoreOptions::default();
-        let half = images.len().div_ceil(2);
-        let (first, second) = images.split_at(half);
         let build = |part: &[(ConnKey, tandem_core::SocketImage, bool)]| {
             part.iter()
                 .map(|(key, image, peer_closed)| Rebuilt {
@@ -1109,11 +1115,48 @@ impl Daemon {
                 })
                 .collect::<Vec<_>>()
         };
-        let (a, b) = std::thread::scope(|scope| {
-            let other = scope.spawn(|| build(second));
-            let mine = build(first);
-            (mine, other.join().unwrap_or_default())
-        });
+        let (a, b) = if images.len() <= REBUILD_INLINE {
+            (build(&images), Vec::new())
+        } else {
+            // Two builders; this thread keeps the followers' election
+            // timers from running out meanwhile (thousands of sockets can
+            // take longer than the shortest election timeout).
+            let (first, second) = images.split_at(images.len().div_ceil(2));
+            let beat = Duration::from_millis(
+                self.config.raft.tick_ms * u64::from(self.config.raft.heartbeat_ticks),
+            );
+            std::thread::scope(|scope| {
+                let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+                let spawn = |part| {
+                    let done = done_tx.clone();
+                    scope.spawn(move || {
+                        let built = build(part);
+                        let _ = done.send(());
+                        built
+                    })
+                };
+                let one = spawn(first);
+                let two = spawn(second);
+                // Only the builders hold senders now: if one panics, the
+                // channel disconnects instead of leaving this loop waiting.
+                drop(done_tx);
+                let mut finished = 0;
+                while finished < 2 {
+                    match done_rx.recv_timeout(beat) {
+                        Ok(()) => finished += 1,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            self.send_heartbeats();
+                        }
+                        // A builder panicked (its join says so below).
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                (
+                    one.join().unwrap_or_default(),
+                    two.join().unwrap_or_default(),
+                )
+            })
+        };
         let mut prepared = Vec::with_capacity(images.len());
         for rebuilt in a.into_iter().chain(b) {
             match &rebuilt.socket {
@@ -1125,6 +1168,14 @@ impl Daemon {
             }
         }
         prepared
+    }
+
+    /// Sends heartbeats at once, outside the tick: for the leader's loop
+    /// while it is held up by a takeover (see `Replica::heartbeats_now`).
+    fn send_heartbeats(&mut self) {
+        for (to, bytes) in self.replica.heartbeats_now() {
+            self.transport.send(self.poll.registry(), to.slot, &bytes);
+        }
     }
 
     /// Stops serving; the next primary takes the clients over.
