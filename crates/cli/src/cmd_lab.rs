@@ -441,6 +441,7 @@ mod tests {
             nodes,
             service,
             json,
+            raft,
         } = parse(&["lab", "up"]).unwrap()
         else {
             panic!("not up");
@@ -449,6 +450,27 @@ mod tests {
         assert_eq!(nodes, 3);
         assert!(matches!(service, ServiceArg::Kv));
         assert!(!json);
+        assert!(tandem_lab::RaftTimings::from(raft).is_default());
+    }
+
+    #[test]
+    fn up_takes_raft_timings() {
+        let LabCommand::Up { raft, .. } = parse(&[
+            "lab",
+            "up",
+            "--heartbeat-ticks",
+            "3",
+            "--election-ticks",
+            "30",
+        ])
+        .unwrap() else {
+            panic!("not up");
+        };
+        let timings = tandem_lab::RaftTimings::from(raft);
+        assert_eq!(timings.heartbeat_ticks, Some(3));
+        assert_eq!(timings.election_ticks, Some(30));
+        assert_eq!(timings.tick_ms, None);
+        assert!(parse(&["lab", "up", "--election-ticks", "many"]).is_err());
     }
 
     #[test]

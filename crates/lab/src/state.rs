@@ -417,6 +417,7 @@ mod tests {
             creator_pid: 7,
             daemon: Some("/usr/bin/tandem".into()),
             files_dir: Some("/run/tandem/labs/x".into()),
+            raft: RaftTimings::default(),
         }
     }
 
