@@ -105,6 +105,12 @@ fn fail(lab: &Lab, why: &str) -> ! {
     for id in lab.node_ids() {
         if let Ok(Some(path)) = lab.node_log_path(id) {
             let log = std::fs::read_to_string(&path).unwrap_or_default();
+            // The whole log outlives the lab, for a post-mortem.
+            let kept =
+                std::env::temp_dir().join(format!("tandem-faults-{}-node{id}.log", lab.name()));
+            if std::fs::write(&kept, &log).is_ok() {
+                eprintln!("node {id}: whole log kept in {}", kept.display());
+            }
             for line in log.lines().filter(|l| {
                 l.contains("WARN")
                     || l.contains("ERROR")

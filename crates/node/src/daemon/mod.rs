@@ -210,6 +210,9 @@ struct Daemon {
     want_snapshot_now: bool,
     last_sweep: Instant,
     verdicts: Vec<(u32, Verdict)>,
+    /// A turn of the loop longer than this (half the shortest election
+    /// timeout) is logged: it risks a needless election.
+    held_up_warning: Duration,
 }
 
 /// Runs the node until `stop` is set (SIGTERM/SIGINT): reads and checks the
@@ -325,6 +328,8 @@ impl Daemon {
             ),
             None => None,
         };
+        let held_up_warning =
+            Duration::from_millis(config.raft.tick_ms * u64::from(config.raft.election_ticks) / 2);
         Ok(Daemon {
             sockets: KernelSockets::new(LISTENER_TOKEN, SOCKET_TOKENS, service.window_clamp),
             config,
@@ -382,6 +387,7 @@ impl Daemon {
             want_snapshot_now: false,
             last_sweep: Instant::now(),
             verdicts: Vec::new(),
+            held_up_warning,
         })
     }
 
@@ -453,13 +459,27 @@ impl Daemon {
             }
             self.transport.poll_timers(self.poll.registry(), now);
             self.admin.poll_timers(self.poll.registry(), now);
+            let phase = Instant::now();
             self.primary_duties(now);
+            let duties = phase.elapsed();
             self.drive_replica();
+            let replica = phase.elapsed() - duties;
             for (client, request) in requests.drain(..) {
                 let reply = self.answer(request);
                 self.admin.respond(self.poll.registry(), client, &reply);
             }
             self.maybe_snapshot(now);
+            let turn = phase.elapsed();
+            if turn >= self.held_up_warning {
+                // Followers start an election after the shortest election
+                // timeout without a heartbeat: a turn this long risks one.
+                tracing::warn!(
+                    turn_ms = turn.as_secs_f64() * 1e3,
+                    duties_ms = duties.as_secs_f64() * 1e3,
+                    replica_ms = replica.as_secs_f64() * 1e3,
+                    "event loop held up"
+                );
+            }
             if now.duration_since(self.last_metrics) >= METRICS_EVERY {
                 self.last_metrics = now;
                 self.update_metrics();
