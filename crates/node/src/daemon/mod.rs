@@ -820,9 +820,26 @@ impl Daemon {
             if !self.replica.has_ready() {
                 break;
             }
+            let started = Instant::now();
             let out = self.replica.ready();
+            let made = started.elapsed();
+            let (messages, bytes, committed) = (
+                out.messages.len(),
+                out.messages.iter().map(|(_, b)| b.len()).sum::<usize>(),
+                out.committed.len(),
+            );
             self.handle_ready(out);
             self.replica.advance();
+            if started.elapsed() >= self.held_up_warning / 2 {
+                tracing::info!(
+                    ready_ms = made.as_secs_f64() * 1e3,
+                    handled_ms = (started.elapsed() - made).as_secs_f64() * 1e3,
+                    messages,
+                    bytes,
+                    committed,
+                    "long raft ready"
+                );
+            }
         }
         self.after_ready();
     }
