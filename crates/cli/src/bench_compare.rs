@@ -713,6 +713,29 @@ fn examples(run: &ClientRun) -> BTreeMap<String, String> {
 
 type Done = (Outcome, (String, String));
 
+/// One system's outcome from what [`drive`] measured, with the client's
+/// library versions.
+fn finish(
+    system: System,
+    config: Vec<String>,
+    killed_node: u32,
+    after: String,
+    (run, metrics, client_rsts, kill_took_ms): (ClientRun, Metrics, u64, f64),
+) -> Done {
+    let outcome = Outcome {
+        system,
+        label: system.label().into(),
+        config,
+        killed_node,
+        after,
+        client_rsts,
+        kill_took_ms,
+        examples: examples(&run),
+        metrics,
+    };
+    (outcome, (run.redis_py, run.python))
+}
+
 fn run_tandem(ctx: &Ctx) -> Result<Done> {
     let name = System::Tandem.lab_name();
     let spec = LabSpec::named(name)
@@ -751,25 +774,12 @@ fn run_tandem(ctx: &Ctx) -> Result<Done> {
                 "--port".into(),
                 vip.port().to_string(),
             ];
-            let (run, metrics, rsts, kill_ms) = drive(lab, ctx, &args, leader)?;
+            let driven = drive(lab, ctx, &args, leader)?;
             let after = match lab.status().leader {
                 Some(id) => format!("node {id} is the primary"),
                 None => "no single primary".to_string(),
             };
-            Ok((
-                Outcome {
-                    system: System::Tandem,
-                    label: System::Tandem.label().into(),
-                    config,
-                    killed_node: leader,
-                    after,
-                    client_rsts: rsts,
-                    kill_took_ms: kill_ms,
-                    examples: examples(&run),
-                    metrics,
-                },
-                (run.redis_py, run.python),
-            ))
+            Ok(finish(System::Tandem, config, leader, after, driven))
         },
         Some(ctx.dir),
     )
@@ -885,7 +895,7 @@ fn run_keepalived(ctx: &Ctx) -> Result<Done> {
                 "--port".into(),
                 REDIS_PORT.to_string(),
             ];
-            let (run, metrics, rsts, kill_ms) = drive(lab, ctx, &args, 1)?;
+            let driven = drive(lab, ctx, &args, 1)?;
             let role = redis_cli(
                 lab,
                 2,
@@ -902,20 +912,7 @@ fn run_keepalived(ctx: &Ctx) -> Result<Done> {
                 role.lines().next().unwrap_or("?")
             );
             drop(children);
-            Ok((
-                Outcome {
-                    system: System::Keepalived,
-                    label: System::Keepalived.label().into(),
-                    config,
-                    killed_node: 1,
-                    after,
-                    client_rsts: rsts,
-                    kill_took_ms: kill_ms,
-                    examples: examples(&run),
-                    metrics,
-                },
-                (run.redis_py, run.python),
-            ))
+            Ok(finish(System::Keepalived, config, 1, after, driven))
         },
         None,
     )
@@ -1012,7 +1009,7 @@ fn run_sentinel(ctx: &Ctx) -> Result<Done> {
                     .collect::<Vec<_>>()
                     .join(","),
             ];
-            let (run, metrics, rsts, kill_ms) = drive(lab, ctx, &args, 1)?;
+            let driven = drive(lab, ctx, &args, 1)?;
             let master = redis_cli(
                 lab,
                 2,
@@ -1024,20 +1021,7 @@ fn run_sentinel(ctx: &Ctx) -> Result<Done> {
                 master.lines().collect::<Vec<_>>().join(":")
             );
             drop(children);
-            Ok((
-                Outcome {
-                    system: System::Sentinel,
-                    label: System::Sentinel.label().into(),
-                    config,
-                    killed_node: 1,
-                    after,
-                    client_rsts: rsts,
-                    kill_took_ms: kill_ms,
-                    examples: examples(&run),
-                    metrics,
-                },
-                (run.redis_py, run.python),
-            ))
+            Ok(finish(System::Sentinel, config, 1, after, driven))
         },
         None,
     )
