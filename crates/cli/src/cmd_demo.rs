@@ -17,7 +17,8 @@ use tandem_node::migration::MoveReport;
 By default: builds a lab of NODES network namespaces running the replicated kv \
 service (root needed), keeps CONNECTIONS clients busy with INCR on a key of \
 their own and SET/GET of unique values (every reply checked: a wrong one is a \
-lost or duplicated update), and every KILL_INTERVAL seconds fails the primary \
+lost or duplicated update), and every KILL_INTERVAL seconds (8 by default, less \
+in a run too short for that) fails the primary \
 (`lab kill`, a power cut, alternating with `lab crash`, a process crash), waits \
 for a clone to take over with every connection, and restarts the old primary \
 2 s later as a clone. A status line shows the progress; at the end a summary \
@@ -35,17 +36,21 @@ pub struct DemoArgs {
     #[arg(long)]
     moves: bool,
     /// How long the load runs, in seconds (building and removing the lab
-    /// add a few seconds).
+    /// add a few seconds). At least 7: a shorter run has no room for a
+    /// failover and is refused.
     #[arg(long, value_name = "SECONDS", default_value_t = 45,
           value_parser = clap::value_parser!(u64).range(1..=3600), conflicts_with = "moves")]
     duration: u64,
     /// Nodes in the lab (odd, at least 3).
     #[arg(long, default_value_t = 3, conflicts_with = "moves")]
     nodes: usize,
-    /// Seconds between two faults of the primary.
-    #[arg(long, value_name = "SECONDS", default_value_t = 8,
+    /// Seconds between two faults of the primary (default: 8, or less
+    /// when --duration is too short for a fault at 8 s: the first fault
+    /// comes at most DURATION - 4 s into the run). An interval that leaves
+    /// no room for a failover is refused.
+    #[arg(long, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(3..=3600), conflicts_with = "moves")]
-    kill_interval: u64,
+    kill_interval: Option<u64>,
     /// Client connections (default: 32; 4 with --moves).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
     connections: Option<u16>,
@@ -76,7 +81,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     crate::demo::run(crate::demo::Options {
         duration: Duration::from_secs(args.duration),
         nodes: args.nodes,
-        kill_interval: Duration::from_secs(args.kill_interval),
+        kill_interval: args.kill_interval.map(Duration::from_secs),
         connections: usize::from(args.connections.unwrap_or(32)),
         keep: args.keep,
         json: args.json,

@@ -136,7 +136,7 @@ fn init_logging(filter: Option<&str>, default_filter: &str, format: LogFormat) {
 pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
     if !tandem_sys::process::is_root() {
         anyhow::bail!(
-            "{what} needs root (network namespaces, TCP_REPAIR, addresses): run it with sudo"
+            "{what} needs root (network namespaces, TCP_REPAIR, addresses): run it as root, or with sudo"
         );
     }
     Ok(())

@@ -8,6 +8,7 @@
 //! failover) and a latency chart (SVG) with every failover marked.
 
 mod display;
+mod schedule;
 mod summary;
 mod svg;
 
@@ -25,13 +26,11 @@ use tandem_node::report::NodeReport;
 
 use crate::workload::{Report, Workload, WorkloadConfig, BUCKET};
 use display::{Display, Stream};
+use schedule::{Schedule, LAST_FAULT_MARGIN};
 use summary::{FailoverRow, Summary};
 
 /// The old primary is restarted this long after the new one serves.
 const RESTART_AFTER: Duration = Duration::from_secs(2);
-/// No fault is started later than this before the end (it would not
-/// finish inside the run).
-const LAST_FAULT_MARGIN: Duration = Duration::from_secs(3);
 /// The longest wait for a new primary before the run is called failed.
 const ELECTION_WAIT: Duration = Duration::from_secs(20);
 /// A reply later than this is an error.
@@ -42,7 +41,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Options {
     pub duration: Duration,
     pub nodes: usize,
-    pub kill_interval: Duration,
+    /// `--kill-interval`; `None`: the default, scaled down to fit a short
+    /// run (see [`schedule`]).
+    pub kill_interval: Option<Duration>,
     pub connections: usize,
     pub keep: bool,
     pub json: bool,
@@ -84,18 +85,15 @@ struct Failover {
 }
 
 pub fn run(opts: Options) -> Result<ExitCode> {
+    // Before anything else (root included): a run that cannot show a
+    // failover is refused, not run.
+    let schedule = Schedule::plan(opts.duration, opts.kill_interval).map_err(anyhow::Error::msg)?;
     crate::require_root("tandem demo")?;
     if opts.nodes < 3 || opts.nodes.is_multiple_of(2) || opts.nodes > MAX_NODES {
         bail!(
             "--nodes must be odd, at least 3 and at most {MAX_NODES} (a majority must survive a failed primary), not {}",
             opts.nodes
         );
-    }
-    if opts.kill_interval < Duration::from_secs(3) {
-        bail!("--kill-interval must be at least 3 s (a failover, then the old primary's restart)");
-    }
-    if opts.duration.is_zero() {
-        bail!("--duration must be at least 1 s");
     }
     let name = opts
         .name
@@ -123,15 +121,6 @@ pub fn run(opts: Options) -> Result<ExitCode> {
             .context("installing signal handlers")?;
         signal_hook::flag::register(signal, interrupted.clone())
             .context("installing signal handlers")?;
-    }
-
-    if opts.duration < opts.kill_interval + LAST_FAULT_MARGIN {
-        eprintln!(
-            "note: no fault fits in {} s of load (the first comes after --kill-interval {} s and needs {} s to play out)",
-            opts.duration.as_secs(),
-            opts.kill_interval.as_secs(),
-            LAST_FAULT_MARGIN.as_secs()
-        );
     }
 
     let tandem = std::env::current_exe().context("locating the tandem binary")?;
@@ -181,7 +170,7 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     display.event(&format!(
         "{} connections running INCR, SET and GET through the VIP; a fault every {} s, alternating kill and crash",
         opts.connections,
-        opts.kill_interval.as_secs_f64()
+        schedule.interval.as_secs_f64()
     ));
     let refresher = display.spawn();
 
@@ -195,7 +184,7 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         problems: Vec::new(),
         pending_restart: None,
     };
-    controller.run(opts.duration, opts.kill_interval);
+    controller.run(opts.duration, schedule.interval);
     let Controller {
         failovers,
         problems,
