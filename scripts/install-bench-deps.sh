@@ -21,7 +21,7 @@ command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "missing packages: ${need[*]} — run as root: sudo $0" >&2
+        echo "missing packages: ${need[*]} — run $0 as root (or with sudo) to install them" >&2
         exit 1
     fi
     echo "installing: ${need[*]}"
@@ -36,7 +36,7 @@ if command -v systemctl >/dev/null 2>&1; then
     for unit in redis-server redis-sentinel keepalived; do
         if systemctl is-active --quiet "$unit" 2>/dev/null; then
             if [ "$(id -u)" -ne 0 ]; then
-                echo "the $unit systemd unit is running — run as root to stop it: sudo $0" >&2
+                echo "the $unit systemd unit is running — run $0 as root (or with sudo) to stop it" >&2
                 exit 1
             fi
             echo "stopping and disabling the $unit systemd unit (the benches run their own)"
@@ -51,7 +51,7 @@ fi
 venv="${TANDEM_COMPARE_VENV:-/var/tmp/tandem-bench-compare-venv}"
 if ! "$venv/bin/python3" -c 'import redis' >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ] && [ ! -w "$(dirname "$venv")" ]; then
-        echo "cannot create $venv — run as root: sudo $0" >&2
+        echo "cannot create $venv — run $0 as root (or with sudo)" >&2
         exit 1
     fi
     echo "creating $venv with redis-py from PyPI"
