@@ -3,7 +3,8 @@
 //! turn) reports, in its `--json` summary, no error, no lost and no
 //! duplicated update across at least two failovers; it writes a latency
 //! chart that is an SVG document with the failovers marked; and it leaves
-//! no lab behind.
+//! no lab behind. A run too short for a failover is refused before any lab
+//! is built.
 //!
 //! Needs root; runs in CI; fails, never skips.
 
@@ -94,4 +95,34 @@ fn the_demo_survives_repeated_failovers_without_a_client_error() {
     );
     assert!(picture.contains(r#"class="latency""#));
     assert!(!lingering, "lab {name} was left behind");
+}
+
+/// Issue 19: a run with no room for a failover shows nothing of what
+/// tandem is for, so it is refused at once — with what would fit — and no
+/// lab is built.
+#[test]
+fn a_run_too_short_for_a_failover_is_refused_before_any_lab() {
+    let name = format!("ds{}", std::process::id() % 100_000);
+    for args in [
+        &["--duration", "5"][..],
+        &["--duration", "10", "--kill-interval", "8"][..],
+    ] {
+        let out = tandem()
+            .arg("demo")
+            .args(args)
+            .args(["--name", &name])
+            .output()
+            .expect("tandem demo runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted: {stderr}");
+        assert!(
+            stderr.contains("too short for a failover") || stderr.contains("leaves no room"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("building lab"),
+            "{args:?} built a lab: {stderr}"
+        );
+        assert!(!labs().contains(&name), "{args:?} left lab {name}");
+    }
 }

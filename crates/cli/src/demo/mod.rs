@@ -167,10 +167,12 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         Stream::Stdout
     };
     let display = Display::new(stream, workload.monitor(), opts.duration, first);
+    let planned = schedule.nominal_faults(opts.duration).len();
     display.event(&format!(
-        "{} connections running INCR, SET and GET through the VIP; a fault every {} s, alternating kill and crash",
+        "{} connections running INCR, SET and GET through the VIP; a fault every {} s, alternating kill and crash (up to {planned} in {} s)",
         opts.connections,
-        schedule.interval.as_secs_f64()
+        schedule.interval.as_secs_f64(),
+        opts.duration.as_secs()
     ));
     let refresher = display.spawn();
 
