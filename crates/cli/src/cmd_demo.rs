@@ -1,9 +1,11 @@
 //! `tandem demo`: the main job, on one machine. By default the failover
 //! demo (see [`crate::demo`]): a replicated kv cluster keeps serving many
 //! checked client connections while its primary is killed again and again.
-//! `--moves` runs the first demo instead: live TCP connections of a plain
-//! echo server moving, with the virtual IP, from one node to another and
-//! back while their clients carry on.
+//! `--moves` runs the first demo instead: live TCP connections of an echo
+//! server process (not replicated) moving, with the virtual IP, from one
+//! node to another and back while their clients carry on. That server,
+//! `tandem tool echo-server`, is written to cooperate with such moves (it
+//! holds no byte in memory that is not also in a socket).
 
 use anyhow::{ensure, Context, Result};
 use std::path::PathBuf;
@@ -28,10 +30,13 @@ Ctrl-C stops early, prints the summary so far and removes the lab. Exit \
 status: 0 if no client saw any error, 1 otherwise, 130 when interrupted.
 
 With --moves: the connection-move demo. Builds a two-node lab, runs clients \
-against a plain echo server behind the virtual IP, moves every connection to \
-node 2 and back (planned moves, TCP_REPAIR), and reports what the clients saw.")]
+against an echo server process behind the virtual IP (`tandem tool echo-server`, \
+which cooperates with moves: it holds no byte that is not also in a socket, and \
+a standby copy receives the moved sockets), moves every connection to node 2 \
+and back (the process's sockets dumped and restored with TCP_REPAIR; nothing is \
+replicated), and reports what the clients saw.")]
 pub struct DemoArgs {
-    /// Run the connection-move demo instead (a plain echo server's live
+    /// Run the connection-move demo instead (an echo server process's live
     /// sockets moved to node 2 and back).
     #[arg(long)]
     moves: bool,
