@@ -1079,7 +1079,14 @@ mod tests {
         // Let anyone connect, so that only the credential check stands in
         // the way.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
+        // The helper runs from a copy of this test binary in the temporary
+        // directory: the checkout may sit in a private directory (root's
+        // home is mode 0700) that uid 65534 cannot traverse.
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let helper = dir.0.join("helper");
+        std::fs::copy(std::env::current_exe().unwrap(), &helper).unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let status = std::process::Command::new(&helper)
             .args(["--exact", "admin::tests::admin_test_helper_other_user"])
             .arg("--quiet")
             .env("TANDEM_ADMIN_TEST_SOCKET", &path)
