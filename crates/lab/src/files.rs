@@ -29,6 +29,12 @@ pub(crate) fn key_path(dir: &Path) -> PathBuf {
     dir.join("cluster.key")
 }
 
+/// Where a second cluster key goes during a key rotation (absent otherwise;
+/// `tandem reload-keys` reads it).
+pub(crate) fn rotation_key_path(dir: &Path) -> PathBuf {
+    dir.join("cluster.key.rotation")
+}
+
 /// Node `id`'s configuration file.
 pub(crate) fn config_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("node{id}.toml"))
@@ -96,12 +102,14 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
          \n\
          [cluster]\n\
          key_file = {key_file}\n\
+         rotation_key_file = {rotation_key_file}\n\
          members = [\n",
         lab = state.name,
         data_dir = toml_path(&data_dir(dir, id)),
         admin_socket = toml_path(&admin_socket(dir, id)),
         metrics = toml_str(&format!("{}:{METRICS_PORT}", node_addr(state, id))),
         key_file = toml_path(&key_path(dir)),
+        rotation_key_file = toml_path(&rotation_key_path(dir)),
     );
     for node in &state.nodes {
         text.push_str(&format!(
@@ -280,6 +288,7 @@ metrics = "198.18.0.12:9100"
 
 [cluster]
 key_file = "/run/tandem/labs/kv3/cluster.key"
+rotation_key_file = "/run/tandem/labs/kv3/cluster.key.rotation"
 members = [
   { slot = 1, addr = "198.18.0.11:7100" },
   { slot = 2, addr = "198.18.0.12:7100" },

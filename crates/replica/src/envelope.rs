@@ -401,7 +401,11 @@ fn seal_body(
     let (kind, payload) = encode(body);
     let header = Header {
         kind,
-        flags: if keys.unencrypted { FLAG_UNENCRYPTED } else { 0 },
+        flags: if keys.unencrypted {
+            FLAG_UNENCRYPTED
+        } else {
+            0
+        },
         key_id: keys.send.id,
         from,
         to,
@@ -435,7 +439,11 @@ pub fn seal_hello(keys: &Keyring, from: NodeId, to_slot: u16, counter: u64) -> V
 
 /// Checks a hello addressed to slot `me_slot`; returns its authenticated
 /// sender and counter. Freshness (the counter) is the caller's to check.
-pub fn open_hello(keys: &Keyring, me_slot: u16, bytes: &[u8]) -> Result<(NodeId, u64), EnvelopeError> {
+pub fn open_hello(
+    keys: &Keyring,
+    me_slot: u16,
+    bytes: &[u8],
+) -> Result<(NodeId, u64), EnvelopeError> {
     let h = Header::parse(bytes)?;
     if h.kind != KIND_HELLO || h.body_len != 0 || h.flags != 0 {
         return Err(EnvelopeError::Malformed);
@@ -728,7 +736,13 @@ impl Inbox {
 
     /// Opens `bytes`, counting the outcome.
     pub fn open(&mut self, bytes: &[u8]) -> Result<Opened, EnvelopeError> {
-        let r = open_cached(&self.keys, &mut self.cache, self.me, bytes, &mut self.window);
+        let r = open_cached(
+            &self.keys,
+            &mut self.cache,
+            self.me,
+            bytes,
+            &mut self.window,
+        );
         let s = &mut self.stats;
         match r {
             Ok(_) => s.accepted += 1,
@@ -834,8 +848,10 @@ mod tests {
         m.set_msg_type(MessageType::MsgAppend);
         m.from = from.raft_id();
         m.to = to.raft_id();
-        let mut e = raft::eraftpb::Entry::default();
-        e.data = data.to_vec().into();
+        let e = raft::eraftpb::Entry {
+            data: data.to_vec().into(),
+            ..Default::default()
+        };
         m.entries = vec![e].into();
         Body::Raft(m)
     }
