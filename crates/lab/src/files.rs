@@ -142,6 +142,15 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
         flag = unhealthy_flag(dir, id).display(),
         check = toml_str(&format!("test ! -e {}", unhealthy_flag(dir, id).display())),
     ));
+    if state.unencrypted_replication_for_benchmarks {
+        // Into [cluster], which the text above opened and closed: the
+        // members list ends it, so insert before it.
+        text = text.replacen(
+            "members = [\n",
+            "unencrypted_replication_for_benchmarks = true  # benchmarks only\nmembers = [\n",
+            1,
+        );
+    }
     let raft = &state.raft;
     if !raft.is_default() {
         text.push_str("\n[raft]\n");
@@ -343,6 +352,21 @@ failures = 2
         let config: toml::Table = toml::from_str(&text).unwrap();
         assert_eq!(config["raft"]["election_ticks"].as_integer(), Some(30));
         assert!(config["raft"].get("tick_ms").is_none());
+    }
+
+    #[test]
+    fn the_benchmark_switch_goes_into_cluster_only_when_set() {
+        let mut state = plan_for_tests("u", 3, ServiceKind::Kv);
+        let plain = node_config(&state, Path::new("/d"), 1);
+        assert!(!plain.contains("unencrypted"), "{plain}");
+        state.unencrypted_replication_for_benchmarks = true;
+        let text = node_config(&state, Path::new("/d"), 1);
+        let config: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(
+            config["cluster"]["unencrypted_replication_for_benchmarks"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(config["cluster"]["members"].as_array().unwrap().len(), 3);
     }
 
     #[test]

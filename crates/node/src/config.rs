@@ -759,6 +759,63 @@ port = 6379
     }
 
     #[test]
+    fn the_rotation_key_is_accepted_while_its_file_exists() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tandem-rotation-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key, rotation) = (dir.join("cluster.key"), dir.join("cluster.key.next"));
+        let private = |path: &Path, byte: u8| {
+            std::fs::write(path, [byte; 32]).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        private(&key, 1);
+        let text = GOOD.replace(
+            "key_file = \"/etc/tandem/cluster.key\"",
+            &format!(
+                "key_file = {:?}\nrotation_key_file = {:?}",
+                key.display().to_string(),
+                rotation.display().to_string()
+            ),
+        );
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(
+            config.cluster.rotation_key_file.as_deref(),
+            Some(&*rotation)
+        );
+        let fp = |b: u8| ClusterKey::from_secret(&[b; 32]).unwrap().fingerprint();
+        let names = |k: &Keyring| {
+            k.accepted()
+                .iter()
+                .map(|k| k.fingerprint())
+                .collect::<Vec<_>>()
+        };
+        // No rotation file: one key.
+        assert_eq!(names(&config.load_keys().unwrap()), vec![fp(1)]);
+        // With it: sends with key_file's, accepts both.
+        private(&rotation, 2);
+        let keys = config.load_keys().unwrap();
+        assert_eq!(keys.current().fingerprint(), fp(1));
+        assert_eq!(names(&keys), vec![fp(1), fp(2)]);
+        assert!(!keys.is_unencrypted());
+        // A rotation file readable by others is refused, naming the field.
+        std::fs::set_permissions(&rotation, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = config.load_keys().unwrap_err().to_string();
+        assert!(
+            err.contains("rotation_key_file") && err.contains("chmod 600"),
+            "{err}"
+        );
+        // The benchmark switch is off unless set.
+        let text = text.replace(
+            "members = [",
+            "unencrypted_replication_for_benchmarks = true\nmembers = [",
+        );
+        std::fs::remove_file(&rotation).unwrap();
+        let config = Config::parse(&text).unwrap();
+        assert!(config.load_keys().unwrap().is_unencrypted());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_missing_file_and_bad_syntax_are_reported_with_the_path() {
         let err = Config::load(Path::new("/nonexistent/tandem.toml")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/tandem.toml"));
