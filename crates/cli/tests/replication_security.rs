@@ -187,6 +187,20 @@ fn capture_real_frame(lab: &mut Lab, leader: u32, to: u32) -> Vec<u8> {
         .expect("a whole replication frame in one segment")
 }
 
+/// The end of every node's log, for a failure's diagnosis.
+fn dump_logs(lab: &Lab) {
+    for id in lab.node_ids() {
+        if let Ok(Some(path)) = lab.node_log_path(id) {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- node {id} log (last 40 lines) ---");
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 #[test]
 fn sec_strangers_on_the_replication_port_move_nothing() {
     let mut lab = common::cluster_of("sec", "s", ServiceKind::Kv);
@@ -203,12 +217,31 @@ fn sec_strangers_on_the_replication_port_move_nothing() {
         .expect("32 random bytes")
         .into();
 
+    // A baseline of the same load without the flood, for the log.
     let checkers = Checkers::start(&lab, 4);
+    std::thread::sleep(Duration::from_secs(4));
+    let baseline = checkers.stop();
+    assert_clean(&baseline);
+    let baseline: u64 = baseline.iter().map(|t| t.sets).sum();
+    // The checkers count INCRs from 1 on their keys: start them afresh.
+    assert_eq!(
+        redis_cli(
+            &lab,
+            &["DEL", "counter:0", "counter:1", "counter:2", "counter:3"]
+        ),
+        "4"
+    );
+
+    let checkers = Checkers::start(&lab, 4);
+    let flood_started = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
 
-    // The flood, from the client namespace, for 8 s: ~20 new connections
-    // per millisecond-pause round, each one of six kinds of junk, the most
-    // recent 300 held open.
+    // The flood, from the client namespace, for 8 s: a new connection about
+    // every millisecond (thousands in all, spread over the three nodes),
+    // each one of six kinds of junk, the most recent 300 held open. Paced so
+    // that it measures the nodes, not a 2-CPU machine starved by the
+    // flooder itself.
+    let garbage = random_bytes(1024);
     let stop = Arc::new(AtomicBool::new(false));
     let flood = {
         let client_ns = lab.client_netns().to_string();
@@ -231,7 +264,7 @@ fn sec_strangers_on_the_replication_port_move_nothing() {
                         // Connect and say nothing.
                         0 => Vec::new(),
                         // Garbage.
-                        1 => random_bytes(1024),
+                        1 => garbage.clone(),
                         // A huge length header, then a little of it.
                         2 => {
                             let mut b = 0xffff_fff0u32.to_be_bytes().to_vec();
@@ -257,9 +290,7 @@ fn sec_strangers_on_the_replication_port_move_nothing() {
                     if held.len() > 300 {
                         held.pop_front();
                     }
-                    if i.is_multiple_of(20) {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 sent
             })
@@ -271,17 +302,29 @@ fn sec_strangers_on_the_replication_port_move_nothing() {
     // Let the hello timeouts (2 s) fire for the last held strangers.
     std::thread::sleep(Duration::from_secs(3));
     let tallies = checkers.stop();
+    let loaded = flood_started.elapsed();
     eprintln!("flood sent {sent:?} (silent, garbage, huge, truncated, forged, replayed)");
     assert!(sent.iter().all(|n| *n >= 20), "the flood ran: {sent:?}");
 
     assert_clean(&tallies);
     let sets: u64 = tallies.iter().map(|t| t.sets).sum();
-    eprintln!("clients: {sets} SET/GET pairs during the flood");
+    eprintln!(
+        "clients: {:.0} SET/GET pairs/s without the flood, {:.0}/s with it (ratio {:.2})",
+        baseline as f64 / 4.0,
+        sets as f64 / loaded.as_secs_f64(),
+        (sets as f64 / loaded.as_secs_f64()) / (baseline as f64 / 4.0)
+    );
     let after_leader = wait_healthy(&lab, "after the flood");
+    if after_leader != leader {
+        dump_logs(&lab);
+    }
     assert_eq!(after_leader, leader, "the primary moved");
     for (b, id) in before.iter().zip(&ids) {
         let r = must_report(&lab, *id);
         assert_eq!(r.incarnation, b.incarnation, "node {id} restarted");
+        if r.term != b.term {
+            dump_logs(&lab);
+        }
         assert_eq!(r.term, b.term, "node {id}: an election happened");
         assert!(
             r.peers.iter().all(|p| p.connected),

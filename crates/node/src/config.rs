@@ -127,6 +127,9 @@ pub struct NodeSection {
 ///
 /// Finish each step on all nodes before the next. A reload that fails (file
 /// unreadable, too short, readable by others) changes nothing and says why.
+///
+/// A group re-created by removing the incarnation files needs a new key:
+/// per-incarnation keys are what keeps nonces from repeating.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {

@@ -24,7 +24,10 @@
 //! messages to [`ANY_INCARNATION`] (join requests) use the key for "any" and
 //! still take their nonce from the sender's one counter. The transport's
 //! hellos ([`seal_hello`]) are numbered by their own counter, so they use
-//! their own domain and thus their own keys.
+//! their own domain and thus their own keys. The one case this cannot
+//! cover: removing the incarnation files to re-create a group starts every
+//! node at incarnation 1 again, so a re-created group must get a new
+//! cluster key (or keystreams of the old group would repeat).
 //!
 //! # Key rotation
 //! A [`Keyring`] holds the key used to send and every key accepted (the
