@@ -337,6 +337,9 @@ enum Target {
     Single,
     /// (c) redis-server on one node.
     Redis,
+    /// (a') as (a), in a second lab whose daemons replicate without
+    /// encryption (the benchmark-only switch): what encryption costs.
+    Unencrypted,
 }
 
 impl Target {
@@ -347,6 +350,7 @@ impl Target {
             Target::Replicated => "(a) replicated kv, 3 nodes",
             Target::Single => "(b) kv, 1 node, no capture/replication",
             Target::Redis => "(c) redis-server",
+            Target::Unencrypted => "(a') replicated kv, replication NOT encrypted",
         }
     }
 
@@ -355,6 +359,7 @@ impl Target {
             Target::Replicated => "a",
             Target::Single => "b",
             Target::Redis => "c",
+            Target::Unencrypted => "a'",
         }
     }
 }
@@ -420,6 +425,17 @@ struct Ratio {
     p50_target_met: bool,
 }
 
+/// What encrypting replication costs: (a) against (a').
+#[derive(Debug, Clone, Serialize)]
+struct EncryptionCost {
+    test: String,
+    clients: u32,
+    /// (a) requests/s ÷ (a') requests/s: 1.0 = free, 0.95 = 5 % cost.
+    encrypted_over_unencrypted_rps: f64,
+    /// (a) p50 − (a') p50 in µs.
+    encrypted_minus_unencrypted_p50_us: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct Report {
     lab: String,
@@ -432,6 +448,7 @@ struct Report {
     redis_server: String,
     summary: Vec<Summary>,
     ratios: Vec<Ratio>,
+    encryption: Vec<EncryptionCost>,
     cpu: Vec<CpuUse>,
     samples: Vec<Sample>,
 }
@@ -443,6 +460,8 @@ pub struct Options {
     pub rounds: usize,
     pub clients: u32,
     pub json: bool,
+    /// Also measure (a') in a second lab without encryption.
+    pub encryption_cost: bool,
 }
 
 pub fn run(opts: Options) -> Result<ExitCode> {
@@ -464,13 +483,47 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     let spec = LabSpec::named(opts.name.clone())
         .with_nodes(3)
         .with_service(ServiceKind::Kv);
-    let (samples, cpu) = super::in_lab(
+    let (mut samples, mut cpu) = super::in_lab(
         "kv",
         &spec,
         "3 nodes, replicated kv",
         |lab| measure(lab, &tandem, &opts),
         None,
     )?;
+    if opts.encryption_cost {
+        let spec = LabSpec::named(format!("{}-u", opts.name))
+            .with_nodes(3)
+            .with_service(ServiceKind::Kv)
+            .with_unencrypted_replication_for_benchmarks();
+        let (more, more_cpu) = super::in_lab(
+            "kv",
+            &spec,
+            "3 nodes, replicated kv, replication NOT encrypted (benchmark switch)",
+            |lab| {
+                let vip = SocketAddrV4::new(lab.vip(), lab.port());
+                let mut samples = Vec::new();
+                let mut cpu = Vec::new();
+                for round in 1..=opts.rounds {
+                    for clients in [1, opts.clients] {
+                        run_target(
+                            lab,
+                            Target::Unencrypted,
+                            vip,
+                            round,
+                            clients,
+                            &opts,
+                            &mut samples,
+                            &mut cpu,
+                        )?;
+                    }
+                }
+                Ok((samples, cpu))
+            },
+            None,
+        )?;
+        samples.extend(more);
+        cpu.extend(more_cpu);
+    }
 
     let report = summarize(&opts, samples, cpu, redis_benchmark, redis_server);
     if opts.json {
@@ -525,7 +578,7 @@ fn measure(
     }
 
     let addr_of = |t: Target| match t {
-        Target::Replicated => vip,
+        Target::Replicated | Target::Unencrypted => vip,
         Target::Single => single,
         Target::Redis => redis,
     };
@@ -534,49 +587,74 @@ fn measure(
     for round in 1..=opts.rounds {
         for target in Target::ALL {
             for clients in [1, opts.clients] {
-                let addr = addr_of(target);
-                progress(format!(
-                    "round {round}/{}: {} at {addr}, {} requests × SET,GET, -c {clients}",
-                    opts.rounds,
-                    target.label(),
-                    opts.requests
-                ));
-                let (rows, usage) = bench_once(lab, addr, opts.requests, clients)?;
-                for row in &rows {
-                    progress(format!(
-                        "  {}: {:.0} requests/s, p50 {:.3} ms, p99 {:.3} ms",
-                        row.test, row.rps, row.p50_ms, row.p99_ms
-                    ));
-                }
-                progress(format!(
-                    "  machine busy {:.0}% (steal {:.0}%, other {:.0}%), servers {:.1} µs CPU/request, redis-benchmark {:.1} µs CPU/request",
-                    usage.machine_busy_pct,
-                    usage.steal_pct,
-                    usage.other_pct,
-                    usage.servers_us_per_request,
-                    usage.client_us_per_request
-                ));
-                samples.extend(rows.into_iter().map(|r| Sample {
+                run_target(
+                    lab,
                     target,
+                    addr_of(target),
                     round,
                     clients,
-                    test: r.test,
-                    rps: r.rps,
-                    avg_ms: r.avg_ms,
-                    p50_ms: r.p50_ms,
-                    p99_ms: r.p99_ms,
-                }));
-                cpu.push(CpuUse {
-                    target,
-                    round,
-                    clients,
-                    ..usage
-                });
+                    opts,
+                    &mut samples,
+                    &mut cpu,
+                )?;
             }
         }
     }
     servers.stop();
     Ok((samples, cpu))
+}
+
+/// One redis-benchmark run against `target` at `addr`, its samples and CPU
+/// use appended.
+#[allow(clippy::too_many_arguments)]
+fn run_target(
+    lab: &Lab,
+    target: Target,
+    addr: SocketAddrV4,
+    round: usize,
+    clients: u32,
+    opts: &Options,
+    samples: &mut Vec<Sample>,
+    cpu: &mut Vec<CpuUse>,
+) -> Result<()> {
+    progress(format!(
+        "round {round}/{}: {} at {addr}, {} requests × SET,GET, -c {clients}",
+        opts.rounds,
+        target.label(),
+        opts.requests
+    ));
+    let (rows, usage) = bench_once(lab, addr, opts.requests, clients)?;
+    for row in &rows {
+        progress(format!(
+            "  {}: {:.0} requests/s, p50 {:.3} ms, p99 {:.3} ms",
+            row.test, row.rps, row.p50_ms, row.p99_ms
+        ));
+    }
+    progress(format!(
+            "  machine busy {:.0}% (steal {:.0}%, other {:.0}%), servers {:.1} µs CPU/request, redis-benchmark {:.1} µs CPU/request",
+            usage.machine_busy_pct,
+            usage.steal_pct,
+            usage.other_pct,
+            usage.servers_us_per_request,
+            usage.client_us_per_request
+        ));
+    samples.extend(rows.into_iter().map(|r| Sample {
+        target,
+        round,
+        clients,
+        test: r.test,
+        rps: r.rps,
+        avg_ms: r.avg_ms,
+        p50_ms: r.p50_ms,
+        p99_ms: r.p99_ms,
+    }));
+    cpu.push(CpuUse {
+        target,
+        round,
+        clients,
+        ..usage
+    });
+    Ok(())
 }
 
 /// The servers this bench started; killed when dropped (the lab's `down`
@@ -855,6 +933,19 @@ fn summarize(
             })
         })
         .collect();
+    let encryption = summary
+        .iter()
+        .filter(|a| a.target == Target::Replicated)
+        .filter_map(|a| {
+            let u = find(Target::Unencrypted, a.clients, &a.test)?;
+            Some(EncryptionCost {
+                test: a.test.clone(),
+                clients: a.clients,
+                encrypted_over_unencrypted_rps: a.rps / u.rps,
+                encrypted_minus_unencrypted_p50_us: (a.p50_ms - u.p50_ms) * 1000.0,
+            })
+        })
+        .collect();
     Report {
         lab: opts.name.clone(),
         requests: opts.requests,
@@ -866,6 +957,7 @@ fn summarize(
         redis_server,
         summary,
         ratios,
+        encryption,
         cpu,
         samples,
     }
@@ -913,6 +1005,24 @@ fn print_report(r: &Report) {
             x.replicated_over_single_rps,
             x.replicated_minus_redis_p50_us
         );
+    }
+    if !r.encryption.is_empty() {
+        println!("\n## What encrypting replication costs\n");
+        println!("(a) as above; (a') the same in a second lab whose daemons replicate without");
+        println!(
+            "encryption (`cluster.unencrypted_replication_for_benchmarks`, still authenticated).\n"
+        );
+        println!("| test | clients | a/a' requests/s | a−a' p50 |");
+        println!("|---|---|---|---|");
+        for e in &r.encryption {
+            println!(
+                "| {} | {} | {:.3} | {:+.0} µs |",
+                e.test,
+                e.clients,
+                e.encrypted_over_unencrypted_rps,
+                e.encrypted_minus_unencrypted_p50_us
+            );
+        }
     }
     println!("\n## Where the CPU went (per redis-benchmark run: SET then GET)\n");
     println!("Machine busy, steal and other are in % of all CPUs; servers = every process");

@@ -184,6 +184,12 @@ enum Bench {
         /// Print the results as JSON (progress still goes to stderr).
         #[arg(long)]
         json: bool,
+        /// Also measure (a) in a second lab whose daemons replicate
+        /// without encryption (a benchmark-only config switch; the daemons
+        /// warn at start-up), and report the cost of encryption as the
+        /// ratio of requests/s.
+        #[arg(long)]
+        encryption_cost: bool,
     },
     /// Failover and migration as clients see them: the largest gap between
     /// consecutive replies (min/median/p99/max over the events) when the
@@ -269,12 +275,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             clients,
             name,
             json,
+            encryption_cost,
         } => bench_kv::run(bench_kv::Options {
             name,
             requests: requests.max(1),
             rounds: rounds.max(1),
             clients: clients.max(2),
             json,
+            encryption_cost,
         }),
         Bench::Failover {
             events,

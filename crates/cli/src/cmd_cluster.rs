@@ -131,8 +131,17 @@ pub fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     )
 }
 
-pub fn drain(args: DrainArgs, undrain: bool) -> Result<ExitCode> {
-    let path = match &args.target.lab {
+/// `tandem reload-keys NODE`: the node reads its cluster key files again
+/// (a step of a key rotation; see the `[cluster]` docs of the node config).
+pub fn reload_keys(args: DrainArgs) -> Result<ExitCode> {
+    let path = node_socket(&args)?;
+    println!("{}", send(&path, &AdminRequest::ReloadKeys)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The admin socket of node `args.node` itself.
+fn node_socket(args: &DrainArgs) -> Result<PathBuf> {
+    Ok(match &args.target.lab {
         Some(name) => lab_node_sockets(name)?
             .into_iter()
             .find(|(id, _)| *id == args.node)
@@ -143,7 +152,7 @@ pub fn drain(args: DrainArgs, undrain: bool) -> Result<ExitCode> {
             let report = ask(&path)?;
             if report.slot != args.node {
                 bail!(
-                    "{} is node {}'s admin socket, not node {}'s: drain talks to the node itself",
+                    "{} is node {}'s admin socket, not node {}'s: this command talks to the node itself",
                     path.display(),
                     report.slot,
                     args.node
@@ -151,7 +160,11 @@ pub fn drain(args: DrainArgs, undrain: bool) -> Result<ExitCode> {
             }
             path
         }
-    };
+    })
+}
+
+pub fn drain(args: DrainArgs, undrain: bool) -> Result<ExitCode> {
+    let path = node_socket(&args)?;
     let request = if undrain {
         AdminRequest::Undrain
     } else {

@@ -50,6 +50,10 @@ enum Command {
     Drain(cmd_cluster::DrainArgs),
     /// Allow a drained node to be primary again.
     Undrain(cmd_cluster::DrainArgs),
+    /// Make a running node read its cluster key files again, for a key
+    /// rotation without a restart (the steps are in the node config's
+    /// `[cluster]` docs: `rotation_key_file`).
+    ReloadKeys(cmd_cluster::DrainArgs),
     /// Show a node as it sees itself and its cluster (role, term, log,
     /// snapshot, connections, state hash, peers), asked over its local admin
     /// socket; `--lab NAME` asks every node of a lab.
@@ -86,6 +90,7 @@ fn main() -> std::process::ExitCode {
         Command::Migrate(args) => cmd_cluster::migrate(args),
         Command::Drain(args) => cmd_cluster::drain(args, false),
         Command::Undrain(args) => cmd_cluster::drain(args, true),
+        Command::ReloadKeys(args) => cmd_cluster::reload_keys(args),
         Command::Lab(args) => cmd_lab::run(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),

@@ -5,8 +5,10 @@
 //! - redis-cli's SET/GET/INCR/EXPIRE/SMEMBERS behave like Redis;
 //! - after the load every replica reports the same state hash at the same
 //!   applied index (service, shadow TCP and every connection's output);
-//! - a forged and a replayed replication message sent from the client
-//!   namespace are rejected and counted, and the cluster carries on;
+//! - a forged hello and a replayed replication message sent from the client
+//!   namespace are rejected before authentication and counted, and the
+//!   cluster carries on (replays after authentication: the envelope unit
+//!   tests; strangers at scale: replication_security.rs);
 //! - a malformed RESP frame gets an error and closes only its connection.
 //!
 //! Needs root and redis-tools (scripts/install-deps.sh); runs in CI; fails,
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use tandem_lab::{Lab, LabGuard, LabSpec, ServiceKind};
 use tandem_node::admin::{request, AdminReply, AdminRequest};
 use tandem_node::report::NodeReport;
-use tandem_replica::envelope::{seal, Body, ClusterKey};
+use tandem_replica::envelope::{seal_hello, ClusterKey, Keyring};
 use tandem_replica::NodeId;
 
 fn cluster(case: &str) -> LabGuard {
@@ -261,9 +263,9 @@ fn capture_one_frame(lab: &Lab, from_id: u32, to_id: u32) -> Vec<u8> {
         let tcp = &ip[ihl..total];
         let doff = usize::from(tcp[12] >> 4) * 4;
         let payload = &tcp[doff..];
-        // One whole frame per segment: length prefix, then "TDM1...".
+        // One whole frame per segment: length prefix, then "TDM2...".
         if payload.len() > 8
-            && &payload[4..8] == b"TDM1"
+            && &payload[4..8] == b"TDM2"
             && u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize == payload.len() - 4
         {
             return payload.to_vec();
@@ -319,33 +321,42 @@ fn forged_and_replayed_replication_messages_are_rejected() {
     let to = NodeId::new(before.slot, before.incarnation);
     let from = NodeId::new(sender.slot, sender.incarnation);
 
-    // Forged: a well-formed envelope under the wrong key.
-    let wrong = ClusterKey::from_secret(&[0x5a; 32]).unwrap();
-    let forged = seal(&wrong, from, to, 1 << 40, &Body::Join);
+    // Forged: a well-formed hello, in the leader's name, under the wrong key.
+    let wrong: Keyring = ClusterKey::from_secret(&[0x5a; 32]).unwrap().into();
+    let forged = seal_hello(&wrong, from, to.slot, 1 << 40);
     let mut frame = (forged.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&forged);
     send_raw(&lab, addr, frame);
-    let after_forged = wait_for_counters(&lab, target, "forged message", |r| {
-        r.counters.auth_rejected > before.counters.auth_rejected
+    let after_forged = wait_for_counters(&lab, target, "forged hello", |r| {
+        r.counters.hellos_forged > before.counters.hellos_forged
     });
-    assert_eq!(after_forged.counters.replayed, before.counters.replayed);
+    assert_eq!(
+        after_forged.counters.hellos_malformed,
+        before.counters.hellos_malformed
+    );
 
-    // Replayed: a real frame node 2 sent to node 1, sent again verbatim.
+    // Replayed: a real frame the leader sent to the target, sent again
+    // verbatim on a new connection: not a hello, so nothing is opened.
     let real = capture_one_frame(&lab, leader, target);
     send_raw(&lab, addr, real);
     let after_replay = wait_for_counters(&lab, target, "replayed message", |r| {
-        r.counters.replayed > after_forged.counters.replayed
+        r.counters.hellos_malformed > after_forged.counters.hellos_malformed
     });
     assert_eq!(
-        after_replay.counters.replayed,
-        after_forged.counters.replayed + 1
+        after_replay.counters.hellos_malformed,
+        after_forged.counters.hellos_malformed + 1
     );
 
     // Garbage that is not even a frame: counted, connection closed.
     send_raw(&lab, addr, b"GET / HTTP/1.0\r\n\r\n".to_vec());
     wait_for_counters(&lab, target, "malformed frame", |r| {
-        r.counters.bad_frames > after_replay.counters.bad_frames
+        r.counters.hellos_malformed > after_replay.counters.hellos_malformed
     });
+    // None of it reached the envelope layer.
+    assert_eq!(
+        report(&lab, target).counters.auth_rejected,
+        before.counters.auth_rejected
+    );
 
     let end = report(&lab, target);
     assert_eq!(end.incarnation, before.incarnation, "the node kept running");

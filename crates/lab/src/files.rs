@@ -29,6 +29,12 @@ pub(crate) fn key_path(dir: &Path) -> PathBuf {
     dir.join("cluster.key")
 }
 
+/// Where a second cluster key goes during a key rotation (absent otherwise;
+/// `tandem reload-keys` reads it).
+pub(crate) fn rotation_key_path(dir: &Path) -> PathBuf {
+    dir.join("cluster.key.rotation")
+}
+
 /// Node `id`'s configuration file.
 pub(crate) fn config_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("node{id}.toml"))
@@ -96,12 +102,14 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
          \n\
          [cluster]\n\
          key_file = {key_file}\n\
+         rotation_key_file = {rotation_key_file}\n\
          members = [\n",
         lab = state.name,
         data_dir = toml_path(&data_dir(dir, id)),
         admin_socket = toml_path(&admin_socket(dir, id)),
         metrics = toml_str(&format!("{}:{METRICS_PORT}", node_addr(state, id))),
         key_file = toml_path(&key_path(dir)),
+        rotation_key_file = toml_path(&rotation_key_path(dir)),
     );
     for node in &state.nodes {
         text.push_str(&format!(
@@ -134,6 +142,15 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
         flag = unhealthy_flag(dir, id).display(),
         check = toml_str(&format!("test ! -e {}", unhealthy_flag(dir, id).display())),
     ));
+    if state.unencrypted_replication_for_benchmarks {
+        // Into [cluster], which the text above opened and closed: the
+        // members list ends it, so insert before it.
+        text = text.replacen(
+            "members = [\n",
+            "unencrypted_replication_for_benchmarks = true  # benchmarks only\nmembers = [\n",
+            1,
+        );
+    }
     let raft = &state.raft;
     if !raft.is_default() {
         text.push_str("\n[raft]\n");
@@ -280,6 +297,7 @@ metrics = "198.18.0.12:9100"
 
 [cluster]
 key_file = "/run/tandem/labs/kv3/cluster.key"
+rotation_key_file = "/run/tandem/labs/kv3/cluster.key.rotation"
 members = [
   { slot = 1, addr = "198.18.0.11:7100" },
   { slot = 2, addr = "198.18.0.12:7100" },
@@ -334,6 +352,21 @@ failures = 2
         let config: toml::Table = toml::from_str(&text).unwrap();
         assert_eq!(config["raft"]["election_ticks"].as_integer(), Some(30));
         assert!(config["raft"].get("tick_ms").is_none());
+    }
+
+    #[test]
+    fn the_benchmark_switch_goes_into_cluster_only_when_set() {
+        let mut state = plan_for_tests("u", 3, ServiceKind::Kv);
+        let plain = node_config(&state, Path::new("/d"), 1);
+        assert!(!plain.contains("unencrypted"), "{plain}");
+        state.unencrypted_replication_for_benchmarks = true;
+        let text = node_config(&state, Path::new("/d"), 1);
+        let config: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(
+            config["cluster"]["unencrypted_replication_for_benchmarks"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(config["cluster"]["members"].as_array().unwrap().len(), 3);
     }
 
     #[test]

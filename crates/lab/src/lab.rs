@@ -50,6 +50,10 @@ pub struct LabSpec {
     pub service: ServiceKind,
     /// Raft timeouts for the daemons (default: the daemon's own).
     pub raft: RaftTimings,
+    /// Benchmarks only: the daemons replicate without encryption
+    /// (`cluster.unencrypted_replication_for_benchmarks`), so that `tandem
+    /// bench kv` can measure what encryption costs. Default false.
+    pub unencrypted_replication_for_benchmarks: bool,
 }
 
 impl Default for LabSpec {
@@ -60,6 +64,7 @@ impl Default for LabSpec {
             nodes: DEFAULT_NODES,
             service: ServiceKind::None,
             raft: RaftTimings::default(),
+            unencrypted_replication_for_benchmarks: false,
         }
     }
 }
@@ -82,6 +87,13 @@ impl LabSpec {
     /// The same spec serving `service`.
     pub fn with_service(mut self, service: ServiceKind) -> Self {
         self.service = service;
+        self
+    }
+
+    /// The same spec, its daemons replicating without encryption
+    /// (benchmarks only).
+    pub fn with_unencrypted_replication_for_benchmarks(mut self) -> Self {
+        self.unencrypted_replication_for_benchmarks = true;
         self
     }
 
@@ -917,6 +929,7 @@ fn plan(name: &str, spec: &LabSpec) -> LabState {
         daemon: None,
         files_dir: None,
         raft: spec.raft,
+        unencrypted_replication_for_benchmarks: spec.unencrypted_replication_for_benchmarks,
     }
 }
 

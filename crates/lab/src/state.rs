@@ -178,6 +178,9 @@ pub(crate) struct LabState {
     /// Raft timeouts written into every node's config.
     #[serde(default)]
     pub raft: RaftTimings,
+    /// Written into every node's config (benchmarks only).
+    #[serde(default)]
+    pub unencrypted_replication_for_benchmarks: bool,
 }
 
 /// Raft timeouts for the lab's daemons, written as `[raft]` into every
@@ -418,6 +421,7 @@ mod tests {
             daemon: Some("/usr/bin/tandem".into()),
             files_dir: Some("/run/tandem/labs/x".into()),
             raft: RaftTimings::default(),
+            unencrypted_replication_for_benchmarks: false,
         }
     }
 

@@ -60,6 +60,8 @@ pub enum AdminRequest {
     Drain,
     /// Allow this node to lead again.
     Undrain,
+    /// Read the cluster key files again (a step of a key rotation).
+    ReloadKeys,
 }
 
 /// What the daemon answers.

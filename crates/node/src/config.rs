@@ -15,6 +15,8 @@
 //!
 //! [cluster]
 //! key_file = "/etc/tandem/cluster.key"    # the shared secret, ≥ 32 bytes, not world-readable
+//! # rotation_key_file = "/etc/tandem/cluster.key.rotation"  # optional: a second key accepted
+//! #                                       # while it exists (key rotation, see ClusterSection)
 //! members = [
 //!   { slot = 1, addr = "198.18.0.11:7100" },
 //!   { slot = 2, addr = "198.18.0.12:7100" },
@@ -47,6 +49,7 @@ use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use tandem_replica::envelope::{ClusterKey, Keyring};
 
 /// Why a configuration was refused: which field, what is wrong, how to fix it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,11 +110,43 @@ pub struct NodeSection {
 }
 
 /// `[cluster]`: who the members are and how they authenticate.
+///
+/// # Rotating the cluster key without an outage
+/// Replication is encrypted and authenticated with keys derived from the
+/// cluster key. A node sends with `key_file`'s key and accepts it and, while
+/// the file exists, `rotation_key_file`'s. `tandem reload-keys NODE` makes a
+/// running node read both files again (nothing restarts; established
+/// connections stay up). With `rotation_key_file` set in every config:
+/// 1. on every node: write the new key to `rotation_key_file`, then
+///    `tandem reload-keys N` — every node now accepts old and new;
+/// 2. on every node: put the new key in `key_file` and the old one in
+///    `rotation_key_file`, then reload — nodes send with the new key, and
+///    still accept the old from nodes not yet switched;
+/// 3. on every node: remove `rotation_key_file`, then reload — only the new
+///    key is accepted.
+///
+/// Finish each step on all nodes before the next. A reload that fails (file
+/// unreadable, too short, readable by others) changes nothing and says why.
+///
+/// A group re-created by removing the incarnation files needs a new key:
+/// per-incarnation keys are what keeps nonces from repeating.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     /// The file holding the cluster key.
     pub key_file: PathBuf,
+    /// A second key file, accepted (never sent with) while it exists: the
+    /// other key during a rotation. Optional; absent by default. A missing
+    /// file means no second key; a present one is checked like `key_file`.
+    #[serde(default)]
+    pub rotation_key_file: Option<PathBuf>,
+    /// **Benchmarks only.** Sends replication bodies unencrypted (still
+    /// authenticated) and accepts such bodies, so that `tandem bench kv`
+    /// can measure what encryption costs. Every client byte then crosses the
+    /// node network in clear; the node logs a warning at start-up. Default
+    /// false; every member must agree.
+    #[serde(default)]
+    pub unencrypted_replication_for_benchmarks: bool,
     /// Every voting member, this node included.
     pub members: Vec<Member>,
 }
@@ -479,41 +514,30 @@ impl Config {
     /// Checks the files the configuration names: the cluster key exists,
     /// holds at least 32 bytes and is not readable by other users.
     pub fn check_files(&self) -> Result<Vec<u8>, ConfigError> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = &self.cluster.key_file;
-        let meta = std::fs::metadata(path).map_err(|err| {
-            invalid(
-                "cluster.key_file",
-                format!("cannot read {}: {err}", path.display()),
-                "create it, e.g. `head -c 32 /dev/urandom > FILE && chmod 600 FILE`, and copy it to every member",
-            )
-        })?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(invalid(
-                "cluster.key_file",
-                format!(
-                    "{} is readable by others (mode {:o})",
-                    path.display(),
-                    meta.permissions().mode() & 0o777
-                ),
-                "`chmod 600` it: whoever reads the key can forge replication messages",
-            ));
-        }
-        let key = std::fs::read(path).map_err(|err| {
-            invalid(
-                "cluster.key_file",
-                format!("cannot read {}: {err}", path.display()),
-                "check the file and its permissions",
-            )
-        })?;
-        if key.len() < 32 {
-            return Err(invalid(
-                "cluster.key_file",
-                format!("{} holds only {} bytes", path.display(), key.len()),
-                "use at least 32 random bytes",
-            ));
-        }
-        Ok(key)
+        check_key_file(&self.cluster.key_file, "cluster.key_file")
+    }
+
+    /// Reads and checks the key files: the key to send with and, if
+    /// `rotation_key_file` exists, the second key to accept.
+    pub fn load_keys(&self) -> Result<Keyring, ConfigError> {
+        let to_key = |secret: Vec<u8>, field: &'static str| {
+            ClusterKey::from_secret(&secret)
+                .map_err(|err| invalid(field, err.to_string(), "use at least 32 random bytes"))
+        };
+        let current = to_key(self.check_files()?, "cluster.key_file")?;
+        let other = match &self.cluster.rotation_key_file {
+            Some(path) if path.exists() => Some(to_key(
+                check_key_file(path, "cluster.rotation_key_file")?,
+                "cluster.rotation_key_file",
+            )?),
+            _ => None,
+        };
+        let keys = Keyring::new(current, other);
+        Ok(if self.cluster.unencrypted_replication_for_benchmarks {
+            keys.unencrypted_for_benchmarks()
+        } else {
+            keys
+        })
     }
 
     /// This node's own member entry.
@@ -524,6 +548,45 @@ impl Config {
             .find(|m| m.slot == self.node.slot)
             .expect("validated: node.slot is a member")
     }
+}
+
+/// Reads a key file, checking it exists, is not readable by other users and
+/// holds at least 32 bytes; `field` names it in errors.
+fn check_key_file(path: &Path, field: &'static str) -> Result<Vec<u8>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|err| {
+        invalid(
+            field,
+            format!("cannot read {}: {err}", path.display()),
+            "create it, e.g. `head -c 32 /dev/urandom > FILE && chmod 600 FILE`, and copy it to every member",
+        )
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(invalid(
+            field,
+            format!(
+                "{} is readable by others (mode {:o})",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ),
+            "`chmod 600` it: whoever reads the key can forge replication messages",
+        ));
+    }
+    let key = std::fs::read(path).map_err(|err| {
+        invalid(
+            field,
+            format!("cannot read {}: {err}", path.display()),
+            "check the file and its permissions",
+        )
+    })?;
+    if key.len() < 32 {
+        return Err(invalid(
+            field,
+            format!("{} holds only {} bytes", path.display(), key.len()),
+            "use at least 32 random bytes",
+        ));
+    }
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -695,6 +758,63 @@ port = 6379
             .unwrap_err()
             .to_string()
             .contains("only 8 bytes"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_rotation_key_is_accepted_while_its_file_exists() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tandem-rotation-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key, rotation) = (dir.join("cluster.key"), dir.join("cluster.key.next"));
+        let private = |path: &Path, byte: u8| {
+            std::fs::write(path, [byte; 32]).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        private(&key, 1);
+        let text = GOOD.replace(
+            "key_file = \"/etc/tandem/cluster.key\"",
+            &format!(
+                "key_file = {:?}\nrotation_key_file = {:?}",
+                key.display().to_string(),
+                rotation.display().to_string()
+            ),
+        );
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(
+            config.cluster.rotation_key_file.as_deref(),
+            Some(&*rotation)
+        );
+        let fp = |b: u8| ClusterKey::from_secret(&[b; 32]).unwrap().fingerprint();
+        let names = |k: &Keyring| {
+            k.accepted()
+                .iter()
+                .map(|k| k.fingerprint())
+                .collect::<Vec<_>>()
+        };
+        // No rotation file: one key.
+        assert_eq!(names(&config.load_keys().unwrap()), vec![fp(1)]);
+        // With it: sends with key_file's, accepts both.
+        private(&rotation, 2);
+        let keys = config.load_keys().unwrap();
+        assert_eq!(keys.current().fingerprint(), fp(1));
+        assert_eq!(names(&keys), vec![fp(1), fp(2)]);
+        assert!(!keys.is_unencrypted());
+        // A rotation file readable by others is refused, naming the field.
+        std::fs::set_permissions(&rotation, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = config.load_keys().unwrap_err().to_string();
+        assert!(
+            err.contains("rotation_key_file") && err.contains("chmod 600"),
+            "{err}"
+        );
+        // The benchmark switch is off unless set.
+        let text = text.replace(
+            "members = [",
+            "unencrypted_replication_for_benchmarks = true\nmembers = [",
+        );
+        std::fs::remove_file(&rotation).unwrap();
+        let config = Config::parse(&text).unwrap();
+        assert!(config.load_keys().unwrap().is_unencrypted());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -73,6 +73,11 @@ struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     slot: String,
     incarnation: String,
@@ -136,6 +141,7 @@ pub struct Metrics {
     migrations: Family<ServiceLabels, Counter>,
     migration_duration: HistogramFamily<ServiceLabels>,
     auth_failures: Counter,
+    replication_rejected: Family<ReasonLabels, Counter>,
     shadow_mismatches: Family<ServiceLabels, Counter>,
     healthy: Family<ServiceLabels, Gauge>,
     draining: Family<ServiceLabels, Gauge>,
@@ -316,6 +322,15 @@ impl Metrics {
              attack",
             auth_failures.clone(),
         );
+        let replication_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tandem_replication_rejected",
+            "What the replication port refused, by reason: envelopes (forged, replayed, \
+             wrong_incarnation, malformed), frames (bad_frame), and connections that never \
+             authenticated (hello_malformed, hello_forged, hello_replayed, hello_timeout, \
+             stranger_evicted)",
+            replication_rejected.clone(),
+        );
         let shadow_mismatches = Family::<ServiceLabels, Counter>::default();
         registry.register(
             "tandem_shadow_mismatches",
@@ -360,6 +375,7 @@ impl Metrics {
             migrations,
             migration_duration,
             auth_failures,
+            replication_rejected,
             shadow_mismatches,
             healthy,
             draining,
@@ -534,6 +550,28 @@ impl Metrics {
         raise(&self.auth_failures, total);
     }
 
+    /// What the replication port refused so far, by reason (running totals).
+    pub fn set_replication_rejected(&self, counters: &crate::report::Counters) {
+        let c = counters;
+        for (reason, total) in [
+            ("forged", c.forged),
+            ("replayed", c.replayed),
+            ("wrong_incarnation", c.wrong_incarnation),
+            ("malformed", c.malformed),
+            ("bad_frame", c.bad_frames),
+            ("hello_malformed", c.hellos_malformed),
+            ("hello_forged", c.hellos_forged),
+            ("hello_replayed", c.hellos_replayed),
+            ("hello_timeout", c.hello_timeouts),
+            ("stranger_evicted", c.strangers_evicted),
+        ] {
+            let labels = ReasonLabels {
+                reason: reason.into(),
+            };
+            raise(&self.replication_rejected.get_or_create(&labels), total);
+        }
+    }
+
     /// Shadow/kernel mismatches so far (a running total).
     pub fn set_shadow_mismatches(&self, service: &str, total: u64) {
         raise(
@@ -579,6 +617,7 @@ impl Metrics {
         self.set_connections(name, report.service.connections);
         self.set_health(name, report.health == "healthy", report.draining);
         self.set_auth_failures(report.counters.auth_rejected);
+        self.set_replication_rejected(&report.counters);
         self.set_shadow_mismatches(name, report.counters.shadow_mismatches);
     }
 
@@ -995,6 +1034,13 @@ mod tests {
         let m = Metrics::new();
         m.set_auth_failures(5);
         m.set_auth_failures(2);
+        let junk = Counters {
+            hellos_forged: 4,
+            strangers_evicted: 9,
+            ..Counters::default()
+        };
+        m.set_replication_rejected(&junk);
+        m.set_replication_rejected(&Counters::default());
         m.set_shadow_mismatches("kv", 1);
         m.set_role("kv", "primary");
         m.set_role("kv", "clone");
@@ -1006,6 +1052,12 @@ mod tests {
         m.set_log("kv", 3, None);
         let text = m.encode();
         assert!(text.contains("tandem_auth_failures_total 5\n"), "{text}");
+        assert!(
+            text.contains("tandem_replication_rejected_total{reason=\"hello_forged\"} 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("tandem_replication_rejected_total{reason=\"stranger_evicted\"} 9\n"));
+        assert!(text.contains("tandem_replication_rejected_total{reason=\"replayed\"} 0\n"));
         assert!(text.contains("tandem_role{service=\"kv\",role=\"primary\"} 0\n"));
         assert!(text.contains("tandem_role{service=\"kv\",role=\"clone\"} 1\n"));
         assert!(text.contains("tandem_role{service=\"kv\",role=\"odd\"} 0\n"));

@@ -96,6 +96,32 @@ pub struct Counters {
     pub auth_rejected: u64,
     pub replayed: u64,
     pub bad_frames: u64,
+    /// Replication messages whose tag did not verify under any accepted key
+    /// (forged, corrupted, another cluster's key), in `auth_rejected`.
+    #[serde(default)]
+    pub forged: u64,
+    /// Authenticated replication messages for another or an old
+    /// incarnation (of this node or of the sender), in `auth_rejected`.
+    #[serde(default)]
+    pub wrong_incarnation: u64,
+    /// Replication messages that are not well-formed envelopes, in
+    /// `auth_rejected`.
+    #[serde(default)]
+    pub malformed: u64,
+    /// Connections to the replication port closed before authenticating:
+    /// the first frame was not a hello, its hello did not verify (or named
+    /// no member), was a replay, or never came within the hello timeout;
+    /// and strangers evicted by newer ones (`max_unauthenticated`).
+    #[serde(default)]
+    pub hellos_malformed: u64,
+    #[serde(default)]
+    pub hellos_forged: u64,
+    #[serde(default)]
+    pub hellos_replayed: u64,
+    #[serde(default)]
+    pub hello_timeouts: u64,
+    #[serde(default)]
+    pub strangers_evicted: u64,
     /// Captured packets, and what happened to them.
     pub captured: u64,
     pub released_at_once: u64,

@@ -1,9 +1,10 @@
 //! The node-to-node replication transport (DESIGN §3.8 "Transport").
 //!
 //! It moves opaque frames between nodes over TCP. The frames are already
-//! sealed (authenticated, replay-protected) by the layer above; this module
-//! only delivers them, reliably while a connection lives, and never blocks
-//! the daemon's single-threaded mio event loop.
+//! sealed (encrypted, authenticated, replay-protected) by the layer above;
+//! this module delivers them, reliably while a connection lives, never
+//! blocks the daemon's single-threaded mio event loop, and keeps its port
+//! safe to expose to strangers (see *Hello* below).
 //!
 //! # Wire format
 //! Each frame is a 4-byte big-endian length followed by that many bytes. A
@@ -24,11 +25,38 @@
 //!   connect is under way or backing off wait in the queue for the next
 //!   attempt, and are dropped if it fails. Connect and disconnect are
 //!   logged at info once per state change, never per retry.
-//! - **Inbound**: every connection is accepted, up to
-//!   [`TransportConfig::max_inbound`]; beyond it the connection idle for the
-//!   longest is closed. Frames from all inbound connections go to the same
-//!   `received` vector (the sealed frames carry their own sender). Inbound
-//!   connections are only read, never written.
+//! - **Inbound**: every connection is accepted as a *stranger* and must
+//!   say hello first (below). Frames from all authenticated inbound
+//!   connections go to the same `received` vector (the sealed frames carry
+//!   their own sender). Inbound connections are only read, never written.
+//!
+//! # Hello: nothing large for strangers
+//! The first frame on every connection is a hello
+//! ([`tandem_replica::envelope::seal_hello`]): about 60 bytes, sealed with a
+//! cluster key, naming the sender (slot, incarnation), the recipient slot and
+//! a counter that increases with every hello of the sender's incarnation.
+//! Until a stranger's hello has been read and verified, its connection holds
+//! at most [`TransportConfig::max_hello`] bytes (read exactly, never more),
+//! nothing is hashed but that, and nothing it sends is delivered. A stranger
+//! is closed, and counted, when its hello is oversized, empty, or not a hello
+//! (`hellos_malformed`), does not verify under any accepted key or comes from
+//! a slot that is not a member (`hellos_forged`), is not newer than the last
+//! hello accepted from that slot (`hellos_replayed`), or does not arrive
+//! within [`TransportConfig::hello_timeout`] (`hello_timeouts`). At most
+//! [`TransportConfig::max_unauthenticated`] strangers are kept; a new one
+//! evicts the oldest *stranger* (`strangers_evicted`), never an
+//! authenticated connection. An authenticated connection replaces any older
+//! one from the same slot (the peer reconnected), and at most
+//! [`TransportConfig::max_inbound`] are kept (beyond it the one idle longest
+//! is closed: `inbound_evicted`). Only then may frames grow up to
+//! [`TransportConfig::max_frame`].
+//!
+//! A hello captured on the wire cannot open a second connection while the
+//! receiver lives (its counter is not newer); a receiver that restarted
+//! forgot the counters, so a captured hello of a live sender incarnation
+//! can be replayed to it once, and only until that sender's next hello —
+//! and what such a connection carries still has to pass the envelope
+//! layer's keys and replay window.
 //!
 //! # Fair reading and edge-triggered readiness
 //! A connection is read for at most [`TransportConfig::read_budget`] bytes
@@ -52,6 +80,8 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
+use tandem_replica::envelope::{open_hello, seal_hello, EnvelopeError, Keyring};
+use tandem_replica::NodeId;
 
 /// Number of tokens the transport uses from its base.
 pub const TOKEN_SPAN: usize = 1 << 20;
@@ -74,6 +104,10 @@ const KEEP_BUFFER: usize = 1 << 20;
 const MAX_IOVECS: usize = 64;
 /// Listen backlog.
 const BACKLOG: i32 = 1024;
+/// Connections accepted per turn of the loop: a connect flood must not
+/// keep the loop in `accept` (the rest wait in the backlog for the next
+/// turn).
+const ACCEPT_BATCH: usize = 64;
 
 /// Settings of a [`Transport`].
 #[derive(Debug, Clone)]
@@ -89,9 +123,19 @@ pub struct TransportConfig {
     /// a new frame beyond it is dropped and counted. A frame offered to an
     /// empty queue is always accepted.
     pub max_queued_bytes: usize,
-    /// Inbound connections kept at once (default 64); when full, the one
-    /// idle for the longest is closed to make room.
+    /// Authenticated inbound connections kept at once (default 16; one per
+    /// peer is normal); when full, the one idle for the longest is closed to
+    /// make room for a newly authenticated one.
     pub max_inbound: usize,
+    /// Unauthenticated inbound connections (strangers that have not yet
+    /// sent a valid hello) kept at once (default 16); a new one evicts the
+    /// oldest stranger, never an authenticated connection.
+    pub max_unauthenticated: usize,
+    /// How long a stranger has to send its hello (default 2 s).
+    pub hello_timeout: Duration,
+    /// Largest hello frame accepted, header included (default 512 bytes;
+    /// a real one is about 60): all a stranger's connection may buffer.
+    pub max_hello: usize,
     /// First reconnect delay (default 20 ms).
     pub reconnect_min: Duration,
     /// Largest reconnect delay (default 1 s).
@@ -115,7 +159,10 @@ impl TransportConfig {
             peers,
             max_frame: 64 << 20,
             max_queued_bytes: 64 << 20,
-            max_inbound: 64,
+            max_inbound: 16,
+            max_unauthenticated: 16,
+            hello_timeout: Duration::from_secs(2),
+            max_hello: 512,
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(1),
             user_timeout: Duration::from_secs(1),
@@ -154,10 +201,51 @@ pub struct TransportStats {
     pub disconnects: u64,
     /// Inbound connections accepted.
     pub inbound_accepted: u64,
-    /// Inbound connections closed to make room (`max_inbound`).
+    /// Authenticated inbound connections closed to make room
+    /// (`max_inbound`), or replaced by a newer one from the same slot.
     pub inbound_evicted: u64,
-    /// Inbound connections open now.
+    /// Inbound connections open now (authenticated or not).
     pub inbound_open: u64,
+    /// Inbound connections not yet authenticated, now.
+    pub strangers_open: u64,
+    /// Hellos sent on new outbound connections.
+    pub hellos_sent: u64,
+    /// Inbound connections that proved they hold a cluster key.
+    pub inbound_authenticated: u64,
+    /// Strangers closed for a hello that is not one: empty, oversized,
+    /// truncated by a close, or another kind of frame.
+    pub hellos_malformed: u64,
+    /// Strangers closed for a hello that does not verify under any
+    /// accepted key, or that names a slot that is not a member or another
+    /// recipient.
+    pub hellos_forged: u64,
+    /// Strangers closed for a hello not newer than the last accepted from
+    /// its slot (a replay).
+    pub hellos_replayed: u64,
+    /// Strangers closed for sending no hello within `hello_timeout`.
+    pub hello_timeouts: u64,
+    /// Strangers closed to make room for a newer one
+    /// (`max_unauthenticated`).
+    pub strangers_evicted: u64,
+}
+
+/// Seals this node's hellos: its identity, its keys, and the counter that
+/// makes every hello of this incarnation newer than the last.
+struct Hello {
+    me: NodeId,
+    keys: Keyring,
+    counter: u64,
+}
+
+impl Hello {
+    /// The next hello to `to`, as a frame (length prefix included).
+    fn frame(&mut self, to: u16) -> Vec<u8> {
+        self.counter += 1;
+        let hello = seal_hello(&self.keys, self.me, to, self.counter);
+        let mut frame = (hello.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&hello);
+        frame
+    }
 }
 
 /// Frames waiting to be written to one peer.
@@ -346,8 +434,35 @@ impl Peer {
         self.schedule_retry(cfg, now);
     }
 
-    fn established(&mut self, stats: &mut TransportStats, now: Instant) {
-        if let Link::Connecting { stream, .. } = std::mem::replace(&mut self.link, Link::Idle) {
+    /// The connect completed: says hello first (a fresh socket's send
+    /// buffer always takes the ~60 bytes at once), then is up.
+    fn established(
+        &mut self,
+        registry: &Registry,
+        cfg: &TransportConfig,
+        stats: &mut TransportStats,
+        now: Instant,
+        hello: &mut Hello,
+    ) {
+        if let Link::Connecting { mut stream, since } =
+            std::mem::replace(&mut self.link, Link::Idle)
+        {
+            let frame = hello.frame(self.slot);
+            match stream.write(&frame) {
+                Ok(n) if n == frame.len() => {
+                    stats.hellos_sent += 1;
+                    stats.bytes_sent += n as u64;
+                }
+                written => {
+                    self.link = Link::Connecting { stream, since };
+                    let e = match written {
+                        Err(e) => e,
+                        Ok(_) => io::Error::new(io::ErrorKind::WriteZero, "hello cut short"),
+                    };
+                    self.connect_failed(registry, cfg, stats, now, &e);
+                    return;
+                }
+            }
             self.link = Link::Connected { stream, since: now };
             stats.connects += 1;
             self.reported_down = false;
@@ -407,6 +522,7 @@ impl Peer {
         cfg: &TransportConfig,
         stats: &mut TransportStats,
         event: &mio::event::Event,
+        hello: &mut Hello,
     ) {
         let now = Instant::now();
         match &mut self.link {
@@ -423,7 +539,7 @@ impl Peer {
                 }
                 match stream.peer_addr() {
                     Ok(_) => {
-                        self.established(stats, now);
+                        self.established(registry, cfg, stats, now, hello);
                         self.flush(registry, cfg, stats, now);
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {
@@ -510,10 +626,32 @@ fn open_outbound(
     Ok(stream)
 }
 
+/// Whether an inbound connection has said a valid hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Not yet: only its hello is read, into at most `max_hello` bytes.
+    Stranger { since: Instant },
+    /// Authenticated as this peer slot.
+    Peer(u16),
+}
+
+/// What reading a stranger's hello gave.
+enum HelloRead {
+    /// Not all of it has arrived.
+    Waiting,
+    /// The connection is finished (EOF or error) before a whole hello.
+    Closed,
+    /// A length that no hello has.
+    Bad(usize),
+    /// The hello's bytes are `buf[HEADER..HEADER + len]`.
+    Complete(usize),
+}
+
 /// One accepted connection and its partial frame.
 struct Inbound {
     stream: TcpStream,
     peer: SocketAddr,
+    gate: Gate,
     /// Received bytes live in `buf[start..filled]`; the rest is free space.
     buf: Vec<u8>,
     start: usize,
@@ -534,6 +672,39 @@ enum ReadTurn {
 }
 
 impl Inbound {
+    /// Reads a stranger's hello frame, exactly: never a byte past it, never
+    /// more than `max_hello` bytes in all.
+    fn read_hello(&mut self, max_hello: usize, stats: &mut TransportStats) -> HelloRead {
+        if self.buf.len() < max_hello {
+            self.buf.resize(max_hello.max(HEADER + 1), 0);
+        }
+        loop {
+            let want = if self.filled < HEADER {
+                HEADER
+            } else {
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                if len == 0 || HEADER + len > max_hello {
+                    return HelloRead::Bad(len);
+                }
+                if self.filled == HEADER + len {
+                    return HelloRead::Complete(len);
+                }
+                HEADER + len
+            };
+            match self.stream.read(&mut self.buf[self.filled..want]) {
+                Ok(0) => return HelloRead::Closed,
+                Ok(n) => {
+                    self.filled += n;
+                    stats.bytes_received += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return HelloRead::Waiting,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return HelloRead::Closed,
+            }
+        }
+    }
+
     /// Length of the frame at `start`, if its header is complete.
     fn next_len(&self) -> Option<usize> {
         let avail = &self.buf[self.start..self.filled];
@@ -646,6 +817,12 @@ pub struct Transport {
     local_addr: SocketAddr,
     /// An accept failed for lack of resources: retry from `poll_timers`.
     accept_pending: bool,
+    /// The accept batch ran out before `WouldBlock`: accept more on the
+    /// next turn (like a pending read).
+    accept_more: bool,
+    hello: Hello,
+    /// Per peer slot, the newest (incarnation, counter) of an accepted hello.
+    hellos_seen: BTreeMap<u16, (u64, u64)>,
     peers: BTreeMap<u16, Peer>,
     inbound: BTreeMap<Token, Inbound>,
     /// Inbound connections whose read budget ran out before `WouldBlock`.
@@ -656,8 +833,15 @@ pub struct Transport {
 
 impl Transport {
     /// Binds the listener and registers it with `registry`; the transport
-    /// uses tokens in `[token_base, token_base + 1<<20)`.
-    pub fn bind(cfg: TransportConfig, registry: &Registry, token_base: usize) -> io::Result<Self> {
+    /// uses tokens in `[token_base, token_base + 1<<20)`. `me` and `keys`
+    /// seal this node's hellos and check the peers'.
+    pub fn bind(
+        cfg: TransportConfig,
+        me: NodeId,
+        keys: Keyring,
+        registry: &Registry,
+        token_base: usize,
+    ) -> io::Result<Self> {
         if token_base.checked_add(TOKEN_SPAN).is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -706,6 +890,13 @@ impl Transport {
             listener,
             local_addr,
             accept_pending: false,
+            accept_more: false,
+            hello: Hello {
+                me,
+                keys,
+                counter: 0,
+            },
+            hellos_seen: BTreeMap::new(),
             peers,
             inbound: BTreeMap::new(),
             pending: BTreeSet::new(),
@@ -717,6 +908,12 @@ impl Transport {
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Replaces the keys hellos are sealed and checked with (a step of a key
+    /// rotation). Established connections stay up.
+    pub fn set_keys(&mut self, keys: Keyring) {
+        self.hello.keys = keys;
     }
 
     /// Whether `token` belongs to this transport.
@@ -778,10 +975,14 @@ impl Transport {
         } else if offset < INBOUND_FIRST {
             let slot = (offset - OUTBOUND_FIRST) as u16;
             let Transport {
-                cfg, peers, stats, ..
+                cfg,
+                peers,
+                stats,
+                hello,
+                ..
             } = self;
             if let Some(peer) = peers.get_mut(&slot) {
-                peer.on_event(registry, cfg, stats, event);
+                peer.on_event(registry, cfg, stats, event, hello);
             }
         } else {
             self.read_inbound(registry, token, received);
@@ -796,11 +997,14 @@ impl Transport {
     /// True when some inbound connection still has unread bytes: call
     /// [`Transport::read_pending`] soon (poll with a zero timeout).
     pub fn has_pending_reads(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.accept_more
     }
 
     /// Gives one read turn to every connection left pending.
     pub fn read_pending(&mut self, registry: &Registry, received: &mut Vec<Vec<u8>>) {
+        if self.accept_more {
+            self.accept_all(registry);
+        }
         for t in std::mem::take(&mut self.pending) {
             self.read_inbound(registry, t, received);
         }
@@ -809,13 +1013,29 @@ impl Transport {
     /// Call every few ms: reconnects whose backoff expired, abandons
     /// connects that take too long, closes outbound connections that made
     /// no write progress with bytes queued for longer than the stall
-    /// timeout, and retries a failed accept.
+    /// timeout, retries a failed accept, and closes strangers that did not
+    /// say hello in time.
     pub fn poll_timers(&mut self, registry: &Registry, now: Instant) {
         let Transport {
             cfg, peers, stats, ..
         } = self;
         for peer in peers.values_mut() {
             peer.on_timer(registry, cfg, stats, now);
+        }
+        let late: Vec<Token> = self
+            .inbound
+            .iter()
+            .filter(|(_, c)| match c.gate {
+                Gate::Stranger { since } => {
+                    now.saturating_duration_since(since) > self.cfg.hello_timeout
+                }
+                Gate::Peer(_) => false,
+            })
+            .map(|(&t, _)| t)
+            .collect();
+        for t in late {
+            self.stats.hello_timeouts += 1;
+            self.close_inbound(registry, t);
         }
         if self.accept_pending {
             self.accept_all(registry);
@@ -826,6 +1046,7 @@ impl Transport {
     pub fn stats(&self) -> TransportStats {
         TransportStats {
             inbound_open: self.inbound.len() as u64,
+            strangers_open: self.strangers() as u64,
             ..self.stats
         }
     }
@@ -842,9 +1063,17 @@ impl Transport {
         self.peers.get(&slot).map_or(0, |p| p.queue.bytes)
     }
 
+    fn strangers(&self) -> usize {
+        self.inbound
+            .values()
+            .filter(|c| matches!(c.gate, Gate::Stranger { .. }))
+            .count()
+    }
+
     fn accept_all(&mut self, registry: &Registry) {
         self.accept_pending = false;
-        loop {
+        self.accept_more = false;
+        for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
                 Ok((stream, peer)) => self.admit(registry, stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -863,22 +1092,31 @@ impl Transport {
                     // the backlog and no new edge will come for it.
                     tracing::warn!(error = %e, "accept failed; retrying from the timer");
                     self.accept_pending = true;
-                    break;
+                    return;
                 }
             }
         }
+        // The batch ran out: more may wait, and no new edge will say so.
+        self.accept_more = true;
     }
 
+    /// Takes a new connection in as a stranger, evicting the oldest
+    /// stranger if there are too many (never an authenticated connection),
+    /// and reads its hello at once if it is already there.
     fn admit(&mut self, registry: &Registry, mut stream: TcpStream, peer: SocketAddr) {
-        while self.inbound.len() >= self.cfg.max_inbound.max(1) {
+        while self.strangers() >= self.cfg.max_unauthenticated.max(1) {
             let oldest = self
                 .inbound
                 .iter()
-                .min_by_key(|(_, c)| c.last_active)
-                .map(|(&t, _)| t);
+                .filter_map(|(&t, c)| match c.gate {
+                    Gate::Stranger { since } => Some((since, t)),
+                    Gate::Peer(_) => None,
+                })
+                .min()
+                .map(|(_, t)| t);
             let Some(t) = oldest else { break };
-            self.stats.inbound_evicted += 1;
-            tracing::debug!("inbound connections full; closing the one idle longest");
+            self.stats.strangers_evicted += 1;
+            tracing::debug!("unauthenticated connections full; closing the oldest");
             self.close_inbound(registry, t);
         }
         let mut token = self.next_inbound_token();
@@ -891,19 +1129,131 @@ impl Transport {
         }
         self.stats.inbound_accepted += 1;
         tracing::debug!(%peer, "inbound replication connection");
+        let now = Instant::now();
         self.inbound.insert(
             token,
             Inbound {
                 stream,
                 peer,
+                gate: Gate::Stranger { since: now },
                 buf: Vec::new(),
                 start: 0,
                 filled: 0,
-                last_active: Instant::now(),
+                last_active: now,
             },
         );
-        // Bytes that arrived before registration are reported by the
-        // registration itself (epoll checks readiness when a socket is added).
+        // A peer writes its hello as soon as its connect completes, so it is
+        // usually here already: read it now, before further accepts (a
+        // connect flood) could evict this connection. Frames after it wait
+        // for the readiness event the registration reports.
+        self.read_hello(registry, token);
+    }
+
+    /// Reads and checks a stranger's hello. Returns true if the connection
+    /// is (now) authenticated; false if it is still a stranger or was
+    /// closed.
+    fn read_hello(&mut self, registry: &Registry, token: Token) -> bool {
+        let Some(conn) = self.inbound.get_mut(&token) else {
+            return false;
+        };
+        if let Gate::Peer(_) = conn.gate {
+            return true;
+        }
+        let len = match conn.read_hello(self.cfg.max_hello, &mut self.stats) {
+            HelloRead::Waiting => return false,
+            HelloRead::Closed => {
+                // A stranger that leaves mid-hello said nothing valid.
+                if conn.filled > 0 {
+                    self.stats.hellos_malformed += 1;
+                }
+                self.close_inbound(registry, token);
+                return false;
+            }
+            HelloRead::Bad(len) => {
+                self.stats.hellos_malformed += 1;
+                tracing::debug!(peer = %conn.peer, len, "not a hello; closing the connection");
+                self.close_inbound(registry, token);
+                return false;
+            }
+            HelloRead::Complete(len) => len,
+        };
+        let verdict = open_hello(
+            &self.hello.keys,
+            self.hello.me.slot,
+            &conn.buf[HEADER..HEADER + len],
+        );
+        // The small buffer is given back; frames start afresh.
+        conn.buf = Vec::new();
+        conn.filled = 0;
+        conn.start = 0;
+        let peer_addr = conn.peer;
+        let from = match verdict {
+            Ok((from, _)) if !self.cfg.peers.contains_key(&from.slot) => {
+                Err(EnvelopeError::WrongRecipient)
+            }
+            Ok((from, counter)) => {
+                let newest = self.hellos_seen.get(&from.slot).copied();
+                if newest.is_some_and(|seen| (from.incarnation, counter) <= seen) {
+                    self.stats.hellos_replayed += 1;
+                    tracing::debug!(peer = %peer_addr, slot = from.slot, "replayed hello; closing");
+                    self.close_inbound(registry, token);
+                    return false;
+                }
+                self.hellos_seen
+                    .insert(from.slot, (from.incarnation, counter));
+                Ok(from)
+            }
+            Err(e) => Err(e),
+        };
+        let from = match from {
+            Ok(from) => from,
+            Err(e) => {
+                if e == EnvelopeError::Malformed {
+                    self.stats.hellos_malformed += 1;
+                } else {
+                    self.stats.hellos_forged += 1;
+                }
+                tracing::debug!(peer = %peer_addr, error = %e, "hello refused; closing the connection");
+                self.close_inbound(registry, token);
+                return false;
+            }
+        };
+        // Authenticated. An older connection from the same slot is the
+        // peer's previous one (it reconnected): close it.
+        let same: Vec<Token> = self
+            .inbound
+            .iter()
+            .filter(|(&t, c)| t != token && c.gate == Gate::Peer(from.slot))
+            .map(|(&t, _)| t)
+            .collect();
+        for t in same {
+            self.stats.inbound_evicted += 1;
+            self.close_inbound(registry, t);
+        }
+        loop {
+            let peers: Vec<(Instant, Token)> = self
+                .inbound
+                .iter()
+                .filter(|(&t, c)| t != token && matches!(c.gate, Gate::Peer(_)))
+                .map(|(&t, c)| (c.last_active, t))
+                .collect();
+            if peers.len() < self.cfg.max_inbound.max(1) {
+                break;
+            }
+            let Some(&(_, t)) = peers.iter().min() else {
+                break;
+            };
+            self.stats.inbound_evicted += 1;
+            tracing::debug!("authenticated connections full; closing the one idle longest");
+            self.close_inbound(registry, t);
+        }
+        self.stats.inbound_authenticated += 1;
+        tracing::debug!(peer = %peer_addr, slot = from.slot, incarnation = from.incarnation, "replication peer authenticated");
+        if let Some(conn) = self.inbound.get_mut(&token) {
+            conn.gate = Gate::Peer(from.slot);
+            conn.last_active = Instant::now();
+        }
+        true
     }
 
     fn next_inbound_token(&mut self) -> Token {
@@ -913,6 +1263,9 @@ impl Transport {
     }
 
     fn read_inbound(&mut self, registry: &Registry, token: Token, received: &mut Vec<Vec<u8>>) {
+        if !self.read_hello(registry, token) {
+            return;
+        }
         let Some(conn) = self.inbound.get_mut(&token) else {
             return;
         };
@@ -964,6 +1317,8 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
     use std::time::{Duration, Instant};
+    use tandem_replica::envelope::{seal_hello, ClusterKey, Keyring};
+    use tandem_replica::NodeId;
 
     /// One transport and the frames it received.
     struct Node {
@@ -985,8 +1340,11 @@ mod tests {
             }
         }
 
+        /// Node `index` has slot `index + 1`, incarnation 1.
         fn node(&self, cfg: TransportConfig, index: usize) -> Node {
-            let t = Transport::bind(cfg, self.poll.registry(), index * TOKEN_SPAN).unwrap();
+            let me = NodeId::new(index as u16 + 1, 1);
+            let t =
+                Transport::bind(cfg, me, keys(), self.poll.registry(), index * TOKEN_SPAN).unwrap();
             Node { t, rx: Vec::new() }
         }
 
@@ -1040,6 +1398,32 @@ mod tests {
 
         fn send(&self, node: &mut Node, to: u16, frame: &[u8]) {
             node.t.send(self.poll.registry(), to, frame);
+        }
+    }
+
+    fn keys() -> Keyring {
+        ClusterKey::from_secret(b"transport test secret, 32 bytes!")
+            .unwrap()
+            .into()
+    }
+
+    /// A hello frame (length prefix included) from `slot` (incarnation 1)
+    /// to `to`, under `keys`.
+    fn hello_with(keys: &Keyring, slot: u16, to: u16, counter: u64) -> Vec<u8> {
+        let h = seal_hello(keys, NodeId::new(slot, 1), to, counter);
+        let mut frame = (h.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&h);
+        frame
+    }
+
+    fn hello(slot: u16, to: u16) -> Vec<u8> {
+        hello_with(&keys(), slot, to, 1)
+    }
+
+    /// Peers that only ever connect in (raw test sockets claiming them).
+    fn fake_peers(cfg: &mut TransportConfig, slots: impl IntoIterator<Item = u16>) {
+        for s in slots {
+            cfg.peers.insert(s, "127.0.0.1:9".parse().unwrap());
         }
     }
 
@@ -1138,7 +1522,8 @@ mod tests {
         assert_eq!(a.rx[0], b"meanwhile");
         assert_eq!(
             b.t.stats().bytes_received,
-            (6 + 4 + big.len() + 4 + 5 + 4) as u64
+            (4 + tandem_replica::envelope::HELLO_LEN + 6 + 4 + big.len() + 4 + 5 + 4) as u64,
+            "the hello, then the frames"
         );
     }
 
@@ -1216,7 +1601,10 @@ mod tests {
     #[test]
     fn transport_garbage_closes_only_that_connection() {
         let mut net = Net::new();
-        let (mut a, mut b) = pair(&net, |c| c.max_frame = 1 << 20);
+        let (mut a, mut b) = pair(&net, |c| {
+            c.max_frame = 1 << 20;
+            fake_peers(c, 11..=15);
+        });
         let b_addr = b.t.local_addr();
         net.send(&mut a, 2, b"first");
         assert!(
@@ -1225,26 +1613,32 @@ mod tests {
             })
         );
 
-        // Not our format at all (the length reads as ~1.2 GB).
+        // Each of these authenticates (a key holder gone wrong), then sends
+        // junk. Not our format at all (the length reads as ~1.2 GB).
         let mut http = StdStream::connect(b_addr).unwrap();
+        http.write_all(&hello(11, 2)).unwrap();
         http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
         // One byte over max_frame.
         let mut oversized = StdStream::connect(b_addr).unwrap();
+        oversized.write_all(&hello(12, 2)).unwrap();
         oversized
             .write_all(&((1u32 << 20) + 1).to_be_bytes())
             .unwrap();
         // Zero length.
         let mut zero = StdStream::connect(b_addr).unwrap();
+        zero.write_all(&hello(13, 2)).unwrap();
         zero.write_all(&[0, 0, 0, 0, 1, 2, 3]).unwrap();
         // A valid frame then garbage: the frame counts, then the connection goes.
         let mut mixed = StdStream::connect(b_addr).unwrap();
-        let mut bytes = 3u32.to_be_bytes().to_vec();
+        let mut bytes = hello(14, 2);
+        bytes.extend_from_slice(&3u32.to_be_bytes());
         bytes.extend_from_slice(b"raw");
         bytes.extend_from_slice(&[0xff; 9]);
         mixed.write_all(&bytes).unwrap();
         // A partial frame left hanging: waits, neither delivered nor bad.
         let mut partial = StdStream::connect(b_addr).unwrap();
+        partial.write_all(&hello(15, 2)).unwrap();
         partial.write_all(&[0, 0, 0, 10, b'x', b'y']).unwrap();
 
         for i in 0..50u32 {
@@ -1408,28 +1802,21 @@ mod tests {
     }
 
     #[test]
-    fn transport_evicts_the_oldest_idle_inbound_connection() {
+    fn transport_evicts_the_oldest_idle_authenticated_connection() {
         let mut net = Net::new();
         let addrs = free_addrs(1);
         let mut cfg = TransportConfig::new(addrs[0], BTreeMap::new());
+        fake_peers(&mut cfg, 11..=13);
         cfg.max_inbound = 2;
         let mut b = net.node(cfg, 0);
+        let authenticated =
+            |n: u64| move |nodes: &[&mut Node]| nodes[0].t.stats().inbound_authenticated == n;
         let mut first = StdStream::connect(addrs[0]).unwrap();
-        assert!(
-            net.run_until(&mut [&mut b], Duration::from_secs(5), |n| n[0]
-                .t
-                .stats()
-                .inbound_open
-                == 1)
-        );
+        first.write_all(&hello(11, 1)).unwrap();
+        assert!(net.run_until(&mut [&mut b], Duration::from_secs(5), authenticated(1)));
         let mut second = StdStream::connect(addrs[0]).unwrap();
-        assert!(
-            net.run_until(&mut [&mut b], Duration::from_secs(5), |n| n[0]
-                .t
-                .stats()
-                .inbound_open
-                == 2)
-        );
+        second.write_all(&hello(12, 1)).unwrap();
+        assert!(net.run_until(&mut [&mut b], Duration::from_secs(5), authenticated(2)));
         // The first becomes the most recently active.
         std::thread::sleep(Duration::from_millis(5));
         first.write_all(&[0, 0, 0, 1, 42]).unwrap();
@@ -1437,17 +1824,16 @@ mod tests {
             net.run_until(&mut [&mut b], Duration::from_secs(5), |n| n[0].rx.len()
                 == 1)
         );
-        let _third = StdStream::connect(addrs[0]).unwrap();
-        assert!(
-            net.run_until(&mut [&mut b], Duration::from_secs(5), |n| n[0]
-                .t
-                .stats()
-                .inbound_evicted
-                == 1)
-        );
+        // A stranger does not count against the authenticated cap.
+        let _stranger = StdStream::connect(addrs[0]).unwrap();
+        let mut third = StdStream::connect(addrs[0]).unwrap();
+        third.write_all(&hello(13, 1)).unwrap();
+        assert!(net.run_until(&mut [&mut b], Duration::from_secs(5), authenticated(3)));
         let s = b.t.stats();
-        assert_eq!(s.inbound_open, 2);
-        assert_eq!(s.inbound_accepted, 3);
+        assert_eq!(s.inbound_evicted, 1);
+        assert_eq!(s.inbound_open, 3);
+        assert_eq!(s.strangers_open, 1);
+        assert_eq!(s.inbound_accepted, 4);
         expect_closed(&mut second);
         first.write_all(&[0, 0, 0, 1, 43]).unwrap();
         assert!(
@@ -1455,6 +1841,137 @@ mod tests {
                 == 2)
         );
         assert_eq!(b.rx, vec![vec![42], vec![43]]);
+        // A newer hello from slot 11 (the peer reconnected) replaces the old
+        // connection; the same hello again is a replay.
+        let mut again = StdStream::connect(addrs[0]).unwrap();
+        again.write_all(&hello_with(&keys(), 11, 1, 2)).unwrap();
+        assert!(net.run_until(&mut [&mut b], Duration::from_secs(5), authenticated(4)));
+        expect_closed(&mut first);
+        let mut replay = StdStream::connect(addrs[0]).unwrap();
+        replay.write_all(&hello_with(&keys(), 11, 1, 2)).unwrap();
+        assert!(net.run_until(&mut [&mut b], Duration::from_secs(5), |n| {
+            n[0].t.stats().hellos_replayed == 1
+        }));
+        expect_closed(&mut replay);
+        again.write_all(&[0, 0, 0, 1, 44]).unwrap();
+        assert!(
+            net.run_until(&mut [&mut b], Duration::from_secs(5), |n| n[0].rx.len()
+                == 3)
+        );
+    }
+
+    /// Strangers: nothing they send is delivered, nothing large is held for
+    /// them, each kind of junk is counted, a flood of them evicts only
+    /// strangers, and the authenticated peer keeps delivering throughout.
+    #[test]
+    fn transport_strangers_cannot_push_out_a_peer() {
+        let mut net = Net::new();
+        let (mut a, mut b) = pair(&net, |c| {
+            c.max_unauthenticated = 4;
+            c.hello_timeout = Duration::from_millis(300);
+        });
+        let b_addr = b.t.local_addr();
+        net.send(&mut a, 2, b"first");
+        assert!(
+            net.run_until(&mut [&mut a, &mut b], Duration::from_secs(5), |n| {
+                n[1].rx.len() == 1
+            })
+        );
+        let wait = |net: &mut Net,
+                    a: &mut Node,
+                    b: &mut Node,
+                    what: &str,
+                    f: fn(&super::TransportStats) -> bool| {
+            assert!(
+                net.run_until(&mut [a, b], Duration::from_secs(5), |n| f(&n[1].t.stats())),
+                "{what}: {:?}",
+                b.t.stats()
+            );
+        };
+        // Garbage instead of a hello (its "length" is ~1.2 GB).
+        let mut http = StdStream::connect(b_addr).unwrap();
+        http.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        wait(&mut net, &mut a, &mut b, "garbage", |s| {
+            s.hellos_malformed == 1
+        });
+        expect_closed(&mut http);
+        // A frame that fits but is not a hello.
+        let mut raw = StdStream::connect(b_addr).unwrap();
+        raw.write_all(&[0, 0, 0, 3, b'r', b'a', b'w']).unwrap();
+        wait(&mut net, &mut a, &mut b, "not a hello", |s| {
+            s.hellos_malformed == 2
+        });
+        // A hello under another cluster's key.
+        let other: Keyring = ClusterKey::from_secret(b"another cluster's key, 32 bytes")
+            .unwrap()
+            .into();
+        let mut forged = StdStream::connect(b_addr).unwrap();
+        forged.write_all(&hello_with(&other, 1, 2, 99)).unwrap();
+        wait(&mut net, &mut a, &mut b, "forged", |s| s.hellos_forged == 1);
+        expect_closed(&mut forged);
+        // A valid hello from a slot that is not a member.
+        let mut stranger_slot = StdStream::connect(b_addr).unwrap();
+        stranger_slot.write_all(&hello(9, 2)).unwrap();
+        wait(&mut net, &mut a, &mut b, "not a member", |s| {
+            s.hellos_forged == 2
+        });
+        // A's own hello (counter 1), replayed.
+        let mut replayed = StdStream::connect(b_addr).unwrap();
+        replayed.write_all(&hello(1, 2)).unwrap();
+        wait(&mut net, &mut a, &mut b, "replayed", |s| {
+            s.hellos_replayed == 1
+        });
+        expect_closed(&mut replayed);
+        // Announces a huge frame as its "hello" and a truncated hello: the
+        // first is refused at once, the second times out; neither holds more
+        // than max_hello bytes meanwhile.
+        let mut huge = StdStream::connect(b_addr).unwrap();
+        huge.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
+        huge.write_all(&[7u8; 100]).unwrap();
+        let mut truncated = StdStream::connect(b_addr).unwrap();
+        truncated.write_all(&hello(1, 2)[..20]).unwrap();
+        wait(&mut net, &mut a, &mut b, "huge", |s| {
+            s.hellos_malformed == 3
+        });
+        let strangers: Vec<usize> =
+            b.t.inbound
+                .values()
+                .filter(|c| matches!(c.gate, super::Gate::Stranger { .. }))
+                .map(|c| c.buf.len())
+                .collect();
+        assert!(!strangers.is_empty());
+        assert!(strangers.iter().all(|&len| len <= 512), "{strangers:?}");
+        wait(&mut net, &mut a, &mut b, "timeout", |s| {
+            s.hello_timeouts >= 1
+        });
+        expect_closed(&mut truncated);
+        // A connect flood: 40 strangers that say nothing. Only 4 are kept,
+        // the oldest go first, and a's connection is never touched.
+        let flood: Vec<StdStream> = (0..40)
+            .map(|_| StdStream::connect(b_addr).unwrap())
+            .collect();
+        for i in 0..20u32 {
+            net.send(&mut a, 2, &numbered(i, 10));
+        }
+        wait(&mut net, &mut a, &mut b, "flood", |s| {
+            s.strangers_evicted >= 36
+        });
+        let s = b.t.stats();
+        assert!(s.strangers_open <= 4, "{s:?}");
+        assert_eq!(s.inbound_evicted, 0);
+        assert_eq!(s.inbound_authenticated, 1);
+        assert!(
+            net.run_until(&mut [&mut a, &mut b], Duration::from_secs(5), |n| {
+                n[1].rx.len() == 21
+            })
+        );
+        assert!(a.t.connected(2));
+        assert_eq!(a.t.stats().disconnects, 0);
+        drop(flood);
+        // Nothing any stranger sent was delivered.
+        for (i, f) in b.rx[1..].iter().enumerate() {
+            assert_eq!(f, &numbered(i as u32, 10));
+        }
     }
 
     #[test]
@@ -1462,6 +1979,7 @@ mod tests {
         let mut net = Net::new();
         let addrs = free_addrs(1);
         let mut cfg = TransportConfig::new(addrs[0], BTreeMap::new());
+        fake_peers(&mut cfg, [11, 12]);
         cfg.read_budget = 8 * 1024;
         let mut b = net.node(cfg, 0);
         // Two writers, 8 MiB each, then silence with the connections kept open:
@@ -1472,6 +1990,7 @@ mod tests {
                 let addr = addrs[0];
                 std::thread::spawn(move || {
                     let mut s = StdStream::connect(addr).unwrap();
+                    s.write_all(&hello(11 + u16::from(w), 1)).unwrap();
                     for i in 0..128u32 {
                         let mut frame = (65536u32).to_be_bytes().to_vec();
                         frame.extend(std::iter::repeat_n(w, 65532));
@@ -1507,13 +2026,17 @@ mod tests {
     fn transport_announced_length_does_not_reserve_memory() {
         let mut net = Net::new();
         let addrs = free_addrs(1);
-        let mut b = net.node(TransportConfig::new(addrs[0], BTreeMap::new()), 0);
+        let mut cfg = TransportConfig::new(addrs[0], BTreeMap::new());
+        fake_peers(&mut cfg, [11]);
+        let mut b = net.node(cfg, 0);
         let mut raw = StdStream::connect(addrs[0]).unwrap();
+        let hi = hello(11, 1);
+        raw.write_all(&hi).unwrap();
         // Announces the largest frame allowed, sends 100 bytes of it.
         raw.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
         raw.write_all(&[7u8; 100]).unwrap();
         assert!(net.run_until(&mut [&mut b], Duration::from_secs(5), |n| {
-            n[0].t.stats().bytes_received == 104
+            n[0].t.stats().bytes_received == 104 + hi.len() as u64
         }));
         let conn = b.t.inbound.values().next().unwrap();
         assert!(

@@ -12,8 +12,8 @@
 //!   every start.
 //! - [`storage`]: [`MemLog`], the in-memory `raft::Storage`, whose snapshots
 //!   carry the application's bytes.
-//! - [`envelope`]: [`Outbox`]/[`Inbox`] seal and open envelopes (BLAKE3 keyed
-//!   MAC, per-sender sequence numbers); each rejection reason is counted.
+//! - [`envelope`]: [`Outbox`]/[`Inbox`] seal and open envelopes
+//!   (ChaCha20-Poly1305, per-direction keys, per-sender sequence numbers); each rejection reason is counted.
 //! - [`replica`]: [`Replica`], the driver: `tick`, `receive`, `propose`,
 //!   `ready` → [`Output`], `advance`, `transfer_leader`, `compact`; it also
 //!   admits restarted nodes as learners and swaps them in.
@@ -47,7 +47,7 @@ pub mod replica;
 pub mod storage;
 
 pub use envelope::{
-    Body, ClusterKey, EnvelopeError, EnvelopeStats, Inbox, Opened, Outbox, ReplayWindow,
+    Body, ClusterKey, EnvelopeError, EnvelopeStats, Inbox, Keyring, Opened, Outbox, ReplayWindow,
 };
 pub use id::{bump_incarnation, NodeId};
 pub use raft::StateRole;

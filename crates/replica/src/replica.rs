@@ -21,7 +21,7 @@ use raft::eraftpb::{
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
 
-use crate::envelope::{Body, ClusterKey, EnvelopeError, EnvelopeStats, Inbox, Outbox};
+use crate::envelope::{Body, EnvelopeError, EnvelopeStats, Inbox, Keyring, Outbox};
 use crate::id::{NodeId, ANY_INCARNATION, FIRST_INCARNATION};
 use crate::storage::MemLog;
 
@@ -337,7 +337,8 @@ impl Replica {
     /// voter that may have acknowledged entries. Peers then refuse it only
     /// while they remember a later incarnation of its slot
     /// ([`EnvelopeError::StaleSender`]).
-    pub fn new(cfg: Config, key: ClusterKey) -> Result<Self, InitError> {
+    pub fn new(cfg: Config, key: impl Into<Keyring>) -> Result<Self, InitError> {
+        let key: Keyring = key.into();
         if !cfg.slots.contains(&cfg.id.slot) {
             return Err(InitError::UnknownSlot(cfg.id.slot));
         }
@@ -543,6 +544,13 @@ impl Replica {
             ..Default::default()
         };
         let _ = self.raw.propose_conf_change(Vec::new(), cc);
+    }
+
+    /// Replaces the keys envelopes are sealed and opened with (a step of a
+    /// key rotation): numbering and the replay window go on.
+    pub fn set_keys(&mut self, keys: Keyring) {
+        self.inbox.set_keys(keys.clone());
+        self.outbox.set_keys(keys);
     }
 
     /// Receives a sealed envelope from the network and returns its

@@ -50,7 +50,7 @@ use supervise::Supervisor;
 use takeover::{for_restore, handed_over_packet, replay_head, synack_for_replay, Rebuilt, TS_JUMP};
 use tandem_core::classify::{classify, SynLimiter};
 use tandem_core::shadow::{ConnKey, ShadowConfig};
-use tandem_replica::{ClusterKey, NodeId, Output, ProposalId, Replica, StateRole};
+use tandem_replica::{NodeId, Output, ProposalId, Replica, StateRole};
 use tandem_sys::capture::{detect_backend, CaptureRules};
 use tandem_sys::nfqueue::{NfQueue, QueueConfig, Verdict};
 
@@ -168,6 +168,8 @@ struct Daemon {
     serving: Serving,
     /// Drained: never stays primary (`tandem drain`).
     draining: bool,
+    /// Replication bodies go in clear (benchmarks only; fixed at start).
+    unencrypted: bool,
     supervisor: Supervisor,
     was_healthy: bool,
     last_handover: Option<Instant>,
@@ -226,8 +228,8 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
 
 impl Daemon {
     fn start(config: Config) -> Result<Daemon, DaemonError> {
-        let secret = config.check_files()?;
-        let key = ClusterKey::from_secret(&secret)?;
+        let keys = config.load_keys()?;
+        let unencrypted = keys.is_unencrypted();
         let service = config.services[0].clone();
         let (vip, prefix_len) = service.vip();
 
@@ -268,7 +270,7 @@ impl Daemon {
         replica_config.join_retry_ticks = config.raft.election_ticks as usize;
         // Seeded per process so that two nodes never time out in lockstep.
         replica_config.seed = me.raft_id() ^ u64::from(std::process::id()).rotate_left(32);
-        let replica = Replica::new(replica_config, key)?;
+        let replica = Replica::new(replica_config, keys.clone())?;
 
         let poll = Poll::new().map_err(io_err("creating the event loop"))?;
         let registry = poll.registry();
@@ -280,8 +282,21 @@ impl Daemon {
             .map(|m| (m.slot, m.addr))
             .collect();
         let listen = config.me().addr;
+        if keys.is_unencrypted() {
+            tracing::warn!(
+                "!!! cluster.unencrypted_replication_for_benchmarks is on: replication is NOT \
+                 encrypted; every client byte crosses the node network in clear. For \
+                 benchmarks only: never on a network anyone else can see. !!!"
+            );
+        }
+        tracing::info!(
+            keys = %fingerprints(&keys),
+            "replication keys loaded (fingerprints; the first is sent with)"
+        );
         let transport = Transport::bind(
             TransportConfig::new(listen, peers),
+            me,
+            keys,
             registry,
             TRANSPORT_TOKENS,
         )
@@ -375,6 +390,7 @@ impl Daemon {
                 )
                 .ok(),
             draining: false,
+            unencrypted,
             supervisor,
             was_healthy: true,
             last_handover: None,
@@ -1332,6 +1348,10 @@ impl Daemon {
                 };
                 AdminReply::Done { message }
             }
+            AdminRequest::ReloadKeys => match self.reload_keys() {
+                Ok(message) => AdminReply::Done { message },
+                Err(message) => AdminReply::Error { message },
+            },
             AdminRequest::Undrain => {
                 self.draining = false;
                 tracing::info!("undrained: this node may be primary again");
@@ -1340,6 +1360,29 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// `tandem reload-keys`: reads the key files again (a step of a key
+    /// rotation, see `config::ClusterSection`). On any error nothing changes.
+    fn reload_keys(&mut self) -> Result<String, String> {
+        let keys = self.config.load_keys().map_err(|e| {
+            tracing::warn!(error = %e, "key reload refused; keys unchanged");
+            format!("keys unchanged: {e}")
+        })?;
+        if keys.is_unencrypted() != self.unencrypted {
+            return Err(
+                "keys unchanged: unencrypted_replication_for_benchmarks cannot change while running"
+                    .into(),
+            );
+        }
+        let names = fingerprints(&keys);
+        self.replica.set_keys(keys.clone());
+        self.transport.set_keys(keys);
+        tracing::info!(keys = %names, "replication keys reloaded (fingerprints; the first is sent with)");
+        Ok(format!(
+            "node {}: sending with key {names} (fingerprints; the first is sent with, all are accepted)",
+            self.me.slot
+        ))
     }
 
     /// `tandem migrate SERVICE --to NODE` on the primary: a Raft leadership
@@ -1453,9 +1496,19 @@ impl Daemon {
         let stats = self.group.stats();
         let envelopes = status.envelopes;
         let mut counters = self.counters.clone();
+        let transport = self.transport.stats();
         counters.auth_rejected = envelopes.rejected();
         counters.replayed = envelopes.replayed;
-        counters.bad_frames = self.transport.stats().bad_frames;
+        counters.forged = envelopes.bad_mac;
+        counters.wrong_incarnation =
+            envelopes.stale_incarnation + envelopes.stale_sender + envelopes.wrong_recipient;
+        counters.malformed = envelopes.malformed;
+        counters.bad_frames = transport.bad_frames;
+        counters.hellos_malformed = transport.hellos_malformed;
+        counters.hellos_forged = transport.hellos_forged;
+        counters.hellos_replayed = transport.hellos_replayed;
+        counters.hello_timeouts = transport.hello_timeouts;
+        counters.strangers_evicted = transport.strangers_evicted;
         counters.shadow_mismatches = self.sockets.stats().mismatches;
         counters.lease_refresh_errors = self.fence.refresh_errors();
         NodeReport {
@@ -1553,4 +1606,13 @@ fn wall_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The public fingerprints of a keyring's keys, the one sent with first.
+fn fingerprints(keys: &tandem_replica::Keyring) -> String {
+    keys.accepted()
+        .iter()
+        .map(|k| k.fingerprint())
+        .collect::<Vec<_>>()
+        .join(", accepting ")
 }
