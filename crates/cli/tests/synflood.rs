@@ -1,0 +1,96 @@
+//! A spoofed SYN flood does not stop real clients (issue 10, item 2).
+//!
+//! A 3-node kv lab; from the client namespace, 2,000 spoofed SYNs per
+//! second from addresses on the client's subnet that nobody answers for,
+//! for 10 s, while a real client connects again and again (connect, PING,
+//! PONG, close, each step within 1 s). Every real connect must succeed,
+//! the primary must stay the same node, every daemon must keep running,
+//! and the primary must have switched to cookie mode (the flood's
+//! handshakes never reached the replicated half-open table: each replica's
+//! table holds fewer entries than the flood sent).
+//!
+//! Needs root; runs in CI; fails, never skips.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
+mod common;
+
+use common::*;
+use tandem_cli::synflood::{probe, Flood};
+use tandem_lab::ServiceKind;
+
+const FLOOD_RATE: u64 = 2_000;
+const FLOOD_FOR: Duration = Duration::from_secs(10);
+
+#[test]
+fn real_clients_connect_through_a_spoofed_syn_flood() {
+    let lab = cluster_of("syn", "a", ServiceKind::Kv);
+    let primary = wait_healthy(&lab, "start");
+    let target = SocketAddrV4::new(lab.vip(), lab.port());
+    let flood = Flood::start(lab.client_netns(), target, FLOOD_RATE, 0x5eed);
+    // Let the flood build up before the first real connect.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = probe(
+        lab.client_netns(),
+        SocketAddr::V4(target),
+        FLOOD_FOR - Duration::from_millis(1500),
+        Duration::from_millis(20),
+        Duration::from_secs(1),
+    )
+    .expect("probe from the client namespace");
+    let sent = flood.stop().expect("the flood ran");
+    eprintln!(
+        "flood: {sent} SYNs; real connects: {} of {} ok, p50 {:?}, p99 {:?}, max {:?}",
+        stats.ok,
+        stats.attempts,
+        stats.quantile(0.5),
+        stats.quantile(0.99),
+        stats.quantile(1.0)
+    );
+    assert!(
+        sent >= FLOOD_RATE * 9,
+        "the flood sent only {sent} SYNs in {FLOOD_FOR:?}"
+    );
+    assert!(stats.attempts >= 100, "only {} attempts", stats.attempts);
+    assert!(
+        stats.failures.is_empty(),
+        "{} of {} real connects failed: {:?}",
+        stats.failures.len(),
+        stats.attempts,
+        &stats.failures[..stats.failures.len().min(10)]
+    );
+    assert_eq!(stats.ok, stats.attempts);
+    // The primary never moved, and every daemon still answers.
+    assert_eq!(leader(&lab), Some(primary), "the primary changed");
+    let reports: Vec<_> = lab
+        .node_ids()
+        .iter()
+        .map(|id| (*id, report(&lab, *id)))
+        .collect();
+    for (id, r) in &reports {
+        let r = r
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {id} does not answer"));
+        if u32::from(r.slot) == primary {
+            assert_eq!(r.role, "primary");
+            assert!(
+                r.counters.cookie_passed > 0 && r.counters.cookie_handshakes > 0,
+                "the primary never used cookie mode: {:?}",
+                r.counters
+            );
+            assert_eq!(r.counters.shadow_mismatches, 0);
+        }
+        // The flood's handshakes are not in the replicated table.
+        assert!(
+            r.service.connections < 4_096 && r.service.connections < sent / 2,
+            "node {id} holds {} connections",
+            r.service.connections
+        );
+    }
+    // Replicas agree.
+    let hashes = settled_hashes(&lab);
+    assert!(
+        hashes.iter().all(|h| h.2 == hashes[0].2),
+        "replicas differ: {hashes:?}"
+    );
+}
