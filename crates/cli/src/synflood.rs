@@ -24,7 +24,7 @@ impl Spread {
         Spread(seed | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn draw(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -85,7 +85,7 @@ impl Flood {
                     while !stop.load(Ordering::Relaxed) {
                         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
                         while sent < due {
-                            let r = spread.next();
+                            let r = spread.draw();
                             let host = u32::from(SPOOF_FIRST) + (r % u64::from(SPOOF_COUNT)) as u32;
                             let port = 1024 + ((r >> 8) % 60_000) as u16;
                             let src = SocketAddrV4::new(Ipv4Addr::from(host), port);
