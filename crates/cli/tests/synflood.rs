@@ -47,6 +47,41 @@ fn real_clients_connect_through_a_spoofed_syn_flood() {
         stats.quantile(0.99),
         stats.quantile(1.0)
     );
+    if !stats.failures.is_empty() {
+        // What the nodes saw, to tell a lost SYN from a stalled loop.
+        for id in lab.node_ids() {
+            if let Some(r) = report(&lab, id) {
+                eprintln!("node {id} ({}): {:?}", r.role, r.counters);
+            }
+            if let Ok(out) = lab.exec_output(Some(id), &["nstat", "-az"]) {
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                for line in text.lines().filter(|l| {
+                    (l.contains("Listen")
+                        || l.contains("Syncookies")
+                        || l.contains("ReqQ")
+                        || l.contains("Drop"))
+                        && !l.contains(" 0 ")
+                }) {
+                    eprintln!("node {id}: {line}");
+                }
+            }
+            if let Ok(Some(path)) = lab.node_log_path(id) {
+                let log = std::fs::read_to_string(path).unwrap_or_default();
+                for line in log
+                    .lines()
+                    .filter(|l| {
+                        l.contains("WARN")
+                            || l.contains("ERROR")
+                            || l.contains("held up")
+                            || l.contains("long raft")
+                    })
+                    .take(30)
+                {
+                    eprintln!("node {id}: {line}");
+                }
+            }
+        }
+    }
     assert!(
         sent >= FLOOD_RATE * 9,
         "the flood sent only {sent} SYNs in {FLOOD_FOR:?}"

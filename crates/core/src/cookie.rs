@@ -52,8 +52,13 @@ use crate::shadow::ConnKey;
 
 /// Logged-mode SYNs are counted over this many milliseconds (a sliding
 /// window of two halves) on top of the applied half-open count: long
-/// enough to cover a proposal's way to commit and apply.
-pub const RECENT_WINDOW_MS: u64 = 2_000;
+/// enough to cover a proposal's way to commit and apply (a LAN round trip
+/// and a disk write), short enough that a busy but honest service (many
+/// connects per second, each pending for a millisecond or two) stays in
+/// logged mode. If commits lag longer, more logged SYNs get in than
+/// counted; `max_half_open` ≥ 2 × the threshold leaves room for them, and
+/// a SYN over the bound is still refused with its SYN-ACK held back.
+pub const RECENT_WINDOW_MS: u64 = 200;
 
 /// A remembered cookie-mode handshake lives at most this long (the
 /// kernel's SYN-ACK retransmissions end after about 63 s).

@@ -45,7 +45,7 @@
 //! syn_rate = 20000                        # new SYNs admitted per second (token bucket)
 //! syn_burst = 2000                        # ... in bursts of up to this many
 //! max_half_open = 4096                    # pending handshakes in the replicated table
-//! syn_cookie_above = 1024                 # cookie mode once this many are pending
+//! syn_cookie_above = 256                  # cookie mode once this many are pending
 //! syn_cookie_table = 16384                # cookie handshakes the primary remembers
 //! unknown_rst_rate = 1000                 # RSTs per second to packets of no connection
 //! ```
@@ -235,11 +235,13 @@ pub struct ServiceSection {
     #[serde(default = "default_max_half_open")]
     pub max_half_open: usize,
     /// Cookie mode once this many handshakes are pending (logged half-open
-    /// ones plus logged-mode SYNs of the last 2 s): new handshakes are then
+    /// ones plus logged-mode SYNs of the last 0.2 s): new handshakes are then
     /// logged only at the client's third ACK, so spoofed SYNs cannot fill
     /// the table. A handshake in cookie mode that is in flight at a
-    /// failover is refused (RST). Default 1,024; 0 (always cookie mode) to
-    /// `max_half_open / 2`.
+    /// failover is refused (RST). Spoofed SYNs admitted before cookie mode
+    /// stay in the table until `half_open_timeout` (75 s), and a takeover
+    /// rebuilds them, so this is kept low. Default 256; 0 (always cookie
+    /// mode) to `max_half_open / 2`.
     #[serde(default = "default_syn_cookie_above")]
     pub syn_cookie_above: usize,
     /// Cookie-mode handshakes the primary remembers between SYN and third
@@ -268,7 +270,7 @@ fn default_max_half_open() -> usize {
 }
 
 fn default_syn_cookie_above() -> usize {
-    1_024
+    256
 }
 
 fn default_syn_cookie_table() -> usize {
@@ -561,7 +563,7 @@ impl Config {
                         "{} is above half of max_half_open ({})",
                         service.syn_cookie_above, service.max_half_open
                     ),
-                    "use at most max_half_open / 2 (1024 is the default), so that handshakes in flight never fill the table",
+                    "use at most max_half_open / 2 (256 is the default), so that handshakes in flight never fill the table",
                 ));
             }
             if !queues.insert(service.queue) {
@@ -680,7 +682,7 @@ port = 6379
                 service.syn_cookie_table,
                 service.unknown_rst_rate
             ),
-            (20_000, 2_000, 4_096, 1_024, 16_384, 1_000)
+            (20_000, 2_000, 4_096, 256, 16_384, 1_000)
         );
         assert_eq!(config.me().addr, "198.18.0.11:7100".parse().unwrap());
     }
