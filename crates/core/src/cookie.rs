@@ -25,8 +25,12 @@
 //!   three in order and shadow TCP goes from nothing to ESTABLISHED inside
 //!   one entry: the handshake never occupies a half-open slot between
 //!   entries, so a spoofed source can never hold one. Later packets of the
-//!   connection that arrive before the entry is applied are treated as
-//!   known (they are logged after the handshake).
+//!   connection that arrive before the entry is applied are logged after
+//!   the handshake and held until committed, even a pure ACK (it would let
+//!   the kernel accept the cookie before the log has the handshake). The
+//!   daemon checks each such held packet once its entry is applied: if
+//!   shadow TCP did not open the connection (its half-open table was full,
+//!   say), the packet is dropped and the client gets a RST.
 //!
 //! Why this holds at line rate: a spoofed SYN in cookie mode costs one
 //! bounded local table slot and nothing replicated; logged mode admits at
