@@ -635,7 +635,12 @@ impl Daemon {
                     Admit::Class(class) => class,
                 };
                 match class {
-                    Class::Pass => counters.cookie_passed += 1,
+                    Class::Pass => {
+                        // Cookie mode: nothing to log, nothing to copy.
+                        counters.cookie_passed += 1;
+                        counters.released_at_once += 1;
+                        return Decision::Verdict(Verdict::Accept);
+                    }
                     Class::Junk(JunkReason::SynRateLimited) => counters.syn_rate_limited += 1,
                     Class::Junk(JunkReason::NoConnection) => {
                         // No connection, no cookie: the kernel would answer
