@@ -25,6 +25,8 @@ struct Run {
     target: &'static str,
     flood: bool,
     sent: u64,
+    /// How long the flood ran.
+    flood_secs: f64,
     stats: ProbeStats,
 }
 
@@ -98,6 +100,7 @@ fn measure(lab: &mut LabGuard, opts: &Options) -> Result<Vec<Run>> {
                     "bench synflood: {target}, {}",
                     if flood { "flooded" } else { "quiet" }
                 );
+                let flood_started = Instant::now();
                 let running =
                     flood.then(|| Flood::start(lab.client_netns(), addr, opts.rate, 0x5eed));
                 if running.is_some() {
@@ -118,6 +121,7 @@ fn measure(lab: &mut LabGuard, opts: &Options) -> Result<Vec<Run>> {
                     target,
                     flood,
                     sent,
+                    flood_secs: flood_started.elapsed().as_secs_f64(),
                     stats,
                 });
                 // Let the flood's half-open requests drain a little.
@@ -150,7 +154,7 @@ fn print_report(opts: &Options, runs: &[Run]) {
             "{:<14} {:<8} {:>9.0} {:>5}/{:<4} {:>9.2} {:>9.2} {:>9.2}",
             r.target,
             if r.flood { "yes" } else { "no" },
-            r.sent as f64 / opts.seconds.max(1.0),
+            r.sent as f64 / r.flood_secs.max(1e-3),
             r.stats.ok,
             r.stats.attempts,
             ms(r.stats.quantile(0.5)),
