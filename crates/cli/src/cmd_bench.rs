@@ -19,6 +19,11 @@ pub(crate) mod bench_compare;
 #[path = "bench_kv.rs"]
 pub(crate) mod bench_kv;
 
+/// `tandem bench synflood`: real clients' connects during a spoofed SYN
+/// flood, tandem against a plain redis-server.
+#[path = "bench_synflood.rs"]
+pub(crate) mod bench_synflood;
+
 /// `tandem bench failover`: the pause clients see across kills, crashes
 /// and migrations of the primary.
 #[path = "bench_failover.rs"]
@@ -191,6 +196,23 @@ enum Bench {
         #[arg(long)]
         encryption_cost: bool,
     },
+    /// Real clients during a spoofed SYN flood: connects that got their
+    /// PONG and connect + PING + PONG latency (p50/p99/max), quiet and
+    /// flooded, through the 3-node replicated kv against a plain
+    /// redis-server (kernel SYN cookies) in the same lab; tandem's figures
+    /// as ratios of redis-server's. Builds its own lab and always removes
+    /// it. Needs root and redis-server (`sudo scripts/install-bench-deps.sh`).
+    Synflood {
+        /// Spoofed SYNs per second.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+        /// How long each measurement runs, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The lab's name.
+        #[arg(long, default_value = "synbench")]
+        name: String,
+    },
     /// Failover and migration as clients see them: the largest gap between
     /// consecutive replies (min/median/p99/max over the events) when the
     /// primary of a 3-node kv lab is killed (power cut), crashed (daemon
@@ -283,6 +305,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             clients: clients.max(2),
             json,
             encryption_cost,
+        }),
+        Bench::Synflood {
+            rate,
+            seconds,
+            name,
+        } => bench_synflood::run(bench_synflood::Options {
+            rate: rate.max(1),
+            seconds,
+            name,
         }),
         Bench::Failover {
             events,

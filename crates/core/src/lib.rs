@@ -7,6 +7,7 @@
 //! TCP will produce the same value from logged packets.
 
 pub mod classify;
+pub mod cookie;
 pub mod image;
 pub mod sdk;
 pub mod shadow;

@@ -108,6 +108,48 @@ pub fn segment_of<'a>(repr: &IpTcpRepr<'a>) -> Segment<'a> {
     }
 }
 
+/// The RST the server's kernel would answer a client packet with when no
+/// connection matches it (RFC 793 "reset generation"): `seq` = the packet's
+/// ACK if it has one, else an ACK of everything it carried. `None` for a
+/// RST (never answered) or an IPv6 packet (the raw sender is IPv4 only).
+pub fn reset_for(repr: &IpTcpRepr<'_>) -> Option<Vec<u8>> {
+    use tandem_wire::{IpRepr, Ipv4Repr, SeqNumber, TcpFlags};
+    let flags = repr.tcp.flags;
+    if flags.contains(TcpFlags::RST) {
+        return None;
+    }
+    let IpRepr::V4(ip) = repr.ip else {
+        return None;
+    };
+    let (seq, ack, out_flags) = if flags.contains(TcpFlags::ACK) {
+        (repr.tcp.ack_number, SeqNumber(0), TcpFlags::RST)
+    } else {
+        let len = repr.tcp.payload.len() as u32
+            + u32::from(flags.contains(TcpFlags::SYN))
+            + u32::from(flags.contains(TcpFlags::FIN));
+        (
+            SeqNumber(0),
+            SeqNumber(repr.tcp.seq_number.0.wrapping_add(len)),
+            TcpFlags::RST | TcpFlags::ACK,
+        )
+    };
+    let reply = IpTcpRepr {
+        ip: IpRepr::V4(Ipv4Repr::tcp(ip.dst_addr, ip.src_addr)),
+        tcp: tandem_wire::tcp::Repr {
+            src_port: repr.tcp.dst_port,
+            dst_port: repr.tcp.src_port,
+            seq_number: seq,
+            ack_number: ack,
+            flags: out_flags,
+            window_len: 0,
+            urgent_at: 0,
+            options: Default::default(),
+            payload: &[],
+        },
+    };
+    reply.to_bytes().ok()
+}
+
 /// Source and destination of a parsed packet.
 pub fn endpoints_of(repr: &IpTcpRepr<'_>) -> (SocketAddr, SocketAddr) {
     (
@@ -202,5 +244,59 @@ impl CaptureLoop {
             }
         }
         self.queue.verdicts(verdicts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use tandem_wire::{IpRepr, Ipv4Repr, SeqNumber, TcpFlags};
+
+    fn packet(flags: TcpFlags, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+        IpTcpRepr {
+            ip: IpRepr::V4(Ipv4Repr::tcp(
+                Ipv4Addr::new(198, 18, 0, 2),
+                Ipv4Addr::new(198, 18, 0, 100),
+            )),
+            tcp: tandem_wire::tcp::Repr {
+                src_port: 40000,
+                dst_port: 6379,
+                seq_number: SeqNumber(seq),
+                ack_number: SeqNumber(ack),
+                flags,
+                window_len: 502,
+                urgent_at: 0,
+                options: Default::default(),
+                payload,
+            },
+        }
+        .to_bytes()
+        .unwrap()
+    }
+
+    fn parse(bytes: &[u8]) -> IpTcpRepr<'_> {
+        IpTcpRepr::parse(bytes, ParseChecks::default()).unwrap()
+    }
+
+    #[test]
+    fn an_unknown_packet_is_answered_with_the_kernels_reset() {
+        // An ACK (with data): RST at its ACK number, back to the sender.
+        let ack = packet(TcpFlags::ACK | TcpFlags::PSH, 1000, 5000, b"PING");
+        let rst_bytes = reset_for(&parse(&ack)).unwrap();
+        let rst = parse(&rst_bytes); // the checksum verifies
+        assert_eq!(rst.ip.src_addr(), Ipv4Addr::new(198, 18, 0, 100));
+        assert_eq!(rst.ip.dst_addr(), Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!((rst.tcp.src_port, rst.tcp.dst_port), (6379, 40000));
+        assert_eq!(rst.tcp.flags, TcpFlags::RST);
+        assert_eq!(rst.tcp.seq_number, SeqNumber(5000));
+        // No ACK flag: RST|ACK acknowledging what it carried.
+        let fin = packet(TcpFlags::FIN, 1000, 0, b"ab");
+        let rst_bytes = reset_for(&parse(&fin)).unwrap();
+        let rst = parse(&rst_bytes);
+        assert_eq!(rst.tcp.flags, TcpFlags::RST | TcpFlags::ACK);
+        assert_eq!(rst.tcp.ack_number, SeqNumber(1003));
+        // A RST is never answered.
+        assert_eq!(reset_for(&parse(&packet(TcpFlags::RST, 1, 0, b""))), None);
     }
 }

@@ -43,6 +43,13 @@
 //! port = 6379
 //! window_clamp = 262144                   # optional: W, the receive window bound
 //! queue = 0                               # optional: the NFQUEUE number
+//! # SYN-flood defence (optional; these are the defaults; see tandem_core::cookie)
+//! syn_rate = 20000                        # new SYNs admitted per second (token bucket)
+//! syn_burst = 2000                        # ... in bursts of up to this many
+//! max_half_open = 4096                    # pending handshakes in the replicated table
+//! syn_cookie_above = 256                  # cookie mode once this many are pending
+//! syn_cookie_table = 16384                # cookie handshakes the primary remembers
+//! unknown_rst_rate = 1000                 # RSTs per second to packets of no connection
 //! ```
 
 use serde::Deserialize;
@@ -247,6 +254,66 @@ pub struct ServiceSection {
     /// The NFQUEUE number of this service's capture.
     #[serde(default)]
     pub queue: u16,
+    /// New connections (SYNs on unknown tuples) admitted per second on
+    /// average; more are dropped before anything else looks at them (the
+    /// client retransmits). Default 20,000; 1 to 10,000,000. A CPU guard
+    /// only: under a flood, handshakes cost the replicated state nothing
+    /// (cookie mode), so this need not be low.
+    #[serde(default = "default_syn_rate")]
+    pub syn_rate: u64,
+    /// The burst the SYN rate allows. Default 2,000; 1 to 10,000,000.
+    #[serde(default = "default_syn_burst")]
+    pub syn_burst: u64,
+    /// Most pending handshakes in shadow TCP's replicated table (a SYN over
+    /// it is refused, and its SYN-ACK never leaves). Must be the same on
+    /// every node. Default 4,096; 16 to 1,048,576.
+    #[serde(default = "default_max_half_open")]
+    pub max_half_open: usize,
+    /// Cookie mode once this many handshakes are pending (logged half-open
+    /// ones plus logged-mode SYNs of the last 0.2 s): new handshakes are then
+    /// logged only at the client's third ACK, so spoofed SYNs cannot fill
+    /// the table. A handshake in cookie mode that is in flight at a
+    /// failover is refused (RST). Spoofed SYNs admitted before cookie mode
+    /// stay in the table until `half_open_timeout` (75 s), and a takeover
+    /// rebuilds them, so this is kept low. Default 256; 0 (always cookie
+    /// mode) to `max_half_open / 2`.
+    #[serde(default = "default_syn_cookie_above")]
+    pub syn_cookie_above: usize,
+    /// Cookie-mode handshakes the primary remembers between SYN and third
+    /// ACK (local memory, about 300 bytes each; the oldest is evicted, and
+    /// its ACK, if it ever comes, gets a RST). Default 16,384; 16 to
+    /// 1,048,576.
+    #[serde(default = "default_syn_cookie_table")]
+    pub syn_cookie_table: usize,
+    /// RSTs sent per second (bursts of the same size) to client packets
+    /// that match no connection, as the kernel would answer them. Default
+    /// 1,000; 1 to 1,000,000.
+    #[serde(default = "default_unknown_rst_rate")]
+    pub unknown_rst_rate: u64,
+}
+
+fn default_syn_rate() -> u64 {
+    20_000
+}
+
+fn default_syn_burst() -> u64 {
+    2_000
+}
+
+fn default_max_half_open() -> usize {
+    4_096
+}
+
+fn default_syn_cookie_above() -> usize {
+    256
+}
+
+fn default_syn_cookie_table() -> usize {
+    16_384
+}
+
+fn default_unknown_rst_rate() -> u64 {
+    1_000
 }
 
 fn default_window_clamp() -> u32 {
@@ -490,6 +557,50 @@ impl Config {
                     "use 65536 to 67108864 (262144 is the default)",
                 ));
             }
+            let ranges: [(&str, u64, u64, u64, &str); 5] = [
+                ("syn_rate", service.syn_rate, 1, 10_000_000, "20000"),
+                ("syn_burst", service.syn_burst, 1, 10_000_000, "2000"),
+                (
+                    "max_half_open",
+                    service.max_half_open as u64,
+                    16,
+                    1_048_576,
+                    "4096",
+                ),
+                (
+                    "syn_cookie_table",
+                    service.syn_cookie_table as u64,
+                    16,
+                    1_048_576,
+                    "16384",
+                ),
+                (
+                    "unknown_rst_rate",
+                    service.unknown_rst_rate,
+                    1,
+                    1_000_000,
+                    "1000",
+                ),
+            ];
+            for (name, value, low, high, default) in ranges {
+                if !(low..=high).contains(&value) {
+                    return Err(invalid(
+                        field(name),
+                        format!("{value} is out of range"),
+                        format!("use {low} to {high} ({default} is the default)"),
+                    ));
+                }
+            }
+            if service.syn_cookie_above > service.max_half_open / 2 {
+                return Err(invalid(
+                    field("syn_cookie_above"),
+                    format!(
+                        "{} is above half of max_half_open ({})",
+                        service.syn_cookie_above, service.max_half_open
+                    ),
+                    "use at most max_half_open / 2 (256 is the default), so that handshakes in flight never fill the table",
+                ));
+            }
             if !queues.insert(service.queue) {
                 return Err(invalid(
                     field("queue"),
@@ -624,6 +735,18 @@ port = 6379
             (Ipv4Addr::new(198, 18, 0, 100), 24)
         );
         assert_eq!(config.services[0].window_clamp, 256 * 1024);
+        let service = &config.services[0];
+        assert_eq!(
+            (
+                service.syn_rate,
+                service.syn_burst,
+                service.max_half_open,
+                service.syn_cookie_above,
+                service.syn_cookie_table,
+                service.unknown_rst_rate
+            ),
+            (20_000, 2_000, 4_096, 256, 16_384, 1_000)
+        );
         assert_eq!(config.me().addr, "198.18.0.11:7100".parse().unwrap());
     }
 
@@ -678,6 +801,31 @@ port = 6379
                 "port = 6379",
                 "port = 6379\ncolour = \"blue\"",
                 "unknown field `colour`",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\nsyn_rate = 0",
+                "service[0].syn_rate",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\nmax_half_open = 8",
+                "service[0].max_half_open",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\nmax_half_open = 1000\nsyn_cookie_above = 501",
+                "service[0].syn_cookie_above",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\nsyn_cookie_table = 2000000",
+                "service[0].syn_cookie_table",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\nunknown_rst_rate = 0",
+                "service[0].unknown_rst_rate",
             ),
             (
                 "[cluster]",

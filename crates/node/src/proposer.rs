@@ -12,6 +12,11 @@
 //! A SYN is released at once and its SYN-ACK held, so both land in the same
 //! entry, SYN first: the server side of every handshake is committed before
 //! the client can use it.
+//!
+//! Under a SYN flood (`tandem_core::cookie`), SYN and SYN-ACK pass unlogged
+//! and the handshake is proposed whole with the client's third ACK
+//! ([`Proposer::on_handshake`]): SYN, SYN-ACK, ACK in one entry, the ACK
+//! held until committed.
 
 use crate::group::{Item, LogEntry};
 use tandem_core::classify::Class;
@@ -64,6 +69,7 @@ impl Proposer {
     ) -> (Option<Verdict>, Option<Proposal>) {
         let verdict = match class {
             Class::Junk(_) => return (Some(Verdict::Drop), None),
+            Class::Pass => return (Some(Verdict::Accept), None),
             Class::Release => {
                 self.lazy_since_ms.get_or_insert(now_ms);
                 Some(Verdict::Accept)
@@ -82,6 +88,41 @@ impl Proposer {
         self.bytes += bytes.len();
         self.items.push(Item::Packet { from_server, bytes });
         (verdict, full)
+    }
+
+    /// The third ACK `bytes` (NFQUEUE id `id`) of a cookie-mode handshake
+    /// whose unlogged SYN and SYN-ACK were `syn` and `synack`: the three
+    /// go into one entry, in that order, and the ACK waits for commit.
+    /// Returns an entry that was full before them, to propose at once.
+    pub fn on_handshake(
+        &mut self,
+        now_ms: u64,
+        id: u32,
+        syn: Vec<u8>,
+        synack: Vec<u8>,
+        bytes: Vec<u8>,
+    ) -> Option<Proposal> {
+        let size = syn.len() + synack.len() + bytes.len();
+        let full = if !self.items.is_empty() && self.bytes + size > self.max_entry_bytes {
+            self.take_entry(now_ms)
+        } else {
+            None
+        };
+        self.bytes += size;
+        self.held.push(id);
+        self.items.push(Item::Packet {
+            from_server: false,
+            bytes: syn,
+        });
+        self.items.push(Item::Packet {
+            from_server: true,
+            bytes: synack,
+        });
+        self.items.push(Item::Packet {
+            from_server: false,
+            bytes,
+        });
+        full
     }
 
     /// Adds an item the primary decided on (an abort, a due timer); it is
@@ -168,6 +209,45 @@ mod tests {
         assert_eq!(tags(&proposal), vec![1, 2]);
         assert_eq!(proposal.held, vec![2]);
         assert_eq!(p.poll(2), None);
+    }
+
+    #[test]
+    fn a_cookie_handshake_is_proposed_whole_at_its_third_ack() {
+        let mut p = Proposer::new(64 * 1024, 5);
+        // SYN and SYN-ACK pass unlogged.
+        assert_eq!(
+            p.on_packet(0, 1, Class::Pass, false, packet(1, 60)),
+            (Some(Verdict::Accept), None)
+        );
+        assert_eq!(
+            p.on_packet(0, 2, Class::Pass, true, packet(2, 60)),
+            (Some(Verdict::Accept), None)
+        );
+        assert_eq!(p.poll(100), None, "nothing logged");
+        // Another connection's ACK is waiting to be logged lazily.
+        p.on_packet(1, 3, Class::Release, false, packet(3, 40));
+        assert_eq!(
+            p.on_handshake(1, 4, packet(1, 60), packet(2, 60), packet(4, 50)),
+            None
+        );
+        let proposal = p.poll(1).expect("the held ACK makes a proposal");
+        assert_eq!(tags(&proposal), vec![3, 1, 2, 4]);
+        let from_server: Vec<bool> = proposal
+            .entry
+            .items
+            .iter()
+            .map(|i| {
+                matches!(
+                    i,
+                    Item::Packet {
+                        from_server: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(from_server, vec![false, false, true, false]);
+        assert_eq!(proposal.held, vec![4]);
     }
 
     #[test]

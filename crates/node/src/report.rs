@@ -151,4 +151,23 @@ pub struct Counters {
     pub stepped_down: u64,
     /// Kernel lease refreshes that failed (`nft` refused or is missing).
     pub lease_refresh_errors: u64,
+    /// SYN-flood defence (`tandem_core::cookie`): SYNs and SYN-ACKs passed
+    /// unlogged in cookie mode, handshakes then logged whole at their third
+    /// ACK, SYNs over the rate limit.
+    #[serde(default)]
+    pub cookie_passed: u64,
+    #[serde(default)]
+    pub cookie_handshakes: u64,
+    #[serde(default)]
+    pub syn_rate_limited: u64,
+    /// Held SYN-ACKs dropped because shadow TCP did not log their handshake
+    /// (half-open table full), and third ACKs of cookie handshakes it
+    /// refused (answered with a RST).
+    #[serde(default)]
+    pub synacks_refused: u64,
+    #[serde(default)]
+    pub handshakes_refused: u64,
+    /// RSTs sent to client packets no connection matched.
+    #[serde(default)]
+    pub resets_sent: u64,
 }

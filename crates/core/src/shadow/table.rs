@@ -164,6 +164,12 @@ impl ShadowTable {
         self.entries.is_empty()
     }
 
+    /// Pending handshakes (the count [`ShadowConfig::max_half_open`]
+    /// bounds), without scanning the table.
+    pub fn half_open(&self) -> usize {
+        self.half_open
+    }
+
     fn count(&mut self, kind: Kind, add: bool) {
         let c = match kind {
             Kind::HalfOpen => &mut self.half_open,

@@ -659,6 +659,119 @@ fn syn_flood_is_bounded() {
     assert!(m.total_bytes <= m.bound_bytes);
 }
 
+/// A cookie-mode handshake (crate::cookie) is logged as one entry: SYN,
+/// SYN-ACK, then the client's third ACK carrying data. Shadow TCP goes from
+/// nothing to ESTABLISHED within the entry (no half-open slot is held after
+/// it), delivers the data, and the same entry applied twice, or on another
+/// table, gives the same state.
+#[test]
+fn a_whole_handshake_in_one_entry() {
+    let mut config = cfg();
+    config.max_half_open = 1;
+    let c_isn = 0xffff_fff0u32;
+    let s_isn = 0x1234_5678u32;
+    let syn = Segment {
+        src: client_addr(),
+        dst: server_addr(),
+        seq: c_isn,
+        ack: 0,
+        flags: SYN,
+        window: 64240,
+        options: full_options(1000, 0, 7),
+        payload: &[],
+    };
+    let synack = Segment {
+        src: server_addr(),
+        dst: client_addr(),
+        seq: s_isn,
+        ack: c_isn.wrapping_add(1),
+        flags: SYN | ACK,
+        window: 65483,
+        options: full_options(5000, 1000, 9),
+        payload: &[],
+    };
+    let third = Segment {
+        src: client_addr(),
+        dst: server_addr(),
+        seq: c_isn.wrapping_add(1),
+        ack: s_isn.wrapping_add(1),
+        flags: ACK | TcpFlags::PSH,
+        window: 502,
+        options: SegmentOptions {
+            timestamps: Some(Timestamps {
+                tsval: 1001,
+                tsecr: 5000,
+            }),
+            ..SegmentOptions::default()
+        },
+        payload: b"*1\r\n$4\r\nPING\r\n",
+    };
+    let entry = |t: &mut ShadowTable, now: Millis| -> Vec<Vec<Event>> {
+        vec![
+            t.on_segment(now, Direction::FromClient, &syn).events,
+            t.on_segment(now, Direction::FromServer, &synack).events,
+            t.on_segment(now, Direction::FromClient, &third).events,
+        ]
+    };
+    let mut a = ShadowTable::new(config);
+    let now = Millis(5_000);
+    assert_eq!(
+        entry(&mut a, now),
+        vec![
+            vec![],
+            vec![],
+            vec![
+                Event::Opened,
+                Event::Delivered(b"*1\r\n$4\r\nPING\r\n".to_vec())
+            ]
+        ]
+    );
+    let key = ConnKey {
+        client: client_addr(),
+        server: server_addr(),
+    };
+    let info = a.info(&key).unwrap();
+    assert_eq!(info.state, ShadowState::Established);
+    assert_eq!(info.server_isn, Some(s_isn));
+    assert_eq!(info.rcv_nxt, third.seq.wrapping_add(14));
+    assert_eq!(a.half_open(), 0, "no pending handshake is left behind");
+    // The bound of one pending handshake does not stop the next one.
+    let mut other = syn;
+    other.src = addr("10.0.0.3:40001");
+    assert_eq!(
+        a.on_segment(now, Direction::FromClient, &other).events,
+        vec![]
+    );
+    assert_eq!(a.half_open(), 1);
+    // Another replica applying the same entry agrees.
+    let mut b = ShadowTable::new(config);
+    entry(&mut b, now);
+    b.on_segment(now, Direction::FromClient, &other);
+    assert_eq!(a.state_hash(), b.state_hash());
+    // The same entry again (a duplicate) changes nothing it should not:
+    // the old SYN is dropped, the SYN-ACK matches no pending handshake, the
+    // data is a duplicate.
+    let before = a.info(&key).unwrap();
+    let again = entry(&mut a, now.plus(1));
+    assert!(
+        matches!(again[0].as_slice(), [Event::Dropped(_)]),
+        "{:?}",
+        again[0]
+    );
+    assert_eq!(
+        again[1],
+        vec![Event::Dropped(DropReason::UnexpectedFromServer)]
+    );
+    assert!(!again[2]
+        .iter()
+        .any(|e| matches!(e, Event::Delivered(_) | Event::Opened)));
+    let after = a.info(&key).unwrap();
+    assert_eq!(
+        (after.rcv_nxt, after.delivered),
+        (before.rcv_nxt, before.delivered)
+    );
+}
+
 #[test]
 fn image_of_a_scripted_connection_across_the_wrap() {
     // Both ISNs just below 2³²: every sequence number below wraps.

@@ -30,7 +30,7 @@ mod supervise;
 mod takeover;
 
 use crate::admin::{AdminReply, AdminRequest, AdminServer};
-use crate::capture::{direction_of, facts_of, segment_of, CaptureLoop, Decision};
+use crate::capture::{direction_of, facts_of, reset_for, segment_of, CaptureLoop, Decision};
 use crate::config::{Config, ServiceSection};
 use crate::group::{Effect, Item, LogEntry, ServiceGroup};
 use crate::proposer::{Proposal, Proposer};
@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supervise::Supervisor;
 use takeover::{for_restore, handed_over_packet, replay_head, synack_for_replay, Rebuilt, TS_JUMP};
-use tandem_core::classify::{classify, SynLimiter};
+use tandem_core::classify::{Admit, Class, JunkReason, Seen, SynGuard, SynLimiter};
 use tandem_core::shadow::{ConnKey, ShadowConfig};
 use tandem_replica::{NodeId, Output, ProposalId, Replica, StateRole};
 use tandem_sys::capture::{detect_backend, CaptureRules};
@@ -87,6 +87,29 @@ const MAX_CATCH_UP_TICKS: u32 = 3;
 /// behind (raft-rs would make it catch up first anyway; this keeps the
 /// pause short and the answer honest).
 const MAX_TRANSFER_LAG: u64 = 1_000;
+
+/// A proposed cookie-mode handshake is forgotten by the capture path once
+/// shadow TCP knows it, or after this long (its entry was lost).
+const COOKIE_PROPOSED_TTL_MS: u64 = 5_000;
+
+/// What to check about a held handshake packet once its entry is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HandshakeGuard {
+    /// A SYN-ACK: shadow TCP must hold a handshake with this server ISN.
+    SynAck { key: ConnKey, isn: u32 },
+    /// The third ACK of a cookie-mode handshake: shadow TCP must have
+    /// opened the connection; if not, `reset` goes to the client.
+    ThirdAck {
+        key: ConnKey,
+        reset: Option<Vec<u8>>,
+    },
+    /// A later packet of such a handshake, captured before it was applied:
+    /// shadow TCP must know the connection.
+    Follows {
+        key: ConnKey,
+        reset: Option<Vec<u8>>,
+    },
+}
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +177,16 @@ struct Daemon {
     capture: CaptureLoop,
     rules: CaptureRules,
     proposer: Proposer,
-    syn_limiter: SynLimiter,
+    /// The SYN rate limit, the logged/cookie mode choice and the cookie
+    /// table (`tandem_core::cookie`): the SYN-flood defence.
+    syn_guard: SynGuard,
+    /// Held packets checked against shadow TCP once their entry is applied
+    /// (never let a SYN-ACK out, or a third ACK in, for a handshake the log
+    /// does not know), by NFQUEUE id.
+    guarded: BTreeMap<u32, HandshakeGuard>,
+    /// RSTs for client packets no connection matches (the kernel's answer),
+    /// at most `unknown_rst_rate` per second.
+    rst_limiter: SynLimiter,
     /// NFQUEUE ids held until each of our proposals commits.
     held: BTreeMap<ProposalId, Vec<u32>>,
     sockets: KernelSockets,
@@ -317,7 +349,8 @@ impl Daemon {
             )
             .map_err(io_err("watching the capture queue"))?;
 
-        let shadow_config = ShadowConfig::new(service.window_clamp);
+        let mut shadow_config = ShadowConfig::new(service.window_clamp);
+        shadow_config.max_half_open = service.max_half_open;
         let group = ServiceGroup::new(
             services::fresh(service.kind),
             shadow_config,
@@ -345,6 +378,12 @@ impl Daemon {
         };
         let held_up_warning =
             Duration::from_millis(config.raft.tick_ms * u64::from(config.raft.election_ticks) / 2);
+        let syn_guard = SynGuard::new(
+            SynLimiter::new(service.syn_rate, service.syn_burst),
+            service.syn_cookie_above,
+            service.syn_cookie_table,
+        );
+        let rst_limiter = SynLimiter::new(service.unknown_rst_rate, service.unknown_rst_rate);
         Ok(Daemon {
             sockets: KernelSockets::new(LISTENER_TOKEN, SOCKET_TOKENS, service.window_clamp),
             config,
@@ -362,7 +401,9 @@ impl Daemon {
             capture: CaptureLoop::new(queue),
             rules,
             proposer: Proposer::new(MAX_ENTRY_BYTES, LAZY_LOG_MS),
-            syn_limiter: SynLimiter::new(20_000, 2_000),
+            syn_guard,
+            guarded: BTreeMap::new(),
+            rst_limiter,
             held: BTreeMap::new(),
             fence,
             netlink,
@@ -534,7 +575,11 @@ impl Daemon {
             let handing_over = self.vip_remove_at.is_some();
             let mut late: Vec<Item> = Vec::new();
             let proposer = &mut self.proposer;
-            let syn_limiter = &mut self.syn_limiter;
+            let syn_guard = &mut self.syn_guard;
+            let guarded = &mut self.guarded;
+            let rst_limiter = &mut self.rst_limiter;
+            let mut resets: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
+            let half_open = group.shadow().half_open();
             let counters = &mut self.counters;
             let mut full: Vec<Proposal> = Vec::new();
             let result = self.capture.poll(|packet, parsed| {
@@ -572,8 +617,81 @@ impl Daemon {
                     }
                     return Decision::Verdict(Verdict::Drop);
                 }
-                let class = classify(direction, facts, group.knows(&key), syn_limiter, now_ms);
+                let seen = Seen {
+                    direction,
+                    facts,
+                    key,
+                    seq: segment.seq,
+                    ack: segment.ack,
+                    bytes: &packet.payload,
+                };
                 let from_server = matches!(direction, tandem_core::classify::Direction::FromServer);
+                let class = match syn_guard.admit(seen, group.knows(&key), half_open, now_ms) {
+                    Admit::Handshake { syn, synack } => {
+                        // The third ACK of a cookie-mode handshake: logged
+                        // whole, the ACK released once committed (and only
+                        // if shadow TCP then has the connection).
+                        counters.cookie_handshakes += 1;
+                        full.extend(proposer.on_handshake(
+                            now_ms,
+                            packet.id,
+                            syn,
+                            synack,
+                            packet.payload.to_vec(),
+                        ));
+                        guarded.insert(
+                            packet.id,
+                            HandshakeGuard::ThirdAck {
+                                key,
+                                reset: reset_for(&repr),
+                            },
+                        );
+                        return Decision::Hold;
+                    }
+                    Admit::Class(class) => class,
+                };
+                match class {
+                    Class::Pass => {
+                        // Cookie mode: nothing to log, nothing to copy.
+                        counters.cookie_passed += 1;
+                        counters.released_at_once += 1;
+                        return Decision::Verdict(Verdict::Accept);
+                    }
+                    Class::Junk(JunkReason::SynRateLimited) => counters.syn_rate_limited += 1,
+                    Class::Junk(JunkReason::NoConnection) => {
+                        // No connection, no cookie: the kernel would answer
+                        // with a RST, and so do we, so that a client whose
+                        // cookie handshake was lost (evicted, or in flight
+                        // at a failover) is refused instead of hanging.
+                        if let (Some(reset), IpAddr::V4(client)) =
+                            (reset_for(&repr), key.client.ip())
+                        {
+                            if rst_limiter.admit(now_ms) {
+                                resets.push((client, reset));
+                            }
+                        }
+                    }
+                    Class::Commit if from_server => {
+                        guarded.insert(
+                            packet.id,
+                            HandshakeGuard::SynAck {
+                                key,
+                                isn: segment.seq,
+                            },
+                        );
+                    }
+                    Class::Commit if !group.knows(&key) => {
+                        // After a cookie handshake proposed, not yet applied.
+                        guarded.insert(
+                            packet.id,
+                            HandshakeGuard::Follows {
+                                key,
+                                reset: reset_for(&repr),
+                            },
+                        );
+                    }
+                    _ => {}
+                }
                 let (verdict, proposal) = proposer.on_packet(
                     now_ms,
                     packet.id,
@@ -616,6 +734,7 @@ impl Daemon {
                     }
                 }
             }
+            self.send_resets(resets);
             match result {
                 Ok(_) => {}
                 Err(tandem_sys::nfqueue::NfQueueError::Io { source, .. })
@@ -764,11 +883,70 @@ impl Daemon {
         }
     }
 
+    /// The verdict of a held packet whose entry was just applied: ACCEPT,
+    /// unless it is a handshake packet shadow TCP refused (a full half-open
+    /// table, a mismatch): then the kernel must not see it, and a client
+    /// whose third ACK it was gets a RST instead of a hang.
+    fn guarded_verdict(&mut self, id: u32) -> Verdict {
+        let Some(guard) = self.guarded.remove(&id) else {
+            return Verdict::Accept;
+        };
+        let third = matches!(guard, HandshakeGuard::ThirdAck { .. });
+        let shadow = self.group.shadow();
+        match guard {
+            HandshakeGuard::SynAck { key, isn } => {
+                if shadow.info(&key).and_then(|i| i.server_isn) == Some(isn) {
+                    Verdict::Accept
+                } else {
+                    self.counters.synacks_refused += 1;
+                    Verdict::Drop
+                }
+            }
+            HandshakeGuard::ThirdAck { key, reset } | HandshakeGuard::Follows { key, reset } => {
+                let open = shadow.info(&key).is_some_and(|i| {
+                    !third
+                        || !matches!(
+                            i.state,
+                            tandem_core::shadow::ShadowState::SynSeen
+                                | tandem_core::shadow::ShadowState::SynAckSeen
+                        )
+                });
+                if open {
+                    Verdict::Accept
+                } else {
+                    // Later packets of it are refused too.
+                    self.syn_guard.forget(&key);
+                    self.counters.handshakes_refused += u64::from(third);
+                    if let (Some(reset), IpAddr::V4(client)) = (reset, key.client.ip()) {
+                        self.send_resets(vec![(client, reset)]);
+                    }
+                    Verdict::Drop
+                }
+            }
+        }
+    }
+
+    /// Sends RSTs built by [`reset_for`] from the raw socket.
+    fn send_resets(&mut self, resets: Vec<(Ipv4Addr, Vec<u8>)>) {
+        let Some(raw) = &self.raw else {
+            return;
+        };
+        for (client, reset) in resets {
+            match raw.send(&reset, client) {
+                Ok(()) => self.counters.resets_sent += 1,
+                Err(err) => tracing::debug!(%err, "sending a RST"),
+            }
+        }
+    }
+
     fn drop_held(&mut self, ids: Vec<u32>) {
         if ids.is_empty() {
             return;
         }
         self.counters.dropped_uncommitted += ids.len() as u64;
+        for id in &ids {
+            self.guarded.remove(id);
+        }
         let verdicts: Vec<(u32, Verdict)> = ids.into_iter().map(|id| (id, Verdict::Drop)).collect();
         if let Err(err) = self.capture.release(&verdicts) {
             tracing::warn!(%err, "dropping held packets");
@@ -827,6 +1005,8 @@ impl Daemon {
             };
             self.synacks.retain(|key, _| in_handshake(key));
             self.restored_handshakes.retain(|key| in_handshake(key));
+            self.syn_guard
+                .sweep(wall_ms(), COOKIE_PROPOSED_TTL_MS, |key| group.knows(key));
         }
     }
 
@@ -935,8 +1115,10 @@ impl Daemon {
             if committed.proposal.proposer == self.me {
                 if let Some(ids) = self.held.remove(&committed.proposal) {
                     self.counters.committed_released += ids.len() as u64;
-                    self.verdicts
-                        .extend(ids.into_iter().map(|id| (id, Verdict::Accept)));
+                    for id in ids {
+                        let verdict = self.guarded_verdict(id);
+                        self.verdicts.push((id, verdict));
+                    }
                 }
             }
         }
@@ -1240,6 +1422,9 @@ impl Daemon {
         self.serving = Serving::No;
         self.proposed_at.clear();
         self.restored_handshakes.clear();
+        // Cookie-mode handshakes not yet logged are lost, as with kernel
+        // cookies: the next primary answers their ACKs with a RST.
+        self.syn_guard.clear();
         // Nothing uncommitted reaches this kernel (DROP); its bytes go to
         // the next primary. An entry may also be in the log already: a
         // duplicate is dropped by shadow TCP like any retransmission.
