@@ -193,6 +193,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 nodes,
                 service: service.into(),
                 raft: raft.into(),
+                service_options: Vec::new(),
             };
             let lab = Lab::up(&spec)?;
             if json {

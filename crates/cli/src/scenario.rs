@@ -60,6 +60,7 @@ impl MoveLab {
             nodes,
             service: ServiceKind::None,
             raft: Default::default(),
+            service_options: Vec::new(),
         })
         .with_context(|| format!("building lab {name}"))?;
         let spec = MoveSpec {

@@ -50,6 +50,9 @@ pub struct LabSpec {
     pub service: ServiceKind,
     /// Raft timeouts for the daemons (default: the daemon's own).
     pub raft: RaftTimings,
+    /// Extra `[[service]]` settings for the daemons, as (name, TOML value)
+    /// pairs, e.g. `("max_memory", "67108864")` (default: none).
+    pub service_options: Vec<(String, String)>,
 }
 
 impl Default for LabSpec {
@@ -60,6 +63,7 @@ impl Default for LabSpec {
             nodes: DEFAULT_NODES,
             service: ServiceKind::None,
             raft: RaftTimings::default(),
+            service_options: Vec::new(),
         }
     }
 }
@@ -82,6 +86,13 @@ impl LabSpec {
     /// The same spec serving `service`.
     pub fn with_service(mut self, service: ServiceKind) -> Self {
         self.service = service;
+        self
+    }
+
+    /// The same spec with an extra `[[service]]` setting for the daemons
+    /// (`value` is written as TOML as it is).
+    pub fn with_service_option(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.service_options.push((name.to_string(), value.into()));
         self
     }
 
@@ -917,6 +928,7 @@ fn plan(name: &str, spec: &LabSpec) -> LabState {
         daemon: None,
         files_dir: None,
         raft: spec.raft,
+        service_options: spec.service_options.clone(),
     }
 }
 

@@ -178,6 +178,10 @@ pub(crate) struct LabState {
     /// Raft timeouts written into every node's config.
     #[serde(default)]
     pub raft: RaftTimings,
+    /// Extra `[[service]]` settings written into every node's config, as
+    /// (name, TOML value) pairs (e.g. the bounds: `max_memory`).
+    #[serde(default)]
+    pub service_options: Vec<(String, String)>,
 }
 
 /// Raft timeouts for the lab's daemons, written as `[raft]` into every
@@ -418,6 +422,7 @@ mod tests {
             daemon: Some("/usr/bin/tandem".into()),
             files_dir: Some("/run/tandem/labs/x".into()),
             raft: RaftTimings::default(),
+            service_options: Vec::new(),
         }
     }
 

@@ -629,7 +629,8 @@ fn the_context_counts_room_and_memory_as_the_service_sends() {
         max_memory: 1000,
         ..Limits::default()
     };
-    let mut ctx = Context::new(1, Millis(0), super::Rng::for_entry(1, 1), 1).with_limits(limits, 900);
+    let mut ctx =
+        Context::new(1, Millis(0), super::Rng::for_entry(1, 1), 1).with_limits(limits, 900);
     // Without the runtime's bookkeeping no cap is known for a connection.
     assert_eq!(ctx.output_room(ConnId(1)), u64::MAX);
     assert!(!ctx.over_memory(100));
