@@ -234,7 +234,7 @@ pub struct ServiceSection {
     /// data + 4 KiB per connection + queued output, computed from data
     /// sizes). Over it, kv answers writes with `-OOM command not allowed
     /// when used memory > 'maxmemory'.`; reads and deletes still work.
-    /// Default 2 GiB ([`DEFAULT_MAX_MEMORY`]); at least 16 MiB.
+    /// Default 2 GiB ([`DEFAULT_MAX_MEMORY`]); at least 1 MiB.
     #[serde(default = "default_max_memory")]
     pub max_memory: u64,
     /// Most input bytes one connection may have buffered unparsed (an

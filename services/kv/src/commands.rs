@@ -241,7 +241,17 @@ fn run(
             _ => array(out, 0),
         },
         "get" => match typed!(db, a[1], Str) {
-            Some(v) => bulk(out, v),
+            Some(v) => {
+                // A big value's reply is checked against the output cap
+                // before it is copied (a flood of GETs stops at once).
+                let need = (out.len() + v.len()) as u64 + 32;
+                if let Some(conn) = ctx.conn() {
+                    if !ctx.reserve(conn, need) {
+                        return Ok(());
+                    }
+                }
+                bulk(out, v)
+            }
             None => nil(out),
         },
         "set" => set(db, now, a, out)?,

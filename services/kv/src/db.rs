@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use tandem_core::shadow::hash::Fnv64;
 
 /// A value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +165,57 @@ impl Db {
             .map(|k| EXPIRE_OVERHEAD + 2 * k.len() as u64)
             .sum();
         data + expires
+    }
+
+    /// Feeds the whole keyspace into `h`, in key order: every key, its
+    /// value (kind and contents, lengths first so nothing is ambiguous) and
+    /// its expiry. Hashes the bytes where they lie, without encoding a
+    /// snapshot first.
+    pub fn hash_into(&self, h: &mut Fnv64) {
+        let bytes = |h: &mut Fnv64, b: &[u8]| {
+            h.u64(b.len() as u64).bytes(b);
+        };
+        h.u64(self.data.len() as u64);
+        for (key, value) in &self.data {
+            bytes(h, key);
+            match value {
+                Value::Str(s) => {
+                    h.u64(0);
+                    bytes(h, s);
+                }
+                Value::List(l) => {
+                    h.u64(1).u64(l.len() as u64);
+                    for e in l {
+                        bytes(h, e);
+                    }
+                }
+                Value::Hash(m) => {
+                    h.u64(2).u64(m.len() as u64);
+                    for (f, v) in m {
+                        bytes(h, f);
+                        bytes(h, v);
+                    }
+                }
+                Value::Set(s) => {
+                    h.u64(3).u64(s.len() as u64);
+                    for e in s {
+                        bytes(h, e);
+                    }
+                }
+                Value::ZSet(z) => {
+                    h.u64(4).u64(z.scores.len() as u64);
+                    for (m, score) in &z.scores {
+                        bytes(h, m);
+                        h.u64(score.0.to_bits());
+                    }
+                }
+            }
+        }
+        h.u64(self.expires.len() as u64);
+        for (key, at) in &self.expires {
+            bytes(h, key);
+            h.u64(*at);
+        }
     }
 
     /// Sets the running figure from [`Db::recount`].

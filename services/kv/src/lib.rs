@@ -105,6 +105,9 @@ impl Kv {
                 Parsed::Command(args, used) => {
                     pos += used;
                     flow = commands::execute(&mut self.db, ctx, &args, &mut out);
+                    if ctx.overflowed(conn) {
+                        return;
+                    }
                     // Each reply goes out as it is made, so the output cap
                     // is checked after every command; past it the runtime
                     // resets the connection and the rest of its pipeline
@@ -178,6 +181,19 @@ impl Service for Kv {
         kv.db.reset_used();
         kv.input_bytes = kv.conns.values().map(|c| c.input.len() as u64).sum();
         Ok(kv)
+    }
+
+    /// The keyspace and every connection's unfinished request, hashed in
+    /// place (the default would encode a whole snapshot first: slow for a
+    /// big keyspace, and asked for by every `tandem status`).
+    fn state_hash(&self) -> u64 {
+        let mut h = tandem_core::shadow::hash::Fnv64::new();
+        self.db.hash_into(&mut h);
+        h.u64(self.conns.len() as u64);
+        for (id, c) in &self.conns {
+            h.u64(id.0).u64(c.input.len() as u64).bytes(&c.input);
+        }
+        h.finish()
     }
 
     /// The keyspace's accounted bytes plus every connection's unparsed

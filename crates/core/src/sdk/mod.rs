@@ -390,9 +390,9 @@ impl Limits {
                 self.max_value, self.max_request
             ));
         }
-        if self.max_memory < 16 * 1024 * 1024 {
+        if self.max_memory < 1024 * 1024 {
             return Err(format!(
-                "max_memory: {} bytes is below 16 MiB",
+                "max_memory: {} bytes is below 1 MiB",
                 self.max_memory
             ));
         }
@@ -433,7 +433,13 @@ pub struct Context {
     /// Accounted memory that is not the service's own data: connections
     /// and queued output, including what this event sent.
     other_memory: u64,
+    /// The connection of the event being handled.
+    conn: Option<ConnId>,
 }
+
+/// Consecutive sends to one connection are merged into one action while the
+/// result stays under this many bytes.
+const COALESCE_BELOW: usize = 64 * 1024;
 
 impl Context {
     /// A context at log `index`, time `now`, with the entry's generator and
@@ -451,6 +457,7 @@ impl Context {
             sent: BTreeMap::new(),
             overflowed: BTreeSet::new(),
             other_memory: 0,
+            conn: None,
         }
     }
 
@@ -506,11 +513,42 @@ impl Context {
             return true;
         }
         let len = bytes.len() as u64;
+        if !self.reserve(conn, len) {
+            return false;
+        }
+        *self.sent.entry(conn).or_insert(0) += len;
+        self.other_memory = self.other_memory.saturating_add(len);
+        // Coalesce with a directly preceding small send to the same
+        // connection: a pipelined burst of short replies becomes one action
+        // (and one write); big replies move as they are, never copied.
+        if let Some(Action::Send {
+            conn: last,
+            bytes: prev,
+        }) = self.actions.last_mut()
+        {
+            if *last == conn && prev.len() + bytes.len() <= COALESCE_BELOW {
+                prev.extend_from_slice(&bytes);
+                return true;
+            }
+        }
+        self.actions.push(Action::Send { conn, bytes });
+        true
+    }
+
+    /// Checks that `bytes` more output fit under the connection's
+    /// [`Limits::output_cap`] before the service builds them (a big reply
+    /// need not be made only to be refused). False means they do not: the
+    /// connection is then treated exactly as after a refused
+    /// [`Context::try_send`] (reset after the event).
+    pub fn reserve(&mut self, conn: ConnId, bytes: u64) -> bool {
+        if self.overflowed.contains(&conn) {
+            return false;
+        }
         if let Some(c) = self.outputs.get(&conn) {
             let queued = c
                 .queued()
                 .saturating_add(self.sent.get(&conn).copied().unwrap_or(0));
-            if queued.saturating_add(len) > self.limits.output_cap {
+            if queued.saturating_add(bytes) > self.limits.output_cap {
                 self.overflowed.insert(conn);
                 // What this event queued for it goes nowhere: the
                 // connection is reset.
@@ -520,22 +558,13 @@ impl Context {
                 return false;
             }
         }
-        *self.sent.entry(conn).or_insert(0) += len;
-        self.other_memory = self.other_memory.saturating_add(len);
-        // Coalesce with a directly preceding send to the same connection:
-        // a pipelined burst of replies becomes one action (and one write).
-        if let Some(Action::Send {
-            conn: last,
-            bytes: prev,
-        }) = self.actions.last_mut()
-        {
-            if *last == conn {
-                prev.extend_from_slice(&bytes);
-                return true;
-            }
-        }
-        self.actions.push(Action::Send { conn, bytes });
         true
+    }
+
+    /// The connection of the event being handled, if it has one (so code
+    /// deep in a service can [`Context::reserve`] room for its reply).
+    pub fn conn(&self) -> Option<ConnId> {
+        self.conn
     }
 
     /// How many more bytes the connection's output may take before

@@ -314,6 +314,7 @@ impl Runtime {
         // Lend the output bookkeeping so every send is checked against the
         // cap as it is made (moved, not copied; given back below).
         ctx.outputs = std::mem::take(&mut self.conns);
+        ctx.conn = event.conn();
         let service = &mut self.service;
         let result = catch_unwind(AssertUnwindSafe(|| service.on_event(&mut ctx, event)));
         self.conns = std::mem::take(&mut ctx.outputs);
