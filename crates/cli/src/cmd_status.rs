@@ -340,6 +340,17 @@ pub(crate) fn render_details(r: &NodeReport) -> String {
         s.closed,
         s.service_panics
     ));
+    out.push_str(&format!(
+        "memory   {} of {} accounted ({}); {} connections reset at the output cap\n",
+        mib(s.memory_used),
+        mib(s.memory_limit),
+        if s.memory_limit > 0 && s.memory_used > s.memory_limit {
+            "over the budget: writes refused"
+        } else {
+            "within the budget"
+        },
+        s.output_overflows
+    ));
     let nonzero: Vec<String> = match serde_json::to_value(&r.counters) {
         Ok(serde_json::Value::Object(map)) => map
             .iter()
@@ -357,6 +368,11 @@ pub(crate) fn render_details(r: &NodeReport) -> String {
         }
     ));
     out
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]
@@ -418,6 +434,9 @@ mod tests {
                 opened: 6,
                 closed: 2,
                 service_panics: 0,
+                memory_used: 0,
+                memory_limit: 0,
+                output_overflows: 0,
             },
             counters: Counters {
                 captured: 2080,

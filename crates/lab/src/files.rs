@@ -128,6 +128,7 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
          interface = {interface}\n\
          port = {port}\n\
          queue = 0\n\
+         {options}\
          \n\
          # `touch {flag}` makes this node unhealthy: as primary it hands\n\
          # its role over, as a clone it refuses it.\n\
@@ -139,6 +140,11 @@ pub(crate) fn node_config(state: &LabState, dir: &Path, id: u32) -> String {
         vip = toml_str(&format!("{}/{}", state.vip, state.prefix_len)),
         interface = toml_str(NODE_INTERFACE),
         port = state.port,
+        options = state
+            .service_options
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect::<String>(),
         flag = unhealthy_flag(dir, id).display(),
         check = toml_str(&format!("test ! -e {}", unhealthy_flag(dir, id).display())),
     ));

@@ -54,6 +54,9 @@ pub struct LabSpec {
     /// (`cluster.unencrypted_replication_for_benchmarks`), so that `tandem
     /// bench kv` can measure what encryption costs. Default false.
     pub unencrypted_replication_for_benchmarks: bool,
+    /// Extra `[[service]]` settings for the daemons, as (name, TOML value)
+    /// pairs, e.g. `("max_memory", "67108864")` (default: none).
+    pub service_options: Vec<(String, String)>,
 }
 
 impl Default for LabSpec {
@@ -65,6 +68,7 @@ impl Default for LabSpec {
             service: ServiceKind::None,
             raft: RaftTimings::default(),
             unencrypted_replication_for_benchmarks: false,
+            service_options: Vec::new(),
         }
     }
 }
@@ -94,6 +98,13 @@ impl LabSpec {
     /// (benchmarks only).
     pub fn with_unencrypted_replication_for_benchmarks(mut self) -> Self {
         self.unencrypted_replication_for_benchmarks = true;
+        self
+    }
+
+    /// The same spec with an extra `[[service]]` setting for the daemons
+    /// (`value` is written as TOML as it is).
+    pub fn with_service_option(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.service_options.push((name.to_string(), value.into()));
         self
     }
 
@@ -930,6 +941,7 @@ fn plan(name: &str, spec: &LabSpec) -> LabState {
         files_dir: None,
         raft: spec.raft,
         unencrypted_replication_for_benchmarks: spec.unencrypted_replication_for_benchmarks,
+        service_options: spec.service_options.clone(),
     }
 }
 

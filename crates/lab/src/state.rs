@@ -181,6 +181,10 @@ pub(crate) struct LabState {
     /// Written into every node's config (benchmarks only).
     #[serde(default)]
     pub unencrypted_replication_for_benchmarks: bool,
+    /// Extra `[[service]]` settings written into every node's config, as
+    /// (name, TOML value) pairs (e.g. the bounds: `max_memory`).
+    #[serde(default)]
+    pub service_options: Vec<(String, String)>,
 }
 
 /// Raft timeouts for the lab's daemons, written as `[raft]` into every
@@ -422,6 +426,7 @@ mod tests {
             files_dir: Some("/run/tandem/labs/x".into()),
             raft: RaftTimings::default(),
             unencrypted_replication_for_benchmarks: false,
+            service_options: Vec::new(),
         }
     }
 

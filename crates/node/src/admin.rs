@@ -716,6 +716,9 @@ mod tests {
                 opened: 5,
                 closed: 2,
                 service_panics: 0,
+                memory_used: 0,
+                memory_limit: 0,
+                output_overflows: 0,
             },
             counters: Counters {
                 captured: 300,

@@ -50,6 +50,13 @@
 //! syn_cookie_above = 256                  # cookie mode once this many are pending
 //! syn_cookie_table = 16384                # cookie handshakes the primary remembers
 //! unknown_rst_rate = 1000                 # RSTs per second to packets of no connection
+//! # Bounds (optional; these are the defaults). Every replica must use the
+//! # same values: they decide what clients see.
+//! output_cap = 33554432                   # queued output per connection; past it: RST
+//! max_memory = 2147483648                 # accounted bytes; past it: -OOM on writes
+//! max_request = 33554432                  # unparsed input per connection; past it: error + close
+//! max_value = 16777216                    # largest argument; past it: error + close
+//! max_connections = 65536                 # shadow TCP entries; past it: SYN dropped
 //! ```
 
 use serde::Deserialize;
@@ -57,6 +64,10 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use tandem_replica::envelope::{ClusterKey, Keyring};
+use tandem_core::sdk::{
+    Limits, DEFAULT_MAX_MEMORY, DEFAULT_MAX_REQUEST, DEFAULT_MAX_VALUE, DEFAULT_OUTPUT_CAP,
+};
+use tandem_core::shadow::ShadowConfig;
 
 /// Why a configuration was refused: which field, what is wrong, how to fix it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -290,6 +301,37 @@ pub struct ServiceSection {
     /// 1,000; 1 to 1,000,000.
     #[serde(default = "default_unknown_rst_rate")]
     pub unknown_rst_rate: u64,
+    /// Hard cap on one connection's queued output (sent or not, not yet
+    /// acknowledged), in bytes; a connection whose replies would pass it is
+    /// reset (the client sees a RST) and the rest of its input in that log
+    /// entry is discarded. Default 32 MiB ([`DEFAULT_OUTPUT_CAP`]); at
+    /// least 64 KiB.
+    #[serde(default = "default_output_cap")]
+    pub output_cap: u64,
+    /// Memory budget of the service group, in accounted bytes (service
+    /// data + 4 KiB per connection + queued output, computed from data
+    /// sizes). Over it, kv answers writes with `-OOM command not allowed
+    /// when used memory > 'maxmemory'.`; reads and deletes still work.
+    /// Default 2 GiB ([`DEFAULT_MAX_MEMORY`]); at least 1 MiB.
+    #[serde(default = "default_max_memory")]
+    pub max_memory: u64,
+    /// Most input bytes one connection may have buffered unparsed (an
+    /// unfinished request or a pipeline not yet processed); past it kv
+    /// replies `-ERR Protocol error: request too large` and closes the
+    /// connection. Default 32 MiB ([`DEFAULT_MAX_REQUEST`]); at least
+    /// `max_value`.
+    #[serde(default = "default_max_request")]
+    pub max_request: u64,
+    /// Largest single argument of a request (a Redis bulk string); past it
+    /// kv replies `-ERR Protocol error: invalid bulk length` and closes the
+    /// connection. Default 16 MiB ([`DEFAULT_MAX_VALUE`]); at least 1 KiB.
+    #[serde(default = "default_max_value")]
+    pub max_value: u64,
+    /// Most connections shadow TCP tracks (half-open, open and TIME_WAIT);
+    /// a SYN beyond it is dropped (the client's connect times out or is
+    /// retried). Default 65,536; 16 to 1,048,576.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_syn_rate() -> u64 {
@@ -316,11 +358,50 @@ fn default_unknown_rst_rate() -> u64 {
     1_000
 }
 
+fn default_output_cap() -> u64 {
+    DEFAULT_OUTPUT_CAP
+}
+
+fn default_max_memory() -> u64 {
+    DEFAULT_MAX_MEMORY
+}
+
+fn default_max_request() -> u64 {
+    DEFAULT_MAX_REQUEST
+}
+
+fn default_max_value() -> u64 {
+    DEFAULT_MAX_VALUE
+}
+
+fn default_max_connections() -> usize {
+    ShadowConfig::default().max_connections
+}
+
 fn default_window_clamp() -> u32 {
     256 * 1024
 }
 
 impl ServiceSection {
+    /// The bounds the service group applies (valid after [`Config::parse`]).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            output_cap: self.output_cap,
+            max_memory: self.max_memory,
+            max_request: self.max_request,
+            max_value: self.max_value,
+        }
+    }
+
+    /// Shadow TCP's parameters: the window clamp and the connection bound.
+    pub fn shadow_config(&self) -> ShadowConfig {
+        ShadowConfig {
+            max_connections: self.max_connections,
+            max_half_open: self.max_half_open,
+            ..ShadowConfig::new(self.window_clamp)
+        }
+    }
+
     /// The VIP and its prefix length (valid after [`Config::parse`]).
     pub fn vip(&self) -> (Ipv4Addr, u8) {
         parse_cidr(&self.vip).unwrap_or((Ipv4Addr::UNSPECIFIED, 0))
@@ -601,6 +682,22 @@ impl Config {
                     "use at most max_half_open / 2 (256 is the default), so that handshakes in flight never fill the table",
                 ));
             }
+            if let Err(problem) = service.limits().validate() {
+                let name = problem.split(':').next().unwrap_or("limits").to_string();
+                let name = name.split(' ').next().unwrap_or("limits").to_string();
+                return Err(invalid(
+                    field(&name),
+                    problem,
+                    "see the defaults in the documentation of [[service]]",
+                ));
+            }
+            if !(16..=1 << 20).contains(&service.max_connections) {
+                return Err(invalid(
+                    field("max_connections"),
+                    format!("{} is out of range", service.max_connections),
+                    "use 16 to 1048576 (65536 is the default)",
+                ));
+            }
             if !queues.insert(service.queue) {
                 return Err(invalid(
                     field("queue"),
@@ -747,6 +844,10 @@ port = 6379
             ),
             (20_000, 2_000, 4_096, 256, 16_384, 1_000)
         );
+        assert_eq!(config.services[0].limits(), Limits::default());
+        assert_eq!(config.services[0].output_cap, 32 << 20);
+        assert_eq!(config.services[0].max_memory, 2 << 30);
+        assert_eq!(config.services[0].shadow_config().max_connections, 65_536);
         assert_eq!(config.me().addr, "198.18.0.11:7100".parse().unwrap());
     }
 
@@ -796,6 +897,26 @@ port = 6379
                 "port = 6379",
                 "port = 6379\nwindow_clamp = 10",
                 "service[0].window_clamp",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\noutput_cap = 1000",
+                "service[0].output_cap",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\nmax_value = 100",
+                "service[0].max_value",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\nmax_memory = 1000",
+                "service[0].max_memory",
+            ),
+            (
+                "port = 6379",
+                "port = 6379\nmax_connections = 1",
+                "service[0].max_connections",
             ),
             (
                 "port = 6379",

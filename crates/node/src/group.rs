@@ -7,10 +7,18 @@
 //! the kernel gave up on, a timer that fell due). Applying it:
 //! 1. every packet goes through shadow TCP, which turns it into connection
 //!    events (opened, bytes, peer closed, reset);
-//! 2. the events go to the service, through the SDK runtime, as one entry;
-//! 3. the service's actions update shadow TCP's output bookkeeping and come
-//!    out as [`Effect`]s: the primary carries them out on real sockets, the
-//!    clones ignore them (their bookkeeping is already done).
+//! 2. the events go to the service, through the SDK runtime, one packet's
+//!    events at a time (the entry's random stream continues across them);
+//! 3. the service's actions update shadow TCP's output bookkeeping before
+//!    the next packet is fed, and come out as [`Effect`]s: the primary
+//!    carries them out on real sockets, the clones ignore them (their
+//!    bookkeeping is already done).
+//!
+//! Feeding packet by packet is what makes the bounds exact whatever the
+//! batching: the input throttle sees the output of every earlier packet,
+//! the output cap ([`Limits::output_cap`]) is checked at every send against
+//! output the client's logged ACKs have not covered, and the memory budget
+//! ([`Limits::max_memory`]) sees every connection and byte queued so far.
 //!
 //! Connections get their [`ConnId`] in log order, so ids agree everywhere
 //! whatever ports the primary's kernel used.
@@ -32,7 +40,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use tandem_core::sdk::{Action, ConnId, Event as SdkEvent, Runtime, Service, TimerId};
+use tandem_core::sdk::{
+    Action, ConnId, Event as SdkEvent, Limits, MemoryUse, Runtime, Service, TimerId,
+};
 pub use tandem_core::shadow::SnapshotError;
 use tandem_core::shadow::{
     ConnKey, Direction, Event as ShadowEvent, Millis, ShadowConfig, ShadowTable, TableSnapshot,
@@ -129,6 +139,31 @@ impl ServiceGroup {
             stats: GroupStats::default(),
             delivered: Vec::new(),
         }
+    }
+
+    /// Sets the bounds applied from now on (they come from the
+    /// configuration every replica shares, like the [`ShadowConfig`]; a
+    /// restored group needs them set again).
+    pub fn with_limits(mut self, limits: Limits) -> ServiceGroup {
+        self.runtime.set_limits(limits);
+        self
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> Limits {
+        *self.runtime.limits()
+    }
+
+    /// The accounted memory against the budget (the same on every replica
+    /// at the same index).
+    pub fn memory(&self) -> MemoryUse {
+        self.runtime.memory()
+    }
+
+    /// Connections reset because their queued output would have passed
+    /// [`Limits::output_cap`].
+    pub fn output_overflows(&self) -> u64 {
+        self.runtime.overflows()
     }
 
     /// The index of the last entry applied.
@@ -263,14 +298,17 @@ impl ServiceGroup {
         self.stats.entries += 1;
         let now = Millis(entry.timestamp_ms);
         let mut events = Vec::new();
+        let mut effects = Vec::new();
         // Half-open handshakes and TIME_WAIT entries expire in log time,
         // checked once per second of it: the previous entry's time is in
         // every replica's state (and snapshot), so all expire alike.
         let before = self.runtime.now();
+        self.runtime.begin_entry(index, now);
         if before.0 / 1000 != before.0.max(now.0) / 1000 {
             for (key, event) in self.shadow.expire(Millis(before.0.max(now.0))) {
                 self.translate(key, vec![event], &mut events);
             }
+            self.run(&mut events, &mut effects);
         }
         for item in &entry.items {
             match item {
@@ -309,11 +347,21 @@ impl ServiceGroup {
                     generation: *generation,
                 }),
             }
+            self.run(&mut events, &mut effects);
         }
-        let actions = self.runtime.apply_entry(index, now, events);
-        let mut effects = std::mem::take(&mut self.delivered);
-        effects.extend(self.carry_out(actions));
         effects
+    }
+
+    /// Hands one item's events to the service and records its actions, so
+    /// the next item sees their effect (output queued, connections reset).
+    fn run(&mut self, events: &mut Vec<SdkEvent>, effects: &mut Vec<Effect>) {
+        effects.append(&mut self.delivered);
+        self.runtime.set_host_connections(self.shadow.len() as u64);
+        for event in events.drain(..) {
+            let actions = self.runtime.apply_event(event);
+            let done = self.carry_out(actions);
+            effects.extend(done);
+        }
     }
 
     /// Panics of the service caught during apply (each aborted a connection).
@@ -363,8 +411,12 @@ impl ServiceGroup {
                     }
                 }
                 ShadowEvent::Dropped(_) => self.stats.shadow_drops += 1,
-                ShadowEvent::Acked(_)
-                | ShadowEvent::HandshakeAborted
+                ShadowEvent::Acked(bytes) => {
+                    if let Some(&conn) = self.ids.get(&key) {
+                        self.runtime.output_acked(conn, bytes);
+                    }
+                }
+                ShadowEvent::HandshakeAborted
                 | ShadowEvent::HalfOpenExpired
                 | ShadowEvent::TimeWaitEnded => {}
             }

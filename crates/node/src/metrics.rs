@@ -145,6 +145,9 @@ pub struct Metrics {
     shadow_mismatches: Family<ServiceLabels, Counter>,
     healthy: Family<ServiceLabels, Gauge>,
     draining: Family<ServiceLabels, Gauge>,
+    memory_used: Family<ServiceLabels, Gauge>,
+    memory_limit: Family<ServiceLabels, Gauge>,
+    output_overflows: Family<ServiceLabels, Counter>,
     /// Roles seen beyond [`ROLES`], so that setting one zeroes them too.
     extra_roles: Mutex<BTreeSet<String>>,
     /// Peers with a series now, per service, so that peers that left (or
@@ -352,6 +355,27 @@ impl Metrics {
              primary role",
             draining.clone(),
         );
+        let memory_used = Family::<ServiceLabels, Gauge>::default();
+        registry.register_with_unit(
+            "tandem_memory_used",
+            "Accounted memory of the service group: service data + 4 KiB per connection + \
+             queued output, computed from data sizes (equal on every replica)",
+            Unit::Bytes,
+            memory_used.clone(),
+        );
+        let memory_limit = Family::<ServiceLabels, Gauge>::default();
+        registry.register_with_unit(
+            "tandem_memory_limit",
+            "The service group's memory budget (max_memory); over it kv refuses writes with -OOM",
+            Unit::Bytes,
+            memory_limit.clone(),
+        );
+        let output_overflows = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "tandem_output_overflows",
+            "Client connections reset because their queued output would have passed output_cap",
+            output_overflows.clone(),
+        );
         Metrics {
             registry,
             node_info,
@@ -379,6 +403,9 @@ impl Metrics {
             shadow_mismatches,
             healthy,
             draining,
+            memory_used,
+            memory_limit,
+            output_overflows,
             extra_roles: Mutex::new(BTreeSet::new()),
             peers: Mutex::new(BTreeMap::new()),
         }
@@ -582,6 +609,15 @@ impl Metrics {
         );
     }
 
+    /// The group's accounted memory, its budget, and the output-cap resets
+    /// so far (a running total).
+    pub fn set_memory(&self, service: &str, used: u64, limit: u64, overflows: u64) {
+        let labels = service_labels(service);
+        gauge_u64(&self.memory_used.get_or_create(&labels), used);
+        gauge_u64(&self.memory_limit.get_or_create(&labels), limit);
+        raise(&self.output_overflows.get_or_create(&labels), overflows);
+    }
+
     /// Supervision's verdict and the drain flag.
     pub fn set_health(&self, service: &str, healthy: bool, draining: bool) {
         let labels = service_labels(service);
@@ -619,6 +655,12 @@ impl Metrics {
         self.set_auth_failures(report.counters.auth_rejected);
         self.set_replication_rejected(&report.counters);
         self.set_shadow_mismatches(name, report.counters.shadow_mismatches);
+        self.set_memory(
+            name,
+            report.service.memory_used,
+            report.service.memory_limit,
+            report.service.output_overflows,
+        );
     }
 
     /// The Prometheus text format (0.0.4).
@@ -968,6 +1010,9 @@ mod tests {
                 opened: 5,
                 closed: 1,
                 service_panics: 0,
+                memory_used: 0,
+                memory_limit: 0,
+                output_overflows: 0,
             },
             counters: Counters {
                 auth_rejected: 3,

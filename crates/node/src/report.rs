@@ -86,6 +86,18 @@ pub struct ServiceReport {
     pub opened: u64,
     pub closed: u64,
     pub service_panics: u64,
+    /// Accounted memory of the service group (service data + 4 KiB per
+    /// connection + queued output, from data sizes: equal on every replica
+    /// at equal index) and its budget, `max_memory`. Over the budget kv
+    /// refuses writes with `-OOM`.
+    #[serde(default)]
+    pub memory_used: u64,
+    #[serde(default)]
+    pub memory_limit: u64,
+    /// Connections reset because their queued output would have passed
+    /// `output_cap`.
+    #[serde(default)]
+    pub output_overflows: u64,
 }
 
 /// Counters since the daemon started.

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use tandem_core::sdk::Context;
 
-use crate::db::{Db, Value, ZSet};
+use crate::db::{elem_weight, field_weight, member_weight, Db, Value, ZSet, KEY_OVERHEAD};
 use crate::resp::{self, array, bulk, int, nil, nil_array, parse_i64, simple};
 use crate::Flow;
 
@@ -68,6 +68,17 @@ const NOT_INT: &str = "ERR value is not an integer or out of range";
 const NOT_FLOAT: &str = "ERR value is not a valid float";
 const SYNTAX: &str = "ERR syntax error";
 const NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
+/// Redis' reply to a command that may grow memory while the budget is
+/// spent (`maxmemory` reached, no eviction).
+pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+
+/// The commands Redis flags `denyoom`: refused while the group is over its
+/// memory budget. Everything else (reads, DEL, pops, EXPIRE, FLUSHALL)
+/// still works, so clients can make room.
+const DENY_OOM: &[&str] = &[
+    "append", "decr", "decrby", "hset", "incr", "incrby", "lpush", "mset", "rpush", "sadd", "set",
+    "zadd",
+];
 
 type Reply = Result<(), String>;
 
@@ -94,9 +105,13 @@ macro_rules! typed_mut {
     };
 }
 
-/// Mutable, created empty if absent.
+/// Mutable, created empty if absent (the new key is charged to the
+/// memory accounting; its elements are charged by the command).
 macro_rules! typed_create {
-    ($db:expr, $key:expr, $variant:ident) => {
+    ($db:expr, $key:expr, $variant:ident) => {{
+        if !$db.data.contains_key($key.as_slice()) {
+            $db.charge(KEY_OVERHEAD + $key.len() as u64);
+        }
         match $db
             .data
             .entry($key.to_vec())
@@ -105,7 +120,7 @@ macro_rules! typed_create {
             Value::$variant(x) => x,
             _ => return Err(WRONGTYPE.into()),
         }
-    };
+    }};
 }
 
 /// Runs one request and appends its reply to `out`.
@@ -133,6 +148,10 @@ pub(crate) fn execute(db: &mut Db, ctx: &mut Context, args: &[Vec<u8>], out: &mu
     if canonical == "quit" {
         simple(out, "OK");
         return Flow::Close;
+    }
+    if DENY_OOM.contains(&canonical) && ctx.over_memory(db.used()) {
+        resp::error(out, OOM);
+        return Flow::Continue;
     }
     let now = ctx.now().0;
     let mark = out.len();
@@ -222,7 +241,17 @@ fn run(
             _ => array(out, 0),
         },
         "get" => match typed!(db, a[1], Str) {
-            Some(v) => bulk(out, v),
+            Some(v) => {
+                // A big value's reply is checked against the output cap
+                // before it is copied (a flood of GETs stops at once).
+                let need = (out.len() + v.len()) as u64 + 32;
+                if let Some(conn) = ctx.conn() {
+                    if !ctx.reserve(conn, need) {
+                        return Ok(());
+                    }
+                }
+                bulk(out, v)
+            }
             None => nil(out),
         },
         "set" => set(db, now, a, out)?,
@@ -267,6 +296,7 @@ fn run(
             let s = typed_create!(db, a[1], Str);
             s.extend_from_slice(&a[2]);
             int(out, s.len() as i64);
+            db.charge(a[2].len() as u64);
         }
         "strlen" => int(out, typed!(db, a[1], Str).map_or(0, |s| s.len()) as i64),
         "expire" | "pexpire" => expire(db, now, cmd, a, out)?,
@@ -296,6 +326,7 @@ fn run(
                 }
             }
             int(out, l.len() as i64);
+            db.charge(a[2..].iter().map(|v| elem_weight(v)).sum());
         }
         "lpop" | "rpop" => {
             if a.len() > 3 {
@@ -321,19 +352,25 @@ fn run(
                     l.pop_back()
                 }
             };
+            let mut freed = 0;
             match count {
                 None => match pop(l) {
-                    Some(v) => bulk(out, &v),
+                    Some(v) => {
+                        freed += elem_weight(&v);
+                        bulk(out, &v);
+                    }
                     None => nil(out),
                 },
                 Some(n) => {
                     let items: Vec<_> = (0..n.min(l.len())).filter_map(|_| pop(l)).collect();
                     array(out, items.len());
                     for v in items {
+                        freed += elem_weight(&v);
                         bulk(out, &v);
                     }
                 }
             }
+            db.release(freed);
             db.drop_if_empty(&a[1]);
         }
         "llen" => int(out, typed!(db, a[1], List).map_or(0, |l| l.len()) as i64),
@@ -355,14 +392,23 @@ fn run(
         }
         "sadd" => {
             let s = typed_create!(db, a[1], Set);
-            let n = a[2..].iter().filter(|m| s.insert(m.to_vec())).count();
-            int(out, n as i64);
+            let (mut n, mut grown) = (0, 0);
+            for m in &a[2..] {
+                if s.insert(m.to_vec()) {
+                    n += 1;
+                    grown += elem_weight(m);
+                }
+            }
+            int(out, n);
+            db.charge(grown);
         }
         "srem" => {
-            let n = match typed_mut!(db, a[1], Set) {
-                Some(s) => a[2..].iter().filter(|m| s.remove(m.as_slice())).count(),
-                None => 0,
+            let removed: Vec<&Vec<u8>> = match typed_mut!(db, a[1], Set) {
+                Some(s) => a[2..].iter().filter(|m| s.remove(m.as_slice())).collect(),
+                None => Vec::new(),
             };
+            let n = removed.len();
+            db.release(removed.iter().map(|m| elem_weight(m)).sum());
             db.drop_if_empty(&a[1]);
             int(out, n as i64);
         }
@@ -407,6 +453,7 @@ fn run(
                     popped.push(m);
                 }
             }
+            db.release(popped.iter().map(|m| elem_weight(m)).sum());
             match count {
                 None => match popped.first() {
                     Some(m) => bulk(out, m),
@@ -426,24 +473,33 @@ fn run(
                 return Err(arity_error("hset"));
             }
             let h = typed_create!(db, a[1], Hash);
-            let n = a[2..]
-                .chunks(2)
-                .filter(|fv| h.insert(fv[0].clone(), fv[1].clone()).is_none())
-                .count();
-            int(out, n as i64);
+            let (mut n, mut grown, mut freed) = (0, 0, 0);
+            for fv in a[2..].chunks(2) {
+                grown += field_weight(&fv[0], &fv[1]);
+                match h.insert(fv[0].clone(), fv[1].clone()) {
+                    None => n += 1,
+                    Some(old) => freed += field_weight(&fv[0], &old),
+                }
+            }
+            int(out, n);
+            db.charge(grown);
+            db.release(freed);
         }
         "hget" => match typed!(db, a[1], Hash).and_then(|h| h.get(&a[2])) {
             Some(v) => bulk(out, v),
             None => nil(out),
         },
         "hdel" => {
-            let n = match typed_mut!(db, a[1], Hash) {
-                Some(h) => a[2..]
-                    .iter()
-                    .filter(|f| h.remove(f.as_slice()).is_some())
-                    .count(),
-                None => 0,
-            };
+            let (mut n, mut freed) = (0, 0);
+            if let Some(h) = typed_mut!(db, a[1], Hash) {
+                for f in &a[2..] {
+                    if let Some(v) = h.remove(f.as_slice()) {
+                        n += 1;
+                        freed += field_weight(f, &v);
+                    }
+                }
+            }
+            db.release(freed);
             db.drop_if_empty(&a[1]);
             int(out, n as i64);
         }
@@ -469,6 +525,7 @@ fn run(
                 Some(z) => (0..count).map_while(|_| z.pop_min()).collect(),
                 None => Vec::new(),
             };
+            db.release(popped.iter().map(|(m, _)| member_weight(m)).sum());
             db.drop_if_empty(&a[1]);
             array(out, popped.len() * 2);
             for (m, s) in popped {
@@ -693,6 +750,7 @@ fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
         .collect::<Result<_, String>>()?;
     let z: &mut ZSet = typed_create!(db, a[1], ZSet);
     let mut added = 0;
+    let mut grown = 0;
     let mut changed = 0;
     let mut incr_result = None;
     let mut nan = false;
@@ -717,11 +775,13 @@ fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
         }
         if z.insert(member, new) {
             added += 1;
+            grown += member_weight(member);
         } else if old != Some(new) {
             changed += 1;
         }
         incr_result = Some(new);
     }
+    db.charge(grown);
     db.drop_if_empty(&a[1]);
     if nan {
         return Err("ERR resulting score is not a number (NaN)".into());

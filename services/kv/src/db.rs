@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use tandem_core::shadow::hash::Fnv64;
 
 /// A value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,12 +79,56 @@ impl ZSet {
     }
 }
 
+/// What a key costs in the memory accounting besides its name and value:
+/// its slot in the B-tree and the value's header (a stated constant, so the
+/// figure is the same on every replica whatever the allocator does).
+pub(crate) const KEY_OVERHEAD: u64 = 64;
+/// What one element of a list or set, or one field of a hash, costs besides
+/// its bytes.
+pub(crate) const ELEM_OVERHEAD: u64 = 32;
+/// What one sorted-set member costs besides twice its bytes (it is kept in
+/// both indexes).
+pub(crate) const ZSET_OVERHEAD: u64 = 64;
+/// What an expiry costs besides twice the key (it is in two indexes).
+pub(crate) const EXPIRE_OVERHEAD: u64 = 48;
+
+/// A list or set element's accounted size.
+pub(crate) fn elem_weight(e: &[u8]) -> u64 {
+    ELEM_OVERHEAD + e.len() as u64
+}
+
+/// A hash field's accounted size.
+pub(crate) fn field_weight(f: &[u8], v: &[u8]) -> u64 {
+    ELEM_OVERHEAD + f.len() as u64 + v.len() as u64
+}
+
+/// A sorted-set member's accounted size.
+pub(crate) fn member_weight(m: &[u8]) -> u64 {
+    ZSET_OVERHEAD + 2 * m.len() as u64
+}
+
+/// A key's accounted size with its value (expiry aside).
+pub(crate) fn key_weight(key: &[u8], value: &Value) -> u64 {
+    let v: u64 = match value {
+        Value::Str(s) => s.len() as u64,
+        Value::List(l) => l.iter().map(|e| elem_weight(e)).sum(),
+        Value::Set(s) => s.iter().map(|e| elem_weight(e)).sum(),
+        Value::Hash(h) => h.iter().map(|(f, v)| field_weight(f, v)).sum(),
+        Value::ZSet(z) => z.scores.keys().map(|m| member_weight(m)).sum(),
+    };
+    KEY_OVERHEAD + key.len() as u64 + v
+}
+
 /// The keyspace.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Db {
     pub data: BTreeMap<Vec<u8>, Value>,
     expires: BTreeMap<Vec<u8>, u64>,
     by_time: BTreeSet<(u64, Vec<u8>)>,
+    /// Accounted bytes of everything above (derived: kept up to date by
+    /// every change, recomputed after a restore).
+    #[serde(skip)]
+    used: u64,
 }
 
 impl Db {
@@ -95,6 +140,89 @@ impl Db {
         self.expires.len()
     }
 
+    /// Accounted bytes of the keyspace, for the memory budget.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Adds to the accounted bytes (a command grew a value in place).
+    pub fn charge(&mut self, bytes: u64) {
+        self.used = self.used.saturating_add(bytes);
+    }
+
+    /// Takes from the accounted bytes (a command shrank a value in place).
+    pub fn release(&mut self, bytes: u64) {
+        self.used = self.used.saturating_sub(bytes);
+    }
+
+    /// The accounted bytes computed from scratch (after a restore, and to
+    /// check the running figure in tests).
+    pub fn recount(&self) -> u64 {
+        let data: u64 = self.data.iter().map(|(k, v)| key_weight(k, v)).sum();
+        let expires: u64 = self
+            .expires
+            .keys()
+            .map(|k| EXPIRE_OVERHEAD + 2 * k.len() as u64)
+            .sum();
+        data + expires
+    }
+
+    /// Feeds the whole keyspace into `h`, in key order: every key, its
+    /// value (kind and contents, lengths first so nothing is ambiguous) and
+    /// its expiry. Hashes the bytes where they lie, without encoding a
+    /// snapshot first.
+    pub fn hash_into(&self, h: &mut Fnv64) {
+        let bytes = |h: &mut Fnv64, b: &[u8]| {
+            h.u64(b.len() as u64).bytes(b);
+        };
+        h.u64(self.data.len() as u64);
+        for (key, value) in &self.data {
+            bytes(h, key);
+            match value {
+                Value::Str(s) => {
+                    h.u64(0);
+                    bytes(h, s);
+                }
+                Value::List(l) => {
+                    h.u64(1).u64(l.len() as u64);
+                    for e in l {
+                        bytes(h, e);
+                    }
+                }
+                Value::Hash(m) => {
+                    h.u64(2).u64(m.len() as u64);
+                    for (f, v) in m {
+                        bytes(h, f);
+                        bytes(h, v);
+                    }
+                }
+                Value::Set(s) => {
+                    h.u64(3).u64(s.len() as u64);
+                    for e in s {
+                        bytes(h, e);
+                    }
+                }
+                Value::ZSet(z) => {
+                    h.u64(4).u64(z.scores.len() as u64);
+                    for (m, score) in &z.scores {
+                        bytes(h, m);
+                        h.u64(score.0.to_bits());
+                    }
+                }
+            }
+        }
+        h.u64(self.expires.len() as u64);
+        for (key, at) in &self.expires {
+            bytes(h, key);
+            h.u64(*at);
+        }
+    }
+
+    /// Sets the running figure from [`Db::recount`].
+    pub fn reset_used(&mut self) {
+        self.used = self.recount();
+    }
+
     /// Removes every key whose expiry (ms of log time) is `now` or earlier.
     pub fn purge(&mut self, now: u64) {
         while let Some((at, _)) = self.by_time.first() {
@@ -102,8 +230,12 @@ impl Db {
                 break;
             }
             if let Some((_, key)) = self.by_time.pop_first() {
-                self.expires.remove(&key);
-                self.data.remove(&key);
+                if self.expires.remove(&key).is_some() {
+                    self.release(EXPIRE_OVERHEAD + 2 * key.len() as u64);
+                }
+                if let Some(v) = self.data.remove(&key) {
+                    self.release(key_weight(&key, &v));
+                }
             }
         }
     }
@@ -111,7 +243,13 @@ impl Db {
     /// Removes a key and its expiry; true if it existed.
     pub fn remove(&mut self, key: &[u8]) -> bool {
         self.set_expire(key, None);
-        self.data.remove(key).is_some()
+        match self.data.remove(key) {
+            Some(v) => {
+                self.release(key_weight(key, &v));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stores a value, dropping any expiry unless `keep_ttl`.
@@ -119,7 +257,10 @@ impl Db {
         if !keep_ttl {
             self.set_expire(key, None);
         }
-        self.data.insert(key.to_vec(), value);
+        self.charge(key_weight(key, &value));
+        if let Some(old) = self.data.insert(key.to_vec(), value) {
+            self.release(key_weight(key, &old));
+        }
     }
 
     /// Removes `key` if it holds an empty list, hash, set or sorted set
@@ -139,10 +280,12 @@ impl Db {
     pub fn set_expire(&mut self, key: &[u8], at: Option<u64>) {
         if let Some(old) = self.expires.remove(key) {
             self.by_time.remove(&(old, key.to_vec()));
+            self.release(EXPIRE_OVERHEAD + 2 * key.len() as u64);
         }
         if let Some(at) = at {
             self.expires.insert(key.to_vec(), at);
             self.by_time.insert((at, key.to_vec()));
+            self.charge(EXPIRE_OVERHEAD + 2 * key.len() as u64);
         }
     }
 

@@ -40,6 +40,10 @@ pub struct Kv {
     db: Db,
     /// Per open connection, its unfinished request.
     conns: BTreeMap<ConnId, Conn>,
+    /// Bytes in every connection's `input` (derived, for the memory
+    /// accounting; recomputed after a restore).
+    #[serde(skip)]
+    input_bytes: u64,
 }
 
 /// An open connection's input.
@@ -76,21 +80,42 @@ impl Kv {
         self.len() == 0
     }
 
+    /// Removes a connection's state, keeping the input accounting right.
+    fn take_conn(&mut self, conn: ConnId) -> Option<Conn> {
+        let c = self.conns.remove(&conn)?;
+        self.input_bytes = self.input_bytes.saturating_sub(c.input.len() as u64);
+        Some(c)
+    }
+
     fn on_data(&mut self, ctx: &mut Context, conn: ConnId, bytes: &[u8]) {
         // A connection we closed (or never saw) gets nothing more.
-        let Some(mut c) = self.conns.remove(&conn) else {
+        let Some(mut c) = self.take_conn(conn) else {
             return;
         };
+        let limits = *ctx.limits();
+        let max_value = usize::try_from(limits.max_value).unwrap_or(usize::MAX);
+        let max_request = usize::try_from(limits.max_request).unwrap_or(usize::MAX);
         let buf = &mut c.input;
         buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         let mut pos = 0;
         let mut flow = Flow::Continue;
         while pos < buf.len() {
-            match resp::parse(&buf[pos..], &mut c.progress) {
+            match resp::parse_limited(&buf[pos..], &mut c.progress, max_value) {
                 Parsed::Command(args, used) => {
                     pos += used;
                     flow = commands::execute(&mut self.db, ctx, &args, &mut out);
+                    if ctx.overflowed(conn) {
+                        return;
+                    }
+                    // Each reply goes out as it is made, so the output cap
+                    // is checked after every command; past it the runtime
+                    // resets the connection and the rest of its pipeline
+                    // is never executed (a command that would have written
+                    // after an overflowing read must not run).
+                    if !ctx.try_send(conn, std::mem::take(&mut out)) {
+                        return;
+                    }
                     if flow == Flow::Close {
                         break;
                     }
@@ -105,13 +130,16 @@ impl Kv {
             }
         }
         buf.drain(..pos);
-        if flow == Flow::Continue && buf.len() > resp::MAX_REQUEST {
+        if flow == Flow::Continue && buf.len() > max_request {
             resp::error(&mut out, "ERR Protocol error: request too large");
             flow = Flow::Close;
         }
-        ctx.send(conn, out);
+        if !ctx.try_send(conn, out) {
+            return;
+        }
         match flow {
             Flow::Continue => {
+                self.input_bytes = self.input_bytes.saturating_add(c.input.len() as u64);
                 self.conns.insert(conn, c);
             }
             Flow::Close => ctx.close(conn),
@@ -130,12 +158,12 @@ impl Service for Kv {
             Event::PeerClosed { conn } => {
                 // Redis closes when the client does; pipelined replies to
                 // complete requests were already sent.
-                if self.conns.remove(&conn).is_some() {
+                if self.take_conn(conn).is_some() {
                     ctx.close(conn);
                 }
             }
             Event::Reset { conn } => {
-                self.conns.remove(&conn);
+                self.take_conn(conn);
             }
             Event::Timer { .. } => {}
         }
@@ -147,8 +175,30 @@ impl Service for Kv {
     }
 
     fn restore(bytes: &[u8]) -> Result<Self, SdkError> {
-        let kv: Kv = postcard::from_bytes(bytes).map_err(|e| SdkError::Snapshot(e.to_string()))?;
+        let mut kv: Kv =
+            postcard::from_bytes(bytes).map_err(|e| SdkError::Snapshot(e.to_string()))?;
         kv.db.check().map_err(SdkError::Snapshot)?;
+        kv.db.reset_used();
+        kv.input_bytes = kv.conns.values().map(|c| c.input.len() as u64).sum();
         Ok(kv)
+    }
+
+    /// The keyspace and every connection's unfinished request, hashed in
+    /// place (the default would encode a whole snapshot first: slow for a
+    /// big keyspace, and asked for by every `tandem status`).
+    fn state_hash(&self) -> u64 {
+        let mut h = tandem_core::shadow::hash::Fnv64::new();
+        self.db.hash_into(&mut h);
+        h.u64(self.conns.len() as u64);
+        for (id, c) in &self.conns {
+            h.u64(id.0).u64(c.input.len() as u64).bytes(&c.input);
+        }
+        h.finish()
+    }
+
+    /// The keyspace's accounted bytes plus every connection's unparsed
+    /// input (each bounded by `max_request`).
+    fn memory_bytes(&self) -> u64 {
+        self.db.used().saturating_add(self.input_bytes)
     }
 }

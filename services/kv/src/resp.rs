@@ -54,12 +54,18 @@ pub struct Progress {
 /// (which must come from the previous call on the same request, with `buf`
 /// starting at the same byte) and leaving it ready for the next call.
 pub fn parse(buf: &[u8], progress: &mut Progress) -> Parsed {
+    parse_limited(buf, progress, MAX_BULK_LEN)
+}
+
+/// [`parse`] with the longest bulk argument accepted set to `max_bulk`
+/// bytes (the service's configured [`tandem_core::sdk::Limits::max_value`]).
+pub fn parse_limited(buf: &[u8], progress: &mut Progress, max_bulk: usize) -> Parsed {
     if progress.count > 0 {
-        return parse_multibulk(buf, progress);
+        return parse_multibulk(buf, progress, max_bulk);
     }
     match buf.first() {
         None => Parsed::Incomplete,
-        Some(b'*') => parse_multibulk(buf, progress),
+        Some(b'*') => parse_multibulk(buf, progress, max_bulk),
         Some(_) => parse_inline(buf),
     }
 }
@@ -78,15 +84,15 @@ fn header_end(buf: &[u8], from: usize, what: &str) -> Result<Option<usize>, Stri
     }
 }
 
-fn parse_multibulk(buf: &[u8], progress: &mut Progress) -> Parsed {
-    let result = multibulk_step(buf, progress);
+fn parse_multibulk(buf: &[u8], progress: &mut Progress, max_bulk: usize) -> Parsed {
+    let result = multibulk_step(buf, progress, max_bulk);
     if result != Parsed::Incomplete {
         *progress = Progress::default();
     }
     result
 }
 
-fn multibulk_step(buf: &[u8], p: &mut Progress) -> Parsed {
+fn multibulk_step(buf: &[u8], p: &mut Progress, max_bulk: usize) -> Parsed {
     if p.count == 0 {
         let end = match header_end(buf, 1, "mbulk") {
             Ok(Some(e)) => e,
@@ -119,7 +125,7 @@ fn multibulk_step(buf: &[u8], p: &mut Progress) -> Parsed {
             Err(e) => return Parsed::Error(e),
         };
         let len = match parse_i64(&buf[pos + 1..end]) {
-            Some(n) if (0..=MAX_BULK_LEN as i64).contains(&n) => n as usize,
+            Some(n) if n >= 0 && (n as u64) <= max_bulk as u64 => n as usize,
             _ => return Parsed::Error("Protocol error: invalid bulk length".into()),
         };
         let start = end + 2;

@@ -741,3 +741,178 @@ proptest! {
         prop_assert_eq!(c.state_hash(), a.kv_hash());
     }
 }
+
+/// A kv runtime with the given bounds, connections 1..=3 open.
+fn bounded(limits: tandem_core::sdk::Limits) -> H {
+    let mut h = H::new(1);
+    h.rt.set_limits(limits);
+    h
+}
+
+/// Over the memory budget, writes get Redis' exact OOM error and change
+/// nothing; reads, deletes and pops still work, and once room is made
+/// writes work again. The accounting is the one recomputed from scratch.
+#[test]
+fn writes_past_max_memory_get_the_oom_error_and_reads_still_work() {
+    let mut h = bounded(tandem_core::sdk::Limits {
+        max_memory: 16 * 1024 * 1024,
+        ..Default::default()
+    });
+    let value = "v".repeat(1024 * 1024);
+    let mut stored = 0;
+    loop {
+        let reply = h.cmd(&format!("SET k{stored} {value}"));
+        if reply != "+OK\r\n" {
+            assert_eq!(
+                reply,
+                "-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+            );
+            break;
+        }
+        stored += 1;
+        assert!(stored < 100, "never refused");
+    }
+    // 3 connections charged 4 KiB each; each key ~1 MiB: refused once over.
+    assert!((15..=16).contains(&stored), "{stored} values stored");
+    let memory = h.rt.memory();
+    assert!(memory.used > memory.limit);
+    assert!(memory.used < memory.limit + 1024 * 1024 + 4096);
+    // Every kind of write is refused, the keyspace does not change.
+    let before = kv_of(&h).db;
+    for cmd in [
+        "SET x 1",
+        "APPEND k0 x",
+        "INCR n",
+        "LPUSH l a",
+        "RPUSH l a",
+        "SADD s a",
+        "HSET h f v",
+        "ZADD z 1 a",
+        "MSET a 1 b 2",
+    ] {
+        assert!(h.cmd(cmd).starts_with("-OOM "), "{cmd}");
+    }
+    assert!(kv_of(&h).db == before);
+    // Reads work.
+    assert_eq!(h.cmd("GET k0"), format!("$1048576\r\n{value}\r\n"));
+    assert_eq!(h.cmd("DBSIZE"), format!(":{stored}\r\n"));
+    assert_eq!(h.cmd("PING"), "+PONG\r\n");
+    // DEL makes room; writes work again.
+    assert_eq!(h.cmd("DEL k0 k1"), ":2\r\n");
+    assert_eq!(h.cmd("SET x 1"), "+OK\r\n");
+}
+
+/// The running memory figure always equals the one computed from scratch,
+/// whatever the commands (a restore recomputes it the same).
+#[test]
+fn the_memory_accounting_follows_every_command() {
+    let mut h = H::new(5);
+    let script = [
+        "SET a hello",
+        "SET a longer-value",
+        "APPEND a !!",
+        "APPEND fresh x",
+        "INCR n",
+        "INCRBY n 1000",
+        "MSET b 1 c 22",
+        "LPUSH l x yy zzz",
+        "RPUSH l w",
+        "LPOP l",
+        "RPOP l 2",
+        "SADD s a b c",
+        "SADD s a d",
+        "SREM s a zz",
+        "SPOP s",
+        "HSET h f v g ww",
+        "HSET h f longer",
+        "HDEL h g nope",
+        "ZADD z 1 a 2 bb",
+        "ZADD z 3 a",
+        "ZPOPMIN z",
+        "EXPIRE b 100",
+        "SET c 5 PX 10",
+        "DEL a l",
+        "SET e v EX 1",
+    ];
+    for (i, cmd) in script.iter().enumerate() {
+        h.cmd(cmd);
+        let kv = kv_of(&h);
+        assert_eq!(kv.db.used(), kv.db.recount(), "after {cmd} (#{i})");
+    }
+    // Expiry (purge at a later log time) releases what it removes.
+    h.now += 5_000;
+    h.cmd("PING");
+    let kv = kv_of(&h);
+    assert_eq!(kv.db.used(), kv.db.recount());
+    assert!(kv.db.used() > 0);
+    h.cmd("FLUSHALL");
+    assert_eq!(kv_of(&h).db.used(), 0);
+}
+
+fn kv_of(h: &H) -> Kv {
+    Kv::restore(&h.rt.service().snapshot()).unwrap()
+}
+
+/// The output cap stops a pipeline at the command whose reply would pass
+/// it: the connection is reset, and the commands after it in the same
+/// input never run (a SET behind an overflowing GET changes nothing).
+#[test]
+fn an_overflowing_pipeline_is_cut_at_the_cap_and_the_rest_never_runs() {
+    let mut h = bounded(tandem_core::sdk::Limits {
+        output_cap: 1024 * 1024,
+        ..Default::default()
+    });
+    let value = vec![b'v'; 300 * 1024];
+    h.raw(&multibulk(&[b"SET", b"big", &value]));
+    let mut pipeline = Vec::new();
+    for _ in 0..10 {
+        pipeline.extend(multibulk(&[b"GET", b"big"]));
+    }
+    pipeline.extend(multibulk(&[b"SET", b"after", b"1"]));
+    let acts = h.event(Event::Data {
+        conn: ConnId(1),
+        bytes: pipeline,
+    });
+    assert!(acts.contains(&Action::Abort { conn: ConnId(1) }));
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Send { .. })),
+        "{} actions",
+        acts.len()
+    );
+    assert_eq!(h.rt.overflows(), 1);
+    // Another client is not affected, and the SET never ran.
+    let (out, _) = h.raw_on(2, &multibulk(&[b"EXISTS", b"after"]));
+    assert_eq!(out, b":0\r\n");
+    let (out, _) = h.raw_on(2, &multibulk(&[b"STRLEN", b"big"]));
+    assert_eq!(out, format!(":{}\r\n", 300 * 1024).as_bytes());
+}
+
+/// `max_value` and `max_request` come from the limits.
+#[test]
+fn request_bounds_come_from_the_limits() {
+    let mut h = bounded(tandem_core::sdk::Limits {
+        max_value: 2048,
+        max_request: 4096,
+        ..Default::default()
+    });
+    let (out, closed) = h.raw_on(1, &multibulk(&[b"SET", b"k", &[b'x'; 2049]]));
+    assert_eq!(out, b"-ERR Protocol error: invalid bulk length\r\n");
+    assert!(closed);
+    let (out, closed) = h.raw_on(2, &multibulk(&[b"SET", b"k", &[b'x'; 2048]]));
+    assert_eq!(out, b"+OK\r\n");
+    assert!(!closed);
+    // An unfinished request over 4 KiB.
+    let mut unfinished = b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n".to_vec();
+    unfinished.extend(
+        format!(
+            "$2000\r\n{}\r\n$2000\r\n{}\r\n$2000\r\n{}",
+            "x".repeat(2000),
+            "y".repeat(2000),
+            "z".repeat(100)
+        )
+        .as_bytes(),
+    );
+    let (out, closed) = h.raw_on(3, &unfinished);
+    assert_eq!(out, b"-ERR Protocol error: request too large\r\n");
+    assert!(closed);
+}

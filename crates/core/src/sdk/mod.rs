@@ -164,12 +164,13 @@ mod runtime;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 pub use crate::shadow::Millis;
 pub use conns::Connections;
 pub use rng::Rng;
-pub use runtime::{ConnOutput, Runtime, TimerState};
+pub use runtime::{ConnOutput, MemoryUse, Runtime, TimerState};
 
 /// A connection's deterministic identity: assigned by the host in log order
 /// (the n-th connection opened in the log), never reused, so it is the same
@@ -286,8 +287,131 @@ pub enum SdkError {
     Snapshot(String),
 }
 
+/// The default [`Limits::output_cap`]: 32 MiB of queued output per
+/// connection. Why this much: the input throttle
+/// ([`crate::shadow::ShadowConfig::output_limit`], 4 MiB) stops delivering a
+/// connection's requests while more than that is unread, so a client that
+/// sends one request at a time never queues more than 4 MiB plus one reply,
+/// and kv's largest reply to one key (a 16 MiB value) fits twice over. Only a
+/// client that pipelines, in one go, requests whose replies add up to more
+/// than 32 MiB without reading them reaches it — the pattern Redis'
+/// `client-output-buffer-limit` exists for.
+pub const DEFAULT_OUTPUT_CAP: u64 = 32 * 1024 * 1024;
+
+/// The default [`Limits::max_memory`]: 2 GiB of accounted memory per
+/// service group (service data + connections + queued output).
+pub const DEFAULT_MAX_MEMORY: u64 = 2 * 1024 * 1024 * 1024;
+
+/// The default [`Limits::max_request`]: 32 MiB of one connection's input
+/// buffered unparsed (an unfinished request, or pipelined requests not yet
+/// processed).
+pub const DEFAULT_MAX_REQUEST: u64 = 32 * 1024 * 1024;
+
+/// The default [`Limits::max_value`]: 16 MiB, the largest single argument
+/// (a Redis bulk string) a request may carry.
+pub const DEFAULT_MAX_VALUE: u64 = 16 * 1024 * 1024;
+
+/// What every connection charges to the memory budget besides its queued
+/// output: its shadow TCP entry, the service's per-connection state and its
+/// share of the runtime's bookkeeping (a stated constant, so the figure is
+/// computed from counts, never from the allocator).
+pub const CONNECTION_CHARGE: u64 = 4096;
+
+/// The bounds a service group applies while it applies the log. They decide
+/// what clients see (a connection reset, an error reply), so every replica
+/// must use the same values: they live in one struct (comparable and
+/// hashable) next to [`crate::shadow::ShadowConfig`], and nothing in them is
+/// read from the local machine during apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Hard cap on one connection's queued output (bytes the service sent
+    /// that the client has not acknowledged, sent or not yet sent), checked
+    /// at every [`Context::send`]. A send that would pass it is refused, the
+    /// connection is reset (the client sees a RST: Redis'
+    /// `client-output-buffer-limit` closes the connection the same way), the
+    /// service hears [`Event::Reset`], and the rest of that entry's input
+    /// for the connection is discarded. Default [`DEFAULT_OUTPUT_CAP`];
+    /// `u64::MAX` turns it off.
+    pub output_cap: u64,
+    /// Group-wide memory budget, in accounted bytes: the service's own data
+    /// ([`Service::memory_bytes`]) + [`CONNECTION_CHARGE`] per connection +
+    /// every connection's queued output. Once the figure is over the budget
+    /// the service refuses what would grow it (kv: writes get
+    /// `-OOM command not allowed when used memory > 'maxmemory'.`; reads and
+    /// deletes still work). Default [`DEFAULT_MAX_MEMORY`]; `u64::MAX` turns
+    /// it off.
+    pub max_memory: u64,
+    /// Most input bytes one connection may have buffered unparsed (its
+    /// pipeline depth, and the largest request). Past it the service
+    /// replies with an error and closes the connection (kv:
+    /// `-ERR Protocol error: request too large`). Default
+    /// [`DEFAULT_MAX_REQUEST`].
+    pub max_request: u64,
+    /// Largest single argument of a request (kv: a bulk string). Past it
+    /// the service replies with an error and closes the connection (kv:
+    /// `-ERR Protocol error: invalid bulk length`). Default
+    /// [`DEFAULT_MAX_VALUE`].
+    pub max_value: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            output_cap: DEFAULT_OUTPUT_CAP,
+            max_memory: DEFAULT_MAX_MEMORY,
+            max_request: DEFAULT_MAX_REQUEST,
+            max_value: DEFAULT_MAX_VALUE,
+        }
+    }
+}
+
+impl Limits {
+    /// No output cap and no memory budget; the request bounds at their
+    /// defaults (what a runtime or context applies until told otherwise).
+    pub fn unbounded() -> Limits {
+        Limits {
+            output_cap: u64::MAX,
+            max_memory: u64::MAX,
+            ..Limits::default()
+        }
+    }
+
+    /// Checks the values make sense together; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.output_cap < 64 * 1024 {
+            return Err(format!(
+                "output_cap: {} bytes is below 65536 (a few replies would reset connections)",
+                self.output_cap
+            ));
+        }
+        if self.max_value < 1024 || self.max_request < self.max_value {
+            return Err(format!(
+                "max_value {} must be at least 1024 and at most max_request {}",
+                self.max_value, self.max_request
+            ));
+        }
+        if self.max_memory < 1024 * 1024 {
+            return Err(format!(
+                "max_memory: {} bytes is below 1 MiB",
+                self.max_memory
+            ));
+        }
+        Ok(())
+    }
+
+    /// A hash of the values, for comparing configurations across nodes.
+    pub fn hash(&self) -> u64 {
+        let mut h = crate::shadow::hash::Fnv64::new();
+        h.u64(self.output_cap)
+            .u64(self.max_memory)
+            .u64(self.max_request)
+            .u64(self.max_value);
+        h.finish()
+    }
+}
+
 /// The service's view of the replicated world while it handles one event:
-/// time, randomness, and the actions it records.
+/// time, randomness, the bounds, and the actions it records.
 ///
 /// Everything recorded is kept only if `on_event` returns normally; after a
 /// panic it is discarded (see the module docs).
@@ -298,12 +422,29 @@ pub struct Context {
     rng: Rng,
     actions: Vec<Action>,
     next_generation: u64,
+    limits: Limits,
+    /// The runtime's output bookkeeping, lent for the event (empty when the
+    /// context was made without a runtime: then no cap applies).
+    outputs: BTreeMap<ConnId, ConnOutput>,
+    /// Bytes recorded for each connection during this event.
+    sent: BTreeMap<ConnId, u64>,
+    /// Connections whose output cap a send would have passed.
+    overflowed: BTreeSet<ConnId>,
+    /// Accounted memory that is not the service's own data: connections
+    /// and queued output, including what this event sent.
+    other_memory: u64,
+    /// The connection of the event being handled.
+    conn: Option<ConnId>,
 }
+
+/// Consecutive sends to one connection are merged into one action while the
+/// result stays under this many bytes.
+const COALESCE_BELOW: usize = 64 * 1024;
 
 impl Context {
     /// A context at log `index`, time `now`, with the entry's generator and
-    /// the next timer generation to hand out. Used by [`Runtime`]; public so
-    /// a service can be unit-tested without one.
+    /// the next timer generation to hand out, and no bounds. Used by
+    /// [`Runtime`]; public so a service can be unit-tested without one.
     pub fn new(index: u64, now: Millis, rng: Rng, next_generation: u64) -> Context {
         Context {
             now,
@@ -311,7 +452,21 @@ impl Context {
             rng,
             actions: Vec::new(),
             next_generation,
+            limits: Limits::unbounded(),
+            outputs: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            overflowed: BTreeSet::new(),
+            other_memory: 0,
+            conn: None,
         }
+    }
+
+    /// Sets the bounds and the memory already used outside the service
+    /// (for testing a service directly).
+    pub fn with_limits(mut self, limits: Limits, other_memory: u64) -> Context {
+        self.limits = limits;
+        self.other_memory = other_memory;
+        self
     }
 
     /// Log time: never goes backwards, the same on every replica.
@@ -330,25 +485,121 @@ impl Context {
         &mut self.rng
     }
 
-    /// Appends `bytes` to the connection's output.
+    /// The bounds in force (the same on every replica).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Appends `bytes` to the connection's output. If they would take the
+    /// connection's queued output past [`Limits::output_cap`] they are
+    /// refused, with everything this event sent it, and the runtime resets
+    /// the connection after the event; [`Context::overflowed`] then says
+    /// so, and the service should stop working for it (kv stops processing
+    /// that connection's pipeline). [`Context::try_send`] returns that
+    /// verdict directly.
     pub fn send(&mut self, conn: ConnId, bytes: impl Into<Vec<u8>>) {
+        self.try_send(conn, bytes);
+    }
+
+    /// [`Context::send`], returning false if the bytes were refused by the
+    /// output cap (now or earlier in this event). Sends to a connection
+    /// that is not open are dropped later and return true here.
+    pub fn try_send(&mut self, conn: ConnId, bytes: impl Into<Vec<u8>>) -> bool {
+        if self.overflowed.contains(&conn) {
+            return false;
+        }
         let bytes = bytes.into();
         if bytes.is_empty() {
-            return;
+            return true;
         }
-        // Coalesce with a directly preceding send to the same connection:
-        // a pipelined burst of replies becomes one action (and one write).
+        let len = bytes.len() as u64;
+        if !self.reserve(conn, len) {
+            return false;
+        }
+        *self.sent.entry(conn).or_insert(0) += len;
+        self.other_memory = self.other_memory.saturating_add(len);
+        // Coalesce with a directly preceding small send to the same
+        // connection: a pipelined burst of short replies becomes one action
+        // (and one write); big replies move as they are, never copied.
         if let Some(Action::Send {
             conn: last,
             bytes: prev,
         }) = self.actions.last_mut()
         {
-            if *last == conn {
+            if *last == conn && prev.len() + bytes.len() <= COALESCE_BELOW {
                 prev.extend_from_slice(&bytes);
-                return;
+                return true;
             }
         }
         self.actions.push(Action::Send { conn, bytes });
+        true
+    }
+
+    /// Checks that `bytes` more output fit under the connection's
+    /// [`Limits::output_cap`] before the service builds them (a big reply
+    /// need not be made only to be refused). False means they do not: the
+    /// connection is then treated exactly as after a refused
+    /// [`Context::try_send`] (reset after the event).
+    pub fn reserve(&mut self, conn: ConnId, bytes: u64) -> bool {
+        if self.overflowed.contains(&conn) {
+            return false;
+        }
+        if let Some(c) = self.outputs.get(&conn) {
+            let queued = c
+                .queued()
+                .saturating_add(self.sent.get(&conn).copied().unwrap_or(0));
+            if queued.saturating_add(bytes) > self.limits.output_cap {
+                self.overflowed.insert(conn);
+                // What this event queued for it goes nowhere: the
+                // connection is reset.
+                self.actions
+                    .retain(|a| !matches!(a, Action::Send { conn: c, .. } if *c == conn));
+                self.sent.remove(&conn);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The connection of the event being handled, if it has one (so code
+    /// deep in a service can [`Context::reserve`] room for its reply).
+    pub fn conn(&self) -> Option<ConnId> {
+        self.conn
+    }
+
+    /// How many more bytes the connection's output may take before
+    /// [`Limits::output_cap`] (`u64::MAX` when no cap is known for it).
+    pub fn output_room(&self, conn: ConnId) -> u64 {
+        if self.overflowed.contains(&conn) {
+            return 0;
+        }
+        match self.outputs.get(&conn) {
+            Some(c) => self.limits.output_cap.saturating_sub(
+                c.queued()
+                    .saturating_add(self.sent.get(&conn).copied().unwrap_or(0)),
+            ),
+            None => u64::MAX,
+        }
+    }
+
+    /// Whether a send to the connection was refused by the output cap in
+    /// this event (it will be reset).
+    pub fn overflowed(&self, conn: ConnId) -> bool {
+        self.overflowed.contains(&conn)
+    }
+
+    /// The group's accounted memory if the service's own data takes
+    /// `service_bytes` (connections and queued output, including this
+    /// event's sends, are added).
+    pub fn memory_used(&self, service_bytes: u64) -> u64 {
+        service_bytes.saturating_add(self.other_memory)
+    }
+
+    /// Whether the group is over its memory budget ([`Limits::max_memory`])
+    /// when the service's own data takes `service_bytes`: the service
+    /// should then refuse what would grow its state.
+    pub fn over_memory(&self, service_bytes: u64) -> bool {
+        self.memory_used(service_bytes) > self.limits.max_memory
     }
 
     /// Closes the service's side of the connection after what was sent.
@@ -411,6 +662,15 @@ pub trait Service: Send + RestoreInPlace {
         crate::shadow::hash::Fnv64::new()
             .bytes(&self.snapshot())
             .finish()
+    }
+
+    /// The service's own data, in accounted bytes, for the memory budget
+    /// ([`Limits::max_memory`]). Must be computed from data sizes (lengths
+    /// and counts times stated constants), never from the allocator or the
+    /// process, so every replica gets the same figure. The default, 0,
+    /// leaves the service's data out of the budget.
+    fn memory_bytes(&self) -> u64 {
+        0
     }
 }
 

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::{Action, ConnId, Context, Event, Millis, Rng, SdkError, Service, TimerId};
+use super::{
+    Action, ConnId, Context, Event, Limits, Millis, Rng, SdkError, Service, TimerId,
+    CONNECTION_CHARGE,
+};
 use crate::shadow::hash::Fnv64;
 
 /// The output bookkeeping of one open connection.
@@ -22,6 +25,33 @@ pub struct ConnOutput {
     pub closed: bool,
     /// The client closed its side.
     pub peer_closed: bool,
+    /// Output bytes the client has acknowledged (the host reports them,
+    /// [`Runtime::output_acked`]); `offset - acked` is queued.
+    pub acked: u64,
+}
+
+impl ConnOutput {
+    /// Bytes sent and not yet acknowledged by the client.
+    pub fn queued(&self) -> u64 {
+        self.offset.saturating_sub(self.acked)
+    }
+}
+
+/// The group's accounted memory against its budget
+/// ([`Limits::max_memory`]), computed from data sizes only: the same on
+/// every replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemoryUse {
+    /// The service's own data ([`Service::memory_bytes`]).
+    pub service: u64,
+    /// Queued output of every open connection.
+    pub output: u64,
+    /// [`CONNECTION_CHARGE`] per connection the host reported.
+    pub connections: u64,
+    /// The sum.
+    pub used: u64,
+    /// The budget.
+    pub limit: u64,
 }
 
 /// An armed timer.
@@ -49,6 +79,17 @@ pub struct Runtime {
     /// hash still covers every byte ever sent.
     retired: u64,
     panics: u64,
+    /// Connections reset because a send would have passed the output cap.
+    overflows: u64,
+    /// The bounds (from the configuration every replica shares).
+    limits: Limits,
+    /// Sum of every open connection's queued output (derived).
+    queued: u64,
+    /// Connections the host holds (shadow TCP entries), charged to the
+    /// memory budget; set by the host before it applies events.
+    host_connections: u64,
+    /// The entry being applied: its index and random stream.
+    cursor: (u64, Rng),
 }
 
 impl std::fmt::Debug for Runtime {
@@ -76,7 +117,82 @@ impl Runtime {
             timers: BTreeMap::new(),
             retired: FNV_BASIS,
             panics: 0,
+            overflows: 0,
+            limits: Limits::unbounded(),
+            queued: 0,
+            host_connections: 0,
+            cursor: (0, Rng::for_entry(seed, 0)),
         }
+    }
+
+    /// Sets the bounds (every replica must use the same).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The client acknowledged `bytes` more of the connection's output (the
+    /// host learns it from logged ACKs, in log order).
+    pub fn output_acked(&mut self, conn: ConnId, bytes: u64) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            let n = bytes.min(c.queued());
+            c.acked = c.acked.saturating_add(n);
+            self.queued = self.queued.saturating_sub(n);
+        }
+    }
+
+    /// How many connections the host holds (charged to the memory budget
+    /// at [`CONNECTION_CHARGE`] each). The host sets it from replicated
+    /// state (its shadow TCP table's size) before applying events.
+    pub fn set_host_connections(&mut self, n: u64) {
+        self.host_connections = n;
+    }
+
+    /// Connections reset because their output would have passed the cap.
+    pub fn overflows(&self) -> u64 {
+        self.overflows
+    }
+
+    /// The accounted memory against the budget.
+    pub fn memory(&self) -> MemoryUse {
+        let service = self.service.memory_bytes();
+        let connections = self
+            .host_connections
+            .max(self.conns.len() as u64)
+            .saturating_mul(CONNECTION_CHARGE);
+        MemoryUse {
+            service,
+            output: self.queued,
+            connections,
+            used: service
+                .saturating_add(self.queued)
+                .saturating_add(connections),
+            limit: self.limits.max_memory,
+        }
+    }
+
+    /// Starts applying the entry at `index` with timestamp `timestamp`:
+    /// sets log time and the entry's random stream for
+    /// [`Runtime::apply_event`].
+    pub fn begin_entry(&mut self, index: u64, timestamp: Millis) {
+        // Time never goes backwards, even if a new primary's clock is behind.
+        self.now = self.now.max(timestamp);
+        self.cursor = (index, Rng::for_entry(self.seed, index));
+    }
+
+    /// Applies one event of the entry begun with [`Runtime::begin_entry`]
+    /// and returns the actions to carry out, in order. The random stream
+    /// continues across the events of one entry.
+    pub fn apply_event(&mut self, event: Event) -> Vec<Action> {
+        let (index, rng) = std::mem::replace(&mut self.cursor, (0, Rng::for_entry(0, 0)));
+        let mut out = Vec::new();
+        let rng = self.apply_one(index, rng, event, &mut out);
+        self.cursor = (index, rng);
+        out
     }
 
     /// Applies one event of the entry at `index` with timestamp `timestamp`.
@@ -94,12 +210,10 @@ impl Runtime {
         timestamp: Millis,
         events: impl IntoIterator<Item = Event>,
     ) -> Vec<Action> {
-        // Time never goes backwards, even if a new primary's clock is behind.
-        self.now = self.now.max(timestamp);
-        let mut rng = Rng::for_entry(self.seed, index);
+        self.begin_entry(index, timestamp);
         let mut out = Vec::new();
         for event in events {
-            rng = self.apply_one(index, rng, event, &mut out);
+            out.extend(self.apply_event(event));
         }
         out
     }
@@ -120,6 +234,7 @@ impl Runtime {
                         hash: FNV_BASIS,
                         closed: false,
                         peer_closed: false,
+                        acked: 0,
                     },
                 );
             }
@@ -145,7 +260,19 @@ impl Runtime {
             },
         }
         let conn = event.conn();
-        let (ok, rng) = self.deliver(index, rng, event, out);
+        let (ok, rng, overflowed) = self.deliver(index, rng, event, out);
+        let mut rng = rng;
+        // Output past the cap: the connection is reset here, at the same
+        // point on every replica, and the service forgets it.
+        for conn in overflowed {
+            if self.conns.contains_key(&conn) {
+                self.overflows = self.overflows.wrapping_add(1);
+                self.retire(conn);
+                out.push(Action::Abort { conn });
+                let (_, next, _) = self.deliver(index, rng, Event::Reset { conn }, out);
+                rng = next;
+            }
+        }
         if !ok {
             self.panics = self.panics.wrapping_add(1);
             if let Some(conn) = conn {
@@ -154,7 +281,7 @@ impl Runtime {
                     out.push(Action::Abort { conn });
                     // Let the service drop its per-connection state; a second
                     // panic here changes nothing more.
-                    let (_, rng) = self.deliver(index, rng, Event::Reset { conn }, out);
+                    let (_, rng, _) = self.deliver(index, rng, Event::Reset { conn }, out);
                     return rng;
                 }
             }
@@ -169,19 +296,30 @@ impl Runtime {
     }
 
     /// Runs the service on one event, panics caught. Returns whether it
-    /// returned normally; its actions are kept only then.
+    /// returned normally (its actions are kept only then) and the
+    /// connections whose output cap a send would have passed.
     fn deliver(
         &mut self,
         index: u64,
         rng: Rng,
         event: Event,
         out: &mut Vec<Action>,
-    ) -> (bool, Rng) {
+    ) -> (bool, Rng, Vec<ConnId>) {
         let mut ctx = Context::new(index, self.now, rng, self.next_generation);
+        ctx.limits = self.limits;
+        ctx.other_memory = self
+            .memory()
+            .used
+            .saturating_sub(self.service.memory_bytes());
+        // Lend the output bookkeeping so every send is checked against the
+        // cap as it is made (moved, not copied; given back below).
+        ctx.outputs = std::mem::take(&mut self.conns);
+        ctx.conn = event.conn();
         let service = &mut self.service;
         let result = catch_unwind(AssertUnwindSafe(|| service.on_event(&mut ctx, event)));
+        self.conns = std::mem::take(&mut ctx.outputs);
         if result.is_err() {
-            return (false, ctx.rng);
+            return (false, ctx.rng, Vec::new());
         }
         self.next_generation = ctx.next_generation;
         for action in ctx.actions.drain(..) {
@@ -189,7 +327,7 @@ impl Runtime {
                 out.push(action);
             }
         }
-        (true, ctx.rng)
+        (true, ctx.rng, ctx.overflowed.into_iter().collect())
     }
 
     /// Applies an action to the bookkeeping; drops those that mean nothing
@@ -201,6 +339,7 @@ impl Runtime {
                 let c = self.conns.get_mut(conn).filter(|c| !c.closed)?;
                 c.offset = c.offset.wrapping_add(bytes.len() as u64);
                 c.hash = fnv1a(c.hash, bytes);
+                self.queued = self.queued.saturating_add(bytes.len() as u64);
             }
             Action::Close { conn } => {
                 let c = self.conns.get_mut(conn).filter(|c| !c.closed)?;
@@ -228,6 +367,7 @@ impl Runtime {
 
     fn retire(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.remove(&conn) {
+            self.queued = self.queued.saturating_sub(c.queued());
             for v in [conn.0, c.offset, c.hash] {
                 self.retired = fnv1a(self.retired, &v.to_le_bytes());
             }
@@ -285,7 +425,8 @@ impl Runtime {
             .u64(self.now.0)
             .u64(self.next_generation)
             .u64(self.panics)
-            .u64(self.retired);
+            .u64(self.retired)
+            .u64(self.overflows);
         for (id, t) in &self.timers {
             h.u64(id.0).u64(t.generation).u64(t.at.0);
         }
@@ -295,7 +436,8 @@ impl Runtime {
             h.u64(c.offset)
                 .u64(c.hash)
                 .bool(c.closed)
-                .bool(c.peer_closed);
+                .bool(c.peer_closed)
+                .u64(c.acked);
         }
         h.finish()
     }
@@ -312,6 +454,7 @@ impl Runtime {
             self.next_generation,
             self.panics,
             self.retired,
+            self.overflows,
         ] {
             put(&mut w, v);
         }
@@ -327,6 +470,7 @@ impl Runtime {
             put_addr(&mut w, &c.peer);
             put(&mut w, c.offset);
             put(&mut w, c.hash);
+            put(&mut w, c.acked);
             w.push(u8::from(c.closed) | u8::from(c.peer_closed) << 1);
         }
         let service = self.service.snapshot();
@@ -352,6 +496,7 @@ impl Runtime {
         let next_generation = r.u64()?;
         let panics = r.u64()?;
         let retired = r.u64()?;
+        let overflows = r.u64()?;
         let mut timers = BTreeMap::new();
         for _ in 0..r.u64()? {
             let id = TimerId(r.u64()?);
@@ -365,6 +510,10 @@ impl Runtime {
             let peer = r.addr()?;
             let offset = r.u64()?;
             let hash = r.u64()?;
+            let acked = r.u64()?;
+            if acked > offset {
+                return Err(SdkError::Snapshot("acknowledged past the output".into()));
+            }
             let flags = r.take(1)?.first().copied().unwrap_or(0);
             conns.insert(
                 id,
@@ -374,6 +523,7 @@ impl Runtime {
                     hash,
                     closed: flags & 1 != 0,
                     peer_closed: flags & 2 != 0,
+                    acked,
                 },
             );
         }
@@ -382,6 +532,9 @@ impl Runtime {
         if !r.0.is_empty() {
             return Err(SdkError::Snapshot("trailing bytes".into()));
         }
+        let queued = conns
+            .values()
+            .fold(0u64, |sum, c: &ConnOutput| sum.saturating_add(c.queued()));
         Ok(Runtime {
             service,
             seed,
@@ -391,11 +544,16 @@ impl Runtime {
             timers,
             retired,
             panics,
+            overflows,
+            limits: Limits::unbounded(),
+            queued,
+            host_connections: 0,
+            cursor: (0, Rng::for_entry(seed, 0)),
         })
     }
 }
 
-const SNAPSHOT_VERSION: u64 = 1;
+const SNAPSHOT_VERSION: u64 = 2;
 
 /// FNV-1a 64's offset basis: the hash of nothing.
 const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;

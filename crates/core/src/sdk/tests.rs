@@ -485,3 +485,156 @@ proptest! {
         prop_assert_eq!(acts_a, feed(&cuts_a).3);
     }
 }
+
+/// A service that answers every byte `b` with `b` repeated 100 times, one
+/// send per byte, and counts the bytes it processed per connection (so a
+/// test can see that input after an overflow was never processed).
+#[derive(Default)]
+struct Amplifier {
+    processed: BTreeMap<u64, u64>,
+    resets: u64,
+}
+
+impl Service for Amplifier {
+    fn on_event(&mut self, ctx: &mut Context, event: Event) {
+        match event {
+            Event::Data { conn, bytes } => {
+                for b in bytes {
+                    *self.processed.entry(conn.0).or_default() += 1;
+                    if !ctx.try_send(conn, vec![b; 100]) {
+                        return;
+                    }
+                }
+            }
+            Event::Reset { .. } => self.resets += 1,
+            _ => {}
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in [
+            self.processed.get(&1).copied().unwrap_or(0),
+            self.processed.get(&2).copied().unwrap_or(0),
+            self.resets,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    fn restore(b: &[u8]) -> Result<Self, SdkError> {
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        Ok(Amplifier {
+            processed: [(1, w(0)), (2, w(1))].into_iter().collect(),
+            resets: w(2),
+        })
+    }
+}
+
+fn capped(cap: u64) -> Runtime {
+    let mut rt = Runtime::new(Box::new(Amplifier::default()), 3);
+    rt.set_limits(Limits {
+        output_cap: cap,
+        ..Limits::default()
+    });
+    rt
+}
+
+fn sent(actions: &[Action], conn: u64) -> usize {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::Send { conn: c, bytes } if c.0 == conn => bytes.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The cap is checked at every send of an event, not after it: the send
+/// that would pass it is refused, the connection is reset at that point
+/// (its earlier output of the event dropped with it), the service is told,
+/// and the rest of the entry's input for it never reaches the service.
+/// Another connection in the same entry is untouched.
+#[test]
+fn the_output_cap_resets_only_the_connection_that_passes_it() {
+    let mut rt = capped(1000);
+    open(&mut rt, 1, 1);
+    open(&mut rt, 2, 2);
+    // Ten bytes: 1000 bytes of output, exactly the cap.
+    let acts = rt.apply(3, Millis(0), data(1, b"0123456789"));
+    assert_eq!(sent(&acts, 1), 1000);
+    assert_eq!(rt.output(ConnId(1)).unwrap().queued(), 1000);
+    // One more byte would pass it: refused, reset.
+    let acts = rt.apply_entry(
+        4,
+        Millis(0),
+        [data(1, b"abc"), data(2, b"xy"), data(1, b"more")],
+    );
+    assert_eq!(sent(&acts, 1), 0);
+    assert_eq!(sent(&acts, 2), 200);
+    assert!(acts.contains(&Action::Abort { conn: ConnId(1) }));
+    assert!(rt.output(ConnId(1)).is_none());
+    assert_eq!(rt.overflows(), 1);
+    // Processed: "abc" stopped at its first byte; "more" never arrived.
+    // The service heard of the reset.
+    assert_eq!(amplifier(&rt), (11, 2, 1));
+    // The second connection goes on; the first is gone for good.
+    assert!(rt.apply(5, Millis(0), data(1, b"z")).is_empty());
+    let acts = rt.apply(6, Millis(0), data(2, b"z"));
+    assert_eq!(sent(&acts, 2), 100);
+}
+
+/// (bytes processed on connection 1, on connection 2, resets heard).
+fn amplifier(rt: &Runtime) -> (u64, u64, u64) {
+    let s = rt.service().snapshot();
+    let w = |i: usize| u64::from_le_bytes(s[i * 8..i * 8 + 8].try_into().unwrap());
+    (w(0), w(1), w(2))
+}
+
+/// Acknowledged output makes room again; the queued figure follows the
+/// ACKs the host reports, and it survives a snapshot.
+#[test]
+fn acknowledged_output_makes_room_and_survives_a_snapshot() {
+    let mut rt = capped(1000);
+    open(&mut rt, 1, 1);
+    rt.apply(2, Millis(0), data(1, b"0123456789"));
+    assert_eq!(rt.memory().output, 1000);
+    rt.output_acked(ConnId(1), 600);
+    assert_eq!(rt.output(ConnId(1)).unwrap().queued(), 400);
+    // Acknowledging more than was sent changes nothing more.
+    rt.output_acked(ConnId(1), 10_000);
+    assert_eq!(rt.output(ConnId(1)).unwrap().queued(), 0);
+    let acts = rt.apply(3, Millis(0), data(1, b"0123456789"));
+    assert_eq!(sent(&acts, 1), 1000);
+    assert_eq!(rt.overflows(), 0);
+    let bytes = rt.snapshot();
+    let mut back = Runtime::restore(&bytes, restore_boxed::<Amplifier>).unwrap();
+    back.set_limits(*rt.limits());
+    assert_eq!(back.state_hash(), rt.state_hash());
+    assert_eq!(back.memory(), rt.memory());
+    // Both refuse the next byte alike.
+    let a = rt.apply(4, Millis(0), data(1, b"!"));
+    let b = back.apply(4, Millis(0), data(1, b"!"));
+    assert_eq!(a, b);
+    assert!(a.contains(&Action::Abort { conn: ConnId(1) }));
+}
+
+/// The context reports the room left and the memory figure as sends are
+/// made, so a service can stop early.
+#[test]
+fn the_context_counts_room_and_memory_as_the_service_sends() {
+    let limits = Limits {
+        output_cap: 100,
+        max_memory: 1000,
+        ..Limits::default()
+    };
+    let mut ctx =
+        Context::new(1, Millis(0), super::Rng::for_entry(1, 1), 1).with_limits(limits, 900);
+    // Without the runtime's bookkeeping no cap is known for a connection.
+    assert_eq!(ctx.output_room(ConnId(1)), u64::MAX);
+    assert!(!ctx.over_memory(100));
+    assert!(ctx.try_send(ConnId(1), vec![0; 50]));
+    assert_eq!(ctx.memory_used(100), 1050);
+    assert!(ctx.over_memory(100));
+}

@@ -124,8 +124,10 @@ pub struct ShadowConfig {
     /// brings the unacknowledged output back to this limit or below
     /// delivers what was held, in order. Decided from logged ACKs only, so
     /// every replica decides the same. The limit is soft by the output one
-    /// entry's input produces (the decision is taken when input arrives).
-    /// `u64::MAX` turns the throttle off.
+    /// segment's input produces (the decision is taken when input arrives;
+    /// the node applies an entry segment by segment); the hard bound is
+    /// the SDK's output cap ([`crate::sdk::Limits::output_cap`]), checked
+    /// at every send. `u64::MAX` turns the throttle off.
     pub output_limit: u64,
 }
 

@@ -349,13 +349,13 @@ impl Daemon {
             )
             .map_err(io_err("watching the capture queue"))?;
 
-        let mut shadow_config = ShadowConfig::new(service.window_clamp);
-        shadow_config.max_half_open = service.max_half_open;
+        let shadow_config: ShadowConfig = service.shadow_config();
         let group = ServiceGroup::new(
             services::fresh(service.kind),
             shadow_config,
             group_seed(&service.name),
-        );
+        )
+        .with_limits(service.limits());
         tracing::info!(
             slot = me.slot,
             incarnation,
@@ -1475,7 +1475,7 @@ impl Daemon {
         }
         match ServiceGroup::restore(services::fresh(self.service.kind), self.shadow_config, data) {
             Ok(group) => {
-                self.group = group;
+                self.group = group.with_limits(self.service.limits());
                 self.snapshot_index = index;
                 self.counters.snapshots_installed += 1;
                 tracing::info!(index, "snapshot installed");
@@ -1679,6 +1679,7 @@ impl Daemon {
             })
             .collect();
         let stats = self.group.stats();
+        let memory = self.group.memory();
         let envelopes = status.envelopes;
         let mut counters = self.counters.clone();
         let transport = self.transport.stats();
@@ -1749,6 +1750,9 @@ impl Daemon {
                 opened: stats.opened,
                 closed: stats.closed,
                 service_panics: self.group.panics(),
+                memory_used: memory.used,
+                memory_limit: memory.limit,
+                output_overflows: self.group.output_overflows(),
             },
             counters,
         }
