@@ -36,6 +36,8 @@ pub const REPLAY_WINDOW: u64 = 1024;
 
 const KIND_RAFT: u8 = 0;
 const KIND_JOIN: u8 = 1;
+/// A snapshot-stream message ([`crate::snapshot_stream`]): chunks and acks.
+const KIND_SNAPSHOT: u8 = 2;
 
 /// The key every envelope is authenticated with, derived from the cluster
 /// secret (the bytes of the cluster key file).
@@ -102,6 +104,9 @@ pub enum Body {
     /// restarted node, which does not know its peers' incarnations, so it is
     /// the only body that may be addressed to [`ANY_INCARNATION`].
     Join,
+    /// A piece of a snapshot transfer, or its acknowledgement
+    /// ([`crate::snapshot_stream`]).
+    Snapshot(crate::snapshot_stream::StreamMsg),
 }
 
 /// An envelope that passed every check.
@@ -151,6 +156,7 @@ pub fn seal(key: &ClusterKey, from: NodeId, to: NodeId, seq: u64, body: &Body) -
             m.write_to_bytes().unwrap_or_default(),
         ),
         Body::Join => (KIND_JOIN, Vec::new()),
+        Body::Snapshot(m) => (KIND_SNAPSHOT, m.encode()),
     };
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + MAC_LEN);
     out.extend_from_slice(MAGIC);
@@ -293,7 +299,7 @@ pub fn open(
     let body_len = u32::from_be_bytes([bytes[33], bytes[34], bytes[35], bytes[36]]) as usize;
     if body_len > MAX_BODY
         || bytes.len() != HEADER_LEN + body_len + MAC_LEN
-        || kind > KIND_JOIN
+        || kind > KIND_SNAPSHOT
         || from.incarnation == ANY_INCARNATION
         || from.incarnation > crate::id::MAX_INCARNATION
         || seq == 0
@@ -329,6 +335,9 @@ pub fn open(
             }
             Body::Raft(m)
         }
+        KIND_SNAPSHOT => Body::Snapshot(
+            crate::snapshot_stream::StreamMsg::decode(&signed[HEADER_LEN..]).ok_or(Malformed)?,
+        ),
         _ => return Err(Malformed),
     };
     window.accept(from, seq);
