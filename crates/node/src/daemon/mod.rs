@@ -126,6 +126,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError
     move |source| DaemonError::Io { what, source }
 }
 
+/// A snapshot being encoded off the event loop.
+struct SnapshotJob {
+    index: u64,
+    payloads: u64,
+    copied_at: Instant,
+    encoded: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
 /// Where this node stands as a primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Serving {
@@ -208,6 +216,15 @@ struct Daemon {
     last_snapshot: Option<Instant>,
     snapshot_index: u64,
     want_snapshot_now: bool,
+    /// A snapshot copied from the state and being encoded on another
+    /// thread (`maybe_snapshot`).
+    snapshot_job: Option<SnapshotJob>,
+    /// Set when a snapshot from the leader could not be installed: raft has
+    /// already replaced the log with it, so this node's state no longer
+    /// matches the log. It stops applying, refuses leadership and reports
+    /// itself unhealthy until restarted (as a new incarnation it is sent
+    /// the state again).
+    state_lost: Option<String>,
     last_sweep: Instant,
     verdicts: Vec<(u32, Verdict)>,
     /// A turn of the loop longer than this (half the shortest election
@@ -266,6 +283,7 @@ impl Daemon {
         replica_config.election_tick = config.raft.election_ticks as usize;
         replica_config.heartbeat_tick = config.raft.heartbeat_ticks as usize;
         replica_config.join_retry_ticks = config.raft.election_ticks as usize;
+        replica_config.snapshot_stream = config.snapshot.stream_config();
         // Seeded per process so that two nodes never time out in lockstep.
         replica_config.seed = me.raft_id() ^ u64::from(std::process::id()).rotate_left(32);
         let replica = Replica::new(replica_config, key)?;
@@ -385,6 +403,8 @@ impl Daemon {
             last_snapshot: None,
             snapshot_index: 0,
             want_snapshot_now: false,
+            snapshot_job: None,
+            state_lost: None,
             last_sweep: Instant::now(),
             verdicts: Vec::new(),
             held_up_warning,
@@ -868,6 +888,11 @@ impl Daemon {
                     .observe_commit_latency(&self.service.name, at.elapsed().as_secs_f64());
             }
             self.payloads_applied += 1;
+            if self.state_lost.is_some() {
+                // Applying to a state that is not the log's would only
+                // make it diverge further (and look healthy).
+                continue;
+            }
             let index = (committed.index << 16) | u64::from(committed.sub);
             match postcard::from_bytes::<LogEntry>(&committed.data) {
                 Ok(entry) => {
@@ -988,9 +1013,9 @@ impl Daemon {
             self.was_healthy = health.healthy;
             self.last_handover = None;
         }
-        self.replica
-            .set_refuse_leadership(self.draining || !health.healthy);
-        if (self.draining || !health.healthy)
+        let unfit = self.draining || !health.healthy || self.state_lost.is_some();
+        self.replica.set_refuse_leadership(unfit);
+        if unfit
             && self.replica.role() == StateRole::Leader
             && self
                 .last_handover
@@ -1001,6 +1026,8 @@ impl Daemon {
             self.last_handover = Some(Instant::now());
             let why = if self.draining {
                 "drained"
+            } else if self.state_lost.is_some() {
+                "state lost"
             } else {
                 "unhealthy"
             };
@@ -1272,18 +1299,82 @@ impl Daemon {
         if data.is_empty() {
             return;
         }
+        let started = Instant::now();
         match ServiceGroup::restore(services::fresh(self.service.kind), self.shadow_config, data) {
             Ok(group) => {
                 self.group = group;
                 self.snapshot_index = index;
                 self.counters.snapshots_installed += 1;
-                tracing::info!(index, "snapshot installed");
+                if self.state_lost.take().is_some() {
+                    tracing::warn!(index, "a later snapshot installed: state recovered");
+                }
+                tracing::info!(
+                    index,
+                    bytes = data.len(),
+                    restore_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "snapshot installed"
+                );
             }
-            Err(err) => tracing::error!(index, %err, "cannot install a snapshot"),
+            Err(err) => {
+                // raft has already replaced the log with this snapshot:
+                // the state here is no longer the log's. Serving or
+                // applying from it would answer clients from a state no
+                // other replica has.
+                tracing::error!(
+                    index,
+                    %err,
+                    "cannot install a snapshot: this node's state is lost; it stops applying, \
+                     refuses leadership and reports unhealthy until restarted"
+                );
+                self.state_lost = Some(format!(
+                    "state lost: snapshot at {index} not installed: {err}"
+                ));
+                if self.serving != Serving::No {
+                    self.step_down("state lost");
+                }
+            }
         }
     }
 
+    /// Takes a snapshot when one is due: the state is copied on the loop
+    /// (`ServiceGroup::snapshot_taken`), then hashed, encoded and sealed on
+    /// another thread; a later turn hands the bytes to the replica, which
+    /// compacts the log up to the index copied.
     fn maybe_snapshot(&mut self, now: Instant) {
+        if let Some(job) = &self.snapshot_job {
+            let data = match job.encoded.try_recv() {
+                Ok(data) => data,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    tracing::error!(index = job.index, "snapshot encoder thread died");
+                    self.snapshot_job = None;
+                    return;
+                }
+            };
+            let Some(job) = self.snapshot_job.take() else {
+                return;
+            };
+            let (index, bytes) = (job.index, data.len());
+            match self.replica.compact(index, data) {
+                Ok(()) => {
+                    self.snapshot_index = index;
+                    self.payloads_at_snapshot = job.payloads;
+                    self.counters.snapshots_taken += 1;
+                    tracing::debug!(
+                        index,
+                        bytes,
+                        encode_ms = job.copied_at.elapsed().as_secs_f64() * 1e3,
+                        "snapshot taken, log compacted"
+                    );
+                }
+                // A snapshot installed meanwhile, or an older index.
+                Err(err) => tracing::debug!(%err, index, "snapshot not taken"),
+            }
+            return;
+        }
+        if self.state_lost.is_some() {
+            return;
+        }
         let since = self.payloads_applied - self.payloads_at_snapshot;
         let due = self.want_snapshot_now
             || since >= SNAPSHOT_EVERY_PAYLOADS
@@ -1299,17 +1390,44 @@ impl Daemon {
             return;
         }
         self.want_snapshot_now = false;
-        let data = self.group.snapshot();
-        match self.replica.compact(applied, data) {
-            Ok(()) => {
-                self.snapshot_index = applied;
-                self.payloads_at_snapshot = self.payloads_applied;
-                self.last_snapshot = Some(now);
-                self.counters.snapshots_taken += 1;
-                tracing::debug!(index = applied, "snapshot taken, log compacted");
-            }
-            Err(err) => tracing::debug!(%err, "snapshot not taken"),
+        self.last_snapshot = Some(now);
+        let started = Instant::now();
+        let taken = self.group.snapshot_taken();
+        let copy = started.elapsed();
+        let copied = taken.len();
+        let (tx, encoded) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-encoder".into())
+            .spawn(move || {
+                // The receiver is gone only if the daemon is stopping.
+                let _ = tx.send(taken.encode());
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(%err, "no thread to encode a snapshot; trying again later");
+            return;
         }
+        let copy_ms = copy.as_secs_f64() * 1e3;
+        if copy >= self.held_up_warning / 4 {
+            tracing::info!(
+                index = applied,
+                copied,
+                copy_ms,
+                "snapshot copied on the event loop"
+            );
+        } else {
+            tracing::debug!(
+                index = applied,
+                copied,
+                copy_ms,
+                "snapshot copied on the event loop"
+            );
+        }
+        self.snapshot_job = Some(SnapshotJob {
+            index: applied,
+            payloads: self.payloads_applied,
+            copied_at: started,
+            encoded,
+        });
     }
 
     fn answer(&mut self, request: AdminRequest) -> AdminReply {
@@ -1467,7 +1585,9 @@ impl Daemon {
             draining: self.draining,
             health: {
                 let h = self.supervisor.health();
-                if h.healthy {
+                if let Some(lost) = &self.state_lost {
+                    format!("unhealthy: {lost}")
+                } else if h.healthy {
                     "healthy".into()
                 } else {
                     format!("unhealthy: {}", h.reason)
