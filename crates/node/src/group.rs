@@ -462,7 +462,7 @@ pub struct TakenGroupSnapshot {
 impl TakenGroupSnapshot {
     /// Bytes the copy holds (the memory it pins until encoded).
     pub fn len(&self) -> usize {
-        self.head.len() + self.runtime.bytes.len()
+        self.head.len() + self.runtime.len()
     }
 
     /// True if nothing was copied (never, in practice: the head is there).
@@ -473,13 +473,14 @@ impl TakenGroupSnapshot {
     /// [`ServiceGroup::snapshot`]'s bytes.
     pub fn encode(self) -> Vec<u8> {
         let hash = group_hash(self.runtime.state_hash(), self.shadow_hash, self.next_id);
-        let runtime = &self.runtime.bytes;
+        let runtime = &self.runtime;
         let mut out = self.head;
         out.reserve(runtime.len() + 20 + 8);
         // postcard: a byte sequence is its length as a varint, then the
         // bytes; a u64 is a varint.
         put_varint(&mut out, runtime.len() as u64);
-        out.extend_from_slice(runtime);
+        out.extend_from_slice(&runtime.head);
+        out.extend_from_slice(&runtime.service);
         put_varint(&mut out, hash);
         tandem_core::shadow::seal(out)
     }

@@ -142,8 +142,12 @@ impl Service for Kv {
     }
 
     fn snapshot(&self) -> Vec<u8> {
+        // Sized first (a walk without copying), so the encoding is written
+        // into one allocation instead of being copied at every doubling.
         // Encoding plain maps, vectors and floats cannot fail.
-        postcard::to_stdvec(self).unwrap_or_default()
+        let size = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
+            .unwrap_or(0);
+        postcard::to_extend(self, Vec::with_capacity(size)).unwrap_or_default()
     }
 
     fn restore(bytes: &[u8]) -> Result<Self, SdkError> {

@@ -314,7 +314,10 @@ impl Runtime {
     /// timers, time, output bookkeeping). A small fixed little-endian
     /// encoding, independent of any serialisation crate's version.
     pub fn snapshot(&self) -> Vec<u8> {
-        self.snapshot_taken().bytes
+        let taken = self.snapshot_taken();
+        let mut bytes = taken.head;
+        bytes.extend_from_slice(&taken.service);
+        bytes
     }
 
     /// [`Runtime::snapshot`]'s bytes with what [`Runtime::state_hash`]
@@ -348,11 +351,11 @@ impl Runtime {
         }
         let service = self.service.snapshot();
         put(&mut w, service.len() as u64);
-        let service_at = w.len();
-        w.extend_from_slice(&service);
         TakenSnapshot {
-            bytes: w,
-            service_at,
+            head: w,
+            // Not appended to `head`: for a large service that would be a
+            // second copy of the whole state, on the caller's thread.
+            service,
             before_service: self.hash_before_service(),
             service_hash: self.service.state_hash(),
         }
@@ -492,19 +495,30 @@ impl<'a> Reader<'a> {
 /// another thread.
 #[derive(Debug, Clone)]
 pub struct TakenSnapshot {
-    /// [`Runtime::snapshot`]'s bytes.
-    pub bytes: Vec<u8>,
-    service_at: usize,
+    /// [`Runtime::snapshot`]'s bytes are `head` followed by `service`.
+    pub head: Vec<u8>,
+    /// The service's own snapshot.
+    pub service: Vec<u8>,
     before_service: Fnv64,
     service_hash: Option<u64>,
 }
 
 impl TakenSnapshot {
+    /// Length of [`Runtime::snapshot`]'s bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.service.len()
+    }
+
+    /// Never true (the head is always there); for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// [`Runtime::state_hash`] of the runtime the snapshot was taken from.
     pub fn state_hash(&self) -> u64 {
         let service = self
             .service_hash
-            .unwrap_or_else(|| hash_service_bytes(&self.bytes[self.service_at..]));
+            .unwrap_or_else(|| hash_service_bytes(&self.service));
         let mut h = self.before_service;
         h.u64(service);
         h.finish()

@@ -1392,7 +1392,9 @@ impl Daemon {
         self.want_snapshot_now = false;
         self.last_snapshot = Some(now);
         let started = Instant::now();
-        let taken = self.group.snapshot_taken();
+        let Some(taken) = self.copy_state() else {
+            return;
+        };
         let copy = started.elapsed();
         let copied = taken.len();
         let (tx, encoded) = std::sync::mpsc::channel();
@@ -1430,9 +1432,80 @@ impl Daemon {
         });
     }
 
+    /// Copies the state for a snapshot (`ServiceGroup::snapshot_taken`)
+    /// without holding the followers' election timers up: see
+    /// [`Daemon::with_group_off_loop`]. Copying a large state (~0.15 s for
+    /// 100 MiB, mostly the kernel handing out fresh pages) takes longer
+    /// than the shortest election timeout.
+    fn copy_state(&mut self) -> Option<crate::group::TakenGroupSnapshot> {
+        let taken = self.with_group_off_loop(|g| g.snapshot_taken());
+        if taken.is_none() {
+            tracing::error!(
+                "no snapshot taken: no thread to copy the state, or the service panicked"
+            );
+        }
+        taken
+    }
+
+    /// Runs `work` on the group on a helper thread that has the group to
+    /// itself meanwhile, while this thread sends the followers heartbeats
+    /// (it does nothing else: entries are applied after). For work that
+    /// walks the whole state (a snapshot's copy, the state hash): on a
+    /// large state it takes longer than the shortest election timeout.
+    /// `None` if no thread could be started or `work` panicked; the group
+    /// is back in place either way.
+    fn with_group_off_loop<T: Send>(
+        &mut self,
+        work: impl FnOnce(&ServiceGroup) -> T + Send,
+    ) -> Option<T> {
+        let beat = Duration::from_millis(
+            self.config.raft.tick_ms * u64::from(self.config.raft.heartbeat_ticks),
+        );
+        let stand_in = ServiceGroup::new(services::fresh(self.service.kind), self.shadow_config, 0);
+        // In a mutex (the group is Send, not Sync): whatever happens to the
+        // helper thread, the group comes back.
+        let group = std::sync::Mutex::new(std::mem::replace(&mut self.group, stand_in));
+        let out = std::thread::scope(|scope| {
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let group = &group;
+            let helper = std::thread::Builder::new()
+                .name("group-walk".into())
+                .spawn_scoped(scope, move || {
+                    let out = group.lock().ok().and_then(|g| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&g))).ok()
+                    });
+                    let _ = done_tx.send(());
+                    out
+                });
+            let Ok(helper) = helper else {
+                return None;
+            };
+            loop {
+                match done_rx.recv_timeout(beat) {
+                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => self.send_heartbeats(),
+                }
+            }
+            helper.join().ok().flatten()
+        });
+        self.group = group
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        out
+    }
+
     fn answer(&mut self, request: AdminRequest) -> AdminReply {
         match request {
-            AdminRequest::Status => AdminReply::Status(Box::new(self.report())),
+            AdminRequest::Status => {
+                // The hash walks the whole state: off the loop's thread.
+                let hash = self.with_group_off_loop(|g| g.state_hash());
+                let mut report = self.report_with(false);
+                report.service.state_hash = match hash {
+                    Some(hash) => format!("{hash:016x}"),
+                    None => "unavailable".into(),
+                };
+                AdminReply::Status(Box::new(report))
+            }
             AdminRequest::Migrate { to } => match self.migrate_to(to) {
                 Ok(message) => AdminReply::Done { message },
                 Err(message) => AdminReply::Error { message },
@@ -1539,10 +1612,6 @@ impl Daemon {
             depth as u64,
             self.capture.stats().overruns,
         );
-    }
-
-    fn report(&self) -> NodeReport {
-        self.report_with(true)
     }
 
     /// The status report; the state hash (which walks the whole service
