@@ -795,15 +795,15 @@ mod tests {
         tx.start(ME, with(header(LEADER, 4, 70), want.clone()), 0);
         let (m, end, _) = run(&mut tx, &mut rx, |now, mut msgs| {
             let mut out = Vec::new();
-            if now % 2 == 0 {
+            if now.is_multiple_of(2) {
                 msgs.reverse();
             }
             for m in msgs {
                 n += 1;
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     continue;
                 }
-                if n % 4 == 0 {
+                if n.is_multiple_of(4) {
                     out.push(m.clone());
                 }
                 out.push(m);
