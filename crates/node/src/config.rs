@@ -35,6 +35,11 @@
 //! heartbeat_ticks = 2
 //! election_ticks = 10
 //!
+//! [snapshot]                               # optional; these are the defaults
+//! chunk_bytes = 1048576                   # snapshot data per message to a catching-up node
+//! window_chunks = 8                       # chunks in flight before an acknowledgement
+//! max_bytes = 4294967296                  # largest snapshot this node accepts
+//!
 //! [[service]]
 //! name = "kv"
 //! kind = "kv"                             # kv | echo | counter
@@ -106,6 +111,8 @@ pub struct Config {
     pub raft: RaftSection,
     #[serde(default)]
     pub supervision: SupervisionSection,
+    #[serde(default)]
+    pub snapshot: SnapshotSection,
     #[serde(rename = "service")]
     pub services: Vec<ServiceSection>,
 }
@@ -204,6 +211,45 @@ impl Default for RaftSection {
             tick_ms: 10,
             heartbeat_ticks: 2,
             election_ticks: 10,
+        }
+    }
+}
+
+/// `[snapshot]`: how the state is streamed to a node that catches up by
+/// snapshot (a restarted node, or one too far behind the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSection {
+    /// Snapshot bytes per chunk message (default 1 MiB, at most 16 MiB):
+    /// far below the transport's frame limit, and quick to seal.
+    pub chunk_bytes: usize,
+    /// Chunks sent ahead of the receiver's acknowledgement (default 8).
+    pub window_chunks: usize,
+    /// The largest snapshot this node accepts from a leader (default
+    /// 4 GiB). A larger one is refused before anything is allocated, and
+    /// the node stays a learner: raise it on every node for a larger state.
+    pub max_bytes: u64,
+}
+
+impl Default for SnapshotSection {
+    fn default() -> Self {
+        let d = tandem_replica::StreamConfig::default();
+        SnapshotSection {
+            chunk_bytes: d.chunk_bytes,
+            window_chunks: d.window_chunks,
+            max_bytes: d.max_snapshot_bytes,
+        }
+    }
+}
+
+impl SnapshotSection {
+    /// The replica's stream settings (ticks as the replica's defaults).
+    pub fn stream_config(&self) -> tandem_replica::StreamConfig {
+        tandem_replica::StreamConfig {
+            chunk_bytes: self.chunk_bytes,
+            window_chunks: self.window_chunks,
+            max_snapshot_bytes: self.max_bytes,
+            ..tandem_replica::StreamConfig::default()
         }
     }
 }
@@ -523,6 +569,29 @@ impl Config {
                     raft.heartbeat_ticks * 3
                 ),
                 "make the election timeout at least 3 heartbeats, or followers start elections while the leader is healthy",
+            ));
+        }
+
+        let snap = &self.snapshot;
+        if !(1..=16 << 20).contains(&snap.chunk_bytes) {
+            return Err(invalid(
+                "snapshot.chunk_bytes",
+                format!("{} bytes is out of range", snap.chunk_bytes),
+                "use 1 to 16777216 (1048576 is the default)",
+            ));
+        }
+        if !(1..=1024).contains(&snap.window_chunks) {
+            return Err(invalid(
+                "snapshot.window_chunks",
+                format!("{} is out of range", snap.window_chunks),
+                "use 1 to 1024 (8 is the default)",
+            ));
+        }
+        if snap.max_bytes < 1 << 20 {
+            return Err(invalid(
+                "snapshot.max_bytes",
+                format!("{} bytes is less than 1 MiB", snap.max_bytes),
+                "use at least 1048576 (4294967296 is the default); a node refuses larger snapshots",
             ));
         }
 

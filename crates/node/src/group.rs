@@ -194,11 +194,11 @@ impl ServiceGroup {
     /// The state hash: service, output hashes, timers (the runtime's) and
     /// shadow TCP, combined.
     pub fn state_hash(&self) -> u64 {
-        let mut h = tandem_core::shadow::hash::Fnv64::new();
-        h.u64(self.runtime.state_hash());
-        h.u64(self.shadow.state_hash());
-        h.u64(self.next_id);
-        h.finish()
+        group_hash(
+            self.runtime.state_hash(),
+            self.shadow.state_hash(),
+            self.next_id,
+        )
     }
 
     /// Everything a replica needs to continue from [`ServiceGroup::applied`],
@@ -209,18 +209,31 @@ impl ServiceGroup {
     /// state hash, which [`ServiceGroup::restore`] checks; then an
     /// integrity check over the bytes ([`tandem_core::shadow::seal`]).
     pub fn snapshot(&self) -> Vec<u8> {
-        let out = SnapshotOut {
+        self.snapshot_taken().encode()
+    }
+
+    /// The part of [`ServiceGroup::snapshot`] that must see the live state
+    /// (copying it: the service's encoding and shadow TCP's); the rest
+    /// ([`TakenGroupSnapshot::encode`]: the state hash, a pass over every
+    /// byte, the assembly and the integrity check) needs only what this
+    /// returns and runs on another thread, so a large state holds the event
+    /// loop up for one copy, not for the whole encoding.
+    pub fn snapshot_taken(&self) -> TakenGroupSnapshot {
+        let head = SnapshotHead {
             version: GROUP_SNAPSHOT_VERSION,
             applied: self.applied,
             next_id: self.next_id,
             stats: self.stats,
             ids: &self.ids,
             shadow: &self.shadow,
-            runtime: self.runtime.snapshot(),
-            hash: self.state_hash(),
         };
-        // Serialising plain data into a Vec cannot fail.
-        tandem_core::shadow::seal(postcard::to_stdvec(&out).unwrap_or_default())
+        TakenGroupSnapshot {
+            // Serialising plain data into a Vec cannot fail.
+            head: postcard::to_stdvec(&head).unwrap_or_default(),
+            runtime: self.runtime.snapshot_taken(),
+            shadow_hash: self.shadow.state_hash(),
+            next_id: self.next_id,
+        }
     }
 
     /// Rebuilds a group from [`ServiceGroup::snapshot`]'s bytes. `service`
@@ -464,19 +477,73 @@ impl ServiceGroup {
 }
 
 /// The group snapshot format's version (the first field of the encoding).
-const GROUP_SNAPSHOT_VERSION: u32 = 1;
+/// 2: the runtime's hash takes the service's hash last.
+const GROUP_SNAPSHOT_VERSION: u32 = 2;
 
-/// What [`ServiceGroup::snapshot`] writes (borrowing the big parts).
+fn group_hash(runtime: u64, shadow: u64, next_id: u64) -> u64 {
+    let mut h = tandem_core::shadow::hash::Fnv64::new();
+    h.u64(runtime);
+    h.u64(shadow);
+    h.u64(next_id);
+    h.finish()
+}
+
+/// The fields of [`SnapshotIn`] before the runtime's bytes (postcard
+/// encodes a struct as its fields one after the other, so the encoding of
+/// this followed by the runtime's bytes and the hash is [`SnapshotIn`]'s).
 #[derive(Serialize)]
-struct SnapshotOut<'a> {
+struct SnapshotHead<'a> {
     version: u32,
     applied: u64,
     next_id: u64,
     stats: GroupStats,
     ids: &'a BTreeMap<ConnKey, ConnId>,
     shadow: &'a ShadowTable,
-    runtime: Vec<u8>,
-    hash: u64,
+}
+
+/// A group snapshot taken on the event loop, to be encoded elsewhere
+/// ([`ServiceGroup::snapshot_taken`]).
+#[derive(Debug)]
+pub struct TakenGroupSnapshot {
+    head: Vec<u8>,
+    runtime: tandem_core::sdk::TakenSnapshot,
+    shadow_hash: u64,
+    next_id: u64,
+}
+
+impl TakenGroupSnapshot {
+    /// Bytes the copy holds (the memory it pins until encoded).
+    pub fn len(&self) -> usize {
+        self.head.len() + self.runtime.len()
+    }
+
+    /// True if nothing was copied (never, in practice: the head is there).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// [`ServiceGroup::snapshot`]'s bytes.
+    pub fn encode(self) -> Vec<u8> {
+        let hash = group_hash(self.runtime.state_hash(), self.shadow_hash, self.next_id);
+        let runtime = &self.runtime;
+        let mut out = self.head;
+        out.reserve(runtime.len() + 20 + 8);
+        // postcard: a byte sequence is its length as a varint, then the
+        // bytes; a u64 is a varint.
+        put_varint(&mut out, runtime.len() as u64);
+        out.extend_from_slice(&runtime.head);
+        out.extend_from_slice(&runtime.service);
+        put_varint(&mut out, hash);
+        tandem_core::shadow::seal(out)
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// What [`ServiceGroup::restore`] reads: [`SnapshotOut`], field for field.
@@ -999,6 +1066,47 @@ mod tests {
                 assert_eq!(r.state_hash(), *hash, "cut {cut} index {index}");
             }
             assert_eq!(r.stats().entries, steps.len() as u64);
+        }
+    }
+
+    /// The snapshot encoded in two steps (a copy on the loop, the rest on
+    /// another thread) is byte for byte postcard's encoding of the whole
+    /// snapshot record, sealed: what `restore` reads.
+    #[test]
+    fn a_snapshot_taken_then_encoded_is_the_whole_record_encoded() {
+        #[derive(Serialize)]
+        struct Whole<'a> {
+            version: u32,
+            applied: u64,
+            next_id: u64,
+            stats: GroupStats,
+            ids: &'a BTreeMap<ConnKey, ConnId>,
+            shadow: &'a ShadowTable,
+            runtime: Vec<u8>,
+            hash: u64,
+        }
+        let steps = scenario();
+        for cut in 0..=steps.len() {
+            let mut g = lines();
+            for (i, (entry, _, _)) in steps[..cut].iter().enumerate() {
+                g.apply(i as u64 + 1, entry);
+            }
+            let whole = Whole {
+                version: GROUP_SNAPSHOT_VERSION,
+                applied: g.applied,
+                next_id: g.next_id,
+                stats: g.stats,
+                ids: &g.ids,
+                shadow: &g.shadow,
+                runtime: g.runtime.snapshot(),
+                hash: g.state_hash(),
+            };
+            let expected = tandem_core::shadow::seal(postcard::to_stdvec(&whole).unwrap());
+            let taken = g.snapshot_taken();
+            assert!(!taken.is_empty());
+            // Encoded on another thread, as the daemon does.
+            let bytes = std::thread::spawn(move || taken.encode()).join().unwrap();
+            assert_eq!(bytes, expected, "cut {cut}");
         }
     }
 

@@ -75,6 +75,8 @@ pub const FLAG_UNENCRYPTED: u8 = 1;
 const KIND_RAFT: u8 = 0;
 const KIND_JOIN: u8 = 1;
 const KIND_HELLO: u8 = 2;
+/// A snapshot-stream message ([`crate::snapshot_stream`]): chunks and acks.
+const KIND_SNAPSHOT: u8 = 3;
 
 /// Key domains: envelopes and hellos are numbered by different counters,
 /// so they must never share a key.
@@ -226,6 +228,9 @@ pub enum Body {
     /// restarted node, which does not know its peers' incarnations, so it is
     /// the only body that may be addressed to [`ANY_INCARNATION`].
     Join,
+    /// A piece of a snapshot transfer, or its acknowledgement
+    /// ([`crate::snapshot_stream`]).
+    Snapshot(crate::snapshot_stream::StreamMsg),
 }
 
 /// An envelope that passed every check.
@@ -382,6 +387,7 @@ fn encode(body: &Body) -> (u8, Vec<u8>) {
             m.write_to_bytes().unwrap_or_default(),
         ),
         Body::Join => (KIND_JOIN, Vec::new()),
+        Body::Snapshot(m) => (KIND_SNAPSHOT, m.encode()),
     }
 }
 
@@ -618,7 +624,7 @@ fn open_cached(
 ) -> Result<Opened, EnvelopeError> {
     use EnvelopeError::*;
     let h = Header::parse(bytes)?;
-    if h.kind > KIND_JOIN {
+    if !matches!(h.kind, KIND_RAFT | KIND_JOIN | KIND_SNAPSHOT) {
         return Err(Malformed);
     }
     if h.flags & FLAG_UNENCRYPTED != 0 && !keys.unencrypted {
@@ -671,6 +677,9 @@ fn open_cached(
             }
             Body::Raft(m)
         }
+        KIND_SNAPSHOT => Body::Snapshot(
+            crate::snapshot_stream::StreamMsg::decode(&payload).ok_or(Malformed)?,
+        ),
         _ => return Err(Malformed),
     };
     window.accept(from, seq);

@@ -14,6 +14,8 @@
 //!   carry the application's bytes.
 //! - [`envelope`]: [`Outbox`]/[`Inbox`] seal and open envelopes
 //!   (ChaCha20-Poly1305, per-direction keys, per-sender sequence numbers); each rejection reason is counted.
+//! - [`snapshot_stream`]: snapshots sent in acknowledged chunks, so a
+//!   state of any size reaches a restarted node through small frames.
 //! - [`replica`]: [`Replica`], the driver: `tick`, `receive`, `propose`,
 //!   `ready` → [`Output`], `advance`, `transfer_leader`, `compact`; it also
 //!   admits restarted nodes as learners and swaps them in.
@@ -44,6 +46,7 @@
 pub mod envelope;
 pub mod id;
 pub mod replica;
+pub mod snapshot_stream;
 pub mod storage;
 
 pub use envelope::{
@@ -55,4 +58,5 @@ pub use replica::{
     CommittedEntry, Config, InitError, InstallSnapshot, Output, ProposalId, ProposeError, Replica,
     Status, DEFAULT_TICK_MS,
 };
+pub use snapshot_stream::{StreamConfig, StreamStats};
 pub use storage::MemLog;

@@ -23,6 +23,9 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 
 use crate::envelope::{Body, EnvelopeError, EnvelopeStats, Inbox, Keyring, Outbox};
 use crate::id::{NodeId, ANY_INCARNATION, FIRST_INCARNATION};
+use crate::snapshot_stream::{
+    SnapshotReceiver, SnapshotSender, StreamConfig, StreamMsg, StreamStats, TransferEnd,
+};
 use crate::storage::MemLog;
 
 /// Suggested real-time length of one tick for the node's event loop.
@@ -77,6 +80,10 @@ pub struct Config {
     /// Ticks between join requests while this node is not a member yet
     /// (default: `election_tick`).
     pub join_retry_ticks: usize,
+    /// How snapshots are streamed to lagging and new replicas: chunk size,
+    /// window, retry and idle timeouts (in ticks) and the largest snapshot
+    /// accepted (see [`StreamConfig`] for the defaults).
+    pub snapshot_stream: StreamConfig,
     /// Seed of the election-timeout randomization. raft-rs draws timeouts
     /// from the thread RNG; the replica overrides them from a PRNG seeded
     /// here so that a simulation replays exactly.
@@ -97,6 +104,7 @@ impl Config {
             max_inflight_msgs: 16,
             swap_max_lag: 8,
             join_retry_ticks: 15,
+            snapshot_stream: StreamConfig::default(),
             seed: id.raft_id(),
         }
     }
@@ -111,6 +119,9 @@ pub enum InitError {
     /// This node's slot is not among the cluster's slots.
     #[error("slot {0} is not in the cluster's slots")]
     UnknownSlot(u16),
+    /// A snapshot-stream setting is out of range.
+    #[error("{0}")]
+    SnapshotStream(String),
 }
 
 /// Identifies a proposal: who proposed it and its number there.
@@ -221,6 +232,10 @@ pub struct Status {
     pub matched: BTreeMap<NodeId, u64>,
     /// Envelope counters.
     pub envelopes: EnvelopeStats,
+    /// Snapshot-stream counters.
+    pub snapshot_stream: StreamStats,
+    /// Bytes held by a partly received snapshot.
+    pub snapshot_receiving_bytes: usize,
 }
 
 /// A small deterministic PRNG (SplitMix64) for election timeouts.
@@ -307,6 +322,11 @@ pub struct Replica {
     join_countdown: usize,
     step_errors: u64,
     refuse_leadership: bool,
+    /// Ticks since start: the snapshot stream's clock.
+    ticks: u64,
+    snap_tx: SnapshotSender,
+    snap_rx: SnapshotReceiver,
+    snap_stats: StreamStats,
 }
 
 impl std::fmt::Debug for Replica {
@@ -342,6 +362,9 @@ impl Replica {
         if !cfg.slots.contains(&cfg.id.slot) {
             return Err(InitError::UnknownSlot(cfg.id.slot));
         }
+        cfg.snapshot_stream
+            .validate()
+            .map_err(InitError::SnapshotStream)?;
         let mut conf_history = BTreeMap::new();
         let store = if cfg.id.incarnation == FIRST_INCARNATION {
             let cs = ConfState {
@@ -392,6 +415,10 @@ impl Replica {
             join_countdown: 0,
             step_errors: 0,
             refuse_leadership: false,
+            ticks: 0,
+            snap_tx: SnapshotSender::new(cfg.snapshot_stream),
+            snap_rx: SnapshotReceiver::new(cfg.snapshot_stream, cfg.id),
+            snap_stats: StreamStats::default(),
             raw,
             cfg,
         };
@@ -447,6 +474,13 @@ impl Replica {
             self.raw.tick();
         }
         self.redraw_election_timeout();
+        self.ticks += 1;
+        if self.snap_rx.on_tick(self.ticks) {
+            self.snap_stats.abandoned += 1;
+        }
+        for to in self.snap_tx.on_tick(self.ticks) {
+            self.end_transfer(to, TransferEnd::Failed);
+        }
         if !self.is_member() && self.cfg.id.incarnation != FIRST_INCARNATION {
             if self.join_countdown == 0 {
                 self.join_countdown = self.cfg.join_retry_ticks.max(1);
@@ -563,8 +597,41 @@ impl Replica {
         match opened.body {
             Body::Join => self.on_join(from),
             Body::Raft(m) => self.step(m),
+            Body::Snapshot(StreamMsg::Chunk(chunk)) => {
+                let got = self
+                    .snap_rx
+                    .on_chunk(from, chunk, self.ticks, &mut self.snap_stats);
+                if let Some(m) = got.complete {
+                    self.step(m);
+                }
+                if let Some(reply) = got.reply {
+                    self.extra.push((from, Body::Snapshot(reply)));
+                }
+            }
+            Body::Snapshot(reply) => {
+                if let Some(end) = self.snap_tx.on_reply(from, &reply, self.ticks) {
+                    self.end_transfer(from, end);
+                }
+            }
         }
         Ok(from)
+    }
+
+    /// Tells raft how a snapshot transfer to `to` ended: once finished it
+    /// waits for the follower's answer; once failed it probes again after a
+    /// heartbeat and sends a new snapshot message.
+    fn end_transfer(&mut self, to: NodeId, end: TransferEnd) {
+        let status = match end {
+            TransferEnd::Finished => {
+                self.snap_stats.sends_finished += 1;
+                SnapshotStatus::Finish
+            }
+            TransferEnd::Failed => {
+                self.snap_stats.sends_failed += 1;
+                SnapshotStatus::Failure
+            }
+        };
+        self.raw.report_snapshot(to.raft_id(), status);
     }
 
     /// Steps an already-authenticated raft message. Errors from raft-rs
@@ -748,6 +815,7 @@ impl Replica {
                 || !self.batch.is_empty()
                 || !self.extra.is_empty()
                 || !self.dropped.is_empty()
+                || self.snap_tx.has_chunks()
                 || self.raw.raft.state != self.last_role
                 || self.raw.raft.leader_id != self.last_leader)
     }
@@ -757,12 +825,16 @@ impl Replica {
         (l != 0).then(|| NodeId::from_raft_id(l))
     }
 
-    fn seal_all(&mut self, msgs: Vec<Message>, out: &mut Output, snaps: &mut Vec<u64>) {
+    fn seal_all(&mut self, msgs: Vec<Message>, out: &mut Output) {
         for m in msgs {
-            if m.get_msg_type() == MessageType::MsgSnapshot {
-                snaps.push(m.to);
-            }
             let to = NodeId::from_raft_id(m.to);
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                // The data goes by the snapshot stream, in chunks; the
+                // message travels with each chunk, without it.
+                self.snap_tx.start(to, m, self.ticks);
+                self.snap_stats.sends_started += 1;
+                continue;
+            }
             let bytes = self.outbox.seal(to, &Body::Raft(m));
             out.messages.push((to, bytes));
         }
@@ -822,7 +894,6 @@ impl Replica {
         let mut out = Output::default();
         if !self.awaiting_advance {
             self.flush();
-            let mut snaps = Vec::new();
             for (to, body) in std::mem::take(&mut self.extra) {
                 let bytes = self.outbox.seal(to, &body);
                 out.messages.push((to, bytes));
@@ -830,7 +901,7 @@ impl Replica {
             if self.raw.has_ready() {
                 let mut rd = self.raw.ready();
                 let msgs = rd.take_messages();
-                self.seal_all(msgs, &mut out, &mut snaps);
+                self.seal_all(msgs, &mut out);
                 if !rd.snapshot().is_empty() {
                     let snap = rd.snapshot().clone();
                     let meta = snap.get_metadata();
@@ -856,21 +927,24 @@ impl Replica {
                     self.raw.mut_store().set_hard_state(hs.clone());
                 }
                 let msgs = rd.take_persisted_messages();
-                self.seal_all(msgs, &mut out, &mut snaps);
+                self.seal_all(msgs, &mut out);
                 let mut light = self.raw.advance(rd);
                 if let Some(commit) = light.commit_index() {
                     self.raw.mut_store().set_commit(commit);
                 }
                 let msgs = light.take_messages();
-                self.seal_all(msgs, &mut out, &mut snaps);
+                self.seal_all(msgs, &mut out);
                 let committed = light.take_committed_entries();
                 self.apply_committed(committed, &mut out);
             }
-            // The snapshot is handed to the transport; report it sent so the
-            // leader probes again. If it was lost, the probe fails and the
-            // leader sends it anew — never stuck waiting for a lost snapshot.
-            for to in snaps {
-                self.raw.report_snapshot(to, SnapshotStatus::Finish);
+            if self.raw.raft.state != StateRole::Leader {
+                // Deposed: raft no longer waits for these transfers.
+                self.snap_tx.clear();
+            }
+            for (to, chunk) in self.snap_tx.poll() {
+                self.snap_stats.chunks_sent += 1;
+                let bytes = self.outbox.seal(to, &Body::Snapshot(chunk));
+                out.messages.push((to, bytes));
             }
             self.awaiting_advance = self.delivered > self.applied;
         }
@@ -966,6 +1040,8 @@ impl Replica {
             voters_outgoing: ids(&cs.voters_outgoing),
             matched,
             envelopes: self.inbox.stats(),
+            snapshot_stream: self.snap_stats,
+            snapshot_receiving_bytes: self.snap_rx.held_bytes(),
         }
     }
 }

@@ -11,7 +11,7 @@ use tandem_core::shadow::hash::Fnv64;
 /// A value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Value {
-    Str(Vec<u8>),
+    Str(#[serde(with = "byte_string")] Vec<u8>),
     List(VecDeque<Vec<u8>>),
     Hash(BTreeMap<Vec<u8>, Vec<u8>>),
     Set(BTreeSet<Vec<u8>>),
@@ -26,6 +26,73 @@ impl Value {
             Value::Hash(h) => h.is_empty(),
             Value::Set(s) => s.is_empty(),
             Value::ZSet(z) => z.scores.is_empty(),
+        }
+    }
+}
+
+/// A string value encoded as one byte string. postcard writes a byte
+/// string exactly as it writes a sequence of `u8` (the length, then the
+/// bytes), so snapshots are unchanged; but as one copy instead of one call
+/// per byte: a snapshot of 100 MiB of values, which the node copies on its
+/// event loop, took ~0.7 s that way and takes a few tens of ms this way.
+mod byte_string {
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(ByteBuf)
+    }
+
+    struct ByteBuf;
+
+    impl<'de> de::Visitor<'de> for ByteBuf {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use crate::db::Value;
+        use serde::{Deserialize, Serialize};
+
+        /// `Value` as it was encoded before: a plain sequence of bytes.
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        enum PlainValue {
+            Str(Vec<u8>),
+        }
+
+        #[test]
+        fn a_byte_string_is_encoded_as_the_plain_sequence_was() {
+            for len in [0usize, 1, 127, 128, 300, 70_000] {
+                let bytes: Vec<u8> = (0..len).map(|i| (i * 13 % 256) as u8).collect();
+                let new = postcard::to_stdvec(&Value::Str(bytes.clone())).unwrap();
+                let old = postcard::to_stdvec(&PlainValue::Str(bytes.clone())).unwrap();
+                assert_eq!(new, old, "len {len}");
+                let back: Value = postcard::from_bytes(&old).unwrap();
+                assert_eq!(back, Value::Str(bytes));
+            }
         }
     }
 }

@@ -170,8 +170,12 @@ impl Service for Kv {
     }
 
     fn snapshot(&self) -> Vec<u8> {
+        // Sized first (a walk without copying), so the encoding is written
+        // into one allocation instead of being copied at every doubling.
         // Encoding plain maps, vectors and floats cannot fail.
-        postcard::to_stdvec(self).unwrap_or_default()
+        let size = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
+            .unwrap_or(0);
+        postcard::to_extend(self, Vec::with_capacity(size)).unwrap_or_default()
     }
 
     fn restore(bytes: &[u8]) -> Result<Self, SdkError> {
@@ -186,14 +190,14 @@ impl Service for Kv {
     /// The keyspace and every connection's unfinished request, hashed in
     /// place (the default would encode a whole snapshot first: slow for a
     /// big keyspace, and asked for by every `tandem status`).
-    fn state_hash(&self) -> u64 {
+    fn state_hash(&self) -> Option<u64> {
         let mut h = tandem_core::shadow::hash::Fnv64::new();
         self.db.hash_into(&mut h);
         h.u64(self.conns.len() as u64);
         for (id, c) in &self.conns {
             h.u64(id.0).u64(c.input.len() as u64).bytes(&c.input);
         }
-        h.finish()
+        Some(h.finish())
     }
 
     /// The keyspace's accounted bytes plus every connection's unparsed

@@ -170,7 +170,7 @@ use std::net::SocketAddr;
 pub use crate::shadow::Millis;
 pub use conns::Connections;
 pub use rng::Rng;
-pub use runtime::{ConnOutput, MemoryUse, Runtime, TimerState};
+pub use runtime::{ConnOutput, MemoryUse, Runtime, TakenSnapshot, TimerState};
 
 /// A connection's deterministic identity: assigned by the host in log order
 /// (the n-th connection opened in the log), never reused, so it is the same
@@ -655,13 +655,13 @@ pub trait Service: Send + RestoreInPlace {
     where
         Self: Sized;
 
-    /// A hash of the state, equal on replicas in the same state. The
-    /// default hashes the snapshot (FNV-1a 64): always correct, but it costs
-    /// a full encoding; large services should keep a cheaper hash.
-    fn state_hash(&self) -> u64 {
-        crate::shadow::hash::Fnv64::new()
-            .bytes(&self.snapshot())
-            .finish()
+    /// A hash of the state, equal on replicas in the same state, if the
+    /// service keeps a cheap one. The default, `None`, lets the runtime
+    /// hash [`Service::snapshot`]'s bytes (FNV-1a 64): always correct, but
+    /// it costs a full encoding (when a snapshot is taken, the hashing is
+    /// done with the encoding's bytes, off the node's event loop).
+    fn state_hash(&self) -> Option<u64> {
+        None
     }
 
     /// The service's own data, in accounted bytes, for the memory budget
