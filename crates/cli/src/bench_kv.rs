@@ -491,7 +491,13 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         None,
     )?;
     if opts.encryption_cost {
-        let spec = LabSpec::named(format!("{}-u", opts.name))
+        // The second lab's name: the first's with "-u", within the limit.
+        let stem: String = opts
+            .name
+            .chars()
+            .take(tandem_lab::MAX_NAME_LEN - 2)
+            .collect();
+        let spec = LabSpec::named(format!("{stem}-u"))
             .with_nodes(3)
             .with_service(ServiceKind::Kv)
             .with_unencrypted_replication_for_benchmarks();
