@@ -11,8 +11,19 @@
 //!
 //! Commands: see [`COMMANDS`]. Per connection, input is buffered until a
 //! request is complete (pipelining and requests split across events both
-//! work), bounded by [`resp::MAX_REQUEST`]; a malformed frame gets an error
-//! reply and closes that connection only.
+//! work), bounded by the group's `max_request` (one argument by
+//! `max_value`); a malformed frame gets an error reply and closes that
+//! connection only.
+//!
+//! Bounds (DESIGN §3.2, the group's [`tandem_core::sdk::Limits`]): each
+//! reply goes to the context as soon as its command ran, so a pipeline
+//! whose replies would pass `output_cap` stops at that command (the
+//! connection is reset, nothing after it runs); while the group's
+//! accounted memory is over `max_memory`, the commands Redis flags
+//! `denyoom` get `-OOM command not allowed when used memory >
+//! 'maxmemory'.` and change nothing. The keyspace's accounted size is kept
+//! up to date by every command from data sizes ([`Service::memory_bytes`]),
+//! never read from the allocator.
 
 #![deny(missing_docs)]
 

@@ -45,6 +45,12 @@
 //!   half-way leaves the state usable. This needs `panic = "unwind"` (the
 //!   default; never `abort` in a profile that builds a node), and it cannot
 //!   help with a service that loops forever or exhausts memory.
+//! - **Bounds are replicated decisions.** [`Limits`] (the output cap, the
+//!   memory budget, the request bounds) come from the configuration every
+//!   replica shares; the runtime checks each [`Context::send`] against the
+//!   connection's output not yet acknowledged by logged ACKs, and the
+//!   memory figure a service compares with the budget is computed from
+//!   data sizes ([`Service::memory_bytes`]), never from the allocator.
 //! - **[`Service::snapshot`] / [`Service::restore`] round-trip exactly**
 //!   (including per-connection buffers): a clone seeded from a snapshot must
 //!   answer exactly as one that applied the whole log, and
