@@ -68,11 +68,11 @@ use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use tandem_replica::envelope::{ClusterKey, Keyring};
 use tandem_core::sdk::{
     Limits, DEFAULT_MAX_MEMORY, DEFAULT_MAX_REQUEST, DEFAULT_MAX_VALUE, DEFAULT_OUTPUT_CAP,
 };
 use tandem_core::shadow::ShadowConfig;
+use tandem_replica::envelope::{ClusterKey, Keyring};
 
 /// Why a configuration was refused: which field, what is wrong, how to fix it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

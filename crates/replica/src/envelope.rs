@@ -688,9 +688,9 @@ fn open_cached(
             }
             Body::Raft(m)
         }
-        KIND_SNAPSHOT => Body::Snapshot(
-            crate::snapshot_stream::StreamMsg::decode(&payload).ok_or(Malformed)?,
-        ),
+        KIND_SNAPSHOT => {
+            Body::Snapshot(crate::snapshot_stream::StreamMsg::decode(&payload).ok_or(Malformed)?)
+        }
         _ => return Err(Malformed),
     };
     window.accept(from, seq);
