@@ -42,7 +42,8 @@ pub struct MigrateArgs {
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct DrainArgs {
-    /// The node (slot) to drain or undrain.
+    /// The node (slot) this is for: the one to drain, undrain or reload.
+    /// With --config or --admin it must be the local node.
     node: u16,
     #[command(flatten)]
     target: Target,
