@@ -116,8 +116,6 @@ enum HandshakeGuard {
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cluster key: {0}")]
-    Key(#[from] tandem_replica::envelope::KeyError),
     #[error("incarnation file {path}: {source}")]
     Incarnation {
         path: String,
