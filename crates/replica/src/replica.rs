@@ -13,7 +13,7 @@
 //! leader adds it as a learner; once it has caught up, the leader swaps it in
 //! for its slot's dead incarnation with one joint configuration change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
@@ -321,6 +321,15 @@ pub struct Replica {
     last_leader: u64,
     join_countdown: usize,
     step_errors: u64,
+    /// Append bytes sealed per follower in the current `ready` (see
+    /// `seal_all`), and how many appends went over that budget and were
+    /// dropped for raft to resend.
+    append_bytes_this_ready: BTreeMap<NodeId, usize>,
+    appends_deferred: u64,
+    /// Peers whose heartbeat response was stepped since the last `ready`
+    /// (see `receive`), and how many further ones were merged into it.
+    heartbeat_answers_this_ready: BTreeSet<NodeId>,
+    heartbeat_answers_merged: u64,
     refuse_leadership: bool,
     /// Ticks since start: the snapshot stream's clock.
     ticks: u64,
@@ -414,6 +423,10 @@ impl Replica {
             last_leader: 0,
             join_countdown: 0,
             step_errors: 0,
+            append_bytes_this_ready: BTreeMap::new(),
+            appends_deferred: 0,
+            heartbeat_answers_this_ready: BTreeSet::new(),
+            heartbeat_answers_merged: 0,
             refuse_leadership: false,
             ticks: 0,
             snap_tx: SnapshotSender::new(cfg.snapshot_stream),
@@ -596,6 +609,18 @@ impl Replica {
         let from = opened.from;
         match opened.body {
             Body::Join => self.on_join(from),
+            Body::Raft(m)
+                if m.get_msg_type() == MessageType::MsgHeartbeatResponse
+                    && m.context.is_empty()
+                    && !self.heartbeat_answers_this_ready.insert(from) =>
+            {
+                // raft-rs answers every heartbeat response from a lagging
+                // follower with a full append; a backlog of them (a healed
+                // partition delivers seconds of heartbeats at once) made one
+                // ready build the whole gap. One per peer per ready says all
+                // they say: the peer is alive.
+                self.heartbeat_answers_merged += 1;
+            }
             Body::Raft(m) => self.step(m),
             Body::Snapshot(StreamMsg::Chunk(chunk)) => {
                 let got = self
@@ -826,8 +851,25 @@ impl Replica {
     }
 
     fn seal_all(&mut self, msgs: Vec<Message>, out: &mut Output) {
+        let budget = self.append_budget();
         for m in msgs {
             let to = NodeId::from_raft_id(m.to);
+            if m.get_msg_type() == MessageType::MsgAppend && !m.entries.is_empty() {
+                // A follower back from a partition draws appends from every
+                // heartbeat response and every freed inflight slot; one
+                // ready once held 55 of them (13.7 MB) and sealing them
+                // stalled the leader past the election timeout. Beyond the
+                // window's worth per follower per ready the rest are dropped,
+                // as a lossy network would: raft resends from the
+                // follower's reply.
+                let size: usize = m.entries.iter().map(|e| e.data.len()).sum();
+                let sent = self.append_bytes_this_ready.entry(to).or_insert(0);
+                if *sent > 0 && *sent + size > budget {
+                    self.appends_deferred += 1;
+                    continue;
+                }
+                *sent += size;
+            }
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 // The data goes by the snapshot stream, in chunks; the
                 // message travels with each chunk, without it.
@@ -838,6 +880,16 @@ impl Replica {
             let bytes = self.outbox.seal(to, &Body::Raft(m));
             out.messages.push((to, bytes));
         }
+    }
+
+    /// Append bytes one `ready` may carry to one follower: the inflight
+    /// window's worth (`max_inflight_msgs` × `max_size_per_msg`, 4 MiB by
+    /// default), so steady replication never reaches it.
+    fn append_budget(&self) -> usize {
+        (self.cfg.max_inflight_msgs as u64)
+            .saturating_mul(self.cfg.max_size_per_msg)
+            .try_into()
+            .unwrap_or(usize::MAX)
     }
 
     fn apply_committed(&mut self, entries: Vec<Entry>, out: &mut Output) {
@@ -893,6 +945,8 @@ impl Replica {
     pub fn ready(&mut self) -> Output {
         let mut out = Output::default();
         if !self.awaiting_advance {
+            self.append_bytes_this_ready.clear();
+            self.heartbeat_answers_this_ready.clear();
             self.flush();
             for (to, body) in std::mem::take(&mut self.extra) {
                 let bytes = self.outbox.seal(to, &body);
@@ -1000,6 +1054,18 @@ impl Replica {
     /// The in-memory log (read-only).
     pub fn log(&self) -> &MemLog {
         self.raw.store()
+    }
+
+    /// Appends dropped because one `ready` already carried the inflight
+    /// window's worth of entries to that follower (raft resends them).
+    pub fn appends_deferred(&self) -> u64 {
+        self.appends_deferred
+    }
+
+    /// Heartbeat responses merged into an earlier one from the same peer
+    /// in the same `ready` cycle.
+    pub fn heartbeat_answers_merged(&self) -> u64 {
+        self.heartbeat_answers_merged
     }
 
     /// Errors raft-rs returned while stepping messages (counted, not fatal).
