@@ -22,7 +22,7 @@ use crate::procs::{self, ProcRecord};
 use crate::state::{self, EndpointState, Fault, LabState, RaftTimings, ServiceKind, StateLock};
 use crate::{
     LabError, BRIDGE_DEVICE, CLIENT_ADDR, DAEMON_ENV, DEFAULT_NODES, MAX_NODES, NODE_INTERFACE,
-    PARTITION_CHAIN, PREFIX_LEN, PRIMARY_WAIT, PROBE_PORT, REPLICATION_PORTS, RST_COUNT_CHAIN, VIP,
+    PARTITION_CHAIN, PREFIX_LEN, PROBE_PORT, REPLICATION_PORTS, RST_COUNT_CHAIN, VIP,
 };
 
 /// How long a fault waits for SIGKILLed processes to disappear.
@@ -294,7 +294,7 @@ impl Lab {
     /// checked) with service none.
     ///
     /// With a daemon, `up` writes the lab's files (see [`crate`] docs),
-    /// starts one daemon per node and waits up to [`PRIMARY_WAIT`] until
+    /// starts one daemon per node and waits up to [`crate::primary_wait`] until
     /// exactly one node holds the VIP and a TCP connection from the client
     /// to VIP:port succeeds, saying on stderr every 2 s what it waits for.
     /// If a daemon exits first, or time runs out, the lab is removed and
@@ -370,7 +370,7 @@ impl Lab {
         drop(lock);
         let mut lab = Lab { state, children };
         if lab.state.service.has_daemon() {
-            match lab.wait_for_primary(PRIMARY_WAIT) {
+            match lab.wait_for_primary(crate::primary_wait()) {
                 Ok(leader) => {
                     tracing::info!(lab = name, leader, "a primary serves the VIP");
                 }

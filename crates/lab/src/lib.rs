@@ -77,8 +77,22 @@ pub const MAX_NODES: usize = 9;
 /// when [`Lab::up_with_daemon`] is not given one.
 pub const DAEMON_ENV: &str = "TANDEM_BIN";
 
-/// How long [`Lab::up`] waits for a primary to serve the VIP.
+/// How long [`Lab::up`] waits for a primary to serve the VIP, unless
+/// [`PRIMARY_WAIT_ENV`] says otherwise.
 pub const PRIMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Environment variable overriding [`PRIMARY_WAIT`], in whole seconds: a
+/// lab inside an emulated VM (scripts/vm/) starts 10-50x slower.
+pub const PRIMARY_WAIT_ENV: &str = "TANDEM_LAB_PRIMARY_WAIT_S";
+
+/// [`PRIMARY_WAIT`], or [`PRIMARY_WAIT_ENV`]'s value when it is a number of
+/// seconds.
+pub fn primary_wait() -> std::time::Duration {
+    std::env::var(PRIMARY_WAIT_ENV)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(PRIMARY_WAIT, std::time::Duration::from_secs)
+}
 
 /// Nodes in a lab when nothing else is asked for.
 pub const DEFAULT_NODES: usize = 3;
