@@ -35,11 +35,11 @@
 //! delivers it (a pure ACK's outcome may carry [`ShadowEvent::Delivered`]),
 //! so applying goes through the same path whatever the entry holds.
 
-use crate::capture::segment_of;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use tandem_core::packet::segment_of;
 use tandem_core::sdk::{
     Action, ConnId, Event as SdkEvent, Limits, MemoryUse, Runtime, Service, TimerId,
 };

@@ -23,6 +23,10 @@
 //! ([`checksum`]), with the TCP pseudo-header for both IP versions
 //! ([`PseudoHeader`]).
 //!
+//! With the `serde` feature, [`SeqNumber`], [`SackBlock`], [`SackBlocks`]
+//! and [`Timestamps`] implement serde's traits (shadow TCP keeps them in its
+//! replicated state and snapshots).
+//!
 //! Robustness is tested with proptest on arbitrary bytes for every parser
 //! (`tests/`); that stands in for cargo-fuzz, which needs a nightly
 //! toolchain this project does not use.
@@ -38,6 +42,8 @@ pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
 mod seq;
+#[cfg(feature = "serde")]
+mod serde_impls;
 pub mod tcp;
 
 pub use arp::{gratuitous_arp_request, ArpOperation, Packet as ArpPacket, Repr as ArpRepr};

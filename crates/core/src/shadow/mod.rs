@@ -79,7 +79,8 @@ mod tests;
 
 pub use output::OutputError;
 pub use segment::{
-    ConnKey, Direction, SackBlock, SackBlocks, Segment, SegmentOptions, TcpFlags, Timestamps,
+    ConnKey, Direction, SackBlock, SackBlocks, Segment, SeqNumber, TcpFlags, TcpOptionSet,
+    Timestamps,
 };
 pub use seq::Millis;
 pub use snapshot::{seal, unseal, SnapshotError, TableSnapshot};

@@ -30,7 +30,7 @@ mod supervise;
 mod takeover;
 
 use crate::admin::{AdminReply, AdminRequest, AdminServer};
-use crate::capture::{direction_of, facts_of, reset_for, segment_of, CaptureLoop, Decision};
+use crate::capture::{direction_of, CaptureLoop, Decision};
 use crate::config::{Config, ServiceSection};
 use crate::group::{Effect, Item, LogEntry, ServiceGroup};
 use crate::proposer::{Proposal, Proposer};
@@ -49,6 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supervise::Supervisor;
 use takeover::{for_restore, handed_over_packet, replay_head, synack_for_replay, Rebuilt, TS_JUMP};
 use tandem_core::classify::{Admit, Class, JunkReason, Seen, SynGuard, SynLimiter};
+use tandem_core::packet::{facts_of, reset_for, segment_of};
 use tandem_core::shadow::{ConnKey, ShadowConfig};
 use tandem_replica::{NodeId, Output, ProposalId, Replica, StateRole};
 use tandem_sys::capture::{detect_backend, CaptureRules};
@@ -639,8 +640,8 @@ impl Daemon {
                     direction,
                     facts,
                     key,
-                    seq: segment.seq,
-                    ack: segment.ack,
+                    seq: segment.seq.0,
+                    ack: segment.ack.0,
                     bytes: &packet.payload,
                 };
                 let from_server = matches!(direction, tandem_core::classify::Direction::FromServer);
@@ -694,7 +695,7 @@ impl Daemon {
                             packet.id,
                             HandshakeGuard::SynAck {
                                 key,
-                                isn: segment.seq,
+                                isn: segment.seq.0,
                             },
                         );
                     }

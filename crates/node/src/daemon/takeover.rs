@@ -3,9 +3,9 @@
 //! prompt the client at once, and which logged packets it replays or
 //! re-injects. No I/O here: the daemon carries these out.
 
-use crate::capture::segment_of;
 use crate::group::Item;
 use std::net::IpAddr;
+use tandem_core::packet::segment_of;
 use tandem_core::shadow::ConnKey;
 
 /// A logged packet, parsed the way the log was written: options as Linux
