@@ -7,6 +7,8 @@
 //! [`report`]). [`migration`] moves live TCP connections, with the virtual
 //! IP, from one node to another.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod capture;
 pub mod config;
