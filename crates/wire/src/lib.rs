@@ -4,7 +4,7 @@
 //! Every client packet tandem captures is parsed here before it is logged,
 //! and every replica's shadow TCP rebuilds connections from what these
 //! parsers report, so they must never panic and must say precisely why a
-//! packet was refused (DESIGN §3.1–3.2, invariant I6).
+//! packet was refused (docs/architecture.md §3.1–3.2, invariant I6).
 //!
 //! The shape follows smoltcp's `wire` module. For each protocol:
 //! - a view, `Packet<T: AsRef<[u8]>>` (`Frame` for Ethernet), over a

@@ -1,4 +1,4 @@
-//! Snapshots of the shadow TCP table (DESIGN §3.7).
+//! Snapshots of the shadow TCP table (docs/architecture.md §3.7).
 //!
 //! The table serialises with serde (the node writes it with postcard, inside
 //! the service group's snapshot); decoding goes through [`TableSnapshot`],

@@ -450,7 +450,7 @@ impl ShadowTable {
     /// LAST_ACK: the state field says which, and a restore builds
     /// ESTABLISHED then `shutdown(SHUT_WR)` when our FIN is queued), and for a
     /// handshake whose SYN-ACK is logged (state SYN_RECV: restore it as
-    /// ESTABLISHED with nothing sent, DESIGN §3.5).
+    /// ESTABLISHED with nothing sent, docs/architecture.md §3.5).
     ///
     /// - `recv_queue` is empty: every in-order byte was delivered to the
     ///   application (which is replicated) or is held back by the input
@@ -460,13 +460,13 @@ impl ShadowTable {
     ///   (the client retransmits them: SACK is advisory).
     /// - `send_queue` is all the unacknowledged output with `unsent_len` 0;
     ///   how much of it was really in flight is decided at restore time
-    ///   (DESIGN §3.5: up to the client's last ACK + window).
+    ///   (docs/architecture.md §3.5: up to the client's last ACK + window).
     /// - `write_seq` counts our FIN if one is queued, as the kernel does
     ///   (`SocketImage::snd_una()` allows for it); a restore queues the data
     ///   at write_seq − 1 − len.
     /// - `timestamp` is our clock's best lower bound — the client's latest
     ///   TSecr (or our SYN-ACK's TSval) plus the log time elapsed since —
-    ///   plus `ts_jump` (the failover barrier's jump, DESIGN §3.5), so our
+    ///   plus `ts_jump` (the failover barrier's jump, docs/architecture.md §3.5), so our
     ///   TSval never goes behind what the client has seen.
     /// - the window: snd_wl1/snd_wnd/max_window as tcp_ack() left them;
     ///   rcv_wnd = W and rcv_wup = rcv_nxt, so the right edge we advertise

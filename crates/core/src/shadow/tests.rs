@@ -1375,7 +1375,7 @@ fn bytes_per_idle_connection_measured() {
 }
 
 // ---------------------------------------------------------------------------
-// The input throttle (DESIGN §3.2) and snapshots (§3.7).
+// The input throttle (docs/architecture.md §3.2) and snapshots (§3.7).
 
 fn throttled_cfg(limit: u64) -> ShadowConfig {
     let mut c = cfg();
