@@ -1274,6 +1274,7 @@ mod fuzz {
 // ---------------------------------------------------------------------------
 // Measuring real allocations.
 
+#[allow(unsafe_code)]
 mod alloc_count {
     //! A counting global allocator for this test binary: each thread counts
     //! the bytes it has allocated minus freed, so a test measures exactly

@@ -218,7 +218,7 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         .with_nodes(3)
         .with_service(ServiceKind::Kv)
         .with_raft(opts.raft);
-    let (events, warmup_failures, client_rsts) = super::in_lab(
+    let (events, warmup_failures, client_rsts) = crate::in_lab(
         "failover",
         &spec,
         "3 nodes, replicated kv",
@@ -1023,33 +1023,11 @@ fn incr(key: &str) -> Vec<u8> {
     format!("*2\r\n$4\r\nINCR\r\n${}\r\n{key}\r\n", key.len()).into_bytes()
 }
 
-/// Raises the soft limit on open files to at least `want` (up to the hard
-/// limit).
+/// Raises the soft limit on open files to at least `want`, or fails.
 fn raise_nofile(want: u64) -> Result<()> {
-    // SAFETY: getrlimit/setrlimit only read and write the struct given.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
-        }
-        if lim.rlim_cur >= want as libc::rlim_t {
-            return Ok(());
-        }
-        let wanted = want as libc::rlim_t;
-        lim.rlim_cur = if lim.rlim_max < wanted {
-            lim.rlim_max
-        } else {
-            wanted
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
-        }
-        if lim.rlim_cur < wanted {
-            bail!(
-                "{want} open files are needed but the hard limit is {}",
-                lim.rlim_max
-            );
-        }
+    let got = tandem_sys::limits::raise_nofile(want).context("raising RLIMIT_NOFILE")?;
+    if got < want {
+        bail!("{want} open files are needed but the limit stays at {got}");
     }
     Ok(())
 }
