@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::workload::command;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use tandem_lab::{Lab, LabGuard, LabSpec, RaftTimings, ServiceKind};
@@ -924,7 +925,7 @@ impl Generator {
         if c.stream.is_none() || c.sent.is_some() {
             return;
         }
-        c.out.extend_from_slice(&incr(&c.key));
+        c.out.extend_from_slice(&command(&["INCR", &c.key]));
         c.sent = Some(now);
         c.last_sent = Some(now);
         self.flush(i);
@@ -1017,10 +1018,6 @@ impl Generator {
 
 fn key(run: usize, i: usize, generation: u32) -> String {
     format!("fo:{}:{run}:{i}:{generation}", std::process::id())
-}
-
-fn incr(key: &str) -> Vec<u8> {
-    format!("*2\r\n$4\r\nINCR\r\n${}\r\n{key}\r\n", key.len()).into_bytes()
 }
 
 /// Raises the soft limit on open files to at least `want`, or fails.
@@ -1193,6 +1190,9 @@ mod tests {
 
     #[test]
     fn requests_are_resp() {
-        assert_eq!(incr("k1"), b"*2\r\n$4\r\nINCR\r\n$2\r\nk1\r\n");
+        assert_eq!(
+            command(&["INCR", "k1"]),
+            b"*2\r\n$4\r\nINCR\r\n$2\r\nk1\r\n"
+        );
     }
 }
