@@ -22,7 +22,7 @@ After the run, each key is read once more (GET, retried for up to 15 s in all) f
 wherever the client is then sent, and everything is written as JSON to
 `--out`: per connection its key, every acknowledged INCR as [sent, answered,
 value] (Unix seconds), every failure as [sent, failed, kind, message], and
-the final GET. The bench (crates/cli/src/bench_compare.rs) does the
+the final GET. The bench (crates/bench/src/compare.rs) does the
 arithmetic.
 """
 

@@ -1,65 +1,11 @@
-//! `tandem bench ...`: benchmarks. Every figure is printed beside a baseline
-//! measured in the same run, because these machines are shared and noisy:
-//! only ratios within one run mean anything.
+//! `tandem bench ...`: the arguments of the benchmarks; the benchmarks
+//! themselves are the `tandem-bench` crate. Every figure is printed beside a
+//! baseline measured in the same run, because these machines are shared and
+//! noisy: only ratios within one run mean anything.
 
-use anyhow::{Context, Result};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use anyhow::Result;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-use tandem_cli::scenario::{MoveLab, PingPong, PingPongStats};
-use tandem_sys::tcp_repair::{self, RestoreOptions};
-
-/// `tandem bench compare`: tandem, keepalived and Redis Sentinel when the
-/// primary is killed, with the same client workload.
-#[path = "bench_compare.rs"]
-pub(crate) mod bench_compare;
-
-/// `tandem bench kv` and the kv server behind `tandem tool kv-server`.
-#[path = "bench_kv.rs"]
-pub(crate) mod bench_kv;
-
-/// `tandem bench synflood`: real clients' connects during a spoofed SYN
-/// flood, tandem against a plain redis-server.
-#[path = "bench_synflood.rs"]
-pub(crate) mod bench_synflood;
-
-/// `tandem bench failover`: the pause clients see across kills, crashes
-/// and migrations of the primary.
-#[path = "bench_failover.rs"]
-pub(crate) mod bench_failover;
-
-/// Builds the lab of `spec` for benchmark `bench`, runs `measure` in it,
-/// and always takes it down, also when measuring failed; with
-/// `keep_logs_in`, the daemons' logs are copied there first, for a look
-/// after the lab is gone.
-pub(crate) fn in_lab<T>(
-    bench: &str,
-    spec: &tandem_lab::LabSpec,
-    what: &str,
-    measure: impl FnOnce(&mut tandem_lab::LabGuard) -> Result<T>,
-    keep_logs_in: Option<&std::path::Path>,
-) -> Result<T> {
-    let name = spec.name.as_deref().unwrap_or("(generated)");
-    eprintln!("bench {bench}: bringing up lab {name} ({what})");
-    let mut lab = tandem_lab::LabGuard::new(
-        tandem_lab::Lab::up_with_daemon(spec, None)
-            .with_context(|| format!("bringing up lab {name}"))?,
-    );
-    let result = measure(&mut lab);
-    if let (Some(keep), Some(dir)) = (keep_logs_in, lab.files_dir()) {
-        for id in lab.node_ids() {
-            let _ = std::fs::copy(
-                dir.join(format!("node{id}.log")),
-                keep.join(format!("node{id}.log")),
-            );
-        }
-    }
-    let down = lab.down();
-    let measured = result?;
-    down.context("taking the lab down")?;
-    Ok(measured)
-}
+use tandem_bench::{capture, compare, failover, kv, migrate, synflood};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -71,6 +17,15 @@ pub struct BenchArgs {
 enum LockMode {
     Hold,
     Drop,
+}
+
+impl From<LockMode> for migrate::LockMode {
+    fn from(mode: LockMode) -> migrate::LockMode {
+        match mode {
+            LockMode::Hold => migrate::LockMode::Hold,
+            LockMode::Drop => migrate::LockMode::Drop,
+        }
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -123,11 +78,11 @@ enum Bench {
     Compare {
         /// Systems to run, in this order.
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
-            bench_compare::System::Tandem,
-            bench_compare::System::Keepalived,
-            bench_compare::System::Sentinel,
+            compare::System::Tandem,
+            compare::System::Keepalived,
+            compare::System::Sentinel,
         ])]
-        systems: Vec<bench_compare::System>,
+        systems: Vec<compare::System>,
         /// Client connections (one thread and one key each).
         #[arg(long, default_value_t = 8)]
         connections: u32,
@@ -159,7 +114,7 @@ enum Bench {
         #[arg(long, default_value_t = 3000)]
         failover_timeout_ms: u64,
         /// The venv holding redis-py (created with it if missing).
-        #[arg(long, default_value = bench_compare::DEFAULT_VENV)]
+        #[arg(long, default_value = compare::DEFAULT_VENV)]
         venv: std::path::PathBuf,
         /// Print the results as JSON (progress still goes to stderr).
         #[arg(long)]
@@ -184,7 +139,7 @@ enum Bench {
         #[arg(long, default_value_t = 50)]
         clients: u32,
         /// The lab's name.
-        #[arg(long, default_value = bench_kv::DEFAULT_LAB)]
+        #[arg(long, default_value = kv::DEFAULT_LAB)]
         name: String,
         /// Print the results as JSON (progress still goes to stderr).
         #[arg(long)]
@@ -228,17 +183,17 @@ enum Bench {
         events: usize,
         /// Which events, interleaved round by round.
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
-            bench_failover::Kind::Kill,
-            bench_failover::Kind::Crash,
-            bench_failover::Kind::Migrate,
+            failover::Kind::Kill,
+            failover::Kind::Crash,
+            failover::Kind::Migrate,
         ])]
-        kinds: Vec<bench_failover::Kind>,
+        kinds: Vec<failover::Kind>,
         /// Connection counts, one after the other (each a fresh set of
         /// connections, each sending at most one request per count × 50 µs).
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 1000])]
         connections: Vec<usize>,
         /// The lab's name.
-        #[arg(long, default_value = bench_failover::DEFAULT_LAB)]
+        #[arg(long, default_value = failover::DEFAULT_LAB)]
         name: String,
         /// Print the results as JSON (progress still goes to stderr).
         #[arg(long)]
@@ -257,11 +212,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             rounds,
             cycles,
             lock,
-        } => migrate(&sizes, rounds.max(1), cycles.max(1), lock),
+        } => migrate::run(&sizes, rounds.max(1), cycles.max(1), lock.into()),
         Bench::Capture {
             seconds,
             round_trips,
-        } => crate::bench_capture::run(seconds.max(0.1), round_trips.max(100)),
+        } => capture::run(seconds.max(0.1), round_trips.max(100)),
         Bench::Compare {
             systems,
             connections,
@@ -276,7 +231,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             failover_timeout_ms,
             venv,
             json,
-        } => bench_compare::run(bench_compare::Options {
+        } => compare::run(compare::Options {
             systems,
             connections: connections.max(1),
             duration_s: duration.max(1.0),
@@ -298,7 +253,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             name,
             json,
             encryption_cost,
-        } => bench_kv::run(bench_kv::Options {
+        } => kv::run(kv::Options {
             name,
             requests: requests.max(1),
             rounds: rounds.max(1),
@@ -310,7 +265,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             rate,
             seconds,
             name,
-        } => bench_synflood::run(bench_synflood::Options {
+        } => synflood::run(synflood::Options {
             rate: rate.max(1),
             seconds,
             name,
@@ -322,7 +277,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             name,
             json,
             raft,
-        } => bench_failover::run(bench_failover::Options {
+        } => failover::run(failover::Options {
             name,
             events,
             kinds,
@@ -331,192 +286,4 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             raft: raft.into(),
         }),
     }
-}
-
-fn migrate(sizes: &[usize], rounds: usize, cycles: usize, lock: LockMode) -> Result<ExitCode> {
-    crate::require_root("tandem bench migrate")?;
-    println!("## One socket, {cycles} cycles on loopback in a private namespace\n");
-    let single = tandem_sys::netns::run_in_private(move || single_socket(cycles))??;
-    println!("| operation | median | mean | ratio to opening a connection |");
-    println!("|---|---|---|---|");
-    for (name, samples) in [
-        (
-            "open a connection (baseline: socket, connect, accept)",
-            &single.open,
-        ),
-        ("dump (TCP_REPAIR, queues, options, window)", &single.dump),
-        ("restore (socket built in repair mode)", &single.restore),
-    ] {
-        println!(
-            "| {name} | {} | {} | {:.2} |",
-            ms(median(samples)),
-            ms(mean(samples)),
-            mean(samples).as_secs_f64() / mean(&single.open).as_secs_f64()
-        );
-    }
-
-    let (hold, what) = match lock {
-        LockMode::Hold => (
-            Some(tandem_cli::scenario::HOLD_QUEUE),
-            "held by the lock and re-injected",
-        ),
-        LockMode::Drop => (None, "dropped by the lock (clients retransmit)"),
-    };
-    println!("\n## Planned move of N connections between two lab nodes, {rounds} moves each\n");
-    println!("Client segments sent during the freeze are {what}.");
-    println!("Clients ping-pong numbered lines; the pause is the largest gap between two");
-    println!("consecutive replies on any connection; the baseline is the largest gap over");
-    println!("an equal window with no move, same clients, same run.\n");
-    println!("| connections | frozen (lock→VIP announced) median / worst | dump / restore per socket | client pause median / worst | baseline gap | pause ÷ baseline |");
-    println!("|---|---|---|---|---|---|");
-    let tandem = std::env::current_exe()?;
-    for &n in sizes {
-        let row = move_size(&tandem, n, rounds, hold)
-            .with_context(|| format!("moving {n} connections"))?;
-        println!(
-            "| {n} | {} / {} | {} / {} | {} / {} | {} | {:.1} |",
-            ms(median(&row.frozen)),
-            ms(max(&row.frozen)),
-            ms(mean(&row.dump_per_socket)),
-            ms(mean(&row.restore_per_socket)),
-            ms(median(&row.pause)),
-            ms(max(&row.pause)),
-            ms(median(&row.baseline)),
-            median(&row.pause).as_secs_f64() / median(&row.baseline).as_secs_f64().max(1e-9)
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-struct SingleSocket {
-    open: Vec<Duration>,
-    dump: Vec<Duration>,
-    restore: Vec<Duration>,
-}
-
-fn single_socket(cycles: usize) -> Result<SingleSocket> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let mut out = SingleSocket {
-        open: Vec::new(),
-        dump: Vec::new(),
-        restore: Vec::new(),
-    };
-    let mut client = TcpStream::connect(addr)?;
-    let (mut server, _) = listener.accept()?;
-    for i in 0..cycles {
-        let t = Instant::now();
-        let c = TcpStream::connect(addr)?;
-        let (s, _) = listener.accept()?;
-        out.open.push(t.elapsed());
-        drop((c, s));
-
-        // Keep the connection really alive across cycles: one exchange each.
-        client.write_all(&(i as u32).to_be_bytes())?;
-        let mut buf = [0u8; 4];
-        server.read_exact(&mut buf)?;
-        server.write_all(&buf)?;
-        client.read_exact(&mut buf)?;
-
-        let t = Instant::now();
-        let image = tcp_repair::dump(std::os::fd::AsFd::as_fd(&server))?;
-        out.dump.push(t.elapsed());
-        tcp_repair::close_silently(server.into())?;
-        let t = Instant::now();
-        let restored = tcp_repair::restore(&image, &RestoreOptions::default())?;
-        out.restore.push(t.elapsed());
-        server = TcpStream::from(restored);
-    }
-    Ok(out)
-}
-
-struct SizeRow {
-    frozen: Vec<Duration>,
-    pause: Vec<Duration>,
-    baseline: Vec<Duration>,
-    dump_per_socket: Vec<Duration>,
-    restore_per_socket: Vec<Duration>,
-}
-
-fn move_size(
-    tandem: &std::path::Path,
-    n: usize,
-    rounds: usize,
-    hold: Option<u16>,
-) -> Result<SizeRow> {
-    let name = format!("bench{}-{n}", std::process::id());
-    let mut lab = MoveLab::up_with(&name, 2, tandem.to_path_buf(), hold)?;
-    let streams = (0..n)
-        .map(|_| lab.connect(None))
-        .collect::<Result<Vec<_>>>()?;
-    // Keep the total request rate near 20k/s whatever n is: the pause must
-    // measure the move, not a saturated machine.
-    let interval = Duration::from_micros((n as u64 * 50).max(2000));
-    let window = Duration::from_millis(1500).max(interval * 20);
-    let mut row = SizeRow {
-        frozen: Vec::new(),
-        pause: Vec::new(),
-        baseline: Vec::new(),
-        dump_per_socket: Vec::new(),
-        restore_per_socket: Vec::new(),
-    };
-    let mut streams = Some(streams);
-    for round in 0..rounds {
-        // Baseline window, then a window holding one move; fresh workloads so
-        // each window's largest gap is its own.
-        let workload = PingPong::start(take_clones(&mut streams)?, interval);
-        std::thread::sleep(window);
-        row.baseline.push(stop(workload)?.max_gap);
-
-        let workload = PingPong::start(take_clones(&mut streams)?, interval);
-        std::thread::sleep(window / 2);
-        let to = if lab.server_node() == 1 { 2 } else { 1 };
-        let report = lab.move_to(to).with_context(|| format!("round {round}"))?;
-        std::thread::sleep(window / 2);
-        let stats = stop(workload)?;
-        row.pause.push(stats.max_gap);
-        row.frozen.push(report.frozen_for());
-        let per = |phase| report.phase(phase).unwrap_or_default() / n as u32;
-        row.dump_per_socket.push(per("dump"));
-        row.restore_per_socket.push(per("restore"));
-        if lab.client_rst_count()? > 0 {
-            anyhow::bail!("clients received RST segments during round {round}");
-        }
-    }
-    lab.down()?;
-    Ok(row)
-}
-
-/// Clones of the client streams for a new workload (the same connections).
-fn take_clones(streams: &mut Option<Vec<TcpStream>>) -> Result<Vec<TcpStream>> {
-    let streams = streams.as_ref().context("streams gone")?;
-    Ok(streams
-        .iter()
-        .map(TcpStream::try_clone)
-        .collect::<std::io::Result<Vec<_>>>()?)
-}
-
-fn stop(workload: PingPong) -> Result<PingPongStats> {
-    workload.finish().context("a client saw an error")
-}
-
-fn median(samples: &[Duration]) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
-}
-
-fn mean(samples: &[Duration]) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    samples.iter().sum::<Duration>() / samples.len() as u32
-}
-
-fn max(samples: &[Duration]) -> Duration {
-    samples.iter().max().copied().unwrap_or_default()
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }

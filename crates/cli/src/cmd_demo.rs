@@ -11,8 +11,8 @@ use anyhow::{ensure, Context, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tandem_cli::scenario::{MoveLab, PingPong};
-use tandem_node::migration::MoveReport;
+use tandem_moves::migration::MoveReport;
+use tandem_moves::scenario::{MoveLab, PingPong};
 
 #[derive(clap::Args)]
 #[command(after_help = "\

@@ -49,7 +49,7 @@ pub fn run(args: ToolArgs) -> Result<ExitCode> {
             }
             let listener = listen
                 .map(|addr| {
-                    tandem_cli::echo::bind_listener(addr)
+                    tandem_moves::echo::bind_listener(addr)
                         .with_context(|| format!("listening on {addr}"))
                 })
                 .transpose()?;
@@ -64,11 +64,11 @@ pub fn run(args: ToolArgs) -> Result<ExitCode> {
                 ?listen,
                 "echo server up"
             );
-            tandem_cli::echo::serve(listener, inherited, channels)?;
+            tandem_moves::echo::serve(listener, inherited, channels)?;
             Ok(ExitCode::SUCCESS)
         }
         Tool::KvServer { listen } => {
-            crate::cmd_bench::bench_kv::serve(listen)?;
+            tandem_bench::kv_host::serve(listen)?;
             Ok(ExitCode::SUCCESS)
         }
     }

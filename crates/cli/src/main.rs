@@ -1,7 +1,8 @@
 //! `tandem`: the command-line tool. Parses arguments, sets up logging, and
 //! hands each subcommand to the library that does the work.
 
-mod bench_capture;
+#![forbid(unsafe_code)]
+
 mod cmd_bench;
 mod cmd_cluster;
 mod cmd_demo;
@@ -10,7 +11,6 @@ mod cmd_node;
 mod cmd_status;
 mod cmd_tool;
 mod demo;
-mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -136,13 +136,4 @@ fn init_logging(filter: Option<&str>, default_filter: &str, format: LogFormat) {
     }
 }
 
-/// Fails with a clear message unless running as root: the lab, TCP_REPAIR
-/// and address changes all need it.
-pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
-    if !tandem_sys::process::is_root() {
-        anyhow::bail!(
-            "{what} needs root (network namespaces, TCP_REPAIR, addresses): run it as root, or with sudo"
-        );
-    }
-    Ok(())
-}
+pub(crate) use tandem_bench::require_root;

@@ -1,4 +1,4 @@
-//! Faults short of a death, with real clients (DESIGN §3.5, §3.8, §7): a
+//! Faults short of a death, with real clients (docs/architecture.md §3.5, §3.8, §7): a
 //! primary or a clone hangs (`lab stop`/`cont`) or is cut off from its
 //! peers (`lab partition`/`heal`) while a consistency checker runs, and the
 //! clients never notice beyond a pause.
@@ -77,7 +77,7 @@ fn vip_sockets(lab: &Lab, id: u32) -> Vec<String> {
         .collect()
 }
 
-/// A deposed primary fenced itself (DESIGN §3.5 step 6): no VIP, and its
+/// A deposed primary fenced itself (docs/architecture.md §3.5 step 6): no VIP, and its
 /// sockets on VIP:port closed (silently) in its kernel too.
 fn assert_deposed(lab: &Lab, id: u32, why: &str) {
     let r = must_report(lab, id, why);

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_cli::scenario::{pattern_byte, MoveLab, PingPong};
+use tandem_moves::scenario::{pattern_byte, MoveLab, PingPong};
 
 fn tandem() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tandem"))
@@ -257,7 +257,7 @@ fn bulk_transfer_both_ways_survives_moves() {
         sent_hash, received_hash,
         "the echo stream differs from what was sent"
     );
-    let queued = |r: &tandem_node::migration::MoveReport| {
+    let queued = |r: &tandem_moves::migration::MoveReport| {
         r.connections[0].recv_queue + r.connections[0].unacked + r.connections[0].unsent
     };
     assert!(

@@ -23,40 +23,15 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::*;
-use tandem_cli::scenario::pattern_byte;
 use tandem_lab::{Lab, LabGuard, ServiceKind};
+use tandem_moves::scenario::pattern_byte;
 use tandem_node::admin::{request, AdminReply, AdminRequest};
 use tandem_node::report::NodeReport;
 
 fn cluster(case: &str, kind: ServiceKind) -> LabGuard {
     // Many sockets in the client namespace; the daemons inherit the limit.
-    raise_fd_limit(20_000);
+    tandem_sys::limits::raise_nofile(20_000).expect("raising RLIMIT_NOFILE");
     cluster_of("st", case, kind)
-}
-
-/// Raises this process's RLIMIT_NOFILE soft limit to `want` (capped by the
-/// hard limit, which root may raise too).
-fn raise_fd_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        if lim.rlim_cur >= want as libc::rlim_t {
-            return;
-        }
-        let mut raised = libc::rlimit {
-            rlim_cur: want as libc::rlim_t,
-            rlim_max: lim.rlim_max.max(want as libc::rlim_t),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            raised.rlim_cur = lim.rlim_max;
-            raised.rlim_max = lim.rlim_max;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &raised), 0);
-        }
-    }
 }
 
 fn node_report(lab: &Lab, id: u32) -> Option<NodeReport> {

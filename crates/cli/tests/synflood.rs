@@ -17,7 +17,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use tandem_cli::synflood::{probe, Flood};
+use tandem_bench::flood::{probe, Flood};
 use tandem_lab::{Lab, LabGuard, LabSpec, RaftTimings, ServiceKind};
 
 const FLOOD_RATE: u64 = 1_000;

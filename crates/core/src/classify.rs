@@ -1,6 +1,6 @@
 //! Which captured packets wait for commit, which go at once, which are junk.
 //!
-//! DESIGN §3.1. The primary holds every client packet in NFQUEUE; what it
+//! docs/architecture.md §3.1. The primary holds every client packet in NFQUEUE; what it
 //! does with each depends only on the packet and on whether shadow TCP knows
 //! its connection:
 //! - what carries client bytes or changes the connection's life — payload,

@@ -1,7 +1,7 @@
 //! SYN-flood defence of the primary's capture path: handshakes that cost
 //! the replicated state nothing until the client proves it can receive.
 //!
-//! DESIGN §3.1 logs every SYN with its SYN-ACK, so every replica's shadow TCP
+//! docs/architecture.md §3.1 logs every SYN with its SYN-ACK, so every replica's shadow TCP
 //! keeps a half-open entry for each handshake for up to
 //! `half_open_timeout_ms`. A spoofed SYN never completes, so a flood of them
 //! fills the half-open table and real clients are refused — on every replica
@@ -71,7 +71,7 @@ pub const COOKIE_TTL_MS: u64 = 64_000;
 /// How a new SYN is to be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SynMode {
-    /// Logged with its SYN-ACK (DESIGN §3.1).
+    /// Logged with its SYN-ACK (docs/architecture.md §3.1).
     Logged,
     /// Released with its SYN-ACK unlogged; logged whole at the third ACK.
     Cookie,

@@ -121,7 +121,7 @@ pub fn node_addr(id: u32) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 10 + id.min(200) as u8)
 }
 
-/// The lab as DESIGN §7 prints it (`lab up --json`, `lab status --json`).
+/// The lab as docs/architecture.md §7 prints it (`lab up --json`, `lab status --json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabStatus {
     /// The lab name.
@@ -178,7 +178,7 @@ pub struct NodeCondition {
     pub pids: Vec<u32>,
 }
 
-/// The faults of DESIGN §7, and their undoing.
+/// The faults of docs/architecture.md §7, and their undoing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultAction {
     /// Power cut: SIGKILL every process of the node, set its link down.
@@ -656,7 +656,7 @@ impl Lab {
         find_node(&self.state, id)
     }
 
-    /// The lab as DESIGN §7 describes it, read fresh from the state file
+    /// The lab as docs/architecture.md §7 describes it, read fresh from the state file
     /// and the kernel (falls back on this handle's copy of the state if the
     /// file cannot be read).
     pub fn status(&self) -> LabStatus {

@@ -1,5 +1,5 @@
 //! The network-namespace lab: a whole tandem cluster and its client on one
-//! Linux machine, with the faults of DESIGN §7 (power cut, process crash,
+//! Linux machine, with the faults of docs/architecture.md §7 (power cut, process crash,
 //! hang, partition) on demand.
 //!
 //! # Topology
@@ -43,6 +43,8 @@
 //! Root, and the `ip` (iproute2) and `iptables`/`iptables-restore` (iptables)
 //! programs. The lab shells out to them: it is not performance-critical, and
 //! it keeps this crate free of `unsafe`.
+
+#![forbid(unsafe_code)]
 
 mod cmd;
 mod error;

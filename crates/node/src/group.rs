@@ -23,23 +23,23 @@
 //! Connections get their [`ConnId`] in log order, so ids agree everywhere
 //! whatever ports the primary's kernel used.
 //!
-//! [`ServiceGroup::snapshot`] captures all of it (DESIGN §3.7): shadow TCP
+//! [`ServiceGroup::snapshot`] captures all of it (docs/architecture.md §3.7): shadow TCP
 //! with every buffer, the SDK runtime with the service's own snapshot,
 //! timers, time and the rng seed, the connection ids, the counters and the
 //! applied index; [`ServiceGroup::restore`] rebuilds an identical group.
 //!
-//! The input throttle (DESIGN §3.2) lives in shadow TCP: while a
+//! The input throttle (docs/architecture.md §3.2) lives in shadow TCP: while a
 //! connection's unacknowledged output is over
 //! [`ShadowConfig::output_limit`], its input is held there, and the
 //! segment whose logged ACK brings the output back within the limit
 //! delivers it (a pure ACK's outcome may carry [`ShadowEvent::Delivered`]),
 //! so applying goes through the same path whatever the entry holds.
 
-use crate::capture::segment_of;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use tandem_core::packet::segment_of;
 use tandem_core::sdk::{
     Action, ConnId, Event as SdkEvent, Limits, MemoryUse, Runtime, Service, TimerId,
 };
@@ -93,7 +93,7 @@ pub enum Effect {
     /// Forget a timer.
     CancelTimer { id: u64 },
     /// Shadow TCP handed these client bytes to the service: the primary's
-    /// kernel socket must receive exactly the same (DESIGN §3.2).
+    /// kernel socket must receive exactly the same (docs/architecture.md §3.2).
     Delivered { conn: ConnKey, bytes: Vec<u8> },
 }
 

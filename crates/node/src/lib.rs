@@ -4,8 +4,10 @@
 //! service: it captures client packets ([`capture`], [`proposer`]), commits
 //! them through the replica group ([`transport`] between nodes), applies
 //! them on every node ([`group`]), and answers `tandem status` ([`admin`],
-//! [`report`]). [`migration`] moves live TCP connections, with the virtual
-//! IP, from one node to another.
+//! [`report`]). Moving a plain process's connections is another crate,
+//! `tandem-moves`.
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod capture;
@@ -13,9 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod group;
 pub mod metrics;
-pub mod migration;
 pub mod proposer;
 pub mod report;
 pub mod services;
-pub mod site;
 pub mod transport;

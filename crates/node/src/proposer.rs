@@ -1,4 +1,4 @@
-//! The primary's side of DESIGN §3.1, as values: classified packets in,
+//! The primary's side of docs/architecture.md §3.1, as values: classified packets in,
 //! verdicts to give now and log entries to propose out.
 //!
 //! - junk: DROP now, never logged;

@@ -1,4 +1,4 @@
-//! The node-to-node replication transport (DESIGN §3.8 "Transport").
+//! The node-to-node replication transport (docs/architecture.md §3.8 "Transport").
 //!
 //! It moves opaque frames between nodes over TCP. The frames are already
 //! sealed (encrypted, authenticated, replay-protected) by the layer above;

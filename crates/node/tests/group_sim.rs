@@ -1,4 +1,4 @@
-//! Deterministic simulation of a whole service group (DESIGN §6, layer 3):
+//! Deterministic simulation of a whole service group (docs/architecture.md §6, layer 3):
 //! three nodes, each a `Replica` (raft-rs) feeding a `ServiceGroup` running
 //! the kv service, on a seeded simulated network (delay, reordering, loss,
 //! duplication, partitions), with seeded crashes and restarts (a restart is
@@ -1508,7 +1508,7 @@ fn quiet_cluster(faults: Faults) -> Sim {
     sim
 }
 
-/// The forgotten-log scenario of DESIGN §3.8 with kv traffic: slot 1 leads,
+/// The forgotten-log scenario of docs/architecture.md §3.8 with kv traffic: slot 1 leads,
 /// slot 3 is cut off, a client's request commits on 1 and 2 only, then 2
 /// restarts empty (a new incarnation). Returns the sim and what the
 /// client had acknowledged while 3 was cut off.

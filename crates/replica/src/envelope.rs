@@ -1,5 +1,5 @@
 //! The encrypted, authenticated, replay-protected envelope around every
-//! message between nodes (DESIGN §3.8: "nothing unauthenticated reaches the
+//! message between nodes (docs/architecture.md §3.8: "nothing unauthenticated reaches the
 //! log"; issue 10: nothing readable on the node network either).
 //!
 //! No sockets here: the node carries the sealed bytes over whatever transport

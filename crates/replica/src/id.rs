@@ -1,7 +1,7 @@
 //! Node identity: (slot, incarnation), and the incarnation file bumped at
 //! every start.
 //!
-//! DESIGN §3.8: the log lives in memory, so a restarted process has forgotten
+//! docs/architecture.md §3.8: the log lives in memory, so a restarted process has forgotten
 //! entries it may have acknowledged. It must therefore never come back as the
 //! voter it was: its Raft id includes an incarnation that grows at every start
 //! and is fsynced before the process talks to anyone.

@@ -1,4 +1,4 @@
-//! Sans-I/O replication for tandem (DESIGN §3.8): raft-rs driven by the
+//! Sans-I/O replication for tandem (docs/architecture.md §3.8): raft-rs driven by the
 //! node's event loop, an in-memory log, (slot, incarnation) identities and an
 //! authenticated, replay-protected envelope for every message between nodes.
 //!
@@ -41,6 +41,7 @@
 //! r.advance(); // after applying
 //! ```
 
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod envelope;

@@ -8,7 +8,7 @@
 //! is returned: a message that acknowledges an entry never leaves before the
 //! entry is in this process's log.
 //!
-//! Membership is managed here too, because DESIGN §3.8 makes it part of
+//! Membership is managed here too, because docs/architecture.md §3.8 makes it part of
 //! safety: a restarted node (a new incarnation, empty log) asks to join; the
 //! leader adds it as a learner; once it has caught up, the leader swaps it in
 //! for its slot's dead incarnation with one joint configuration change.
@@ -678,7 +678,7 @@ impl Replica {
     /// refused the entry. A proposal already in the log when leadership is
     /// lost may still commit under the next leader, or be overwritten: the
     /// caller learns which only from `committed` (in tandem, a deposed
-    /// primary fences itself and releases nothing, DESIGN §3.5 step 6).
+    /// primary fences itself and releases nothing, docs/architecture.md §3.5 step 6).
     pub fn propose(&mut self, data: Vec<u8>) -> Result<ProposalId, ProposeError> {
         if self.raw.raft.state != StateRole::Leader {
             return Err(ProposeError::NotLeader {

@@ -1,4 +1,4 @@
-//! The in-memory Raft log (DESIGN §3.8: no fsync — an fsync costs more than
+//! The in-memory Raft log (docs/architecture.md §3.8: no fsync — an fsync costs more than
 //! the whole replication round trip).
 //!
 //! It is safe only together with incarnations (see [`crate::id`]): a process

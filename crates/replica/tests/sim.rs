@@ -11,7 +11,7 @@
 //! - I1: every payload acknowledged to a client (its proposer saw it commit)
 //!   is in the final log of every live replica, and no leader ever lacks it.
 //!
-//! The forgotten-log scenario of DESIGN §3.8 is scripted below, with the
+//! The forgotten-log scenario of docs/architecture.md §3.8 is scripted below, with the
 //! incarnation scheme (safe) and without it (the checker must catch the loss).
 
 use std::collections::BTreeMap;

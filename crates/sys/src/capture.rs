@@ -1,6 +1,6 @@
 //! The capture rules: which packets netfilter hands to tandem's queue.
 //!
-//! DESIGN §3.1: every client packet to VIP:ports is queued in the **INPUT**
+//! docs/architecture.md §3.1: every client packet to VIP:ports is queued in the **INPUT**
 //! hook — after IP defragmentation, so every byte of a fragmented segment is
 //! seen (in PREROUTING a non-first fragment carries no ports and would slip
 //! past the log) — and every SYN-ACK the service sends is queued in
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn this_kernel_has_no_nft_queue() {
-        // Recorded in shared/notes/kernel-facts.md: CONFIG_NFT_QUEUE is unset.
+        // Recorded in docs/kernel-notes.md §1: CONFIG_NFT_QUEUE is unset.
         // If this starts failing, the kernel changed and nft is preferred.
         let backend = crate::netns::run_in_private(detect_backend).unwrap();
         assert_eq!(backend, Backend::Iptables);

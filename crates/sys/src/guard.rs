@@ -1,5 +1,5 @@
 //! Kernel-enforced fencing: what keeps a node's kernel quiet on the VIP when
-//! its daemon is dead, hung or deposed (DESIGN §3.8).
+//! its daemon is dead, hung or deposed (docs/architecture.md §3.8).
 //!
 //! A daemon can die or hang on a live machine (panic, OOM kill, SIGSTOP);
 //! its kernel then still owns the VIP, still answers ARP, and closes the

@@ -11,6 +11,7 @@
 //! - [`arp`]: gratuitous ARP bursts from a socket opened in advance;
 //! - [`capture`]: the fail-closed rules that queue client packets and SYN-ACKs;
 //! - [`guard`]: the FIN/RST guard and the kernel lease that fence a node;
+//! - [`limits`]: the open-files limit and children's CPU time;
 //! - [`netlock`]: freeze a VIP:port with iptables rules in a private chain;
 //! - [`process`]: take sockets from another process and hand them to a new one;
 //! - [`rawsock`]: whole IPv4 packets sent from user space;
@@ -21,6 +22,7 @@ pub mod addr;
 pub mod arp;
 pub mod capture;
 pub mod guard;
+pub mod limits;
 pub mod netlock;
 pub mod netns;
 pub mod nfqueue;

@@ -1,6 +1,6 @@
 //! NFQUEUE: packets held by netfilter until user space gives a verdict.
 //!
-//! tandem's capture (DESIGN §3.1) queues every client packet to the VIP in
+//! tandem's capture (docs/architecture.md §3.1) queues every client packet to the VIP in
 //! the INPUT hook and every SYN-ACK of the service in OUTPUT; the node decides
 //! each packet's fate later, out of order, once it is committed. This module
 //! speaks the nfnetlink_queue protocol directly over a netlink socket: the

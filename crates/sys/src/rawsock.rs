@@ -1,7 +1,7 @@
 //! Sending whole IPv4 packets, headers included, from user space.
 //!
 //! tandem needs it to replay a logged SYN-ACK to a client that retransmits
-//! its SYN after a takeover (DESIGN §3.5), and its benchmarks use it to offer
+//! its SYN after a takeover (docs/architecture.md §3.5), and its benchmarks use it to offer
 //! the capture path more packets per second than a TCP connection would.
 
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -1,4 +1,4 @@
-//! Destroying leftover TCP sockets on VIP:port (DESIGN §3.8, start-up and
+//! Destroying leftover TCP sockets on VIP:port (docs/architecture.md §3.8, start-up and
 //! takeover clean-up).
 //!
 //! When a daemon dies on a live machine its sockets are closed by the

@@ -6,7 +6,7 @@
 //! FIN, no RST); the target node builds a socket that continues the very same
 //! byte stream, with the same sequence numbers, queues, options and windows.
 //! The order of the calls matters and was measured on the project's kernel
-//! (see `shared/notes/kernel-facts.md`, "TCP_REPAIR: order that works").
+//! (see docs/kernel-notes.md §2, "TCP_REPAIR: the order that works").
 //!
 //! [`dump`] (the caller has already stopped the connection's packets: a
 //! socket in repair mode still receives and ACKs data, and bytes ACKed after

@@ -1,5 +1,5 @@
 //! ARP for IPv4 over Ethernet (RFC 826), and the gratuitous ARP frame a new
-//! primary broadcasts to move the VIP (DESIGN §3.5 step 5, claim 1).
+//! primary broadcasts to move the VIP (docs/architecture.md §3.5 step 5).
 //!
 //! Only the Ethernet/IPv4 combination exists on tandem's networks; other
 //! hardware or protocol types are refused as [`Unsupported`] rather than

@@ -4,7 +4,7 @@
 //! Every client packet tandem captures is parsed here before it is logged,
 //! and every replica's shadow TCP rebuilds connections from what these
 //! parsers report, so they must never panic and must say precisely why a
-//! packet was refused (DESIGN §3.1–3.2, invariant I6).
+//! packet was refused (docs/architecture.md §3.1–3.2, invariant I6).
 //!
 //! The shape follows smoltcp's `wire` module. For each protocol:
 //! - a view, `Packet<T: AsRef<[u8]>>` (`Frame` for Ethernet), over a
@@ -23,6 +23,10 @@
 //! ([`checksum`]), with the TCP pseudo-header for both IP versions
 //! ([`PseudoHeader`]).
 //!
+//! With the `serde` feature, [`SeqNumber`], [`SackBlock`], [`SackBlocks`]
+//! and [`Timestamps`] implement serde's traits (shadow TCP keeps them in its
+//! replicated state and snapshots).
+//!
 //! Robustness is tested with proptest on arbitrary bytes for every parser
 //! (`tests/`); that stands in for cargo-fuzz, which needs a nightly
 //! toolchain this project does not use.
@@ -38,6 +42,8 @@ pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
 mod seq;
+#[cfg(feature = "serde")]
+mod serde_impls;
 pub mod tcp;
 
 pub use arp::{gratuitous_arp_request, ArpOperation, Packet as ArpPacket, Repr as ArpRepr};

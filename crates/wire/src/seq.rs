@@ -15,7 +15,11 @@ use std::ops::{Add, AddAssign, Sub, SubAssign};
 
 /// A TCP sequence (or acknowledgement) number with wrapping arithmetic and
 /// serial-number comparisons.
+///
+/// With the `serde` feature it serialises as a newtype around its `u32`
+/// (postcard writes exactly the bytes of the `u32`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SeqNumber(pub u32);
 
 impl SeqNumber {

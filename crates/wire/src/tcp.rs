@@ -171,6 +171,17 @@ impl TcpFlags {
     pub const fn cwr(self) -> bool {
         self.contains(TcpFlags::CWR)
     }
+
+    /// A SYN that can open a connection: no ACK, RST or FIN with it (a
+    /// listener drops SYN|FIN, and SYN|RST or SYN|ACK open nothing).
+    pub const fn is_opening_syn(self) -> bool {
+        self.syn() && !self.ack() && !self.rst() && !self.fin()
+    }
+
+    /// A SYN-ACK: SYN and ACK, no RST or FIN.
+    pub const fn is_synack(self) -> bool {
+        self.syn() && self.ack() && !self.rst() && !self.fin()
+    }
 }
 
 impl BitOr for TcpFlags {
@@ -214,6 +225,7 @@ impl fmt::Display for TcpFlags {
 
 /// One SACK block: the bytes `[left, right)` the receiver holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SackBlock {
     /// The first sequence number of the block.
     pub left: SeqNumber,
@@ -222,10 +234,19 @@ pub struct SackBlock {
 }
 
 /// Up to four SACK blocks, kept inline (no allocation per segment).
+///
+/// With the `serde` feature it serialises as `{ blocks: [SackBlock; 4], len:
+/// u8 }` (the slots past `len` are zero unless set), and decoding refuses a
+/// `len` above four, so a decoded set is as safe to use as a built one.
 #[derive(Clone, Copy, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "crate::serde_impls::SackBlocksRepr")
+)]
 pub struct SackBlocks {
-    blocks: [SackBlock; MAX_SACK_BLOCKS],
-    len: u8,
+    pub(crate) blocks: [SackBlock; MAX_SACK_BLOCKS],
+    pub(crate) len: u8,
 }
 
 impl SackBlocks {
@@ -284,6 +305,13 @@ impl PartialEq for SackBlocks {
 
 impl Eq for SackBlocks {}
 
+/// Hashes the blocks held, as equality compares them.
+impl std::hash::Hash for SackBlocks {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
 impl fmt::Debug for SackBlocks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.as_slice()).finish()
@@ -291,7 +319,8 @@ impl fmt::Debug for SackBlocks {
 }
 
 /// The Timestamps option (RFC 7323).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Timestamps {
     /// TSval: the sender's timestamp clock.
     pub tsval: u32,
@@ -467,7 +496,7 @@ pub enum OptionsMode {
 
 /// The options tandem cares about, decoded; duplicates: the last one wins
 /// (as in the kernel). Unknown options are not kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct OptionSet {
     /// Maximum Segment Size.
     pub mss: Option<u16>,

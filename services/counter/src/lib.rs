@@ -6,6 +6,7 @@
 //! than [`MAX_LINE`] answers an error and closes the connection (the buffer
 //! must stay bounded whatever a client sends).
 
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 use std::collections::BTreeMap;

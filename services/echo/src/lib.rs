@@ -2,6 +2,7 @@
 //! when the client closes its side, so does the service. Used by tests to
 //! check that output streams survive failover byte for byte.
 
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 //! replicated service, so `redis-cli` and `redis-benchmark` talk to a
 //! replicated, failover-proof store unchanged.
 //!
-//! Deterministic by construction (DESIGN §3.4): ordered collections only
+//! Deterministic by construction (docs/architecture.md §3.4): ordered collections only
 //! (`SMEMBERS`, `HGETALL` answer in byte order), time is `ctx.now()`
 //! (expiry), randomness is `ctx.rng()` (`SPOP`), and `INFO`/`CONFIG GET`
 //! report nothing local to a process. Keys with an expiry are purged at the
@@ -15,7 +15,7 @@
 //! `max_value`); a malformed frame gets an error reply and closes that
 //! connection only.
 //!
-//! Bounds (DESIGN §3.2, the group's [`tandem_core::sdk::Limits`]): each
+//! Bounds (docs/architecture.md §3.2, the group's [`tandem_core::sdk::Limits`]): each
 //! reply goes to the context as soon as its command ran, so a pipeline
 //! whose replies would pass `output_cap` stops at that command (the
 //! connection is reset, nothing after it runs); while the group's
@@ -25,6 +25,7 @@
 //! up to date by every command from data sizes ([`Service::memory_bytes`]),
 //! never read from the allocator.
 
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod commands;

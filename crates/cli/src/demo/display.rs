@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::workload::Monitor;
+use tandem_bench::workload::Monitor;
 
 /// What the controller tells the display.
 #[derive(Debug, Default, Clone)]

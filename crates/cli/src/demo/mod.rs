@@ -1,6 +1,6 @@
 //! `tandem demo`: the main job, on one machine. A lab of node namespaces
 //! runs the replicated kv service; a load generator keeps many client
-//! connections busy with checked updates (see [`crate::workload`]); every
+//! connections busy with checked updates (see [`tandem_bench::workload`]); every
 //! few seconds the primary is power-cut or crashed, a clone takes over with
 //! every connection, and the old primary comes back as a clone. A live
 //! status line shows what happens; at the end a summary (operations,
@@ -24,10 +24,10 @@ use tandem_lab::{Lab, LabGuard, LabSpec, ServiceKind, MAX_NODES};
 use tandem_node::admin::{request, AdminReply, AdminRequest};
 use tandem_node::report::NodeReport;
 
-use crate::workload::{Report, Workload, WorkloadConfig, BUCKET};
 use display::{Display, Stream};
 use schedule::{Schedule, LAST_FAULT_MARGIN};
 use summary::{FailoverRow, Summary};
+use tandem_bench::workload::{Report, Workload, WorkloadConfig, BUCKET};
 
 /// The old primary is restarted this long after the new one serves.
 const RESTART_AFTER: Duration = Duration::from_secs(2);

@@ -10,7 +10,7 @@
 //! [`Connections`] bridges shadow TCP to it: ids in log order, shadow
 //! events in, shadow keys for the actions out.
 //!
-//! # The determinism contract (DESIGN §3.4)
+//! # The determinism contract (docs/architecture.md §3.4)
 //!
 //! Tandem never gates output: the primary sends a service's bytes as soon as
 //! they are computed, and after a failover a clone resumes the same TCP

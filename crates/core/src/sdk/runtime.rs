@@ -452,7 +452,7 @@ impl Runtime {
         h
     }
 
-    /// The runtime's state with the service's snapshot inside (DESIGN §3.7:
+    /// The runtime's state with the service's snapshot inside (docs/architecture.md §3.7:
     /// timers, time, output bookkeeping). A small fixed little-endian
     /// encoding, independent of any serialisation crate's version.
     pub fn snapshot(&self) -> Vec<u8> {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use super::hash::Fnv64;
 use super::output::Output;
 use super::reasm::Reassembly;
-use super::segment::{SackBlocks, Segment, TcpFlags, Timestamps};
+use super::segment::{SackBlocks, Segment, SeqNumber, TcpFlags, Timestamps};
 use super::seq::{after, before, seq_at, Millis};
 use super::{DropReason, Event, ShadowConfig, ShadowState};
 
@@ -72,7 +72,7 @@ fn paws_reject(recent: Option<TsRecent>, tsval: u32, now: Millis, rst: bool) -> 
 /// One side's handshake segment: the SYN or the SYN-ACK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Hello {
-    pub(crate) isn: u32,
+    pub(crate) isn: SeqNumber,
     pub(crate) window: u16,
     pub(crate) mss: Option<u16>,
     pub(crate) wscale: Option<u8>,
@@ -87,7 +87,7 @@ impl Hello {
             isn: seg.seq,
             window: seg.window,
             mss: seg.options.mss.filter(|&m| m != 0),
-            wscale: seg.options.wscale,
+            wscale: seg.options.window_scale,
             sack_permitted: seg.options.sack_permitted,
             ts: seg.options.timestamps,
             at: now,
@@ -95,7 +95,7 @@ impl Hello {
     }
 
     fn hash_into(&self, h: &mut Fnv64) {
-        h.u32(self.isn).u32(u32::from(self.window));
+        h.u32(self.isn.0).u32(u32::from(self.window));
         h.u32(self.mss.map_or(u32::MAX, u32::from));
         h.u32(self.wscale.map_or(u32::MAX, u32::from));
         h.bool(self.sack_permitted);
@@ -176,7 +176,7 @@ pub(crate) enum Fate {
 }
 
 /// The kernel's `tcp_in_window()` for request sockets.
-fn in_window(seq: u32, end_seq: u32, s_win: u32, e_win: u32) -> bool {
+fn in_window(seq: SeqNumber, end_seq: SeqNumber, s_win: SeqNumber, e_win: SeqNumber) -> bool {
     if seq == s_win {
         return true;
     }
@@ -219,28 +219,25 @@ impl HalfOpen {
         // A retransmitted SYN: the kernel re-sends its SYN-ACK, nothing changes.
         // (The kernel compares only the SYN, RST and ACK bits: an ECN-setup
         // SYN with ECE|CWR is a retransmission too.)
-        let syn_rst_ack = TcpFlags(flags.0 & (TcpFlags::SYN.0 | TcpFlags::RST.0 | TcpFlags::ACK.0));
+        let syn_rst_ack = TcpFlags::from_bits(
+            flags.bits() & (TcpFlags::SYN | TcpFlags::RST | TcpFlags::ACK).bits(),
+        );
         if syn_rst_ack == TcpFlags::SYN && seg.seq == self.syn.isn && !rejected {
             return Fate::Keep;
         }
         // An ACK of anything but our SYN: the listener answers with a RST
         // and the request stays.
-        if flags.ack() && seg.ack != synack.isn.wrapping_add(1) {
+        if flags.ack() && seg.ack != synack.isn + 1 {
             ev.push(Event::Dropped(DropReason::BadAck));
             return Fate::Keep;
         }
-        let rcv_nxt = self.syn.isn.wrapping_add(1);
+        let rcv_nxt = self.syn.isn + 1;
         let window = self.synack_window(cfg);
         if rejected {
             ev.push(Event::Dropped(DropReason::Paws));
             return Fate::Keep;
         }
-        if !in_window(
-            seg.seq,
-            seg.end_seq(),
-            rcv_nxt,
-            rcv_nxt.wrapping_add(window),
-        ) {
+        if !in_window(seg.seq, seg.end_seq(), rcv_nxt, rcv_nxt + window as usize) {
             ev.push(Event::Dropped(DropReason::OutOfWindow));
             return Fate::Keep;
         }
@@ -281,8 +278,8 @@ impl HalfOpen {
 /// An established connection (or one closing: FIN_WAIT, CLOSE_WAIT, …).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Open {
-    pub(crate) client_isn: u32,
-    pub(crate) server_isn: u32,
+    pub(crate) client_isn: SeqNumber,
+    pub(crate) server_isn: SeqNumber,
     /// The MSS clamp: the client's MSS option (the kernel's `mss_clamp`).
     pub(crate) mss: u16,
     /// Shift applied to the client's windows (from its SYN).
@@ -294,7 +291,7 @@ pub(crate) struct Open {
     pub(crate) ts_ok: bool,
     pub(crate) rx: Reassembly,
     pub(crate) out: Output,
-    pub(crate) snd_wl1: u32,
+    pub(crate) snd_wl1: SeqNumber,
     pub(crate) snd_wnd: u32,
     pub(crate) max_window: u32,
     pub(crate) ts_recent: Option<TsRecent>,
@@ -408,18 +405,18 @@ impl Open {
     }
 
     /// The next sequence number expected from the client.
-    pub(crate) fn rcv_nxt(&self) -> u32 {
-        seq_at(self.client_isn.wrapping_add(1), self.rx.consumed())
+    pub(crate) fn rcv_nxt(&self) -> SeqNumber {
+        seq_at(self.client_isn + 1, self.rx.consumed())
     }
 
     /// The oldest unacknowledged sequence number of ours.
-    pub(crate) fn snd_una(&self) -> u32 {
-        seq_at(self.server_isn.wrapping_add(1), self.out.seq_acked())
+    pub(crate) fn snd_una(&self) -> SeqNumber {
+        seq_at(self.server_isn + 1, self.out.seq_acked())
     }
 
     /// After the last byte (and FIN) the application queued.
-    pub(crate) fn write_seq(&self) -> u32 {
-        seq_at(self.server_isn.wrapping_add(1), self.out.seq_used())
+    pub(crate) fn write_seq(&self) -> SeqNumber {
+        seq_at(self.server_isn + 1, self.out.seq_used())
     }
 
     pub(crate) fn state(&self) -> ShadowState {
@@ -443,10 +440,10 @@ impl Open {
 
     /// The highest right edge of the out-of-order data we hold, as a
     /// sequence number (our own SACK blocks' highest edge).
-    fn max_sack_edge(&self) -> Option<u32> {
+    fn max_sack_edge(&self) -> Option<SeqNumber> {
         self.rx
             .held_end()
-            .map(|end| seq_at(self.client_isn.wrapping_add(1), end))
+            .map(|end| seq_at(self.client_isn + 1, end))
     }
 
     /// A client segment on an established (or closing) connection.
@@ -480,11 +477,10 @@ impl Open {
         // never exceeds the clamp W and never shrinks), so we never drop
         // in-window data.
         let rcv_nxt = self.rcv_nxt();
-        if before(seg.end_seq(), rcv_nxt) || after(seg.seq, rcv_nxt.wrapping_add(cfg.window_clamp))
-        {
+        if before(seg.end_seq(), rcv_nxt) || after(seg.seq, rcv_nxt + cfg.window_clamp as usize) {
             // tcp_reset_check(): after the client's FIN, a RST at rcv_nxt − 1
             // (outside the window, since the FIN was acked) still resets.
-            if flags.rst() && self.rx.fin_done() && seg.seq == rcv_nxt.wrapping_sub(1) {
+            if flags.rst() && self.rx.fin_done() && seg.seq == rcv_nxt - 1 {
                 ev.push(Event::Reset);
                 return Fate::Remove;
             }
@@ -521,7 +517,7 @@ impl Open {
             ev.push(Event::Dropped(DropReason::AckUnsent));
             return Fate::Keep;
         }
-        if before(seg.ack, snd_una.wrapping_sub(self.max_window)) {
+        if before(seg.ack, snd_una - self.max_window as usize) {
             ev.push(Event::Dropped(DropReason::AckTooOld));
             return Fate::Keep;
         }
@@ -536,7 +532,7 @@ impl Open {
                 self.snd_wl1 = seg.seq;
                 self.max_window = self.max_window.max(nwin);
             }
-            let delta = u64::from(seg.ack.wrapping_sub(snd_una));
+            let delta = u64::from(seg.ack.offset_from(snd_una));
             let released = self.out.ack_to(self.out.seq_acked().saturating_add(delta));
             if released > 0 {
                 ev.push(Event::Acked(released));
@@ -556,21 +552,23 @@ impl Open {
             if t.tsecr != 0 {
                 let known = self.ts_clock_at(now);
                 let best = match known {
-                    Some(k) if !after(t.tsecr, k) => k,
+                    // Not the kernel's after(tsecr, k) on timestamps, that
+                    // is before(k, tsecr): (s32)(k - tsecr) < 0.
+                    Some(k) if (k.wrapping_sub(t.tsecr) as i32) >= 0 => k,
                     _ => t.tsecr,
                 };
                 self.ts_clock = Some((best, now));
             }
         }
         if self.sack_ok {
-            self.sack = seg.options.sack;
+            self.sack = seg.options.sack_blocks;
         }
         // 6. Data and FIN (tcp_data_queue). After the client's FIN, new data
         // is ignored (CLOSE_WAIT/CLOSING/LAST_ACK).
         if !self.rx.fin_done() {
-            let first = self.client_isn.wrapping_add(1);
+            let first = self.client_isn + 1;
             let next_seq = seq_at(first, self.rx.next());
-            let delta = seg.seq.wrapping_sub(next_seq) as i32;
+            let delta = seg.seq - next_seq;
             let (start, skip) = if delta >= 0 {
                 (self.rx.next().saturating_add(delta as u64), 0usize)
             } else {
@@ -631,9 +629,6 @@ impl Open {
         if self.mss < MSS_MIN {
             return Err("MSS below the minimum");
         }
-        if self.sack.as_slice().len() != self.sack.len_field() {
-            return Err("more than four SACK blocks");
-        }
         if self.pending.len() as u64 > self.rx.next() {
             return Err("more input held back than received");
         }
@@ -644,15 +639,15 @@ impl Open {
     }
 
     pub(crate) fn hash_into(&self, h: &mut Fnv64) {
-        h.u32(self.client_isn)
-            .u32(self.server_isn)
+        h.u32(self.client_isn.0)
+            .u32(self.server_isn.0)
             .u32(u32::from(self.mss));
         h.u32(u32::from(self.snd_wscale))
             .u32(u32::from(self.rcv_wscale));
         h.bool(self.wscale_ok).bool(self.sack_ok).bool(self.ts_ok);
         self.rx.hash_into(h);
         self.out.hash_into(h);
-        h.u32(self.snd_wl1).u32(self.snd_wnd).u32(self.max_window);
+        h.u32(self.snd_wl1.0).u32(self.snd_wnd).u32(self.max_window);
         TsRecent::hash_into(&self.ts_recent, h);
         match self.ts_clock {
             Some((v, at)) => h.bool(true).u32(v).u64(at.0),
@@ -660,7 +655,7 @@ impl Open {
         };
         h.u64(self.sack.as_slice().len() as u64);
         for b in self.sack.as_slice() {
-            h.u32(b.left).u32(b.right);
+            h.u32(b.left.0).u32(b.right.0);
         }
         h.bool(self.closed_first);
         h.u64(self.pending.len() as u64);
@@ -673,7 +668,7 @@ impl Open {
 /// SYN on the same tuple as `tcp_timewait_state_process()` does.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TimeWait {
-    pub(crate) rcv_nxt: u32,
+    pub(crate) rcv_nxt: SeqNumber,
     pub(crate) ts_recent: Option<TsRecent>,
     pub(crate) until: Millis,
 }
@@ -713,7 +708,7 @@ impl TimeWait {
     }
 
     pub(crate) fn hash_into(&self, h: &mut Fnv64) {
-        h.u32(self.rcv_nxt).u64(self.until.0);
+        h.u32(self.rcv_nxt.0).u64(self.until.0);
         TsRecent::hash_into(&self.ts_recent, h);
     }
 }

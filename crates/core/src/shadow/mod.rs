@@ -79,7 +79,8 @@ mod tests;
 
 pub use output::OutputError;
 pub use segment::{
-    ConnKey, Direction, SackBlock, SackBlocks, Segment, SegmentOptions, TcpFlags, Timestamps,
+    ConnKey, Direction, SackBlock, SackBlocks, Segment, SeqNumber, TcpFlags, TcpOptionSet,
+    Timestamps,
 };
 pub use seq::Millis;
 pub use snapshot::{seal, unseal, SnapshotError, TableSnapshot};
@@ -117,7 +118,7 @@ pub struct ShadowConfig {
     pub half_open_timeout_ms: u64,
     /// How long a TIME_WAIT entry lives, in ms (the kernel's 60 s).
     pub time_wait_ms: u64,
-    /// The input throttle (DESIGN §3.2): while a connection's unacknowledged
+    /// The input throttle (docs/architecture.md §3.2): while a connection's unacknowledged
     /// output (bytes the application wrote that the client's logged ACKs do
     /// not cover yet) is above this many bytes, its in-order input is held
     /// back in shadow TCP instead of being delivered; a logged ACK that

@@ -1,165 +1,14 @@
 //! The input of shadow TCP: one captured TCP segment, already parsed.
 //!
-//! This is deliberately our own type rather than the packet parser's: shadow
-//! TCP only needs these fields, and keeping it independent lets the parser
-//! evolve (the node converts a parsed packet into a [`Segment`]).
+//! The TCP vocabulary (flags, options, SACK blocks, timestamps, sequence
+//! numbers) is `tandem-wire`'s, as smoltcp's sockets use its `wire` module:
+//! a [`Segment`] is the socket addresses plus the TCP fields shadow TCP
+//! reads, borrowing the payload. [`crate::packet::segment_of`] builds one
+//! from a parsed packet.
 
 use std::net::SocketAddr;
 
-/// The TCP header flags shadow TCP looks at (a bit set, as on the wire).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct TcpFlags(pub u8);
-
-impl TcpFlags {
-    /// No more data from the sender.
-    pub const FIN: TcpFlags = TcpFlags(0x01);
-    /// Synchronise sequence numbers.
-    pub const SYN: TcpFlags = TcpFlags(0x02);
-    /// Reset the connection.
-    pub const RST: TcpFlags = TcpFlags(0x04);
-    /// Push (ignored by shadow TCP, as by the Linux receiver).
-    pub const PSH: TcpFlags = TcpFlags(0x08);
-    /// The acknowledgement field is significant.
-    pub const ACK: TcpFlags = TcpFlags(0x10);
-    /// Urgent pointer significant. Ignored: shadow TCP delivers urgent bytes
-    /// in the stream, which matches the kernel only with `SO_OOBINLINE`
-    /// (tandem's services must set it, or not use urgent data).
-    pub const URG: TcpFlags = TcpFlags(0x20);
-
-    /// ECN-Echo (ignored by shadow TCP: congestion signals change no state
-    /// a restore needs).
-    pub const ECE: TcpFlags = TcpFlags(0x40);
-    /// Congestion window reduced (ignored, like ECE).
-    pub const CWR: TcpFlags = TcpFlags(0x80);
-
-    /// Whether every flag of `other` is set.
-    pub fn contains(self, other: TcpFlags) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// Whether the FIN flag is set.
-    pub fn fin(self) -> bool {
-        self.contains(Self::FIN)
-    }
-
-    /// Whether the SYN flag is set.
-    pub fn syn(self) -> bool {
-        self.contains(Self::SYN)
-    }
-
-    /// Whether the RST flag is set.
-    pub fn rst(self) -> bool {
-        self.contains(Self::RST)
-    }
-
-    /// Whether the ACK flag is set.
-    pub fn ack(self) -> bool {
-        self.contains(Self::ACK)
-    }
-
-    /// A SYN that can open a connection: no ACK, RST or FIN with it (the
-    /// listener drops SYN|FIN, and SYN|RST or SYN|ACK are not openings).
-    pub fn is_opening_syn(self) -> bool {
-        self.syn() && !self.ack() && !self.rst() && !self.fin()
-    }
-
-    /// A SYN-ACK: SYN and ACK, no RST or FIN.
-    pub fn is_synack(self) -> bool {
-        self.syn() && self.ack() && !self.rst() && !self.fin()
-    }
-}
-
-impl std::ops::BitOr for TcpFlags {
-    type Output = TcpFlags;
-    fn bitor(self, rhs: TcpFlags) -> TcpFlags {
-        TcpFlags(self.0 | rhs.0)
-    }
-}
-
-/// The timestamps option (RFC 7323).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-pub struct Timestamps {
-    /// The sender's clock.
-    pub tsval: u32,
-    /// The last TSval the sender received from us (0 on a SYN).
-    pub tsecr: u32,
-}
-
-/// One SACK block: sequence numbers `[left, right)` the sender holds.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-pub struct SackBlock {
-    /// First sequence number of the block.
-    pub left: u32,
-    /// Sequence number after the block.
-    pub right: u32,
-}
-
-/// Up to four SACK blocks (the most 40 bytes of options can carry), stored
-/// inline so a segment and a connection never allocate for them.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-pub struct SackBlocks {
-    blocks: [SackBlock; 4],
-    len: u8,
-}
-
-impl SackBlocks {
-    /// The largest number of blocks one segment can carry.
-    pub const MAX: usize = 4;
-
-    /// Adds a block; returns `false` (and keeps the first four) when full.
-    pub fn push(&mut self, block: SackBlock) -> bool {
-        match self.blocks.get_mut(usize::from(self.len)) {
-            Some(slot) => {
-                *slot = block;
-                self.len += 1;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The blocks, in the order they were carried.
-    pub fn as_slice(&self) -> &[SackBlock] {
-        self.blocks.get(..usize::from(self.len)).unwrap_or(&[])
-    }
-
-    /// How many blocks the set claims to hold (more than [`Self::MAX`] only
-    /// in a corrupt snapshot).
-    pub(crate) fn len_field(&self) -> usize {
-        usize::from(self.len)
-    }
-
-    /// Builds a set from up to four blocks (extra ones are ignored).
-    pub fn from_blocks(blocks: &[SackBlock]) -> SackBlocks {
-        let mut set = SackBlocks::default();
-        for b in blocks {
-            set.push(*b);
-        }
-        set
-    }
-}
-
-/// The TCP options shadow TCP uses. Unknown options are the parser's business.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct SegmentOptions {
-    /// Maximum segment size (SYN and SYN-ACK only).
-    pub mss: Option<u16>,
-    /// Window scale shift (SYN and SYN-ACK only). Values above 14 are
-    /// treated as 14, as Linux does.
-    pub wscale: Option<u8>,
-    /// SACK permitted (SYN and SYN-ACK only).
-    pub sack_permitted: bool,
-    /// SACK blocks.
-    pub sack: SackBlocks,
-    /// Timestamps.
-    pub timestamps: Option<Timestamps>,
-}
+pub use tandem_wire::{SackBlock, SackBlocks, SeqNumber, TcpFlags, TcpOptionSet, Timestamps};
 
 /// One TCP segment, as captured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,15 +18,17 @@ pub struct Segment<'a> {
     /// Destination address and port.
     pub dst: SocketAddr,
     /// Sequence number.
-    pub seq: u32,
+    pub seq: SeqNumber,
     /// Acknowledgement number (meaningful only with the ACK flag).
-    pub ack: u32,
+    pub ack: SeqNumber,
     /// Header flags.
     pub flags: TcpFlags,
     /// The raw 16-bit window field (scaled by the receiver, never on a SYN).
     pub window: u16,
-    /// Parsed options.
-    pub options: SegmentOptions,
+    /// Parsed options (as Linux parses them: see
+    /// [`tandem_wire::OptionsMode::Linux`]). A window scale above 14 is
+    /// treated as 14, as Linux does.
+    pub options: TcpOptionSet,
     /// Payload bytes.
     pub payload: &'a [u8],
 }
@@ -193,8 +44,8 @@ impl Segment<'_> {
     }
 
     /// The kernel's `end_seq`.
-    pub fn end_seq(&self) -> u32 {
-        self.seq.wrapping_add(self.seq_len())
+    pub fn end_seq(&self) -> SeqNumber {
+        SeqNumber(self.seq.0.wrapping_add(self.seq_len()))
     }
 }
 
@@ -214,10 +65,10 @@ pub enum Direction {
 )]
 pub struct ConnKey {
     /// The client's address and port.
-    #[serde(with = "super::snapshot::addr")]
+    #[serde(with = "addr")]
     pub client: SocketAddr,
     /// The service's address (VIP) and port.
-    #[serde(with = "super::snapshot::addr")]
+    #[serde(with = "addr")]
     pub server: SocketAddr,
 }
 
@@ -234,5 +85,116 @@ impl ConnKey {
                 server: segment.src,
             },
         }
+    }
+}
+
+/// Socket addresses with every field the state hash covers (serde's own
+/// encoding of `SocketAddrV6` drops the flow label and scope id).
+pub(crate) mod addr {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    enum Repr {
+        V4([u8; 4], u16),
+        V6([u8; 16], u16, u32, u32),
+    }
+
+    pub(crate) fn serialize<S: Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            SocketAddr::V4(a) => Repr::V4(a.ip().octets(), a.port()),
+            SocketAddr::V6(a) => Repr::V6(a.ip().octets(), a.port(), a.flowinfo(), a.scope_id()),
+        }
+        .serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::V4(ip, port) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)),
+            Repr::V6(ip, port, flow, scope) => {
+                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    // The shapes shadow TCP's own SACK and timestamp types had before it
+    // used tandem-wire's (sequence numbers as plain u32): snapshots written
+    // with them must still decode, and new ones must be byte-identical.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct OldSackBlock {
+        left: u32,
+        right: u32,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct OldSackBlocks {
+        blocks: [OldSackBlock; 4],
+        len: u8,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct OldTimestamps {
+        tsval: u32,
+        tsecr: u32,
+    }
+
+    fn old_blocks(blocks: &[(u32, u32)]) -> OldSackBlocks {
+        let mut out = OldSackBlocks {
+            blocks: std::array::from_fn(|_| OldSackBlock { left: 0, right: 0 }),
+            len: 0,
+        };
+        for (slot, &(left, right)) in out.blocks.iter_mut().zip(blocks) {
+            *slot = OldSackBlock { left, right };
+            out.len += 1;
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn snapshot_encodings_are_the_old_ones(
+            blocks in proptest::collection::vec(any::<(u32, u32)>(), 0..=4),
+            tsval: u32,
+            tsecr: u32,
+            seq: u32,
+        ) {
+            let new = SackBlocks::from_slice(
+                &blocks
+                    .iter()
+                    .map(|&(l, r)| SackBlock { left: SeqNumber(l), right: SeqNumber(r) })
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let old_bytes = postcard::to_stdvec(&old_blocks(&blocks)).unwrap();
+            prop_assert_eq!(&postcard::to_stdvec(&new).unwrap(), &old_bytes);
+            prop_assert_eq!(postcard::from_bytes::<SackBlocks>(&old_bytes).unwrap(), new);
+
+            let ts = Timestamps { tsval, tsecr };
+            let old_ts = postcard::to_stdvec(&OldTimestamps { tsval, tsecr }).unwrap();
+            prop_assert_eq!(&postcard::to_stdvec(&ts).unwrap(), &old_ts);
+            prop_assert_eq!(postcard::from_bytes::<Timestamps>(&old_ts).unwrap(), ts);
+
+            let old_seq = postcard::to_stdvec(&seq).unwrap();
+            prop_assert_eq!(&postcard::to_stdvec(&SeqNumber(seq)).unwrap(), &old_seq);
+            prop_assert_eq!(postcard::from_bytes::<SeqNumber>(&old_seq).unwrap(), SeqNumber(seq));
+        }
+    }
+
+    #[test]
+    fn a_set_claiming_more_than_four_blocks_does_not_decode() {
+        let mut corrupt = old_blocks(&[(1, 2)]);
+        corrupt.len = 5;
+        let bytes = postcard::to_stdvec(&corrupt).unwrap();
+        assert!(postcard::from_bytes::<SackBlocks>(&bytes).is_err());
+        corrupt.len = 4;
+        let bytes = postcard::to_stdvec(&corrupt).unwrap();
+        assert_eq!(postcard::from_bytes::<SackBlocks>(&bytes).unwrap().len(), 4);
     }
 }

@@ -1,4 +1,4 @@
-//! Snapshots of the shadow TCP table (DESIGN §3.7).
+//! Snapshots of the shadow TCP table (docs/architecture.md §3.7).
 //!
 //! The table serialises with serde (the node writes it with postcard, inside
 //! the service group's snapshot); decoding goes through [`TableSnapshot`],
@@ -17,8 +17,12 @@ use super::segment::ConnKey;
 use super::table::{Entry, ShadowTable};
 use super::ShadowConfig;
 
+// The table knows nothing of snapshots: this module reads its entries,
+// writes them, and rebuilds a table through `ShadowTable::from_entries`,
+// which checks what the per-segment code relies on.
+
 /// The table snapshot format's version.
-pub(crate) const TABLE_VERSION: u32 = 1;
+const TABLE_VERSION: u32 = 1;
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,12 +48,6 @@ pub enum SnapshotError {
     /// The service's (or the SDK runtime's) part was refused.
     #[error("the service's snapshot was refused: {0}")]
     Service(String),
-}
-
-impl SnapshotError {
-    pub(crate) fn invalid(what: impl Into<String>) -> SnapshotError {
-        SnapshotError::Invalid(what.into())
-    }
 }
 
 /// Appends an integrity check to an encoded snapshot: FNV-1a 64 of the
@@ -79,10 +77,44 @@ pub fn unseal(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
 
 /// What [`ShadowTable`]'s `Serialize` writes (borrowed).
 #[derive(Serialize)]
-pub(crate) struct TableOut<'a> {
-    pub(crate) version: u32,
-    pub(crate) entries: &'a BTreeMap<ConnKey, Entry>,
-    pub(crate) hash: u64,
+struct TableOut<'a> {
+    version: u32,
+    entries: &'a BTreeMap<ConnKey, Entry>,
+    hash: u64,
+}
+
+impl Serialize for ShadowTable {
+    /// The entries and the state hash; decode with [`TableSnapshot`].
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        TableOut {
+            version: TABLE_VERSION,
+            entries: self.entries(),
+            hash: self.state_hash(),
+        }
+        .serialize(s)
+    }
+}
+
+impl ShadowTable {
+    /// The whole table, encoded with postcard: every entry with its
+    /// reassembly and output buffers, held-back input, TIME_WAIT entries and
+    /// the state hash (checked on restore), then an integrity check
+    /// ([`seal`]). The configuration is not included: every replica
+    /// has it. (A bigger snapshot embeds the table through its `Serialize`
+    /// impl and decodes it with [`TableSnapshot`].)
+    pub fn snapshot(&self) -> Vec<u8> {
+        // Serialising plain data into a Vec cannot fail.
+        seal(postcard::to_stdvec(self).unwrap_or_default())
+    }
+
+    /// Rebuilds a table from [`ShadowTable::snapshot`]'s bytes, under
+    /// `config` (the one every replica uses). Bad bytes are an error.
+    pub fn restore(config: ShadowConfig, bytes: &[u8]) -> Result<ShadowTable, SnapshotError> {
+        let body = unseal(bytes)?;
+        let snapshot: TableSnapshot =
+            postcard::from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        snapshot.into_table(config)
+    }
 }
 
 /// A decoded, not yet checked, shadow TCP table: deserialise this (it reads
@@ -102,7 +134,8 @@ impl TableSnapshot {
         if self.version != TABLE_VERSION {
             return Err(SnapshotError::Version(self.version));
         }
-        let table = ShadowTable::from_entries(config, self.entries)?;
+        let table =
+            ShadowTable::from_entries(config, self.entries).map_err(SnapshotError::Invalid)?;
         let restored = table.state_hash();
         if restored != self.hash {
             return Err(SnapshotError::HashMismatch {
@@ -111,36 +144,5 @@ impl TableSnapshot {
             });
         }
         Ok(table)
-    }
-}
-
-/// Socket addresses with every field the state hash covers (serde's own
-/// encoding of `SocketAddrV6` drops the flow label and scope id).
-pub(crate) mod addr {
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Serialize, Deserialize)]
-    enum Repr {
-        V4([u8; 4], u16),
-        V6([u8; 16], u16, u32, u32),
-    }
-
-    pub(crate) fn serialize<S: Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
-        match addr {
-            SocketAddr::V4(a) => Repr::V4(a.ip().octets(), a.port()),
-            SocketAddr::V6(a) => Repr::V6(a.ip().octets(), a.port(), a.flowinfo(), a.scope_id()),
-        }
-        .serialize(s)
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-        Ok(match Repr::deserialize(d)? {
-            Repr::V4(ip, port) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)),
-            Repr::V6(ip, port, flow, scope) => {
-                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope))
-            }
-        })
     }
 }

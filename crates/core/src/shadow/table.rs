@@ -6,7 +6,6 @@ use super::conn::{hash_addr, Fate, HalfOpen, Hello, Open, TimeWait};
 use super::hash::Fnv64;
 use super::segment::{ConnKey, Direction, SackBlocks, Segment};
 use super::seq::{after, Millis};
-use super::snapshot::{SnapshotError, TableOut, TableSnapshot, TABLE_VERSION};
 use super::{DropReason, Event, Outcome, ShadowConfig, ShadowError, ShadowState};
 use crate::image::{RepairWindow, SocketImage, TcpOptions, TcpState, WindowScale};
 
@@ -275,7 +274,7 @@ impl ShadowTable {
             ev.push(Event::Dropped(DropReason::UnexpectedFromServer));
             return;
         };
-        if seg.ack != h.syn.isn.wrapping_add(1) {
+        if seg.ack != h.syn.isn + 1 {
             ev.push(Event::Dropped(DropReason::SynAckMismatch));
             return;
         }
@@ -351,11 +350,11 @@ impl ShadowTable {
         Some(match self.entries.get(conn)? {
             Entry::HalfOpen(h) => ConnInfo {
                 state: h.state(),
-                client_isn: h.syn.isn,
-                server_isn: h.synack.map(|s| s.isn),
-                rcv_nxt: h.syn.isn.wrapping_add(1),
-                snd_una: h.synack.map_or(0, |s| s.isn),
-                write_seq: h.synack.map_or(0, |s| s.isn.wrapping_add(1)),
+                client_isn: h.syn.isn.0,
+                server_isn: h.synack.map(|s| s.isn.0),
+                rcv_nxt: (h.syn.isn + 1).0,
+                snd_una: h.synack.map_or(0, |s| s.isn.0),
+                write_seq: h.synack.map_or(0, |s| (s.isn + 1).0),
                 delivered: 0,
                 held_input: 0,
                 held_fin: false,
@@ -370,11 +369,11 @@ impl ShadowTable {
             },
             Entry::Open(o) => ConnInfo {
                 state: o.state(),
-                client_isn: o.client_isn,
-                server_isn: Some(o.server_isn),
-                rcv_nxt: o.rcv_nxt(),
-                snd_una: o.snd_una(),
-                write_seq: o.write_seq(),
+                client_isn: o.client_isn.0,
+                server_isn: Some(o.server_isn.0),
+                rcv_nxt: o.rcv_nxt().0,
+                snd_una: o.snd_una().0,
+                write_seq: o.write_seq().0,
                 delivered: o.delivered(),
                 held_input: o.pending.len() as u64,
                 held_fin: o.pending_fin,
@@ -391,7 +390,7 @@ impl ShadowTable {
                 state: ShadowState::TimeWait,
                 client_isn: 0,
                 server_isn: None,
-                rcv_nxt: tw.rcv_nxt,
+                rcv_nxt: tw.rcv_nxt.0,
                 snd_una: 0,
                 write_seq: 0,
                 delivered: 0,
@@ -451,7 +450,7 @@ impl ShadowTable {
     /// LAST_ACK: the state field says which, and a restore builds
     /// ESTABLISHED then `shutdown(SHUT_WR)` when our FIN is queued), and for a
     /// handshake whose SYN-ACK is logged (state SYN_RECV: restore it as
-    /// ESTABLISHED with nothing sent, DESIGN §3.5).
+    /// ESTABLISHED with nothing sent, docs/architecture.md §3.5).
     ///
     /// - `recv_queue` is empty: every in-order byte was delivered to the
     ///   application (which is replicated) or is held back by the input
@@ -461,13 +460,13 @@ impl ShadowTable {
     ///   (the client retransmits them: SACK is advisory).
     /// - `send_queue` is all the unacknowledged output with `unsent_len` 0;
     ///   how much of it was really in flight is decided at restore time
-    ///   (DESIGN §3.5: up to the client's last ACK + window).
+    ///   (docs/architecture.md §3.5: up to the client's last ACK + window).
     /// - `write_seq` counts our FIN if one is queued, as the kernel does
     ///   (`SocketImage::snd_una()` allows for it); a restore queues the data
     ///   at write_seq − 1 − len.
     /// - `timestamp` is our clock's best lower bound — the client's latest
     ///   TSecr (or our SYN-ACK's TSval) plus the log time elapsed since —
-    ///   plus `ts_jump` (the failover barrier's jump, DESIGN §3.5), so our
+    ///   plus `ts_jump` (the failover barrier's jump, docs/architecture.md §3.5), so our
     ///   TSval never goes behind what the client has seen.
     /// - the window: snd_wl1/snd_wnd/max_window as tcp_ack() left them;
     ///   rcv_wnd = W and rcv_wup = rcv_nxt, so the right edge we advertise
@@ -481,7 +480,7 @@ impl ShadowTable {
             Entry::Open(o) => {
                 let rcv_nxt = o.rcv_nxt();
                 let mut snd_wl1 = o.snd_wl1;
-                if after(snd_wl1, rcv_nxt.wrapping_add(w)) {
+                if after(snd_wl1, rcv_nxt + w as usize) {
                     // Cannot happen (see above); keep the image restorable.
                     snd_wl1 = rcv_nxt;
                 }
@@ -489,8 +488,8 @@ impl ShadowTable {
                     local: conn.server,
                     peer: conn.client,
                     state: o.state().kernel_state(),
-                    rcv_nxt,
-                    write_seq: o.write_seq(),
+                    rcv_nxt: rcv_nxt.0,
+                    write_seq: o.write_seq().0,
                     recv_queue: Vec::new(),
                     send_queue: o.out.unacked().iter().copied().collect(),
                     unsent_len: 0,
@@ -505,11 +504,11 @@ impl ShadowTable {
                     },
                     timestamp: o.ts_clock_at(now).unwrap_or(0).wrapping_add(ts_jump),
                     window: RepairWindow {
-                        snd_wl1,
+                        snd_wl1: snd_wl1.0,
                         snd_wnd: o.snd_wnd,
                         max_window: o.max_window.max(o.snd_wnd),
                         rcv_wnd: w,
-                        rcv_wup: rcv_nxt,
+                        rcv_wup: rcv_nxt.0,
                     },
                 })
             }
@@ -517,7 +516,7 @@ impl ShadowTable {
                 let s = h.synack?;
                 let ts_ok = h.syn.ts.is_some() && s.ts.is_some();
                 let ws_ok = h.syn.wscale.is_some() && s.wscale.is_some();
-                let rcv_nxt = h.syn.isn.wrapping_add(1);
+                let rcv_nxt = (h.syn.isn + 1).0;
                 let mss = h
                     .syn
                     .mss
@@ -527,7 +526,7 @@ impl ShadowTable {
                     peer: conn.client,
                     state: TcpState::SynRecv,
                     rcv_nxt,
-                    write_seq: s.isn.wrapping_add(1),
+                    write_seq: (s.isn + 1).0,
                     recv_queue: Vec::new(),
                     send_queue: Vec::new(),
                     unsent_len: 0,
@@ -548,7 +547,7 @@ impl ShadowTable {
                     // tcp_create_openreq_child(): snd_wl1 = the client's ISN,
                     // the SYN's window is never scaled.
                     window: RepairWindow {
-                        snd_wl1: h.syn.isn,
+                        snd_wl1: h.syn.isn.0,
                         snd_wnd: u32::from(h.syn.window),
                         max_window: u32::from(h.syn.window),
                         rcv_wnd: w,
@@ -560,52 +559,36 @@ impl ShadowTable {
         }
     }
 
-    /// The whole table, encoded with postcard: every entry with its
-    /// reassembly and output buffers, held-back input, TIME_WAIT entries and
-    /// the state hash (checked on restore), then an integrity check
-    /// ([`super::seal`]). The configuration is not included: every replica
-    /// has it. (A bigger snapshot embeds the table through its `Serialize`
-    /// impl and decodes it with [`TableSnapshot`].)
-    pub fn snapshot(&self) -> Vec<u8> {
-        // Serialising plain data into a Vec cannot fail.
-        super::seal(postcard::to_stdvec(self).unwrap_or_default())
-    }
-
-    /// Rebuilds a table from [`ShadowTable::snapshot`]'s bytes, under
-    /// `config` (the one every replica uses). Bad bytes are an error.
-    pub fn restore(config: ShadowConfig, bytes: &[u8]) -> Result<ShadowTable, SnapshotError> {
-        let body = super::unseal(bytes)?;
-        let snapshot: TableSnapshot =
-            postcard::from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
-        snapshot.into_table(config)
-    }
-
-    /// A table holding `entries`, checked as a decoded snapshot must be.
+    /// A table holding `entries` (decoded from a snapshot), or what is wrong
+    /// with them: every invariant the per-segment code relies on is checked.
     pub(crate) fn from_entries(
         config: ShadowConfig,
         entries: BTreeMap<ConnKey, Entry>,
-    ) -> Result<ShadowTable, SnapshotError> {
+    ) -> Result<ShadowTable, String> {
         if entries.len() > config.max_connections {
-            return Err(SnapshotError::invalid("more entries than max_connections"));
+            return Err("more entries than max_connections".into());
         }
         let mut table = ShadowTable::new(config);
         for (key, entry) in &entries {
             if key.client.is_ipv4() != key.server.is_ipv4() {
-                return Err(SnapshotError::invalid("a connection of mixed families"));
+                return Err("a connection of mixed families".into());
             }
             match entry {
-                Entry::Open(o) => o
-                    .validate(&config)
-                    .map_err(|e| SnapshotError::invalid(format!("{key:?}: {e}")))?,
+                Entry::Open(o) => o.validate(&config).map_err(|e| format!("{key:?}: {e}"))?,
                 Entry::HalfOpen(_) | Entry::TimeWait(_) => {}
             }
             table.count(entry.kind(), true);
         }
         if table.half_open > config.max_half_open {
-            return Err(SnapshotError::invalid("more handshakes than max_half_open"));
+            return Err("more handshakes than max_half_open".into());
         }
         table.entries = entries;
         Ok(table)
+    }
+
+    /// Every entry, in key order (what a snapshot writes).
+    pub(crate) fn entries(&self) -> &BTreeMap<ConnKey, Entry> {
+        &self.entries
     }
 
     /// The memory the table holds, and its bounds.
@@ -670,17 +653,5 @@ impl ShadowTable {
             }
         }
         h.finish()
-    }
-}
-
-impl serde::Serialize for ShadowTable {
-    /// The entries and the state hash; decode with [`TableSnapshot`].
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        TableOut {
-            version: TABLE_VERSION,
-            entries: &self.entries,
-            hash: self.state_hash(),
-        }
-        .serialize(s)
     }
 }

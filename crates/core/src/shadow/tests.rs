@@ -22,12 +22,12 @@ fn server_addr() -> SocketAddr {
     addr("198.18.0.100:7000")
 }
 
-fn full_options(tsval: u32, tsecr: u32, wscale: u8) -> SegmentOptions {
-    SegmentOptions {
+fn full_options(tsval: u32, tsecr: u32, wscale: u8) -> TcpOptionSet {
+    TcpOptionSet {
         mss: Some(1460),
-        wscale: Some(wscale),
+        window_scale: Some(wscale),
         sack_permitted: true,
-        sack: SackBlocks::default(),
+        sack_blocks: SackBlocks::default(),
         timestamps: Some(Timestamps { tsval, tsecr }),
     }
 }
@@ -72,8 +72,8 @@ impl Harness {
         let syn = Segment {
             src: client_addr(),
             dst: server_addr(),
-            seq: c_isn,
-            ack: 0,
+            seq: SeqNumber(c_isn),
+            ack: SeqNumber(0),
             flags: SYN,
             window: 64240,
             options: opts,
@@ -88,8 +88,8 @@ impl Harness {
         let synack = Segment {
             src: server_addr(),
             dst: client_addr(),
-            seq: s_isn,
-            ack: c_isn.wrapping_add(1),
+            seq: SeqNumber(s_isn),
+            ack: SeqNumber(c_isn.wrapping_add(1)),
             flags: SYN | ACK,
             window: 65483,
             options: opts,
@@ -124,16 +124,16 @@ impl Harness {
         Segment {
             src: client_addr(),
             dst: server_addr(),
-            seq,
-            ack,
+            seq: SeqNumber(seq),
+            ack: SeqNumber(ack),
             flags,
             window: 502,
-            options: SegmentOptions {
+            options: TcpOptionSet {
                 timestamps: self.ts.then_some(Timestamps {
                     tsval: self.tsval,
                     tsecr: self.tsecr,
                 }),
-                ..SegmentOptions::default()
+                ..TcpOptionSet::default()
             },
             payload,
         }
@@ -201,11 +201,11 @@ fn handshake_needs_the_synack() {
     let mk = |flags, seq, ack| Segment {
         src: client_addr(),
         dst: server_addr(),
-        seq,
-        ack,
+        seq: SeqNumber(seq),
+        ack: SeqNumber(ack),
         flags,
         window: 1000,
-        options: SegmentOptions::default(),
+        options: TcpOptionSet::default(),
         payload: &[],
     };
     let now = Millis(0);
@@ -228,11 +228,11 @@ fn handshake_needs_the_synack() {
     t.on_segment(now, Direction::FromClient, &mk(SYN, 50, 0));
     let key = out.conn;
     assert_eq!(t.info(&key).unwrap().client_isn, 50);
-    sa.ack = 51;
+    sa.ack = SeqNumber(51);
     assert_eq!(t.on_segment(now, Direction::FromServer, &sa).events, vec![]);
     // Its retransmission is harmless; a different ISN is not.
     assert_eq!(t.on_segment(now, Direction::FromServer, &sa).events, vec![]);
-    sa.seq = 7;
+    sa.seq = SeqNumber(7);
     let out = t.on_segment(now, Direction::FromServer, &sa);
     assert_eq!(out.dropped(), Some(DropReason::SynAckMismatch));
     // A server segment that is no SYN-ACK.
@@ -616,11 +616,11 @@ fn syn_flood_is_bounded() {
     let syn = |port: u16| Segment {
         src: SocketAddr::from(([10, 0, 0, 9], port)),
         dst: server_addr(),
-        seq: u32::from(port),
-        ack: 0,
+        seq: SeqNumber(u32::from(port)),
+        ack: SeqNumber(0),
         flags: SYN,
         window: 1000,
-        options: SegmentOptions::default(),
+        options: TcpOptionSet::default(),
         payload: &[],
     };
     let mut refused = 0;
@@ -637,13 +637,13 @@ fn syn_flood_is_bounded() {
         let mut sa = syn(port);
         std::mem::swap(&mut sa.src, &mut sa.dst);
         sa.flags = SYN | ACK;
-        sa.seq = 77;
-        sa.ack = u32::from(port) + 1;
+        sa.seq = SeqNumber(77);
+        sa.ack = SeqNumber(u32::from(port) + 1);
         t.on_segment(Millis(0), Direction::FromServer, &sa);
         let mut ack = syn(port);
         ack.flags = ACK;
-        ack.seq = u32::from(port) + 1;
-        ack.ack = 78;
+        ack.seq = SeqNumber(u32::from(port) + 1);
+        ack.ack = SeqNumber(78);
         assert_eq!(
             t.on_segment(Millis(0), Direction::FromClient, &ack).events,
             vec![Event::Opened]
@@ -673,8 +673,8 @@ fn a_whole_handshake_in_one_entry() {
     let syn = Segment {
         src: client_addr(),
         dst: server_addr(),
-        seq: c_isn,
-        ack: 0,
+        seq: SeqNumber(c_isn),
+        ack: SeqNumber(0),
         flags: SYN,
         window: 64240,
         options: full_options(1000, 0, 7),
@@ -683,8 +683,8 @@ fn a_whole_handshake_in_one_entry() {
     let synack = Segment {
         src: server_addr(),
         dst: client_addr(),
-        seq: s_isn,
-        ack: c_isn.wrapping_add(1),
+        seq: SeqNumber(s_isn),
+        ack: SeqNumber(c_isn.wrapping_add(1)),
         flags: SYN | ACK,
         window: 65483,
         options: full_options(5000, 1000, 9),
@@ -693,16 +693,16 @@ fn a_whole_handshake_in_one_entry() {
     let third = Segment {
         src: client_addr(),
         dst: server_addr(),
-        seq: c_isn.wrapping_add(1),
-        ack: s_isn.wrapping_add(1),
+        seq: SeqNumber(c_isn.wrapping_add(1)),
+        ack: SeqNumber(s_isn.wrapping_add(1)),
         flags: ACK | TcpFlags::PSH,
         window: 502,
-        options: SegmentOptions {
+        options: TcpOptionSet {
             timestamps: Some(Timestamps {
                 tsval: 1001,
                 tsecr: 5000,
             }),
-            ..SegmentOptions::default()
+            ..TcpOptionSet::default()
         },
         payload: b"*1\r\n$4\r\nPING\r\n",
     };
@@ -733,7 +733,7 @@ fn a_whole_handshake_in_one_entry() {
     let info = a.info(&key).unwrap();
     assert_eq!(info.state, ShadowState::Established);
     assert_eq!(info.server_isn, Some(s_isn));
-    assert_eq!(info.rcv_nxt, third.seq.wrapping_add(14));
+    assert_eq!(info.rcv_nxt, third.seq.0.wrapping_add(14));
     assert_eq!(a.half_open(), 0, "no pending handshake is left behind");
     // The bound of one pending handshake does not stop the next one.
     let mut other = syn;
@@ -849,11 +849,11 @@ fn no_options_and_ipv6_defaults() {
     let mk = |src, dst, flags, seq, ack| Segment {
         src,
         dst,
-        seq,
-        ack,
+        seq: SeqNumber(seq),
+        ack: SeqNumber(ack),
         flags,
         window: 1000,
-        options: SegmentOptions::default(),
+        options: TcpOptionSet::default(),
         payload: &[],
     };
     t.on_segment(Millis(0), Direction::FromClient, &mk(c, s, SYN, 10, 0));
@@ -1131,20 +1131,24 @@ mod fuzz {
             };
             let mut sack = SackBlocks::default();
             for &(l, r) in &op.opts.4 {
-                sack.push(SackBlock { left: l, right: r });
+                // Past four, the first four are kept.
+                let _ = sack.push(SackBlock {
+                    left: SeqNumber(l),
+                    right: SeqNumber(r),
+                });
             }
             let seg = Segment {
                 src,
                 dst,
-                seq: op.seq,
-                ack: op.ack,
-                flags: TcpFlags(op.flags & 0x3f),
+                seq: SeqNumber(op.seq),
+                ack: SeqNumber(op.ack),
+                flags: TcpFlags::from_bits(op.flags & 0x3f),
                 window: op.window,
-                options: SegmentOptions {
+                options: TcpOptionSet {
                     mss: op.opts.0,
-                    wscale: op.opts.1,
+                    window_scale: op.opts.1,
                     sack_permitted: op.opts.2,
-                    sack,
+                    sack_blocks: sack,
                     timestamps: op.opts.3.map(|(tsval, tsecr)| Timestamps { tsval, tsecr }),
                 },
                 payload: &op.payload,
@@ -1167,15 +1171,17 @@ mod fuzz {
                         (op.seq % 4000) as i32 - 1000
                     };
                     if op.dir_server {
-                        seg.ack = info.client_isn.wrapping_add(1);
+                        seg.ack = SeqNumber(info.client_isn.wrapping_add(1));
                     } else {
                         if op.flags & 0x40 == 0 {
                             // Mostly plain ACKs (with FIN or not), so the
                             // connection lives long enough to go deep.
-                            seg.flags = TcpFlags((seg.flags.0 & 0x09) | TcpFlags::ACK.0);
+                            seg.flags = TcpFlags::from_bits(
+                                (seg.flags.bits() & 0x09) | TcpFlags::ACK.bits(),
+                            );
                         }
-                        seg.seq = info.rcv_nxt.wrapping_add(jitter as u32);
-                        seg.ack = match info.server_isn {
+                        seg.seq = SeqNumber(info.rcv_nxt.wrapping_add(jitter as u32));
+                        seg.ack = SeqNumber(match info.server_isn {
                             Some(isn) if info.state == ShadowState::SynAckSeen => {
                                 isn.wrapping_add(1)
                             }
@@ -1183,7 +1189,7 @@ mod fuzz {
                             // time, else a partial ACK.
                             _ if op.ack & 1 == 0 => info.write_seq,
                             _ => info.snd_una.wrapping_add(op.ack % 64),
-                        };
+                        });
                     }
                 }
             }
@@ -1210,8 +1216,12 @@ mod fuzz {
                 // TCP_REPAIR_WINDOW's own checks.
                 let w = img.window;
                 prop_assert!(w.max_window >= w.snd_wnd);
-                prop_assert!(!seq::after(w.snd_wl1, img.rcv_nxt.wrapping_add(w.rcv_wnd)));
-                prop_assert!(!seq::after(w.rcv_wup, img.rcv_nxt));
+                let s = SeqNumber;
+                prop_assert!(!seq::after(
+                    s(w.snd_wl1),
+                    s(img.rcv_nxt) + w.rcv_wnd as usize
+                ));
+                prop_assert!(!seq::after(s(w.rcv_wup), s(img.rcv_nxt)));
             }
             let m = a.memory();
             prop_assert!(a.len() <= config.max_connections);
@@ -1264,6 +1274,7 @@ mod fuzz {
 // ---------------------------------------------------------------------------
 // Measuring real allocations.
 
+#[allow(unsafe_code)]
 mod alloc_count {
     //! A counting global allocator for this test binary: each thread counts
     //! the bytes it has allocated minus freed, so a test measures exactly
@@ -1327,8 +1338,8 @@ fn bytes_per_idle_connection_measured() {
             let mk = |src, dst, flags, seq, ack| Segment {
                 src,
                 dst,
-                seq,
-                ack,
+                seq: SeqNumber(seq),
+                ack: SeqNumber(ack),
                 flags,
                 window: 500,
                 options: opts,
@@ -1365,7 +1376,7 @@ fn bytes_per_idle_connection_measured() {
 }
 
 // ---------------------------------------------------------------------------
-// The input throttle (DESIGN §3.2) and snapshots (§3.7).
+// The input throttle (docs/architecture.md §3.2) and snapshots (§3.7).
 
 fn throttled_cfg(limit: u64) -> ShadowConfig {
     let mut c = cfg();
@@ -1520,11 +1531,11 @@ fn a_restored_table_continues_identically() {
     let syn = Segment {
         src: client,
         dst: server,
-        seq: 1,
-        ack: 0,
+        seq: SeqNumber(1),
+        ack: SeqNumber(0),
         flags: SYN,
         window: 1000,
-        options: SegmentOptions::default(),
+        options: TcpOptionSet::default(),
         payload: &[],
     };
     t.on_segment(Millis(1), Direction::FromClient, &syn);

@@ -1,4 +1,4 @@
-//! The node's fence (DESIGN §3.8): the FIN/RST guard installed before
+//! The node's fence (docs/architecture.md §3.8): the FIN/RST guard installed before
 //! anything else, and the kernel lease that lets TCP from VIP:port and ARP
 //! replies for the VIP leave only while the primary is entitled to them.
 //!

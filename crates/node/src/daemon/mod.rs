@@ -30,7 +30,7 @@ mod supervise;
 mod takeover;
 
 use crate::admin::{AdminReply, AdminRequest, AdminServer};
-use crate::capture::{direction_of, facts_of, reset_for, segment_of, CaptureLoop, Decision};
+use crate::capture::{direction_of, CaptureLoop, Decision};
 use crate::config::{Config, ServiceSection};
 use crate::group::{Effect, Item, LogEntry, ServiceGroup};
 use crate::proposer::{Proposal, Proposer};
@@ -49,6 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supervise::Supervisor;
 use takeover::{for_restore, handed_over_packet, replay_head, synack_for_replay, Rebuilt, TS_JUMP};
 use tandem_core::classify::{Admit, Class, JunkReason, Seen, SynGuard, SynLimiter};
+use tandem_core::packet::{facts_of, reset_for, segment_of};
 use tandem_core::shadow::{ConnKey, ShadowConfig};
 use tandem_replica::{NodeId, Output, ProposalId, Replica, StateRole};
 use tandem_sys::capture::{detect_backend, CaptureRules};
@@ -215,7 +216,7 @@ struct Daemon {
     /// The logged SYN-ACK of each handshake still in progress, and the
     /// handshakes this node rebuilt as ESTABLISHED at takeover: a client
     /// that never got the SYN-ACK retransmits its SYN, and the logged
-    /// SYN-ACK is replayed to it from a raw socket (DESIGN §3.5).
+    /// SYN-ACK is replayed to it from a raw socket (docs/architecture.md §3.5).
     synacks: BTreeMap<ConnKey, Vec<u8>>,
     restored_handshakes: std::collections::BTreeSet<ConnKey>,
     raw: Option<tandem_sys::rawsock::RawIpv4Sender>,
@@ -280,7 +281,7 @@ impl Daemon {
         let service = config.services[0].clone();
         let (vip, prefix_len) = service.vip();
 
-        // Fence first (DESIGN §3.8): guard on, no lease, no VIP, no capture.
+        // Fence first (docs/architecture.md §3.8): guard on, no lease, no VIP, no capture.
         let fence = Fence::install(vip, service.port)?;
         let netlink = tandem_sys::addr::Netlink::open()?;
         let interface = netlink.interface(&service.interface)?;
@@ -639,8 +640,8 @@ impl Daemon {
                     direction,
                     facts,
                     key,
-                    seq: segment.seq,
-                    ack: segment.ack,
+                    seq: segment.seq.0,
+                    ack: segment.ack.0,
                     bytes: &packet.payload,
                 };
                 let from_server = matches!(direction, tandem_core::classify::Direction::FromServer);
@@ -694,7 +695,7 @@ impl Daemon {
                             packet.id,
                             HandshakeGuard::SynAck {
                                 key,
-                                isn: segment.seq,
+                                isn: segment.seq.0,
                             },
                         );
                     }
@@ -1005,7 +1006,7 @@ impl Daemon {
         }
         if self.replica.role() == StateRole::Leader {
             // Entitled to the lease only as long as a quorum has been heard
-            // from within it (DESIGN §3.8): a primary cut off, or frozen and
+            // from within it (docs/architecture.md §3.8): a primary cut off, or frozen and
             // then woken up, never re-grants itself the VIP.
             if let Some(heard) = self.quorum_heard() {
                 self.fence.entitle(heard);
@@ -1243,7 +1244,7 @@ impl Daemon {
         }
     }
 
-    /// The new primary takes up the service (DESIGN §3.5 in the order that
+    /// The new primary takes up the service (docs/architecture.md §3.5 in the order that
     /// never lets a packet through unlogged; capture has been on since
     /// start-up): connections rebuilt in repair mode while the lease is
     /// granted, listener, VIP, gratuitous ARP, then the connections go live.
@@ -1336,7 +1337,7 @@ impl Daemon {
         Ok(())
     }
 
-    /// Every connection of the log as a socket in repair mode (DESIGN §3.5
+    /// Every connection of the log as a socket in repair mode (docs/architecture.md §3.5
     /// step 4), busiest first, built on two threads; nothing is sent until
     /// each goes live after the VIP is announced.
     fn prepare_connections(&mut self, now_ms: u64) -> Vec<Rebuilt> {
@@ -1760,7 +1761,7 @@ impl Daemon {
     }
 
     /// `tandem migrate SERVICE --to NODE` on the primary: a Raft leadership
-    /// transfer to a caught-up clone (DESIGN §3.6).
+    /// transfer to a caught-up clone (docs/architecture.md §3.6).
     fn migrate_to(&mut self, slot: u16) -> Result<String, String> {
         let status = self.replica.status();
         if status.role != StateRole::Leader {

@@ -4,7 +4,7 @@
 //! The kernel does the TCP (retransmission, congestion, windows); the
 //! service's state never depends on it. What the kernel receives from a
 //! client is read and compared, byte for byte, with what shadow TCP
-//! delivered to the service from the log (DESIGN §3.2): both come from the
+//! delivered to the service from the log (docs/architecture.md §3.2): both come from the
 //! same packets, so a difference is a bug, counted and logged.
 //!
 //! Effects can name a connection the kernel has not handed over yet (the

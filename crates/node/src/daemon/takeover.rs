@@ -1,11 +1,11 @@
-//! The takeover's pure parts (DESIGN §3.5): how shadow TCP's image of a
+//! The takeover's pure parts (docs/architecture.md §3.5): how shadow TCP's image of a
 //! connection becomes a socket a new primary can rebuild, what it sends to
 //! prompt the client at once, and which logged packets it replays or
 //! re-injects. No I/O here: the daemon carries these out.
 
-use crate::capture::segment_of;
 use crate::group::Item;
 use std::net::IpAddr;
+use tandem_core::packet::segment_of;
 use tandem_core::shadow::ConnKey;
 
 /// A logged packet, parsed the way the log was written: options as Linux
@@ -32,7 +32,7 @@ pub(super) struct Rebuilt {
 }
 
 /// How far a new primary moves the TCP timestamp clock of every rebuilt
-/// connection past the lower bound the log gives (DESIGN §3.5): one hour,
+/// connection past the lower bound the log gives (docs/architecture.md §3.5): one hour,
 /// so the old primary's clock can never have been ahead of it, and far below
 /// the 2^31 ms PAWS horizon.
 pub(super) const TS_JUMP: u32 = 3_600_000;

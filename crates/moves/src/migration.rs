@@ -1,7 +1,7 @@
 //! Moving live TCP connections, with the virtual IP, from one node to another.
 //!
 //! A planned move of every connection of one VIP:port, in the order that
-//! keeps the client unaware (see `shared/notes/kernel-facts.md`):
+//! keeps the client unaware (see docs/kernel-notes.md §2):
 //!
 //! 1. **lock** the source: its kernel neither receives nor sends VIP:port
 //!    segments any more (a socket in repair mode would still ACK data);

@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_core::classify::{classify, Class, SynLimiter};
+use tandem_core::packet::{facts_of, segment_of};
 use tandem_core::shadow::{ConnKey, Millis, ShadowConfig, ShadowTable};
-use tandem_node::capture::{
-    direction_of, facts_of, segment_of, CaptureLoop, CaptureStats, Decision,
-};
+use tandem_node::capture::{direction_of, CaptureLoop, CaptureStats, Decision};
 use tandem_sys::capture::{detect_backend, CaptureRules};
 use tandem_sys::nfqueue::{NfQueue, NfQueueError, QueueConfig, Verdict};
 
@@ -131,7 +130,7 @@ fn offered_stream(count: usize) -> Vec<Vec<u8>> {
 /// handshake fed as the capture would have logged it).
 fn shadow_with_connection() -> Result<ShadowTable> {
     use tandem_core::shadow::{Direction, Millis};
-    use tandem_wire::{IpTcpRepr, TcpFlags};
+    use tandem_wire::{IpTcpRepr, SeqNumber, TcpFlags};
     let mut table = ShadowTable::new(ShadowConfig::default());
     let client = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), 5555));
     let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
@@ -141,9 +140,9 @@ fn shadow_with_connection() -> Result<ShadowTable> {
     let mut syn_ack = segment_of(&syn);
     syn_ack.src = server;
     syn_ack.dst = client;
-    syn_ack.seq = SERVER_ISN;
-    syn_ack.ack = CLIENT_ISN.wrapping_add(1);
-    syn_ack.flags = tandem_core::shadow::TcpFlags(TcpFlags::SYN.bits() | TcpFlags::ACK.bits());
+    syn_ack.seq = SeqNumber(SERVER_ISN);
+    syn_ack.ack = SeqNumber(CLIENT_ISN.wrapping_add(1));
+    syn_ack.flags = TcpFlags::SYN | TcpFlags::ACK;
     table.on_segment(Millis(0), Direction::FromServer, &syn_ack);
     let ack = segment(
         TcpFlags::ACK,

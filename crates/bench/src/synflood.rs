@@ -5,11 +5,11 @@
 //! latency (p50, p99, max), with and without the flood; the table shows
 //! tandem's figures as ratios of redis-server's.
 
+use crate::flood::{probe, Flood, ProbeStats};
 use anyhow::{bail, Context, Result};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
-use tandem_cli::synflood::{probe, Flood, ProbeStats};
 use tandem_lab::{LabGuard, LabSpec, Probe, ServiceKind};
 
 /// The plain redis-server's port, on a clone's lab address.
@@ -41,7 +41,7 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     let spec = LabSpec::named(opts.name.clone())
         .with_nodes(3)
         .with_service(ServiceKind::Kv);
-    let runs = super::in_lab(
+    let runs = crate::in_lab(
         "synflood",
         &spec,
         "3 nodes, replicated kv, and a plain redis-server",

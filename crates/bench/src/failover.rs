@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::workload::command;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use tandem_lab::{Lab, LabGuard, LabSpec, RaftTimings, ServiceKind};
@@ -218,7 +219,7 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         .with_nodes(3)
         .with_service(ServiceKind::Kv)
         .with_raft(opts.raft);
-    let (events, warmup_failures, client_rsts) = super::in_lab(
+    let (events, warmup_failures, client_rsts) = crate::in_lab(
         "failover",
         &spec,
         "3 nodes, replicated kv",
@@ -924,7 +925,7 @@ impl Generator {
         if c.stream.is_none() || c.sent.is_some() {
             return;
         }
-        c.out.extend_from_slice(&incr(&c.key));
+        c.out.extend_from_slice(&command(&["INCR", &c.key]));
         c.sent = Some(now);
         c.last_sent = Some(now);
         self.flush(i);
@@ -1019,37 +1020,11 @@ fn key(run: usize, i: usize, generation: u32) -> String {
     format!("fo:{}:{run}:{i}:{generation}", std::process::id())
 }
 
-fn incr(key: &str) -> Vec<u8> {
-    format!("*2\r\n$4\r\nINCR\r\n${}\r\n{key}\r\n", key.len()).into_bytes()
-}
-
-/// Raises the soft limit on open files to at least `want` (up to the hard
-/// limit).
+/// Raises the soft limit on open files to at least `want`, or fails.
 fn raise_nofile(want: u64) -> Result<()> {
-    // SAFETY: getrlimit/setrlimit only read and write the struct given.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
-        }
-        if lim.rlim_cur >= want as libc::rlim_t {
-            return Ok(());
-        }
-        let wanted = want as libc::rlim_t;
-        lim.rlim_cur = if lim.rlim_max < wanted {
-            lim.rlim_max
-        } else {
-            wanted
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
-        }
-        if lim.rlim_cur < wanted {
-            bail!(
-                "{want} open files are needed but the hard limit is {}",
-                lim.rlim_max
-            );
-        }
+    let got = tandem_sys::limits::raise_nofile(want).context("raising RLIMIT_NOFILE")?;
+    if got < want {
+        bail!("{want} open files are needed but the limit stays at {got}");
     }
     Ok(())
 }
@@ -1215,6 +1190,9 @@ mod tests {
 
     #[test]
     fn requests_are_resp() {
-        assert_eq!(incr("k1"), b"*2\r\n$4\r\nINCR\r\n$2\r\nk1\r\n");
+        assert_eq!(
+            command(&["INCR", "k1"]),
+            b"*2\r\n$4\r\nINCR\r\n$2\r\nk1\r\n"
+        );
     }
 }

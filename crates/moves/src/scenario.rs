@@ -3,6 +3,8 @@
 //! from node to node. Shared by `tandem demo`, `tandem bench migrate` and the
 //! end-to-end tests, so all three exercise exactly the same path.
 
+use crate::migration::{self, MigrationError, MoveReport, MoveSpec};
+use crate::site::Site;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -15,8 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_lab::{Lab, LabSpec, ServiceKind};
-use tandem_node::migration::{self, MigrationError, MoveReport, MoveSpec};
-use tandem_node::site::Site;
 use tandem_sys::arp::GarpSchedule;
 
 /// The NFQUEUE a holding lock uses in the lab's node namespaces.

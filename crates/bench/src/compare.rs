@@ -741,7 +741,7 @@ fn run_tandem(ctx: &Ctx) -> Result<Done> {
     let spec = LabSpec::named(name)
         .with_nodes(3)
         .with_service(ServiceKind::Kv);
-    super::in_lab(
+    crate::in_lab(
         "compare",
         &spec,
         "3 nodes, replicated kv",
@@ -787,7 +787,7 @@ fn run_tandem(ctx: &Ctx) -> Result<Done> {
 
 fn run_keepalived(ctx: &Ctx) -> Result<Done> {
     let spec = LabSpec::named(System::Keepalived.lab_name()).with_nodes(2);
-    super::in_lab(
+    crate::in_lab(
         "compare",
         &spec,
         "2 nodes, service none",
@@ -920,7 +920,7 @@ fn run_keepalived(ctx: &Ctx) -> Result<Done> {
 
 fn run_sentinel(ctx: &Ctx) -> Result<Done> {
     let spec = LabSpec::named(System::Sentinel.lab_name()).with_nodes(3);
-    super::in_lab(
+    crate::in_lab(
         "compare",
         &spec,
         "3 nodes, service none",

@@ -4,25 +4,16 @@
 //! kv-server`, below); (c) a real `redis-server` in a node namespace. All
 //! three live in one lab and are measured with `redis-benchmark` from the
 //! lab's client namespace, interleaved (a, b, c, a, b, c, ...) so the noise
-//! of a shared machine spreads evenly over them.
-//!
-//! Also here: the single-node kv server itself (`tandem tool kv-server`),
-//! the host's role played the simple way, as in the kv service's
-//! `kv_server` example but single-threaded on mio: whatever the sockets
-//! produced in one poll becomes one log entry, applied at once.
+//! of a shared machine spreads evenly over them. The single-node server is
+//! [`crate::kv_host`].
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::process::{Child, ExitCode, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
-use tandem_core::sdk::{Action, ConnId, Event, Millis, Runtime};
 use tandem_lab::{Lab, LabGuard, LabSpec, Probe, ServiceKind};
 
 /// The port of the single-node kv server, on node 1's lab address.
@@ -36,225 +27,6 @@ pub const DEFAULT_LAB: &str = "bench-kv";
 const TARGET_P50_DELTA_US: f64 = 200.0;
 /// Target: replicated throughput at least this fraction of redis-server's.
 const TARGET_RPS_RATIO: f64 = 0.5;
-
-// ---------------------------------------------------------------------------
-// The single-node kv server (`tandem tool kv-server`).
-
-/// The log's random seed (fixed, as a replicated log's would be).
-const KV_SEED: u64 = 0x007a_4de3;
-const LISTENER: Token = Token(0);
-
-/// One client socket of the kv server.
-struct Client {
-    stream: TcpStream,
-    /// Output the kernel has not taken yet.
-    pending: Vec<u8>,
-    /// The client has not sent FIN.
-    reading: bool,
-    /// The service closed its side: FIN once `pending` is written.
-    closing: bool,
-    shut: bool,
-}
-
-/// Serves the kv service on `listen` until killed: plain sockets, one
-/// thread, no capture, no replication. Every poll's worth of socket events
-/// (connections opened, bytes read, FINs, resets) is one entry applied to a
-/// [`Runtime`] with the wall clock as its timestamp, and the actions go back
-/// to the sockets.
-pub fn serve(listen: SocketAddr) -> Result<()> {
-    let mut poll = Poll::new()?;
-    let mut listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
-    let service = tandem_node::services::fresh(tandem_node::config::ServiceKind::Kv);
-    let mut rt = Runtime::new(service, KV_SEED);
-    let mut clients: BTreeMap<ConnId, Client> = BTreeMap::new();
-    let mut next_conn = 1u64;
-    let mut index = 0u64;
-    let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 64 * 1024];
-    // Events found outside a poll (a failed write): applied with the next entry.
-    let mut deferred: Vec<Event> = Vec::new();
-    eprintln!("kv-server listening on {listen}");
-    loop {
-        let timeout = if deferred.is_empty() {
-            rt.timers()
-                .values()
-                .map(|t| t.at.0)
-                .min()
-                .map(|at| Duration::from_millis(at.saturating_sub(wall_ms())))
-        } else {
-            Some(Duration::ZERO)
-        };
-        if let Err(e) = poll.poll(&mut events, timeout) {
-            if e.kind() == ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e.into());
-        }
-        let mut batch = std::mem::take(&mut deferred);
-        for event in events.iter() {
-            if event.token() == LISTENER {
-                loop {
-                    match listener.accept() {
-                        Ok((mut stream, peer)) => {
-                            let conn = ConnId(next_conn);
-                            next_conn += 1;
-                            let _ = stream.set_nodelay(true);
-                            poll.registry().register(
-                                &mut stream,
-                                Token(conn.0 as usize),
-                                Interest::READABLE | Interest::WRITABLE,
-                            )?;
-                            clients.insert(
-                                conn,
-                                Client {
-                                    stream,
-                                    pending: Vec::new(),
-                                    reading: true,
-                                    closing: false,
-                                    shut: false,
-                                },
-                            );
-                            batch.push(Event::Opened { conn, peer });
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            eprintln!("kv-server: accept: {e}");
-                            break;
-                        }
-                    }
-                }
-                continue;
-            }
-            let conn = ConnId(event.token().0 as u64);
-            let Some(client) = clients.get_mut(&conn) else {
-                continue;
-            };
-            if event.is_writable() && !client.pending.is_empty() && !flush(client) {
-                drop_client(&mut poll, &mut clients, conn);
-                batch.push(Event::Reset { conn });
-                continue;
-            }
-            if !(event.is_readable() || event.is_read_closed() || event.is_error()) {
-                continue;
-            }
-            let Some(client) = clients.get_mut(&conn) else {
-                continue;
-            };
-            let mut gone = false;
-            while client.reading {
-                match client.stream.read(&mut buf) {
-                    Ok(0) => {
-                        client.reading = false;
-                        batch.push(Event::PeerClosed { conn });
-                    }
-                    Ok(n) => batch.push(Event::Data {
-                        conn,
-                        bytes: buf[..n].to_vec(),
-                    }),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        gone = true;
-                        break;
-                    }
-                }
-            }
-            if gone {
-                drop_client(&mut poll, &mut clients, conn);
-                batch.push(Event::Reset { conn });
-            }
-        }
-        let now = wall_ms();
-        for (id, generation) in rt.due_timers(Millis(now)) {
-            batch.push(Event::Timer { id, generation });
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        index += 1;
-        let mut touched = Vec::new();
-        for action in rt.apply_entry(index, Millis(now), batch) {
-            match action {
-                Action::Send { conn, bytes } => {
-                    if let Some(c) = clients.get_mut(&conn) {
-                        c.pending.extend_from_slice(&bytes);
-                        touched.push(conn);
-                    }
-                }
-                Action::Close { conn } => {
-                    if let Some(c) = clients.get_mut(&conn) {
-                        c.closing = true;
-                        touched.push(conn);
-                    }
-                }
-                Action::Abort { conn } => {
-                    if let Some(c) = clients.get(&conn) {
-                        // A reset, not a FIN.
-                        let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
-                    }
-                    drop_client(&mut poll, &mut clients, conn);
-                }
-                Action::SetTimer { .. } | Action::CancelTimer { .. } => {}
-            }
-        }
-        touched.dedup();
-        for conn in touched {
-            let Some(c) = clients.get_mut(&conn) else {
-                continue;
-            };
-            if !flush(c) {
-                drop_client(&mut poll, &mut clients, conn);
-                deferred.push(Event::Reset { conn });
-            }
-        }
-        // Forget connections closed both ways with nothing left to write.
-        let done: Vec<ConnId> = clients
-            .iter()
-            .filter(|(_, c)| c.shut && !c.reading)
-            .map(|(id, _)| *id)
-            .collect();
-        for conn in done {
-            drop_client(&mut poll, &mut clients, conn);
-        }
-    }
-}
-
-/// Writes what the kernel takes of `client`'s pending output, then its FIN
-/// if the service closed and everything is written. False if the socket
-/// failed.
-fn flush(client: &mut Client) -> bool {
-    while !client.pending.is_empty() {
-        match client.stream.write(&client.pending) {
-            Ok(0) => return false,
-            Ok(n) => {
-                client.pending.drain(..n);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return false,
-        }
-    }
-    if client.closing && !client.shut {
-        client.shut = true;
-        let _ = client.stream.shutdown(Shutdown::Write);
-    }
-    true
-}
-
-fn drop_client(poll: &mut Poll, clients: &mut BTreeMap<ConnId, Client>, conn: ConnId) {
-    if let Some(mut c) = clients.remove(&conn) {
-        let _ = poll.registry().deregister(&mut c.stream);
-    }
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 // ---------------------------------------------------------------------------
 // redis-benchmark's CSV.
@@ -483,7 +255,7 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     let spec = LabSpec::named(opts.name.clone())
         .with_nodes(3)
         .with_service(ServiceKind::Kv);
-    let (mut samples, mut cpu) = super::in_lab(
+    let (mut samples, mut cpu) = crate::in_lab(
         "kv",
         &spec,
         "3 nodes, replicated kv",
@@ -501,7 +273,7 @@ pub fn run(opts: Options) -> Result<ExitCode> {
             .with_nodes(3)
             .with_service(ServiceKind::Kv)
             .with_unencrypted_replication_for_benchmarks();
-        let (more, more_cpu) = super::in_lab(
+        let (more, more_cpu) = crate::in_lab(
             "kv",
             &spec,
             "3 nodes, replicated kv, replication NOT encrypted (benchmark switch)",
@@ -752,7 +524,7 @@ fn bench_once(
         )
     })?;
     let total = (machine1.total - machine0.total).max(1) as f64;
-    let tick = clock_tick();
+    let tick = tandem_sys::limits::clock_tick_seconds();
     let all_requests = requests as f64 * rows.len() as f64;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let busy_pct = 100.0 * (machine1.busy - machine0.busy) as f64 / total;
@@ -814,22 +586,10 @@ fn process_ticks(pids: &[u32]) -> u64 {
         .sum()
 }
 
-/// CPU seconds of this process's children that have been waited for.
+/// CPU seconds of this process's children that have been waited for (0
+/// if the kernel will not say).
 fn children_cpu() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
-        return 0.0;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
-fn clock_tick() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    1.0 / if hz > 0 { hz as f64 } else { 100.0 }
+    tandem_sys::limits::children_cpu_seconds().unwrap_or(0.0)
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
