@@ -179,13 +179,22 @@ pub(crate) const EXPIRE_OVERHEAD: u64 = 48;
 /// What a key's entry in the SCAN index costs besides the key's bytes.
 pub(crate) const SCAN_INDEX_OVERHEAD: u64 = 40;
 
-/// A key's SCAN position: its FNV-1a 64 hash, halved so cursors stay
+/// A key's SCAN position: its FNV-1a 64 hash, mixed, halved so cursors stay
 /// below 2^63 (clients parse them as signed or unsigned 64-bit numbers),
 /// and odd so it is never 0 (the cursor that starts and ends a scan).
 pub(crate) fn scan_hash(key: &[u8]) -> u64 {
     let mut h = Fnv64::new();
     h.bytes(key);
-    (h.finish() >> 1) | 1
+    // FNV-1a leaves keys that differ in their last bytes close together in
+    // the high bits; MurmurHash3's finalizer spreads them over the whole
+    // range (RANDOMKEY draws a point in it).
+    let mut x = h.finish();
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    (x >> 1) | 1
 }
 
 /// What a key costs besides its value: its slot in the B-tree, its value's

@@ -260,7 +260,7 @@ impl Watches {
 /// Compares two byte strings in time that depends only on their lengths,
 /// never on where they first differ (a password guess learns nothing from
 /// how long the refusal took).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = (a.len() ^ b.len()) as u64;
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or(0);
@@ -1063,10 +1063,12 @@ impl Kv {
                 let n: usize = self.pubsub.patterns.values().map(BTreeSet::len).sum();
                 int(out, n as i64);
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
                 trunc(&a[1])
-            )),
+            ))
+            }
         }
         Ok(())
     }

@@ -10,13 +10,13 @@ use crate::Kv;
 
 /// One replica with connections 1..=3 open; log index and time under test
 /// control.
-struct H {
-    rt: Runtime,
-    index: u64,
-    now: u64,
+pub(crate) struct H {
+    pub(crate) rt: Runtime,
+    pub(crate) index: u64,
+    pub(crate) now: u64,
 }
 
-fn multibulk(words: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn multibulk(words: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", words.len()).into_bytes();
     for w in words {
         out.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
@@ -27,9 +27,13 @@ fn multibulk(words: &[&[u8]]) -> Vec<u8> {
 }
 
 impl H {
-    fn new(seed: u64) -> H {
+    pub(crate) fn new(seed: u64) -> H {
+        H::with_kv(Kv::new(), seed)
+    }
+
+    pub(crate) fn with_kv(kv: Kv, seed: u64) -> H {
         let mut h = H {
-            rt: Runtime::new(Box::new(Kv::new()), seed),
+            rt: Runtime::new(Box::new(kv), seed),
             index: 0,
             now: 1_000,
         };
@@ -42,13 +46,13 @@ impl H {
         h
     }
 
-    fn event(&mut self, e: Event) -> Vec<Action> {
+    pub(crate) fn event(&mut self, e: Event) -> Vec<Action> {
         self.index += 1;
         self.rt.apply(self.index, Millis(self.now), e)
     }
 
     /// Raw bytes on connection `conn`; returns (bytes sent back, closed?).
-    fn raw_on(&mut self, conn: u64, bytes: &[u8]) -> (Vec<u8>, bool) {
+    pub(crate) fn raw_on(&mut self, conn: u64, bytes: &[u8]) -> (Vec<u8>, bool) {
         let acts = self.event(Event::Data {
             conn: ConnId(conn),
             bytes: bytes.to_vec(),
@@ -65,14 +69,14 @@ impl H {
         (out, closed)
     }
 
-    fn raw(&mut self, bytes: &[u8]) -> Vec<u8> {
+    pub(crate) fn raw(&mut self, bytes: &[u8]) -> Vec<u8> {
         let (out, closed) = self.raw_on(1, bytes);
         assert!(!closed);
         out
     }
 
     /// One command, as a string of words split on spaces.
-    fn cmd(&mut self, line: &str) -> String {
+    pub(crate) fn cmd(&mut self, line: &str) -> String {
         let words: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
         String::from_utf8(self.raw(&multibulk(&words))).unwrap()
     }
@@ -83,7 +87,7 @@ impl H {
 }
 
 /// Command → exact reply, in order, on one connection.
-fn table(h: &mut H, cases: &[(&str, &str)]) {
+pub(crate) fn table(h: &mut H, cases: &[(&str, &str)]) {
     for (cmd, want) in cases {
         assert_eq!(h.cmd(cmd), *want, "command: {cmd}");
     }
@@ -900,7 +904,11 @@ fn the_memory_accounting_follows_every_command() {
             assert_eq!(db.used(), db.recount(), "after {cmd} (#{i})");
         }
         // The live figure (session state included) equals the restored one.
-        assert_eq!(h.rt.service().memory_bytes(), kv.memory_bytes(), "after {cmd} (#{i})");
+        assert_eq!(
+            h.rt.service().memory_bytes(),
+            kv.memory_bytes(),
+            "after {cmd} (#{i})"
+        );
     }
     h.cmd("UNSUBSCRIBE");
     h.cmd("SELECT 0");
@@ -914,7 +922,7 @@ fn the_memory_accounting_follows_every_command() {
     assert!(kv_of(&h).dbs.iter().all(|db| db.used() == 0));
 }
 
-fn kv_of(h: &H) -> Kv {
+pub(crate) fn kv_of(h: &H) -> Kv {
     Kv::restore(&h.rt.service().snapshot()).unwrap()
 }
 
