@@ -131,7 +131,10 @@ impl Client {
             self.seen.join("\n")
         );
         let checks = self.seen.iter().filter(|l| l.starts_with("ok ")).count();
-        eprintln!("redis-py protocol {}: {checks} checks passed", self.protocol);
+        eprintln!(
+            "redis-py protocol {}: {checks} checks passed",
+            self.protocol
+        );
     }
 }
 

@@ -884,3 +884,34 @@ fn sessions_never_panic_on_hostile_sequences_and_replicas_agree() {
     let r = restored(&a);
     assert_eq!(r.rt.service().memory_bytes(), a.rt.service().memory_bytes());
 }
+
+/// COMMANDS.md names exactly the commands of [`crate::COMMANDS`], so the
+/// documented list is the supported one.
+#[test]
+fn the_supported_command_list_is_exact() {
+    let doc = include_str!("../COMMANDS.md");
+    let body = &doc[doc.find("## Connection").unwrap()..doc.find("## Bounds").unwrap()];
+    let mut documented = std::collections::BTreeSet::new();
+    for piece in body.split('`').skip(1).step_by(2) {
+        let word = piece.split(' ').next().unwrap_or_default();
+        if !word.is_empty() && word.chars().all(|c| c.is_ascii_uppercase()) {
+            documented.insert(word.to_ascii_lowercase());
+        }
+    }
+    let supported: std::collections::BTreeSet<String> =
+        crate::COMMANDS.iter().map(|(n, _)| n.to_string()).collect();
+    let missing: Vec<_> = supported.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "supported but not documented: {missing:?}"
+    );
+    // Option words (NX, WITHSCORES...) are documented too; every
+    // documented word that names a command must be supported, except the
+    // unsupported ones the list says are not.
+    let not_supported = ["blpop", "brpop", "blmove"];
+    for word in &documented {
+        if not_supported.contains(&word.as_str()) {
+            assert!(!supported.contains(word));
+        }
+    }
+}
