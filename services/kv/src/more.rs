@@ -940,11 +940,11 @@ pub(crate) fn run(
     Ok(())
 }
 
-/// SCAN's options: MATCH, COUNT and (for SCAN itself) TYPE.
-fn scan_options(
-    opts: &[Vec<u8>],
-    with_type: bool,
-) -> Result<(Option<&[u8]>, usize, Option<Vec<u8>>), String> {
+/// SCAN's options: the MATCH pattern, COUNT, and (for SCAN itself) TYPE.
+type ScanOptions<'a> = (Option<&'a [u8]>, usize, Option<Vec<u8>>);
+
+/// Parses [`ScanOptions`].
+fn scan_options(opts: &[Vec<u8>], with_type: bool) -> Result<ScanOptions<'_>, String> {
     let (mut pattern, mut count, mut kind) = (None, SCAN_DEFAULT_COUNT, None);
     let mut i = 0;
     while i < opts.len() {

@@ -303,7 +303,7 @@ impl Kv {
             return Flow::Continue;
         };
         let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
-        let Some(&(cmd, arity)) = COMMANDS.iter().find(|(n, _)| *n == lower) else {
+        let Some(&(cmd, arity)) = lookup(&lower) else {
             let mut msg = format!(
                 "ERR unknown command '{}', with args beginning with: ",
                 trunc(name)
@@ -673,7 +673,7 @@ impl Kv {
         array(out, m.queued.len());
         for args in &m.queued {
             let lower = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-            let Some(&(cmd, _)) = COMMANDS.iter().find(|(n, _)| *n == lower) else {
+            let Some(&(cmd, _)) = lookup(&lower) else {
                 continue;
             };
             if self.run(ctx, id, c, cmd, args, out) == Flow::Close {
@@ -1177,6 +1177,15 @@ impl Kv {
             )),
         }
     }
+}
+
+/// A command's table entry by its lower-case name ([`COMMANDS`] is
+/// sorted: a unit test says so).
+pub(crate) fn lookup(lower: &str) -> Option<&'static (&'static str, i32)> {
+    COMMANDS
+        .binary_search_by(|(n, _)| (*n).cmp(lower))
+        .ok()
+        .map(|i| &COMMANDS[i])
 }
 
 /// Refuses a command: the error, and inside MULTI the transaction is

@@ -915,3 +915,12 @@ fn the_supported_command_list_is_exact() {
         }
     }
 }
+
+#[test]
+fn the_command_table_is_sorted_for_lookup() {
+    assert!(crate::COMMANDS.windows(2).all(|w| w[0].0 < w[1].0));
+    for (name, _) in crate::COMMANDS {
+        assert_eq!(crate::session::lookup(name).map(|e| e.0), Some(*name));
+    }
+    assert!(crate::session::lookup("nope").is_none());
+}
