@@ -17,6 +17,10 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("acl", -2),
     ("append", 3),
     ("auth", -2),
+    ("blmove", 6),
+    ("blpop", -3),
+    ("brpop", -3),
+    ("brpoplpush", 4),
     ("client", -2),
     ("command", -1),
     ("config", -2),
@@ -163,6 +167,8 @@ pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmem
 /// still works, so clients can make room.
 pub(crate) const DENY_OOM: &[&str] = &[
     "append",
+    "blmove",
+    "brpoplpush",
     "copy",
     "decr",
     "decrby",
@@ -287,7 +293,7 @@ pub(crate) fn run(
                 // A big value's reply is checked against the output cap
                 // before it is copied (a flood of GETs stops at once).
                 let need = (out.len() + v.len()) as u64 + 32;
-                if let Some(conn) = ctx.conn() {
+                if let Some(conn) = out.conn {
                     if !ctx.reserve(conn, need) {
                         return Ok(());
                     }

@@ -59,7 +59,7 @@ pub use commands::COMMANDS;
 use db::Db;
 pub use more::MAX_PATTERN;
 use resp::{Out, Parsed};
-use session::{Conn, PubSub, Watches};
+use session::{Blocking, Conn, PubSub, Watches};
 
 /// The Redis port the service is meant to be exposed on.
 pub const PORT: u16 = 6379;
@@ -146,10 +146,19 @@ pub struct Kv {
     /// subscriptions, rebuilt after a restore).
     #[serde(skip)]
     pubsub: PubSub,
+    /// Connections blocked in BLPOP and the like, by key.
+    blocking: Blocking,
     /// Accounted bytes of every connection's session state (derived, for
     /// the memory accounting; recomputed after a restore).
     #[serde(skip)]
     conn_bytes: u64,
+    /// An EXEC is running (blocking commands do not block; clients blocked
+    /// on keys it pushes to are served after it, from `pending_wakes`).
+    /// Only ever true inside one event.
+    #[serde(skip)]
+    in_exec: bool,
+    #[serde(skip)]
+    pending_wakes: Vec<(u8, Vec<u8>)>,
 }
 
 impl Default for Kv {
@@ -163,6 +172,8 @@ impl Default for Kv {
 pub(crate) enum Flow {
     Continue,
     Close,
+    /// A blocking command is waiting: the connection's further input waits.
+    Block,
 }
 
 impl Kv {
@@ -180,7 +191,10 @@ impl Kv {
             conns: BTreeMap::new(),
             watches: Watches::default(),
             pubsub: PubSub::default(),
+            blocking: Blocking::default(),
             conn_bytes: 0,
+            in_exec: false,
+            pending_wakes: Vec::new(),
         }
     }
 
@@ -212,16 +226,24 @@ impl Kv {
         let Some(c) = self.take_conn(conn) else {
             return false;
         };
-        self.pubsub.forget(conn, &c);
-        self.watches.unwatch(conn);
+        self.forget_taken(conn, &c);
         true
     }
 
     fn on_data(&mut self, ctx: &mut Context, conn: ConnId, bytes: &[u8]) {
         // A connection we closed (or never saw) gets nothing more.
-        let Some(mut c) = self.take_conn(conn) else {
+        let Some(c) = self.take_conn(conn) else {
             return;
         };
+        self.process(ctx, conn, c, bytes);
+    }
+
+    /// Runs the complete requests of a connection taken out as `c`, after
+    /// appending `bytes` to its input, and puts it back (unless it closed).
+    /// A blocked connection's input waits until it is unblocked (then this
+    /// runs again with no new bytes, possibly in another connection's
+    /// event).
+    fn process(&mut self, ctx: &mut Context, conn: ConnId, mut c: Conn, bytes: &[u8]) {
         let limits = *ctx.limits();
         let max_value = usize::try_from(limits.max_value).unwrap_or(usize::MAX);
         let max_request = usize::try_from(limits.max_request).unwrap_or(usize::MAX);
@@ -230,7 +252,7 @@ impl Kv {
         let mut out = Out::new(c.resp3);
         let mut pos = 0;
         let mut flow = Flow::Continue;
-        while pos < input.len() {
+        while pos < input.len() && !c.is_blocked() {
             match resp::parse_limited(&input[pos..], &mut c.progress, max_value) {
                 Parsed::Command(args, used) => {
                     pos += used;
@@ -251,6 +273,7 @@ impl Kv {
                     if flow == Flow::Close {
                         break;
                     }
+                    flow = Flow::Continue;
                 }
                 Parsed::Nothing(used) => pos += used,
                 Parsed::Incomplete => break,
@@ -272,7 +295,7 @@ impl Kv {
             return;
         }
         match flow {
-            Flow::Continue => self.put_conn(conn, c),
+            Flow::Continue | Flow::Block => self.put_conn(conn, c),
             Flow::Close => {
                 self.forget_taken(conn, &c);
                 ctx.close(conn);
@@ -285,6 +308,7 @@ impl Kv {
     fn forget_taken(&mut self, conn: ConnId, c: &Conn) {
         self.pubsub.forget(conn, c);
         self.watches.unwatch(conn);
+        self.blocking.forget(conn, c);
     }
 
     /// Bytes of session state outside the connections' own (watched keys).
@@ -318,7 +342,7 @@ impl Service for Kv {
             Event::Reset { conn } => {
                 self.drop_conn(conn);
             }
-            Event::Timer { .. } => {}
+            Event::Timer { id, generation } => self.block_timeout(ctx, id, generation),
         }
     }
 
@@ -348,6 +372,7 @@ impl Service for Kv {
         kv.conn_bytes = kv.conns.values().map(Conn::weight).sum();
         kv.pubsub = PubSub::rebuild(&kv.conns);
         kv.watches.rebuild();
+        kv.blocking.rebuild(&kv.conns);
         Ok(kv)
     }
 
@@ -361,7 +386,8 @@ impl Service for Kv {
             db.hash_into(&mut h);
         }
         let session =
-            postcard::to_stdvec(&(&self.config, &self.conns, &self.watches)).unwrap_or_default();
+            postcard::to_stdvec(&(&self.config, &self.conns, &self.watches, &self.blocking))
+                .unwrap_or_default();
         h.u64(session.len() as u64).bytes(&session);
         Some(h.finish())
     }

@@ -54,7 +54,7 @@ fn float_text(v: f64) -> String {
 /// output room: false means the connection is being reset (see
 /// [`Context::reserve`]), so the caller returns at once.
 fn room(ctx: &mut Context, out: &Out) -> bool {
-    match ctx.conn() {
+    match out.conn {
         Some(conn) if ctx.output_room(conn) < out.len() as u64 => {
             ctx.reserve(conn, out.len() as u64)
         }
@@ -667,7 +667,7 @@ pub(crate) fn run(
                     // Repeats allowed: bounded by the output room, checked
                     // before the reply is built.
                     let need = (c as u64).saturating_mul(8);
-                    if let Some(conn) = ctx.conn() {
+                    if let Some(conn) = out.conn {
                         if !ctx.reserve(conn, need) {
                             return Ok(());
                         }

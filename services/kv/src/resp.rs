@@ -277,6 +277,10 @@ pub struct Out {
     pub buf: Vec<u8>,
     /// Whether the connection speaks RESP3.
     pub resp3: bool,
+    /// The connection the reply is for (its output room is checked before
+    /// big replies are built; not always the event's connection: a client
+    /// unblocked by another's push is answered in that other's event).
+    pub conn: Option<tandem_core::sdk::ConnId>,
 }
 
 impl Out {
@@ -285,6 +289,7 @@ impl Out {
         Out {
             buf: Vec::new(),
             resp3,
+            conn: None,
         }
     }
 

@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
-use tandem_core::sdk::{ConnId, Context};
+use tandem_core::sdk::{ConnId, Context, Millis, TimerId};
 
-use crate::commands::{self, arity_error, trunc, DENY_OOM, NOT_INT, OOM, SYNTAX};
+use crate::commands::{self, arity_error, trunc, DENY_OOM, NOT_INT, OOM, SYNTAX, WRONGTYPE};
 use crate::db::Value;
 use crate::glob;
 use crate::more::pattern_arg;
@@ -30,6 +30,8 @@ const SUBSCRIPTION_OVERHEAD: u64 = 64;
 const QUEUED_OVERHEAD: u64 = 32;
 /// What one watched key costs besides twice its bytes.
 const WATCH_OVERHEAD: u64 = 64;
+/// What a blocked command costs besides twice its keys' bytes.
+const BLOCKED_OVERHEAD: u64 = 128;
 
 const NOAUTH: &str = "NOAUTH Authentication required.";
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
@@ -72,6 +74,86 @@ pub(crate) struct Conn {
     patterns: BTreeSet<Vec<u8>>,
     /// Accounted bytes of `channels` and `patterns`.
     sub_bytes: u64,
+    /// A blocking command waiting for a push.
+    blocked: Option<Blocked>,
+}
+
+/// A blocking list command (BLPOP, BRPOP, BLMOVE, BRPOPLPUSH) waiting for
+/// a push to one of its keys or for its timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Blocked {
+    /// Order among blocked connections: first blocked, first served.
+    seq: u64,
+    db: u8,
+    keys: Vec<Vec<u8>>,
+    /// Pops from the head (BLPOP, BLMOVE LEFT) or the tail.
+    from_left: bool,
+    /// BLMOVE/BRPOPLPUSH: the destination, and whether to push at its head.
+    dst: Option<(Vec<u8>, bool)>,
+    /// The timeout timer's generation (none: waits for ever).
+    timer: Option<u64>,
+}
+
+impl Blocked {
+    fn weight(&self) -> u64 {
+        BLOCKED_OVERHEAD
+            + self.keys.iter().map(|k| 2 * k.len() as u64).sum::<u64>()
+            + self.dst.as_ref().map_or(0, |d| d.0.len() as u64)
+    }
+}
+
+/// The blocked connections by (database, key), in the order they blocked.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Blocking {
+    next_seq: u64,
+    #[serde(skip)]
+    by_key: BTreeMap<(u8, Vec<u8>), BTreeSet<(u64, ConnId)>>,
+}
+
+impl Blocking {
+    pub fn rebuild(&mut self, conns: &BTreeMap<ConnId, Conn>) {
+        self.by_key.clear();
+        for (id, c) in conns {
+            if let Some(b) = &c.blocked {
+                self.index(*id, b);
+            }
+        }
+    }
+
+    fn index(&mut self, id: ConnId, b: &Blocked) {
+        for k in &b.keys {
+            self.by_key
+                .entry((b.db, k.clone()))
+                .or_default()
+                .insert((b.seq, id));
+        }
+    }
+
+    /// Removes the connection's blocked command from the index.
+    pub fn forget(&mut self, id: ConnId, c: &Conn) {
+        if let Some(b) = &c.blocked {
+            for k in &b.keys {
+                let key = (b.db, k.clone());
+                if let Some(set) = self.by_key.get_mut(&key) {
+                    set.remove(&(b.seq, id));
+                    if set.is_empty() {
+                        self.by_key.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn waits_on(&self, db: u8, key: &[u8]) -> bool {
+        !self.by_key.is_empty() && self.by_key.contains_key(&(db, key.to_vec()))
+    }
+
+    fn first(&self, db: u8, key: &[u8]) -> Option<ConnId> {
+        self.by_key
+            .get(&(db, key.to_vec()))
+            .and_then(|s| s.first())
+            .map(|(_, id)| *id)
+    }
 }
 
 impl Conn {
@@ -92,7 +174,13 @@ impl Conn {
             channels: BTreeSet::new(),
             patterns: BTreeSet::new(),
             sub_bytes: 0,
+            blocked: None,
         }
+    }
+
+    /// Whether a blocking command is waiting (its input waits too).
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.is_some()
     }
 
     /// The connection's accounted bytes (its slot is in
@@ -102,6 +190,7 @@ impl Conn {
             + (self.name.len() + self.lib_name.len() + self.lib_ver.len()) as u64
             + self.multi.as_ref().map_or(0, |m| m.bytes)
             + self.sub_bytes
+            + self.blocked.as_ref().map_or(0, Blocked::weight)
     }
 
     fn subscriptions(&self) -> usize {
@@ -298,6 +387,7 @@ impl Kv {
         out: &mut Out,
     ) -> Flow {
         out.resp3 = c.resp3;
+        out.conn = Some(id);
         c.last_at = ctx.now().0;
         let Some(name) = args.first() else {
             return Flow::Continue;
@@ -478,6 +568,9 @@ impl Kv {
                 simple(out, "OK");
             }
             "exec" => self.exec(ctx, id, c, out)?,
+            "blpop" | "brpop" | "blmove" | "brpoplpush" => {
+                return self.blocking_pop(ctx, id, c, cmd, a, out)
+            }
             "watch" => {
                 let new = a[1..]
                     .iter()
@@ -650,6 +743,176 @@ impl Kv {
                 self.watches.touch(dbi, k);
             }
         }
+        // A push may serve clients blocked on one of the keys.
+        for k in &a[1..] {
+            if self.blocking.waits_on(dbi, k) {
+                if self.in_exec {
+                    self.pending_wakes.push((dbi, k.clone()));
+                } else {
+                    self.wake(ctx, dbi, k);
+                }
+            }
+        }
+    }
+
+    /// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH: served at once if a list has an
+    /// element (or inside EXEC: nil), otherwise the connection blocks until
+    /// a push or the timeout, a timer on the log's clock.
+    fn blocking_pop(
+        &mut self,
+        ctx: &mut Context,
+        id: ConnId,
+        c: &mut Conn,
+        cmd: &str,
+        a: &[Vec<u8>],
+        out: &mut Out,
+    ) -> Result<Flow, String> {
+        let secs = a
+            .last()
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .and_then(|t| t.parse::<f64>().ok())
+            .filter(|t| t.is_finite())
+            .ok_or("ERR timeout is not a float or out of range")?;
+        if secs < 0.0 {
+            return Err("ERR timeout is negative".into());
+        }
+        let side = |s: &[u8]| match s.to_ascii_uppercase().as_slice() {
+            b"LEFT" => Ok(true),
+            b"RIGHT" => Ok(false),
+            _ => Err(SYNTAX.to_string()),
+        };
+        let (keys, from_left, dst) = match cmd {
+            "blpop" => (a[1..a.len() - 1].to_vec(), true, None),
+            "brpop" => (a[1..a.len() - 1].to_vec(), false, None),
+            "brpoplpush" => (vec![a[1].clone()], false, Some((a[2].clone(), true))),
+            _ => (
+                vec![a[1].clone()],
+                side(&a[3])?,
+                Some((a[2].clone(), side(&a[4])?)),
+            ),
+        };
+        let dbi = c.db;
+        let db = &mut self.dbs[dbi as usize];
+        if let Some((d, _)) = &dst {
+            if db.data.get(d).is_some_and(|v| !matches!(v, Value::List(_))) {
+                return Err(WRONGTYPE.into());
+            }
+        }
+        for k in &keys {
+            match db.data.get(k) {
+                None => {}
+                Some(Value::List(l)) if !l.is_empty() => {
+                    let v = pop_push(db, k, from_left, &dst)?;
+                    reply_popped(out, k, &v, dst.is_some());
+                    self.changed(ctx, dbi, k, &dst);
+                    return Ok(Flow::Continue);
+                }
+                Some(Value::List(_)) => {}
+                Some(_) => return Err(WRONGTYPE.into()),
+            }
+        }
+        if self.in_exec {
+            nil_array(out);
+            return Ok(Flow::Continue);
+        }
+        let ms = (secs * 1000.0) as u64;
+        let timer =
+            (ms > 0).then(|| ctx.set_timer(TimerId(id.0), Millis(ctx.now().0.saturating_add(ms))));
+        let b = Blocked {
+            seq: self.blocking.next_seq,
+            db: dbi,
+            keys,
+            from_left,
+            dst,
+            timer,
+        };
+        self.blocking.next_seq += 1;
+        self.blocking.index(id, &b);
+        c.blocked = Some(b);
+        Ok(Flow::Block)
+    }
+
+    /// After a blocking pop changed `key` (and `dst`): watchers see the
+    /// change, and a push to `dst` may serve others.
+    fn changed(&mut self, ctx: &mut Context, dbi: u8, key: &[u8], dst: &Option<(Vec<u8>, bool)>) {
+        self.watches.touch(dbi, key);
+        if let Some((d, _)) = dst {
+            self.watches.touch(dbi, d);
+            if self.blocking.waits_on(dbi, d) {
+                if self.in_exec {
+                    self.pending_wakes.push((dbi, d.clone()));
+                } else {
+                    self.wake(ctx, dbi, d);
+                }
+            }
+        }
+    }
+
+    /// Serves the connections blocked on `key`, first blocked first, while
+    /// the list has elements; each then goes on with its pipelined input.
+    pub(crate) fn wake(&mut self, ctx: &mut Context, dbi: u8, key: &[u8]) {
+        while let Some(w) = self.blocking.first(dbi, key) {
+            let has = matches!(
+                self.dbs[dbi as usize].data.get(key),
+                Some(Value::List(l)) if !l.is_empty()
+            );
+            if !has {
+                return;
+            }
+            let Some(mut wc) = self.take_conn(w) else {
+                // Not open any more: drop it from the index.
+                if let Some(set) = self.blocking.by_key.get_mut(&(dbi, key.to_vec())) {
+                    set.retain(|(_, id)| *id != w);
+                }
+                continue;
+            };
+            self.blocking.forget(w, &wc);
+            let Some(b) = wc.blocked.take() else {
+                self.put_conn(w, wc);
+                continue;
+            };
+            if b.timer.is_some() {
+                ctx.cancel_timer(TimerId(w.0));
+            }
+            let mut out = Out::new(wc.resp3);
+            out.conn = Some(w);
+            match pop_push(&mut self.dbs[dbi as usize], key, b.from_left, &b.dst) {
+                Ok(v) => reply_popped(&mut out, key, &v, b.dst.is_some()),
+                Err(e) => resp::error(&mut out, &e),
+            }
+            self.changed(ctx, dbi, key, &b.dst);
+            if ctx.try_send(w, out.take()) {
+                self.process(ctx, w, wc, &[]);
+            } else {
+                self.forget_taken(w, &wc);
+            }
+        }
+    }
+
+    /// A blocked connection's timeout: the null reply, then its input goes
+    /// on. A stale timer (served or gone meanwhile) does nothing.
+    pub(crate) fn block_timeout(&mut self, ctx: &mut Context, id: TimerId, generation: u64) {
+        let conn = ConnId(id.0);
+        let due = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.blocked.as_ref())
+            .is_some_and(|b| b.timer == Some(generation));
+        if !due {
+            return;
+        }
+        let Some(mut c) = self.take_conn(conn) else {
+            return;
+        };
+        self.blocking.forget(conn, &c);
+        c.blocked = None;
+        let mut out = Out::new(c.resp3);
+        nil_array(&mut out);
+        if ctx.try_send(conn, out.take()) {
+            self.process(ctx, conn, c, &[]);
+        } else {
+            self.forget_taken(conn, &c);
+        }
     }
 
     fn exec(
@@ -671,6 +934,9 @@ impl Kv {
             return Ok(());
         }
         array(out, m.queued.len());
+        // Blocked clients are served after the whole transaction, never
+        // in the middle of it; blocking commands inside it do not block.
+        self.in_exec = true;
         for args in &m.queued {
             let lower = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
             let Some(&(cmd, _)) = lookup(&lower) else {
@@ -679,6 +945,10 @@ impl Kv {
             if self.run(ctx, id, c, cmd, args, out) == Flow::Close {
                 break;
             }
+        }
+        self.in_exec = false;
+        for (db, key) in std::mem::take(&mut self.pending_wakes) {
+            self.wake(ctx, db, &key);
         }
         Ok(())
     }
@@ -1176,6 +1446,57 @@ impl Kv {
                 trunc(&a[1])
             )),
         }
+    }
+}
+
+/// Pops from `key` (from its head or tail) and, for a move, pushes onto
+/// `dst`; the accounting follows. The list must have an element.
+fn pop_push(
+    db: &mut crate::db::Db,
+    key: &[u8],
+    from_left: bool,
+    dst: &Option<(Vec<u8>, bool)>,
+) -> Result<Vec<u8>, String> {
+    if let Some((d, _)) = dst {
+        if db.data.get(d).is_some_and(|v| !matches!(v, Value::List(_))) {
+            return Err(WRONGTYPE.into());
+        }
+    }
+    let v = match db.data.get_mut(key) {
+        Some(Value::List(l)) => {
+            if from_left {
+                l.pop_front()
+            } else {
+                l.pop_back()
+            }
+        }
+        _ => None,
+    }
+    .ok_or("ERR no element")?;
+    db.release(crate::db::elem_weight(&v));
+    db.drop_if_empty(key);
+    if let Some((d, to_left)) = dst {
+        if let Value::List(l) = db.get_or_create(d, || Value::List(Default::default())) {
+            if *to_left {
+                l.push_front(v.clone());
+            } else {
+                l.push_back(v.clone());
+            }
+        }
+        db.charge(crate::db::elem_weight(&v));
+    }
+    Ok(v)
+}
+
+/// A served blocking pop's reply: [key, value] for BLPOP/BRPOP, the value
+/// for a move.
+fn reply_popped(out: &mut Out, key: &[u8], v: &[u8], moved: bool) {
+    if moved {
+        bulk(out, v);
+    } else {
+        array(out, 2);
+        bulk(out, key);
+        bulk(out, v);
     }
 }
 

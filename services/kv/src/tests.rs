@@ -661,7 +661,8 @@ fn word() -> impl Strategy<Value = Vec<u8>> {
     let names: Vec<&'static str> = crate::COMMANDS
         .iter()
         .map(|(n, _)| *n)
-        .filter(|n| *n != "quit")
+        // QUIT closes and the blocking pops wait: neither replies at once.
+        .filter(|n| !["quit", "blpop", "brpop", "blmove", "brpoplpush"].contains(n))
         .collect();
     let words = [
         "a",
@@ -725,7 +726,8 @@ fn random_command() -> impl Strategy<Value = Vec<Vec<u8>>> {
     let names: Vec<&'static str> = crate::COMMANDS
         .iter()
         .map(|(n, _)| *n)
-        .filter(|n| *n != "quit")
+        // QUIT closes and the blocking pops wait: neither replies at once.
+        .filter(|n| !["quit", "blpop", "brpop", "blmove", "brpoplpush"].contains(n))
         .collect();
     (
         proptest::sample::select(names),
