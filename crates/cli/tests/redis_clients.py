@@ -105,6 +105,11 @@ def common_round(phase):
     ttl = r.ttl(k("tmp"))
     check(f"{phase} ttl after setex", 98 <= ttl <= 100, True)
 
+    # Blocking pops: served at once, and a timeout on the log's clock.
+    r.rpush(k("queue"), "job-" + phase)
+    check(f"{phase} blpop", list(r.blpop([k("queue")], timeout=1)), [k("queue"), "job-" + phase])
+    check(f"{phase} blpop timeout", r.blpop([k("empty")], timeout=0.2), None)
+
     # SELECT 1 (on connect) keeps its own keyspace.
     check(f"{phase} db1 get", db1.get(k("only-in-db1")), "db1")
     check(f"{phase} db0 get", r.get(k("only-in-db1")), None)

@@ -4,7 +4,8 @@
 //!
 //! - phase A (tests/redis_clients.py): set/get, a pipeline, a transaction
 //!   (MULTI/EXEC), a WATCH conflict and a WATCH without one, scan_iter,
-//!   keys, type, incrbyfloat, setex + ttl, SELECT 1 on connect, client
+//!   keys, type, incrbyfloat, setex + ttl, blpop served at once and blpop
+//!   timing out on the log's clock, SELECT 1 on connect, client
 //!   setname/getname/id/info (which also shows the protocol in use),
 //!   subscribe + publish + get_message, and AUTH: `CONFIG SET requirepass`
 //!   through the log, a client without the password refused, one with it
