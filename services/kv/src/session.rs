@@ -102,12 +102,15 @@ impl Blocked {
     }
 }
 
+/// The connections blocked on one key, by (block order, connection).
+type Waiters = BTreeSet<(u64, ConnId)>;
+
 /// The blocked connections by (database, key), in the order they blocked.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Blocking {
     next_seq: u64,
     #[serde(skip)]
-    by_key: BTreeMap<(u8, Vec<u8>), BTreeSet<(u64, ConnId)>>,
+    by_key: BTreeMap<(u8, Vec<u8>), Waiters>,
 }
 
 impl Blocking {
