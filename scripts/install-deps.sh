@@ -4,8 +4,12 @@
 # dependency), iproute2 (ip, namespaces), iptables (locks, capture,
 # partitions, counters), nftables (the fencing guard and lease), tcpdump and
 # socat (for looking at what crosses the lab by hand), redis-tools
-# (redis-cli and redis-benchmark, clients of the kv service). Idempotent;
-# runs apt-get only when something is missing, and needs root only then.
+# (redis-cli and redis-benchmark, clients of the kv service), python3-venv
+# and, in a venv at $TANDEM_COMPARE_VENV (default
+# /var/tmp/tandem-bench-compare-venv, the one scripts/install-bench-deps.sh
+# uses too), redis-py 8 from PyPI: the client crates/cli/tests/redis_clients.rs
+# drives with its default settings. Idempotent; runs apt-get and pip only
+# when something is missing, and needs root only then.
 # Rust itself (cargo) is not a Debian package here: scripts/demo.sh and
 # scripts/test.sh check for it.
 set -euo pipefail
@@ -19,6 +23,7 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -29,4 +34,21 @@ if [ "${#need[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# redis-py 8 (its default protocol is RESP3, which the lab test relies on).
+venv="${TANDEM_COMPARE_VENV:-/var/tmp/tandem-bench-compare-venv}"
+redis_py_ok() {
+    "$venv/bin/python3" -c 'import sys, redis; sys.exit(int(redis.__version__.split(".")[0]) < 8)' \
+        >/dev/null 2>&1
+}
+if ! redis_py_ok; then
+    if [ "$(id -u)" -ne 0 ] && [ ! -w "$(dirname "$venv")" ]; then
+        echo "cannot create $venv — run $0 as root (or with sudo)" >&2
+        exit 1
+    fi
+    echo "installing redis-py 8 from PyPI into $venv"
+    [ -x "$venv/bin/python3" ] || /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'redis>=8,<9'
+    redis_py_ok || { echo "redis-py 8 did not install into $venv" >&2; exit 1; }
 fi

@@ -1,73 +1,163 @@
-//! Command execution: arity checks, then one function per command, each
-//! writing its RESP reply. Error texts follow Redis 7 byte for byte where
+//! The data commands (strings, keys, lists, sets, hashes, sorted sets) of
+//! one database: each writes its reply in the connection's protocol; the
+//! ones added for redis-py's defaults are in [`crate::more`]. Error texts follow Redis 7 byte for byte where
 //! clients may look at them.
 
 use std::collections::VecDeque;
 
 use tandem_core::sdk::Context;
 
-use crate::db::{elem_weight, field_weight, member_weight, Db, Value, ZSet, KEY_OVERHEAD};
-use crate::resp::{self, array, bulk, int, nil, nil_array, parse_i64, simple};
-use crate::Flow;
+use crate::db::{elem_weight, field_weight, member_weight, Db, Value, ZSet};
+use crate::more;
+use crate::resp::{self, array, bulk, double, int, map, nil, nil_array, parse_i64, simple, Out};
 
 /// Every command and its Redis arity (`n`: exactly n words with the name;
-/// `-n`: at least n).
+/// `-n`: at least n). This is the supported-command list.
 pub const COMMANDS: &[(&str, i32)] = &[
+    ("acl", -2),
     ("append", 3),
+    ("auth", -2),
+    ("blmove", 6),
+    ("blpop", -3),
+    ("brpop", -3),
+    ("brpoplpush", 4),
+    ("client", -2),
     ("command", -1),
     ("config", -2),
+    ("copy", -3),
     ("dbsize", 1),
     ("decr", 2),
     ("decrby", 3),
     ("del", -2),
+    ("discard", 1),
     ("echo", 2),
+    ("exec", 1),
     ("exists", -2),
     ("expire", -3),
+    ("expireat", -3),
+    ("expiretime", 2),
     ("flushall", -1),
     ("flushdb", -1),
     ("get", 2),
+    ("getdel", 2),
+    ("getex", -2),
+    ("getrange", 4),
+    ("getset", 3),
     ("hdel", -3),
+    ("hello", -1),
+    ("hexists", 3),
     ("hget", 3),
     ("hgetall", 2),
+    ("hincrby", 4),
+    ("hincrbyfloat", 4),
+    ("hkeys", 2),
     ("hlen", 2),
+    ("hmget", -3),
+    ("hmset", -4),
+    ("hscan", -3),
     ("hset", -4),
+    ("hsetnx", 4),
+    ("hstrlen", 3),
+    ("hvals", 2),
     ("incr", 2),
     ("incrby", 3),
+    ("incrbyfloat", 3),
     ("info", -1),
+    ("keys", 2),
+    ("lindex", 3),
     ("llen", 2),
+    ("lmove", 5),
     ("lpop", -2),
     ("lpush", -3),
+    ("lpushx", -3),
     ("lrange", 4),
+    ("lrem", 4),
+    ("lset", 4),
+    ("ltrim", 4),
     ("mget", -2),
     ("mset", -3),
+    ("msetnx", -3),
+    ("multi", 1),
+    ("object", -2),
+    ("persist", 2),
     ("pexpire", -3),
+    ("pexpireat", -3),
+    ("pexpiretime", 2),
     ("ping", -1),
+    ("psetex", 4),
+    ("psubscribe", -2),
     ("pttl", 2),
+    ("publish", 3),
+    ("pubsub", -2),
+    ("punsubscribe", -1),
     ("quit", -1),
+    ("randomkey", 1),
+    ("rename", 3),
+    ("renamenx", 3),
+    ("reset", 1),
     ("rpop", -2),
+    ("rpoplpush", 3),
     ("rpush", -3),
+    ("rpushx", -3),
     ("sadd", -3),
+    ("scan", -2),
     ("scard", 2),
+    ("sdiff", -2),
+    ("sdiffstore", -3),
     ("select", 2),
     ("set", -3),
+    ("setex", 4),
+    ("setnx", 3),
+    ("setrange", 4),
+    ("sinter", -2),
+    ("sinterstore", -3),
     ("sismember", 3),
     ("smembers", 2),
+    ("smismember", -3),
+    ("smove", 4),
     ("spop", -2),
+    ("srandmember", -2),
     ("srem", -3),
+    ("sscan", -3),
     ("strlen", 2),
+    ("subscribe", -2),
+    ("sunion", -2),
+    ("sunionstore", -3),
+    ("time", 1),
+    ("touch", -2),
     ("ttl", 2),
+    ("type", 2),
+    ("unlink", -2),
+    ("unsubscribe", -1),
+    ("unwatch", 1),
+    ("watch", -2),
     ("zadd", -4),
     ("zcard", 2),
+    ("zcount", 4),
+    ("zincrby", 4),
+    ("zmscore", -3),
+    ("zpopmax", -2),
     ("zpopmin", -2),
     ("zrange", -4),
+    ("zrangebyscore", -4),
+    ("zrank", 3),
+    ("zrem", -3),
+    ("zrevrange", -4),
+    ("zrevrank", 3),
+    ("zscan", -3),
     ("zscore", 3),
 ];
 
-const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
-const NOT_INT: &str = "ERR value is not an integer or out of range";
-const NOT_FLOAT: &str = "ERR value is not a valid float";
-const SYNTAX: &str = "ERR syntax error";
-const NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
+/// The Redis version the service answers as (HELLO, INFO): the one whose
+/// behaviour it follows.
+pub(crate) const REDIS_VERSION: &str = "7.2.0";
+
+pub(crate) const WRONGTYPE: &str =
+    "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub(crate) const NOT_INT: &str = "ERR value is not an integer or out of range";
+pub(crate) const NOT_FLOAT: &str = "ERR value is not a valid float";
+pub(crate) const SYNTAX: &str = "ERR syntax error";
+pub(crate) const NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
 /// Redis' reply to a command that may grow memory while the budget is
 /// spent (`maxmemory` reached, no eviction).
 pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
@@ -75,12 +165,46 @@ pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmem
 /// The commands Redis flags `denyoom`: refused while the group is over its
 /// memory budget. Everything else (reads, DEL, pops, EXPIRE, FLUSHALL)
 /// still works, so clients can make room.
-const DENY_OOM: &[&str] = &[
-    "append", "decr", "decrby", "hset", "incr", "incrby", "lpush", "mset", "rpush", "sadd", "set",
+pub(crate) const DENY_OOM: &[&str] = &[
+    "append",
+    "blmove",
+    "brpoplpush",
+    "copy",
+    "decr",
+    "decrby",
+    "getset",
+    "hincrby",
+    "hincrbyfloat",
+    "hmset",
+    "hset",
+    "hsetnx",
+    "incr",
+    "incrby",
+    "incrbyfloat",
+    "lmove",
+    "lpush",
+    "lpushx",
+    "lset",
+    "mset",
+    "msetnx",
+    "psetex",
+    "rpoplpush",
+    "rpush",
+    "rpushx",
+    "sadd",
+    "sdiffstore",
+    "set",
+    "setex",
+    "setnx",
+    "setrange",
+    "sinterstore",
+    "smove",
+    "sunionstore",
     "zadd",
+    "zincrby",
 ];
 
-type Reply = Result<(), String>;
+pub(crate) type Reply = Result<(), String>;
 
 /// The value at `key` as the given variant, `None` if absent; returns
 /// WRONGTYPE from the enclosing function otherwise.
@@ -109,73 +233,26 @@ macro_rules! typed_mut {
 /// memory accounting; its elements are charged by the command).
 macro_rules! typed_create {
     ($db:expr, $key:expr, $variant:ident) => {{
-        if !$db.data.contains_key($key.as_slice()) {
-            $db.charge(KEY_OVERHEAD + $key.len() as u64);
-        }
-        match $db
-            .data
-            .entry($key.to_vec())
-            .or_insert_with(|| Value::$variant(Default::default()))
-        {
+        match $db.get_or_create(&$key, || Value::$variant(Default::default())) {
             Value::$variant(x) => x,
             _ => return Err(WRONGTYPE.into()),
         }
     }};
 }
 
-/// Runs one request and appends its reply to `out`.
-pub(crate) fn execute(db: &mut Db, ctx: &mut Context, args: &[Vec<u8>], out: &mut Vec<u8>) -> Flow {
-    let Some(name) = args.first() else {
-        return Flow::Continue;
-    };
-    let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
-    let Some(&(canonical, arity)) = COMMANDS.iter().find(|(n, _)| *n == lower) else {
-        let mut msg = format!(
-            "ERR unknown command '{}', with args beginning with: ",
-            trunc(name)
-        );
-        for a in args.iter().skip(1) {
-            msg.push_str(&format!("'{}' ", trunc(a)));
-        }
-        resp::error(out, &msg);
-        return Flow::Continue;
-    };
-    let n = args.len() as i32;
-    if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
-        resp::error(out, &arity_error(canonical));
-        return Flow::Continue;
-    }
-    if canonical == "quit" {
-        simple(out, "OK");
-        return Flow::Close;
-    }
-    if DENY_OOM.contains(&canonical) && ctx.over_memory(db.used()) {
-        resp::error(out, OOM);
-        return Flow::Continue;
-    }
-    let now = ctx.now().0;
-    let mark = out.len();
-    if let Err(e) = run(db, ctx, now, canonical, args, out) {
-        // A failing command replies with its error only.
-        out.truncate(mark);
-        resp::error(out, &e);
-    }
-    Flow::Continue
-}
-
-fn trunc(b: &[u8]) -> String {
+pub(crate) fn trunc(b: &[u8]) -> String {
     String::from_utf8_lossy(b.get(..128).unwrap_or(b)).into_owned()
 }
 
-fn arity_error(name: &str) -> String {
+pub(crate) fn arity_error(name: &str) -> String {
     format!("ERR wrong number of arguments for '{name}' command")
 }
 
-fn int_arg(a: &[u8]) -> Result<i64, String> {
+pub(crate) fn int_arg(a: &[u8]) -> Result<i64, String> {
     parse_i64(a).ok_or_else(|| NOT_INT.to_string())
 }
 
-fn float_arg(a: &[u8]) -> Result<f64, String> {
+pub(crate) fn float_arg(a: &[u8]) -> Result<f64, String> {
     let s = std::str::from_utf8(a).map_err(|_| NOT_FLOAT.to_string())?;
     match s.parse::<f64>() {
         Ok(v) if !v.is_nan() && !s.is_empty() && !s.starts_with(char::is_whitespace) => Ok(v),
@@ -184,7 +261,7 @@ fn float_arg(a: &[u8]) -> Result<f64, String> {
 }
 
 /// Redis's index normalisation for LRANGE/ZRANGE: `None` if empty.
-fn range(len: usize, start: i64, stop: i64) -> Option<(usize, usize)> {
+pub(crate) fn range(len: usize, start: i64, stop: i64) -> Option<(usize, usize)> {
     let len = len as i64;
     let start = if start < 0 {
         (len + start).max(0)
@@ -202,50 +279,21 @@ fn range(len: usize, start: i64, stop: i64) -> Option<(usize, usize)> {
     Some((start as usize, stop as usize))
 }
 
-fn run(
+pub(crate) fn run(
     db: &mut Db,
     ctx: &mut Context,
     now: u64,
     cmd: &str,
     a: &[Vec<u8>],
-    out: &mut Vec<u8>,
+    out: &mut Out,
 ) -> Reply {
     match cmd {
-        "ping" => match a.len() {
-            1 => simple(out, "PONG"),
-            2 => bulk(out, &a[1]),
-            _ => return Err(arity_error("ping")),
-        },
-        "echo" => bulk(out, &a[1]),
-        "select" => match parse_i64(&a[1]) {
-            Some(0) => simple(out, "OK"),
-            Some(_) => return Err("ERR DB index is out of range".into()),
-            None => return Err(NOT_INT.into()),
-        },
-        "dbsize" => int(out, db.len() as i64),
-        "flushall" | "flushdb" => {
-            match a.get(1).map(|o| o.to_ascii_uppercase()) {
-                None => {}
-                Some(o) if (o == b"ASYNC" || o == b"SYNC") && a.len() == 2 => {}
-                Some(_) => return Err(SYNTAX.into()),
-            }
-            db.clear();
-            simple(out, "OK");
-        }
-        "info" => info(db, a, out),
-        "config" => config(a, out)?,
-        "command" => match a.get(1).map(|s| s.to_ascii_uppercase()).as_deref() {
-            // Enough for redis-cli: it asks COMMAND DOCS for hints and falls
-            // back to its built-in table on an empty answer.
-            Some(b"COUNT") => int(out, 0),
-            _ => array(out, 0),
-        },
         "get" => match typed!(db, a[1], Str) {
             Some(v) => {
                 // A big value's reply is checked against the output cap
                 // before it is copied (a flood of GETs stops at once).
                 let need = (out.len() + v.len()) as u64 + 32;
-                if let Some(conn) = ctx.conn() {
+                if let Some(conn) = out.conn {
                     if !ctx.reserve(conn, need) {
                         return Ok(());
                     }
@@ -299,7 +347,7 @@ fn run(
             db.charge(a[2].len() as u64);
         }
         "strlen" => int(out, typed!(db, a[1], Str).map_or(0, |s| s.len()) as i64),
-        "expire" | "pexpire" => expire(db, now, cmd, a, out)?,
+        "expire" | "pexpire" | "expireat" | "pexpireat" => expire(db, now, cmd, a, out)?,
         "ttl" | "pttl" => {
             if !db.data.contains_key(&a[1]) {
                 int(out, -2);
@@ -416,7 +464,7 @@ fn run(
             let members: Vec<&Vec<u8>> = typed!(db, a[1], Set)
                 .map(|s| s.iter().collect())
                 .unwrap_or_default();
-            array(out, members.len());
+            set_reply(out, members.len());
             for m in members {
                 bulk(out, m);
             }
@@ -460,7 +508,7 @@ fn run(
                     None => nil(out),
                 },
                 Some(_) => {
-                    array(out, popped.len());
+                    set_reply(out, popped.len());
                     for m in &popped {
                         bulk(out, m);
                     }
@@ -505,7 +553,7 @@ fn run(
         }
         "hgetall" => {
             let h = typed!(db, a[1], Hash);
-            array(out, h.map_or(0, |h| h.len() * 2));
+            map(out, h.map_or(0, |h| h.len()));
             for (f, v) in h.into_iter().flatten() {
                 bulk(out, f);
                 bulk(out, v);
@@ -513,7 +561,7 @@ fn run(
         }
         "hlen" => int(out, typed!(db, a[1], Hash).map_or(0, |h| h.len()) as i64),
         "zadd" => zadd(db, a, out)?,
-        "zpopmin" => {
+        "zpopmin" | "zpopmax" => {
             if a.len() > 3 {
                 return Err(SYNTAX.into());
             }
@@ -521,16 +569,30 @@ fn run(
                 None => 1,
                 Some(c) => usize::try_from(int_arg(c)?).map_err(|_| NOT_POSITIVE.to_string())?,
             };
+            let max = cmd == "zpopmax";
             let popped: Vec<(Vec<u8>, f64)> = match typed_mut!(db, a[1], ZSet) {
-                Some(z) => (0..count).map_while(|_| z.pop_min()).collect(),
+                Some(z) => (0..count)
+                    .map_while(|_| if max { z.pop_max() } else { z.pop_min() })
+                    .collect(),
                 None => Vec::new(),
             };
             db.release(popped.iter().map(|(m, _)| member_weight(m)).sum());
             db.drop_if_empty(&a[1]);
-            array(out, popped.len() * 2);
-            for (m, s) in popped {
-                bulk(out, &m);
-                bulk(out, resp::score(s).as_bytes());
+            // RESP3: one [member, score] pair per member when a count was
+            // given, the flat pair otherwise (Redis 7).
+            if out.resp3 && a.len() == 3 {
+                array(out, popped.len());
+                for (m, s) in popped {
+                    array(out, 2);
+                    bulk(out, &m);
+                    double(out, s);
+                }
+            } else {
+                array(out, popped.len() * 2);
+                for (m, s) in popped {
+                    bulk(out, &m);
+                    double(out, s);
+                }
             }
         }
         "zrange" => {
@@ -553,33 +615,66 @@ fn run(
                 return Ok(());
             };
             let n = e - s + 1;
-            array(out, if withscores { n * 2 } else { n });
             let items: Box<dyn Iterator<Item = _>> = if rev {
                 Box::new(z.order.iter().rev())
             } else {
                 Box::new(z.order.iter())
             };
-            for (score, m) in items.skip(s).take(n) {
-                bulk(out, m);
-                if withscores {
-                    bulk(out, resp::score(score.0).as_bytes());
-                }
-            }
+            scored_reply(
+                out,
+                items.skip(s).take(n).map(|(sc, m)| (m, sc.0)),
+                n,
+                withscores,
+            );
         }
         "zscore" => match typed!(db, a[1], ZSet).and_then(|z| z.scores.get(&a[2])) {
-            Some(s) => bulk(out, resp::score(s.0).as_bytes()),
+            Some(s) => double(out, s.0),
             None => nil(out),
         },
         "zcard" => int(
             out,
             typed!(db, a[1], ZSet).map_or(0, |z| z.scores.len()) as i64,
         ),
-        _ => return Err(format!("ERR unknown command '{cmd}'")),
+        _ => return more::run(db, ctx, now, cmd, a, out),
     }
     Ok(())
 }
 
-fn incr_by(db: &mut Db, key: &[u8], by: i64, out: &mut Vec<u8>) -> Reply {
+/// A set reply's header (RESP3 `~`).
+fn set_reply(out: &mut Out, n: usize) {
+    resp::set(out, n)
+}
+
+/// `n` sorted-set members, with their scores if asked: RESP2 a flat array,
+/// RESP3 an array of [member, double] pairs (Redis 7's ZRANGE WITHSCORES).
+pub(crate) fn scored_reply<'a>(
+    out: &mut Out,
+    items: impl Iterator<Item = (&'a Vec<u8>, f64)>,
+    n: usize,
+    withscores: bool,
+) {
+    if !withscores {
+        array(out, n);
+        for (m, _) in items {
+            bulk(out, m);
+        }
+    } else if out.resp3 {
+        array(out, n);
+        for (m, s) in items {
+            array(out, 2);
+            bulk(out, m);
+            double(out, s);
+        }
+    } else {
+        array(out, 2 * n);
+        for (m, s) in items {
+            bulk(out, m);
+            double(out, s);
+        }
+    }
+}
+
+fn incr_by(db: &mut Db, key: &[u8], by: i64, out: &mut Out) -> Reply {
     let key = key.to_vec();
     let cur = match typed!(db, key, Str) {
         Some(v) => int_arg(v)?,
@@ -594,7 +689,7 @@ fn incr_by(db: &mut Db, key: &[u8], by: i64, out: &mut Vec<u8>) -> Reply {
     Ok(())
 }
 
-fn set(db: &mut Db, now: u64, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
+fn set(db: &mut Db, now: u64, a: &[Vec<u8>], out: &mut Out) -> Reply {
     let (mut nx, mut xx, mut get, mut keep_ttl) = (false, false, false, false);
     let mut expire: Option<u64> = None;
     let mut i = 3;
@@ -633,7 +728,7 @@ fn set(db: &mut Db, now: u64, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
         Some(_) if get => return Err(WRONGTYPE.into()),
         Some(_) => Some(Vec::new()),
     };
-    let reply_old = |out: &mut Vec<u8>| match &old {
+    let reply_old = |out: &mut Out| match &old {
         Some(v) => bulk(out, v),
         None => nil(out),
     };
@@ -662,7 +757,7 @@ fn set(db: &mut Db, now: u64, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
     Ok(())
 }
 
-fn expire(db: &mut Db, now: u64, cmd: &str, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
+fn expire(db: &mut Db, now: u64, cmd: &str, a: &[Vec<u8>], out: &mut Out) -> Reply {
     let v = int_arg(&a[2])?;
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for opt in &a[3..] {
@@ -686,12 +781,16 @@ fn expire(db: &mut Db, now: u64, cmd: &str, a: &[Vec<u8>], out: &mut Vec<u8>) ->
         return Err("ERR GT and LT options at the same time are not compatible".into());
     }
     let invalid = || format!("ERR invalid expire time in '{cmd}' command");
-    let ms = if cmd == "expire" {
+    let ms = if cmd == "expire" || cmd == "expireat" {
         v.checked_mul(1000).ok_or_else(invalid)?
     } else {
         v
     };
-    let at = (now as i64).checked_add(ms).ok_or_else(invalid)?;
+    let at = if cmd.ends_with("at") {
+        ms
+    } else {
+        (now as i64).checked_add(ms).ok_or_else(invalid)?
+    };
     if !db.data.contains_key(&a[1]) {
         int(out, 0);
         return Ok(());
@@ -714,7 +813,7 @@ fn expire(db: &mut Db, now: u64, cmd: &str, a: &[Vec<u8>], out: &mut Vec<u8>) ->
     Ok(())
 }
 
-fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
+fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Out) -> Reply {
     let (mut nx, mut xx, mut gt, mut lt, mut ch, mut incr) =
         (false, false, false, false, false, false);
     let mut i = 2;
@@ -788,96 +887,11 @@ fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
     }
     if incr {
         match incr_result {
-            Some(v) => bulk(out, resp::score(v).as_bytes()),
+            Some(v) => double(out, v),
             None => nil(out),
         }
     } else {
         int(out, if ch { added + changed } else { added });
     }
     Ok(())
-}
-
-fn info(db: &Db, a: &[Vec<u8>], out: &mut Vec<u8>) {
-    // Only replicated facts: no pid, uptime, memory or host.
-    let wanted = |section: &[u8]| {
-        a.len() == 1
-            || a[1..].iter().any(|s| {
-                let s = s.to_ascii_lowercase();
-                s == section || s == b"all" || s == b"default" || s == b"everything"
-            })
-    };
-    let mut s = String::new();
-    if wanted(b"server") {
-        s.push_str(
-            "# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\ntandem_service:kv\r\n",
-        );
-    }
-    if wanted(b"keyspace") {
-        if !s.is_empty() {
-            s.push_str("\r\n");
-        }
-        s.push_str("# Keyspace\r\n");
-        if db.len() > 0 {
-            s.push_str(&format!(
-                "db0:keys={},expires={},avg_ttl=0\r\n",
-                db.len(),
-                db.expires_len()
-            ));
-        }
-    }
-    bulk(out, s.as_bytes());
-}
-
-/// The parameters `CONFIG GET` knows (redis-benchmark asks for `save` and
-/// `appendonly`); fixed values, nothing process-local.
-const CONFIG: &[(&str, &str)] = &[
-    ("appendonly", "no"),
-    ("databases", "1"),
-    ("maxmemory", "0"),
-    ("save", ""),
-];
-
-fn config(a: &[Vec<u8>], out: &mut Vec<u8>) -> Reply {
-    let sub = a[1].to_ascii_uppercase();
-    match sub.as_slice() {
-        b"GET" if a.len() >= 3 => {
-            let hits: Vec<&(&str, &str)> = CONFIG
-                .iter()
-                .filter(|(k, _)| {
-                    a[2..]
-                        .iter()
-                        .any(|p| glob(&p.to_ascii_lowercase(), k.as_bytes()))
-                })
-                .collect();
-            array(out, hits.len() * 2);
-            for (k, v) in hits {
-                bulk(out, k.as_bytes());
-                bulk(out, v.as_bytes());
-            }
-            Ok(())
-        }
-        b"GET" => Err(arity_error("config|get")),
-        b"SET" | b"RESETSTAT" | b"REWRITE" => {
-            Err("ERR CONFIG SET/RESETSTAT/REWRITE are not supported by tandem kv".into())
-        }
-        _ => Err(format!(
-            "ERR unknown subcommand '{}'. Try CONFIG HELP.",
-            String::from_utf8_lossy(&a[1])
-        )),
-    }
-}
-
-/// Glob match with `*` and `?` (enough for `CONFIG GET *`). Texts are
-/// our short parameter names, and runs of `*` count as one, so a hostile
-/// pattern cannot make it explode.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => {
-            let rest = &rest[rest.iter().take_while(|&&c| c == b'*').count()..];
-            (0..=text.len()).any(|i| glob(rest, &text[i..]))
-        }
-        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
-        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
-    }
 }

@@ -1,6 +1,6 @@
-//! The keyspace: values by key, expiry times, and an index by expiry time
-//! so expired keys are purged in a deterministic order at a deterministic
-//! log position.
+//! The keyspace: values by key, expiry times, an index by expiry time so
+//! expired keys are purged in a deterministic order at a deterministic log
+//! position, and an index by key hash that SCAN's cursors point into.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -138,6 +138,24 @@ impl ZSet {
         old.is_none()
     }
 
+    /// Removes and returns the highest (score, member).
+    pub fn pop_max(&mut self) -> Option<(Vec<u8>, f64)> {
+        let (score, member) = self.order.pop_last()?;
+        self.scores.remove(&member);
+        Some((member, score.0))
+    }
+
+    /// Removes a member; true if it was there.
+    pub fn remove(&mut self, member: &[u8]) -> bool {
+        match self.scores.remove(member) {
+            Some(s) => {
+                self.order.remove(&(s, member.to_vec()));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes and returns the lowest (score, member).
     pub fn pop_min(&mut self) -> Option<(Vec<u8>, f64)> {
         let (score, member) = self.order.pop_first()?;
@@ -158,6 +176,32 @@ pub(crate) const ELEM_OVERHEAD: u64 = 32;
 pub(crate) const ZSET_OVERHEAD: u64 = 64;
 /// What an expiry costs besides twice the key (it is in two indexes).
 pub(crate) const EXPIRE_OVERHEAD: u64 = 48;
+/// What a key's entry in the SCAN index costs besides the key's bytes.
+pub(crate) const SCAN_INDEX_OVERHEAD: u64 = 40;
+
+/// A key's SCAN position: its FNV-1a 64 hash, mixed, halved so cursors stay
+/// below 2^63 (clients parse them as signed or unsigned 64-bit numbers),
+/// and odd so it is never 0 (the cursor that starts and ends a scan).
+pub(crate) fn scan_hash(key: &[u8]) -> u64 {
+    let mut h = Fnv64::new();
+    h.bytes(key);
+    // FNV-1a leaves keys that differ in their last bytes close together in
+    // the high bits; MurmurHash3's finalizer spreads them over the whole
+    // range (RANDOMKEY draws a point in it).
+    let mut x = h.finish();
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    (x >> 1) | 1
+}
+
+/// What a key costs besides its value: its slot in the B-tree, its value's
+/// header, and its entry in the SCAN index.
+pub(crate) fn key_base_weight(key: &[u8]) -> u64 {
+    KEY_OVERHEAD + SCAN_INDEX_OVERHEAD + 2 * key.len() as u64
+}
 
 /// A list or set element's accounted size.
 pub(crate) fn elem_weight(e: &[u8]) -> u64 {
@@ -183,7 +227,7 @@ pub(crate) fn key_weight(key: &[u8], value: &Value) -> u64 {
         Value::Hash(h) => h.iter().map(|(f, v)| field_weight(f, v)).sum(),
         Value::ZSet(z) => z.scores.keys().map(|m| member_weight(m)).sum(),
     };
-    KEY_OVERHEAD + key.len() as u64 + v
+    key_base_weight(key) + v
 }
 
 /// The keyspace.
@@ -192,6 +236,12 @@ pub(crate) struct Db {
     pub data: BTreeMap<Vec<u8>, Value>,
     expires: BTreeMap<Vec<u8>, u64>,
     by_time: BTreeSet<(u64, Vec<u8>)>,
+    /// Every key by [`scan_hash`]: SCAN walks this order, so a cursor (a
+    /// hash) means the same position on every replica and after a
+    /// failover, whatever was added or removed meanwhile (derived, rebuilt
+    /// after a restore).
+    #[serde(skip)]
+    by_hash: BTreeSet<(u64, Vec<u8>)>,
     /// Accounted bytes of everything above (derived: kept up to date by
     /// every change, recomputed after a restore).
     #[serde(skip)]
@@ -285,13 +335,21 @@ impl Db {
         }
     }
 
-    /// Sets the running figure from [`Db::recount`].
+    /// Rebuilds what is derived from the data: the running figure (from
+    /// [`Db::recount`]) and the SCAN index.
     pub fn reset_used(&mut self) {
         self.used = self.recount();
+        self.by_hash = self
+            .data
+            .keys()
+            .map(|k| (scan_hash(k), k.clone()))
+            .collect();
     }
 
-    /// Removes every key whose expiry (ms of log time) is `now` or earlier.
-    pub fn purge(&mut self, now: u64) {
+    /// Removes every key whose expiry (ms of log time) is `now` or earlier;
+    /// returns them (WATCH sees an expiry as a change).
+    pub fn purge(&mut self, now: u64) -> Vec<Vec<u8>> {
+        let mut gone = Vec::new();
         while let Some((at, _)) = self.by_time.first() {
             if *at > now {
                 break;
@@ -301,22 +359,27 @@ impl Db {
                     self.release(EXPIRE_OVERHEAD + 2 * key.len() as u64);
                 }
                 if let Some(v) = self.data.remove(&key) {
+                    self.by_hash.remove(&(scan_hash(&key), key.clone()));
                     self.release(key_weight(&key, &v));
                 }
+                gone.push(key);
             }
         }
+        gone
+    }
+
+    /// Removes a key and its expiry, returning its value.
+    pub fn take(&mut self, key: &[u8]) -> Option<Value> {
+        self.set_expire(key, None);
+        let v = self.data.remove(key)?;
+        self.by_hash.remove(&(scan_hash(key), key.to_vec()));
+        self.release(key_weight(key, &v));
+        Some(v)
     }
 
     /// Removes a key and its expiry; true if it existed.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        self.set_expire(key, None);
-        match self.data.remove(key) {
-            Some(v) => {
-                self.release(key_weight(key, &v));
-                true
-            }
-            None => false,
-        }
+        self.take(key).is_some()
     }
 
     /// Stores a value, dropping any expiry unless `keep_ttl`.
@@ -325,9 +388,62 @@ impl Db {
             self.set_expire(key, None);
         }
         self.charge(key_weight(key, &value));
-        if let Some(old) = self.data.insert(key.to_vec(), value) {
-            self.release(key_weight(key, &old));
+        match self.data.insert(key.to_vec(), value) {
+            Some(old) => self.release(key_weight(key, &old)),
+            None => {
+                self.by_hash.insert((scan_hash(key), key.to_vec()));
+            }
         }
+    }
+
+    /// The value at `key`, created by `make` (empty, and charged as an
+    /// empty key) if absent.
+    pub fn get_or_create(&mut self, key: &[u8], make: impl FnOnce() -> Value) -> &mut Value {
+        if !self.data.contains_key(key) {
+            self.charge(key_base_weight(key));
+            self.by_hash.insert((scan_hash(key), key.to_vec()));
+        }
+        self.data.entry(key.to_vec()).or_insert_with(make)
+    }
+
+    /// Runs `f` on the value at `key`, if there is one, and re-weighs the
+    /// key after it (for changes whose size effect is not worth tracking by
+    /// hand; O(size of the value), for commands that are O(size) anyway).
+    pub fn reweigh<R>(&mut self, key: &[u8], f: impl FnOnce(&mut Value) -> R) -> Option<R> {
+        let v = self.data.get_mut(key)?;
+        let before = key_weight(key, v);
+        let r = f(v);
+        let after = key_weight(key, v);
+        self.used = self.used.saturating_sub(before).saturating_add(after);
+        Some(r)
+    }
+
+    /// Up to about `count` keys from SCAN position `cursor` on, in
+    /// [`scan_hash`] order, and the cursor to continue from (0: done).
+    /// Keys sharing one hash are never split across calls, so a call
+    /// always moves on.
+    pub fn scan(&self, cursor: u64, count: usize) -> (Vec<&Vec<u8>>, u64) {
+        let mut keys = Vec::new();
+        let mut last = None;
+        for (h, k) in self.by_hash.range((cursor, Vec::new())..) {
+            if keys.len() >= count.max(1) && last != Some(*h) {
+                return (keys, *h);
+            }
+            last = Some(*h);
+            keys.push(k);
+        }
+        (keys, 0)
+    }
+
+    /// The first key at or after SCAN position `at`, wrapping around
+    /// (RANDOMKEY draws `at`: O(log n), and as near uniform as the hash
+    /// spreads keys, like Redis' own bucket sampling).
+    pub fn key_at_or_after(&self, at: u64) -> Option<&Vec<u8>> {
+        self.by_hash
+            .range((at, Vec::new())..)
+            .next()
+            .or_else(|| self.by_hash.first())
+            .map(|(_, k)| k)
     }
 
     /// Removes `key` if it holds an empty list, hash, set or sorted set
@@ -363,6 +479,7 @@ impl Db {
     /// Consistency of a restored keyspace (the indexes agree with the data).
     pub fn check(&self) -> Result<(), String> {
         let ok = self.expires.len() == self.by_time.len()
+            && self.by_hash.len() == self.data.len()
             && self
                 .by_time
                 .iter()

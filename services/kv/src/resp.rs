@@ -1,5 +1,5 @@
-//! RESP2 framing: an incremental request parser (multibulk and inline, as
-//! Redis accepts them) and reply encoders.
+//! RESP framing: an incremental request parser (multibulk and inline, as
+//! Redis accepts them) and reply encoders for RESP2 and RESP3.
 //!
 //! The parser never allocates from a length the client declared before the
 //! bytes are there, and every length is bounded, so a hostile client cannot
@@ -267,50 +267,149 @@ pub fn parse_i64(s: &[u8]) -> Option<i64> {
     text.parse().ok()
 }
 
+/// A reply being built for one connection, in that connection's protocol
+/// (RESP2 unless it said `HELLO 3`): the encoders below pick the RESP3
+/// type (map, set, double, null, push, verbatim string) or its RESP2
+/// equivalent from it, so every command writes one reply for both.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Out {
+    /// The encoded bytes.
+    pub buf: Vec<u8>,
+    /// Whether the connection speaks RESP3.
+    pub resp3: bool,
+    /// The connection the reply is for (its output room is checked before
+    /// big replies are built; not always the event's connection: a client
+    /// unblocked by another's push is answered in that other's event).
+    pub conn: Option<tandem_core::sdk::ConnId>,
+}
+
+impl Out {
+    /// An empty reply buffer for a connection speaking RESP3 or not.
+    pub fn new(resp3: bool) -> Out {
+        Out {
+            buf: Vec::new(),
+            resp3,
+            conn: None,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Drops what was written after `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len);
+    }
+
+    /// Takes the bytes written, leaving the buffer empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+}
+
 /// Appends `+text\r\n`.
-pub fn simple(out: &mut Vec<u8>, text: &str) {
-    out.push(b'+');
-    out.extend_from_slice(text.as_bytes());
-    out.extend_from_slice(b"\r\n");
+pub fn simple(out: &mut Out, text: &str) {
+    out.buf.push(b'+');
+    out.buf.extend_from_slice(text.as_bytes());
+    out.buf.extend_from_slice(b"\r\n");
 }
 
 /// Appends `-text\r\n`; line breaks inside become spaces (as Redis does),
 /// so an error can never inject a frame.
-pub fn error(out: &mut Vec<u8>, text: &str) {
-    out.push(b'-');
-    out.extend(
+pub fn error(out: &mut Out, text: &str) {
+    out.buf.push(b'-');
+    out.buf.extend(
         text.bytes()
             .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
     );
-    out.extend_from_slice(b"\r\n");
+    out.buf.extend_from_slice(b"\r\n");
 }
 
 /// Appends `:n\r\n`.
-pub fn int(out: &mut Vec<u8>, n: i64) {
+pub fn int(out: &mut Out, n: i64) {
     // Writing to a Vec cannot fail; no intermediate String is allocated.
-    let _ = write!(out, ":{n}\r\n");
+    let _ = write!(out.buf, ":{n}\r\n");
 }
 
 /// Appends a bulk string.
-pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
-    let _ = write!(out, "${}\r\n", bytes.len());
-    out.extend_from_slice(bytes);
-    out.extend_from_slice(b"\r\n");
+pub fn bulk(out: &mut Out, bytes: &[u8]) {
+    let _ = write!(out.buf, "${}\r\n", bytes.len());
+    out.buf.extend_from_slice(bytes);
+    out.buf.extend_from_slice(b"\r\n");
 }
 
-/// Appends the null bulk string.
-pub fn nil(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"$-1\r\n");
+/// Appends the null bulk string (RESP3: the null).
+pub fn nil(out: &mut Out) {
+    out.buf
+        .extend_from_slice(if out.resp3 { b"_\r\n" } else { b"$-1\r\n" });
 }
 
 /// Appends an array header for `n` elements.
-pub fn array(out: &mut Vec<u8>, n: usize) {
-    let _ = write!(out, "*{n}\r\n");
+pub fn array(out: &mut Out, n: usize) {
+    let _ = write!(out.buf, "*{n}\r\n");
 }
 
-/// Appends the null array.
-pub fn nil_array(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"*-1\r\n");
+/// Appends the null array (RESP3: the null).
+pub fn nil_array(out: &mut Out) {
+    out.buf
+        .extend_from_slice(if out.resp3 { b"_\r\n" } else { b"*-1\r\n" });
+}
+
+/// Appends a map header for `n` key/value pairs (RESP2: an array of 2n).
+pub fn map(out: &mut Out, n: usize) {
+    if out.resp3 {
+        let _ = write!(out.buf, "%{n}\r\n");
+    } else {
+        array(out, 2 * n);
+    }
+}
+
+/// Appends a set header for `n` members (RESP2: an array).
+pub fn set(out: &mut Out, n: usize) {
+    if out.resp3 {
+        let _ = write!(out.buf, "~{n}\r\n");
+    } else {
+        array(out, n);
+    }
+}
+
+/// Appends a push header for `n` elements (pub/sub messages; RESP2: an
+/// array).
+pub fn push(out: &mut Out, n: usize) {
+    if out.resp3 {
+        let _ = write!(out.buf, ">{n}\r\n");
+    } else {
+        array(out, n);
+    }
+}
+
+/// Appends a double (RESP2: its text as a bulk string), formatted as
+/// [`score`] does.
+pub fn double(out: &mut Out, v: f64) {
+    if out.resp3 {
+        let _ = write!(out.buf, ",{}\r\n", score(v));
+    } else {
+        bulk(out, score(v).as_bytes());
+    }
+}
+
+/// Appends a text reply (INFO, CLIENT INFO/LIST): a verbatim string of
+/// format `txt` in RESP3, a bulk string in RESP2.
+pub fn verbatim(out: &mut Out, text: &[u8]) {
+    if out.resp3 {
+        let _ = write!(out.buf, "={}\r\ntxt:", text.len() + 4);
+        out.buf.extend_from_slice(text);
+        out.buf.extend_from_slice(b"\r\n");
+    } else {
+        bulk(out, text);
+    }
 }
 
 /// Formats a score as Redis 7 does for the common cases: the shortest text

@@ -10,13 +10,13 @@ use crate::Kv;
 
 /// One replica with connections 1..=3 open; log index and time under test
 /// control.
-struct H {
-    rt: Runtime,
-    index: u64,
-    now: u64,
+pub(crate) struct H {
+    pub(crate) rt: Runtime,
+    pub(crate) index: u64,
+    pub(crate) now: u64,
 }
 
-fn multibulk(words: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn multibulk(words: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", words.len()).into_bytes();
     for w in words {
         out.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
@@ -27,9 +27,13 @@ fn multibulk(words: &[&[u8]]) -> Vec<u8> {
 }
 
 impl H {
-    fn new(seed: u64) -> H {
+    pub(crate) fn new(seed: u64) -> H {
+        H::with_kv(Kv::new(), seed)
+    }
+
+    pub(crate) fn with_kv(kv: Kv, seed: u64) -> H {
         let mut h = H {
-            rt: Runtime::new(Box::new(Kv::new()), seed),
+            rt: Runtime::new(Box::new(kv), seed),
             index: 0,
             now: 1_000,
         };
@@ -42,13 +46,13 @@ impl H {
         h
     }
 
-    fn event(&mut self, e: Event) -> Vec<Action> {
+    pub(crate) fn event(&mut self, e: Event) -> Vec<Action> {
         self.index += 1;
         self.rt.apply(self.index, Millis(self.now), e)
     }
 
     /// Raw bytes on connection `conn`; returns (bytes sent back, closed?).
-    fn raw_on(&mut self, conn: u64, bytes: &[u8]) -> (Vec<u8>, bool) {
+    pub(crate) fn raw_on(&mut self, conn: u64, bytes: &[u8]) -> (Vec<u8>, bool) {
         let acts = self.event(Event::Data {
             conn: ConnId(conn),
             bytes: bytes.to_vec(),
@@ -65,14 +69,14 @@ impl H {
         (out, closed)
     }
 
-    fn raw(&mut self, bytes: &[u8]) -> Vec<u8> {
+    pub(crate) fn raw(&mut self, bytes: &[u8]) -> Vec<u8> {
         let (out, closed) = self.raw_on(1, bytes);
         assert!(!closed);
         out
     }
 
     /// One command, as a string of words split on spaces.
-    fn cmd(&mut self, line: &str) -> String {
+    pub(crate) fn cmd(&mut self, line: &str) -> String {
         let words: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
         String::from_utf8(self.raw(&multibulk(&words))).unwrap()
     }
@@ -83,7 +87,7 @@ impl H {
 }
 
 /// Command → exact reply, in order, on one connection.
-fn table(h: &mut H, cases: &[(&str, &str)]) {
+pub(crate) fn table(h: &mut H, cases: &[(&str, &str)]) {
     for (cmd, want) in cases {
         assert_eq!(h.cmd(cmd), *want, "command: {cmd}");
     }
@@ -142,7 +146,8 @@ fn strings_and_keys() {
             ("INCR big", "-ERR increment or decrement would overflow\r\n"),
             ("DBSIZE", ":4\r\n"),
             ("SELECT 0", "+OK\r\n"),
-            ("SELECT 1", "-ERR DB index is out of range\r\n"),
+            ("SELECT 16", "-ERR DB index is out of range\r\n"),
+            ("SELECT -1", "-ERR DB index is out of range\r\n"),
             (
                 "GET",
                 "-ERR wrong number of arguments for 'get' command\r\n",
@@ -315,7 +320,7 @@ fn admin_commands_redis_clients_send() {
         "$44\r\n# Keyspace\r\ndb0:keys=1,expires=0,avg_ttl=0\r\n\r\n"
     );
     assert_eq!(h.cmd("INFO nothing"), "$0\r\n\r\n");
-    assert_eq!(h.cmd("CONFIG GET *").matches("$").count(), 8);
+    assert_eq!(h.cmd("CONFIG GET *").matches("$").count(), 10);
     // QUIT answers then closes.
     let (out, closed) = h.raw_on(2, b"QUIT\r\n");
     assert_eq!(out, b"+OK\r\n");
@@ -656,7 +661,8 @@ fn word() -> impl Strategy<Value = Vec<u8>> {
     let names: Vec<&'static str> = crate::COMMANDS
         .iter()
         .map(|(n, _)| *n)
-        .filter(|n| *n != "quit")
+        // QUIT closes and the blocking pops wait: neither replies at once.
+        .filter(|n| !["quit", "blpop", "brpop", "blmove", "brpoplpush"].contains(n))
         .collect();
     let words = [
         "a",
@@ -694,6 +700,20 @@ fn word() -> impl Strategy<Value = Vec<u8>> {
         "COUNT",
         "DOCS",
         "ASYNC",
+        "3",
+        "MATCH",
+        "TYPE",
+        "LEFT",
+        "RIGHT",
+        "LIMIT",
+        "ENCODING",
+        "SETNAME",
+        "LIB-NAME",
+        "WHOAMI",
+        "CHANNELS",
+        "NUMSUB",
+        "(1",
+        "+inf",
     ];
     prop_oneof![
         proptest::sample::select(names).prop_map(|n| n.as_bytes().to_vec()),
@@ -706,7 +726,8 @@ fn random_command() -> impl Strategy<Value = Vec<Vec<u8>>> {
     let names: Vec<&'static str> = crate::COMMANDS
         .iter()
         .map(|(n, _)| *n)
-        .filter(|n| *n != "quit")
+        // QUIT closes and the blocking pops wait: neither replies at once.
+        .filter(|n| !["quit", "blpop", "brpop", "blmove", "brpoplpush"].contains(n))
         .collect();
     (
         proptest::sample::select(names),
@@ -733,7 +754,7 @@ proptest! {
             let ra = a.raw(&req);
             prop_assert_eq!(&ra, &b.raw(&req));
             // Exactly one well-formed reply per request.
-            prop_assert!(ra.ends_with(b"\r\n") && b"+-:$*".contains(&ra[0]), "{:?}", String::from_utf8_lossy(&ra));
+            prop_assert!(ra.ends_with(b"\r\n") && b"+-:$*%_,~>=".contains(&ra[0]), "{:?}", String::from_utf8_lossy(&ra));
         }
         prop_assert_eq!(a.rt.panics(), 0);
         prop_assert_eq!(a.kv_hash(), b.kv_hash());
@@ -778,7 +799,7 @@ fn writes_past_max_memory_get_the_oom_error_and_reads_still_work() {
     assert!(memory.used > memory.limit);
     assert!(memory.used < memory.limit + 1024 * 1024 + 4096);
     // Every kind of write is refused, the keyspace does not change.
-    let before = kv_of(&h).db;
+    let before = kv_of(&h).dbs;
     for cmd in [
         "SET x 1",
         "APPEND k0 x",
@@ -792,7 +813,7 @@ fn writes_past_max_memory_get_the_oom_error_and_reads_still_work() {
     ] {
         assert!(h.cmd(cmd).starts_with("-OOM "), "{cmd}");
     }
-    assert!(kv_of(&h).db == before);
+    assert!(kv_of(&h).dbs == before);
     // Reads work.
     assert_eq!(h.cmd("GET k0"), format!("$1048576\r\n{value}\r\n"));
     assert_eq!(h.cmd("DBSIZE"), format!(":{stored}\r\n"));
@@ -833,23 +854,77 @@ fn the_memory_accounting_follows_every_command() {
         "SET c 5 PX 10",
         "DEL a l",
         "SET e v EX 1",
+        "SETEX se 10 v",
+        "PSETEX pse 10000 v",
+        "SETNX nx v",
+        "GETSET nx longer",
+        "GETDEL nx",
+        "MSETNX m1 a m2 b",
+        "INCRBYFLOAT f 1.5",
+        "INCRBYFLOAT f 0.25",
+        "SETRANGE sr 5 abc",
+        "SETRANGE sr 0 x",
+        "GETEX sr PX 100000",
+        "RENAME sr sr2",
+        "COPY sr2 sr3",
+        "PERSIST sr3",
+        "RPUSH l2 a b c a d a",
+        "LREM l2 2 a",
+        "LSET l2 0 longer",
+        "LTRIM l2 1 -1",
+        "LPUSHX l2 x",
+        "RPOPLPUSH l2 l3",
+        "LMOVE l3 l2 LEFT RIGHT",
+        "SADD s1 a b c",
+        "SADD s2 b c d",
+        "SMOVE s1 s2 a",
+        "SINTERSTORE s3 s1 s2",
+        "SUNIONSTORE s4 s1 s2",
+        "SDIFFSTORE s5 s2 s1",
+        "HMSET hm a 1 b 2",
+        "HSETNX hm c 3",
+        "HINCRBY hm a 10",
+        "HINCRBYFLOAT hm b 0.5",
+        "ZINCRBY zz 2 m",
+        "ZADD zz 1 n 5 o",
+        "ZREM zz n",
+        "ZPOPMAX zz",
+        "UNLINK se",
+        "SELECT 3",
+        "SET in3 value",
+        "LPUSH l3 x",
+        "MULTI",
+        "SET q 1",
+        "EXEC",
+        "WATCH q in3",
+        "SUBSCRIBE ch",
     ];
     for (i, cmd) in script.iter().enumerate() {
         h.cmd(cmd);
         let kv = kv_of(&h);
-        assert_eq!(kv.db.used(), kv.db.recount(), "after {cmd} (#{i})");
+        for db in &kv.dbs {
+            assert_eq!(db.used(), db.recount(), "after {cmd} (#{i})");
+        }
+        // The live figure (session state included) equals the restored one.
+        assert_eq!(
+            h.rt.service().memory_bytes(),
+            kv.memory_bytes(),
+            "after {cmd} (#{i})"
+        );
     }
+    h.cmd("UNSUBSCRIBE");
+    h.cmd("SELECT 0");
     // Expiry (purge at a later log time) releases what it removes.
     h.now += 5_000;
     h.cmd("PING");
     let kv = kv_of(&h);
-    assert_eq!(kv.db.used(), kv.db.recount());
-    assert!(kv.db.used() > 0);
+    assert_eq!(kv.dbs[0].used(), kv.dbs[0].recount());
+    assert!(kv.dbs[0].used() > 0);
     h.cmd("FLUSHALL");
-    assert_eq!(kv_of(&h).db.used(), 0);
+    assert!(kv_of(&h).dbs.iter().all(|db| db.used() == 0));
 }
 
-fn kv_of(h: &H) -> Kv {
+pub(crate) fn kv_of(h: &H) -> Kv {
     Kv::restore(&h.rt.service().snapshot()).unwrap()
 }
 
