@@ -356,6 +356,9 @@ pub struct Replica {
     /// Peers that may not know this incarnation, with the announcement
     /// rounds left for each (not counted down while restoring).
     announce_left: BTreeMap<u16, u32>,
+    /// Peers seen with a new incarnation (they may be restoring), with the
+    /// appends left to send them once caught up (see `nudge`).
+    nudges_left: BTreeMap<u16, u32>,
     /// The latest incarnation heard of for each other slot: raft messages are
     /// sealed to it.
     peer_incarnations: BTreeMap<u16, u64>,
@@ -467,6 +470,7 @@ impl Replica {
             restoring,
             restore_term: cfg.hard_state.term,
             votes_abstained: 0,
+            nudges_left: BTreeMap::new(),
             announce_left: if restoring {
                 cfg.slots
                     .iter()
@@ -619,6 +623,7 @@ impl Replica {
         self.snap_tx.cancel(old);
         // The new process has not heard of this one.
         self.heard_from.remove(&from.slot);
+        self.nudges_left.insert(from.slot, ANNOUNCE_ROUNDS);
         self.announce_left.insert(from.slot, ANNOUNCE_ROUNDS);
         if self.raw.raft.state == StateRole::Leader {
             let last = self.raw.raft.raft_log.last_index();
@@ -741,11 +746,41 @@ impl Replica {
         }
         if acknowledges && self.raw.raft.state == StateRole::Leader {
             self.record_ack(from);
+            self.nudge(from);
         }
         if self.restoring && ty == MessageType::MsgAppend {
             self.check_restored(leader_commit);
         }
         self.redraw_election_timeout();
+    }
+
+    /// On the leader: a peer that may be restoring and holds everything
+    /// committed is sent an append anyway, even with no entry in it: the
+    /// append carries the whole commit index (a heartbeat carries at most
+    /// what the peer has matched), which is what lets it stop restoring in
+    /// an idle group (`check_restored`).
+    fn nudge(&mut self, from: u64) {
+        let Some(slot) = slot_of_raft_id(from) else {
+            return;
+        };
+        let Some(left) = self.nudges_left.get_mut(&slot) else {
+            return;
+        };
+        let committed = self.raw.raft.raft_log.committed;
+        let caught_up = self
+            .raw
+            .raft
+            .prs()
+            .get(from)
+            .is_some_and(|p| p.matched >= committed);
+        if !caught_up {
+            return;
+        }
+        *left -= 1;
+        if *left == 0 {
+            self.nudges_left.remove(&slot);
+        }
+        self.raw.raft.send_append(from);
     }
 
     fn record_ack(&mut self, from: u64) {
@@ -787,13 +822,11 @@ impl Replica {
     /// On the leader: the caller's clock (see [`Replica::set_clock`]) at the
     /// latest moment by which a majority of the voters (this node counts
     /// itself) had acknowledged this term's leadership — an append or
-    /// heartbeat response of this term, nothing else (no vote, no other
-    /// envelope). Until then, and on any other role, `None`. A follower
-    /// that acknowledged at time t does not grant a vote before
-    /// t + `election_tick` ticks (check-quorum's leader lease in raft-rs),
-    /// so a leader that lets its lease lapse `LEASE` after this time, with
-    /// `LEASE` shorter than the election timeout, is never overlapped by a
-    /// successor.
+    /// heartbeat response of this term, nothing else (no vote, no
+    /// announcement, no snapshot-stream reply). Until a majority has, and on
+    /// any other role, `None`. The node's lease is dated from it
+    /// (docs/membership.md, "The lease"): past it, nothing proves a quorum
+    /// still follows this leader.
     pub fn quorum_acked_at(&self) -> Option<u64> {
         if self.raw.raft.state != StateRole::Leader {
             return None;
