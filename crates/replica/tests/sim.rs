@@ -554,6 +554,7 @@ impl Sim {
                 continue;
             }
             if let Some(r) = self.nodes.get_mut(&pkt.to).unwrap().replica.as_mut() {
+                r.set_clock(self.now);
                 let _ = r.receive(&pkt.bytes);
             }
             self.pump();
@@ -1287,4 +1288,166 @@ fn a_restarted_node_gets_a_many_chunk_snapshot_through_a_lossy_network() {
     assert!(sim.replica(3).status().snapshot_stream.received >= 1);
     sim.final_check();
     assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+}
+
+/// Rule 5 of docs/membership.md: the first envelope from a new incarnation
+/// makes the leader forget what the dead one acknowledged.
+#[test]
+fn a_leader_forgets_what_a_dead_incarnation_acknowledged() {
+    let mut sim = quiet_cluster(Faults::default());
+    for i in 0..20u8 {
+        sim.propose(1, vec![i]).unwrap();
+    }
+    sim.run(10);
+    let matched = |sim: &mut Sim, id: NodeId| sim.replica(1).status().matched.get(&id).copied();
+    let before = matched(&mut sim, NodeId::new(2, 1)).unwrap();
+    assert!(before > 2, "{before}");
+    sim.crash(2);
+    sim.start(2);
+    // 2.2 announces itself; hand its announcement to the leader directly.
+    sim.replica(2).tick();
+    let out = sim.replica(2).ready();
+    let to_leader = out
+        .messages
+        .iter()
+        .find(|(to, _)| to.slot == 1)
+        .map(|(_, b)| b.clone())
+        .expect("a restarted node announces itself");
+    sim.replica(1).receive(&to_leader).unwrap();
+    assert_eq!(matched(&mut sim, NodeId::new(2, 2)), Some(0));
+    assert!(sim.replica(2).is_restoring());
+    // It catches up for real, and stops restoring.
+    sim.run(100);
+    assert_eq!(matched(&mut sim, NodeId::new(2, 2)), Some(before));
+    assert!(!sim.replica(2).is_restoring());
+    sim.final_check();
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+}
+
+/// Five nodes; 2 acknowledges X and restarts empty; the leader, not yet
+/// knowing, counts that old acknowledgement with 3's and commits X, held
+/// now by 1 and 3 only; then 1 dies. 4 and 5 lack X: they would elect one
+/// of themselves with the vote of 2's empty log. 2 abstains, so only 3 (with
+/// X) can win, and nothing is lost.
+#[test]
+fn a_commit_counted_on_a_forgotten_acknowledgement_survives_the_leaders_death() {
+    let mut sim = Sim::with_slots(5, Faults::default(), 5);
+    sim.replica(1).campaign();
+    sim.run(50);
+    assert_eq!(sim.leader(), Some(1));
+    for s in [3, 4, 5] {
+        sim.isolate(s);
+    }
+    let x = sim.propose(1, b"X".to_vec()).unwrap();
+    sim.run(3);
+    assert!(!sim.acked.contains_key(&x), "1 and 2 are no majority of 5");
+    let x_index = sim.replica(2).log().last();
+    sim.crash(2);
+    sim.start(2);
+    sim.cut.push((1, 2)); // 2.2 cannot tell the leader yet
+    sim.cut.retain(|&c| c != (1, 3));
+    // Quickly, before check-quorum deposes a leader that hears from 2 of 5.
+    for _ in 0..12 {
+        if sim.acked.contains_key(&x) {
+            break;
+        }
+        sim.step();
+    }
+    assert!(sim.acked.contains_key(&x), "committed by 1, 2 (old ack) and 3");
+    let holders: Vec<u16> = [3, 4, 5]
+        .into_iter()
+        .filter(|&s| sim.replica(s).log().last() >= x_index)
+        .collect();
+    assert_eq!(holders, [3], "X is on 1 and 3 only");
+    sim.crash(1);
+    sim.heal();
+    // 4 (without X) stands first: 5 and an empty 2 would elect it.
+    sim.replica(4).campaign();
+    sim.run(2000);
+    assert_eq!(sim.leader(), Some(3), "only 3 holds X");
+    assert!(sim.replica(2).status().votes_abstained > 0);
+    sim.propose(3, b"after".to_vec()).unwrap();
+    sim.run(100);
+    assert!(!sim.replica(2).is_restoring());
+    sim.final_check();
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+    let log2: Vec<_> = sim.nodes[&2].app.applied.iter().map(|e| e.1).collect();
+    assert!(log2.contains(&x));
+}
+
+/// The term and the vote survive a restart (rule 3), and a restarted node
+/// never takes part in an election until it has caught up (rule 4): here
+/// an idle group, where only the leader's nudge carries the commit index.
+#[test]
+fn a_restarted_node_keeps_its_term_and_abstains_until_caught_up_even_when_idle() {
+    let mut sim = quiet_cluster(Faults::default());
+    sim.propose(1, b"a".to_vec()).unwrap();
+    sim.run(10);
+    // Two elections (leadership there and back) raise the term; 2 votes in
+    // the second for 1.
+    sim.replica(1).transfer_leader(NodeId::new(2, 1));
+    sim.run(20);
+    assert_eq!(sim.leader(), Some(2));
+    sim.replica(2).transfer_leader(NodeId::new(1, 1));
+    sim.run(20);
+    assert_eq!(sim.leader(), Some(1));
+    let term = sim.replica(2).term();
+    assert!(term >= 3, "{term}");
+    assert_eq!(
+        sim.nodes[&2].disk,
+        tandem_replica::HardState {
+            term,
+            vote: NodeId::new(1, 1).raft_id()
+        }
+    );
+    sim.crash(2);
+    sim.start(2);
+    assert_eq!(sim.replica(2).term(), term);
+    assert!(sim.replica(2).is_restoring());
+    assert!(!sim.replica(2).status().voters.contains(&NodeId::new(2, 2)));
+    // No client writes: the group is idle.
+    sim.run(200);
+    assert!(!sim.replica(2).is_restoring());
+    assert_eq!(sim.restores, 1);
+    assert!(sim.healthy());
+    sim.final_check();
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+}
+
+/// Item 5: the lease is dated by acknowledgements of this term's leadership
+/// only, and stops moving when the leader is cut off.
+#[test]
+fn the_lease_dates_from_quorum_acknowledgements_of_this_term() {
+    let mut sim = quiet_cluster(Faults::default());
+    sim.run(20);
+    let acked = sim.replica(1).quorum_acked_at().expect("a quorum follows");
+    assert!(sim.now - acked <= 4, "{} vs {acked}", sim.now);
+    assert_eq!(sim.replica(2).quorum_acked_at(), None, "only a leader has one");
+    // 3 cut off: 2's answers alone keep it fresh (1 and 2 are a majority).
+    sim.isolate(3);
+    sim.run(20);
+    let acked = sim.replica(1).quorum_acked_at().unwrap();
+    assert!(sim.now - acked <= 4);
+    // The leader cut off from both: it stops moving, whatever else comes.
+    sim.heal();
+    sim.isolate(1);
+    let cut_at = sim.now;
+    sim.run(5);
+    let frozen = sim.replica(1).quorum_acked_at();
+    assert!(frozen.is_some_and(|a| a <= cut_at + 1), "{frozen:?}");
+    // A pre-vote request from 2 reaches the leader: it is no acknowledgement.
+    sim.replica(2).campaign();
+    let out = sim.replica(2).ready();
+    sim.replica(2).advance();
+    for (to, bytes) in out.messages {
+        if to.slot == 1 {
+            let now = sim.now;
+            sim.replica(1).set_clock(now);
+            let _ = sim.replica(1).receive(&bytes);
+        }
+    }
+    assert_eq!(sim.replica(1).quorum_acked_at(), frozen);
+    // Deposed by check-quorum: no lease at all.
+    sim.run(100);
+    assert_eq!(sim.replica(1).quorum_acked_at(), None);
 }
