@@ -18,9 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use raft::eraftpb::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
-};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
 use crate::envelope::{Body, EnvelopeError, EnvelopeStats, Inbox, Keyring, Outbox};
@@ -238,6 +236,8 @@ pub struct Status {
     pub snapshot_index: u64,
     /// Voters that take part in elections, as (slot, latest incarnation
     /// heard of), sorted: every slot, except this node while it restores.
+    /// (A follower learns a peer's new incarnation from its announcements,
+    /// or when it next sends to it.)
     pub voters: Vec<NodeId>,
     /// This node while it restores (a voter that abstains until it has
     /// caught up, docs/membership.md), else empty.

@@ -332,8 +332,9 @@ impl Sim {
         if let Some(hs) = out.hard_state {
             let disk = &mut self.nodes.get_mut(&slot).unwrap().disk;
             if hs.term < disk.term {
-                self.violations
-                    .push(format!("slot {slot}: hard state went back from {disk:?} to {hs:?}"));
+                self.violations.push(format!(
+                    "slot {slot}: hard state went back from {disk:?} to {hs:?}"
+                ));
             }
             *disk = hs;
         }
@@ -388,14 +389,13 @@ impl Sim {
             }
             n.app.applied.push(((index, sub), proposal, data));
             n.applied_since_compact += 1;
-            if proposal.proposer == me {
-                if self
+            if proposal.proposer == me
+                && self
                     .acked
                     .insert(proposal, (index, sub, term, out.term))
                     .is_none()
-                {
-                    self.acked_order.push(proposal);
-                }
+            {
+                self.acked_order.push(proposal);
             }
         }
         let n = self.nodes.get_mut(&slot).unwrap();
@@ -503,11 +503,10 @@ impl Sim {
     /// `any_failures_never_lose_a_commit` for what still holds then).
     fn crash_allowed(&self) -> bool {
         self.faults.any_failures
-            || self.nodes.values().all(|n| {
-                n.replica
-                    .as_ref()
-                    .is_some_and(|r| !r.is_restoring())
-            })
+            || self
+                .nodes
+                .values()
+                .all(|n| n.replica.as_ref().is_some_and(|r| !r.is_restoring()))
     }
 
     /// Liveness: while a majority of the slots is alive, not restoring and
@@ -528,7 +527,12 @@ impl Sim {
         // most one slot is isolated at a time in these schedules).
         let connected = able
             .iter()
-            .filter(|&&a| able.iter().filter(|&&b| a != b && self.is_cut(a, b)).count() == 0)
+            .filter(|&&a| {
+                able.iter()
+                    .filter(|&&b| a != b && self.is_cut(a, b))
+                    .count()
+                    == 0
+            })
             .count();
         let majority = self.slots.len() / 2 + 1;
         let progressed = self.acked.len() > self.acked_seen;
@@ -627,23 +631,32 @@ impl Sim {
         }
     }
 
-    /// The cluster is whole: every slot alive, a leader, no replica
-    /// restoring, and every replica knows every other one's current
-    /// incarnation (its status lists exactly the live processes as voters).
+    /// The cluster is whole: every slot alive, a leader that knows every
+    /// live process (its status lists exactly them as voters), and every
+    /// replica votes (not restoring) with every slot as a voter. (A
+    /// follower may name an earlier incarnation of a peer it never had to
+    /// send to: it learns the new one when it does, see `receive`.)
     fn healthy(&self) -> bool {
-        if self.leader().is_none() {
+        let Some(leader) = self.leader() else {
             return false;
-        }
+        };
         let live: Vec<NodeId> = self
             .nodes
             .values()
             .filter_map(|n| n.replica.as_ref().map(|r| r.id()))
             .collect();
         live.len() == self.slots.len()
+            && self.nodes[&leader]
+                .replica
+                .as_ref()
+                .unwrap()
+                .status()
+                .voters
+                == live
             && self.nodes.values().all(|n| {
                 let st = n.replica.as_ref().unwrap().status();
                 !st.restoring
-                    && st.voters == live
+                    && st.voters.iter().map(|v| v.slot).collect::<Vec<_>>() == self.slots
                     && st.learners.is_empty()
                     && st.voters_outgoing.is_empty()
             })
@@ -1373,7 +1386,10 @@ fn a_commit_counted_on_a_forgotten_acknowledgement_survives_the_leaders_death() 
         }
         sim.step();
     }
-    assert!(sim.acked.contains_key(&x), "committed by 1, 2 (old ack) and 3");
+    assert!(
+        sim.acked.contains_key(&x),
+        "committed by 1, 2 (old ack) and 3"
+    );
     let holders: Vec<u16> = [3, 4, 5]
         .into_iter()
         .filter(|&s| sim.replica(s).log().last() >= x_index)
@@ -1442,7 +1458,11 @@ fn the_lease_dates_from_quorum_acknowledgements_of_this_term() {
     sim.run(20);
     let acked = sim.replica(1).quorum_acked_at().expect("a quorum follows");
     assert!(sim.now - acked <= 4, "{} vs {acked}", sim.now);
-    assert_eq!(sim.replica(2).quorum_acked_at(), None, "only a leader has one");
+    assert_eq!(
+        sim.replica(2).quorum_acked_at(),
+        None,
+        "only a leader has one"
+    );
     // 3 cut off: 2's answers alone keep it fresh (1 and 2 are a majority).
     sim.isolate(3);
     sim.run(20);
