@@ -785,6 +785,15 @@ impl Inbox {
     }
 }
 
+/// The sender named in an envelope's header, unchecked. Meaningful only
+/// for an envelope that [`Inbox::open`] refused as
+/// [`EnvelopeError::StaleIncarnation`]: the tag is verified before the
+/// recipient, so that sender is authentic (it sealed to a dead incarnation
+/// of this node because it has not heard of this one yet).
+pub fn sender_of(bytes: &[u8]) -> Option<NodeId> {
+    Header::parse(bytes).ok().map(|h| h.from)
+}
+
 /// The sending side of one node: numbers and seals envelopes. One counter
 /// for all recipients, so a sequence number (the nonce) is never used twice
 /// in an incarnation, whatever key it is sealed under.

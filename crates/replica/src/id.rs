@@ -1,27 +1,32 @@
 //! Node identity: (slot, incarnation), and the incarnation file bumped at
 //! every start.
 //!
-//! docs/architecture.md §3.8: the log lives in memory, so a restarted process has forgotten
-//! entries it may have acknowledged. It must therefore never come back as the
-//! voter it was: its Raft id includes an incarnation that grows at every start
-//! and is fsynced before the process talks to anyone.
+//! docs/architecture.md §3.8 and docs/membership.md: the log lives in memory, so a
+//! restarted process has forgotten entries it may have acknowledged. Its
+//! Raft identity is its slot, stable across restarts (the voter set never
+//! changes when a node restarts); the incarnation, which grows at every start
+//! and is fsynced before the process talks to anyone, tells its peers that
+//! the process behind the slot is new: envelopes are keyed by it, and a
+//! leader that sees a new incarnation forgets what the old one acknowledged.
 
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Bits of the Raft id that hold the incarnation (the slot takes the rest).
+/// Bits of [`NodeId::packed`] that hold the incarnation (the slot takes the
+/// rest).
 pub const INCARNATION_BITS: u32 = 48;
 /// The largest incarnation that fits in a Raft id.
 pub const MAX_INCARNATION: u64 = (1 << INCARNATION_BITS) - 1;
 /// The incarnation every founding member of a cluster has: the nodes of a
 /// fresh cluster all start at 1 and bootstrap together; any higher
-/// incarnation is a restart and joins as a learner.
+/// incarnation is a restart, which abstains from elections until it has
+/// caught up (docs/membership.md).
 pub const FIRST_INCARNATION: u64 = 1;
 /// Incarnation 0 never names a process; in an envelope's destination it means
 /// "whichever incarnation holds the slot" and is accepted only for join
-/// requests (a restarted node does not know its peers' incarnations).
+/// announcements (a restarted node does not know its peers' incarnations).
 pub const ANY_INCARNATION: u64 = 0;
 
 /// A node's identity: the slot it occupies in the cluster (its place in the
@@ -41,20 +46,38 @@ impl NodeId {
         Self { slot, incarnation }
     }
 
-    /// The u64 id raft-rs knows the node by: slot in the high 16 bits,
-    /// incarnation in the low 48. Never 0 for a real process (incarnations
-    /// start at 1), which raft-rs reserves for "no node".
+    /// The u64 id raft-rs knows the node by: its slot, plus one (raft-rs
+    /// reserves 0 for "no node"). The same for every incarnation of the
+    /// slot: a restart does not change the voter set.
     pub fn raft_id(self) -> u64 {
+        raft_id_of_slot(self.slot)
+    }
+
+    /// The id packed in one u64 (slot in the high 16 bits, incarnation in the
+    /// low 48), as log entries name their proposer. Never 0 for a real
+    /// process (incarnations start at 1).
+    pub fn packed(self) -> u64 {
         (u64::from(self.slot) << INCARNATION_BITS) | (self.incarnation & MAX_INCARNATION)
     }
 
-    /// The inverse of [`NodeId::raft_id`].
-    pub fn from_raft_id(id: u64) -> Self {
+    /// The inverse of [`NodeId::packed`].
+    pub fn from_packed(id: u64) -> Self {
         Self {
             slot: (id >> INCARNATION_BITS) as u16,
             incarnation: id & MAX_INCARNATION,
         }
     }
+}
+
+/// The raft-rs id of `slot` (see [`NodeId::raft_id`]).
+pub fn raft_id_of_slot(slot: u16) -> u64 {
+    u64::from(slot) + 1
+}
+
+/// The slot a raft-rs id names (the inverse of [`raft_id_of_slot`]; 0, "no
+/// node", has none).
+pub fn slot_of_raft_id(id: u64) -> Option<u16> {
+    id.checked_sub(1).and_then(|s| u16::try_from(s).ok())
 }
 
 impl fmt::Display for NodeId {
@@ -115,14 +138,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn raft_id_round_trips() {
+    fn ids_round_trip() {
         for (slot, inc) in [(0, 1), (1, 1), (7, 42), (u16::MAX, MAX_INCARNATION)] {
             let id = NodeId::new(slot, inc);
             assert_ne!(id.raft_id(), 0);
-            assert_eq!(NodeId::from_raft_id(id.raft_id()), id);
+            assert_ne!(id.packed(), 0);
+            assert_eq!(NodeId::from_packed(id.packed()), id);
+            assert_eq!(slot_of_raft_id(id.raft_id()), Some(slot));
         }
-        // Same slot, later incarnation: a different raft id.
-        assert_ne!(NodeId::new(2, 1).raft_id(), NodeId::new(2, 2).raft_id());
+        assert_eq!(slot_of_raft_id(0), None);
+        // Same slot, later incarnation: the same voter, a different process.
+        assert_eq!(NodeId::new(2, 1).raft_id(), NodeId::new(2, 2).raft_id());
+        assert_ne!(NodeId::new(2, 1).packed(), NodeId::new(2, 2).packed());
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! Sans-I/O replication for tandem (docs/architecture.md §3.8): raft-rs driven by the
-//! node's event loop, an in-memory log, (slot, incarnation) identities and an
+//! node's event loop, an in-memory log, stable voter slots with an
+//! incarnation per process, a persisted hard state (term and vote), and an
 //! authenticated, replay-protected envelope for every message between nodes.
+//! The membership and lease arguments are in docs/membership.md.
 //!
 //! Nothing here reads clocks, spawns threads or touches sockets: the caller
 //! passes ticks in and carries bytes out, which is what lets the simulation
 //! tests (`tests/sim.rs`) run a whole cluster deterministically in one
 //! process.
 //!
-//! - [`id`]: [`NodeId`] = (slot, incarnation), packed into raft's u64 id;
+//! - [`id`]: [`NodeId`] = (slot, incarnation); raft knows a node by its slot;
 //!   [`bump_incarnation`] reads, bumps and fsyncs the incarnation file at
 //!   every start.
+//! - [`hard_state`]: [`HardState`] (term, vote), loaded at start and saved
+//!   (fsync) whenever [`Output::hard_state`] says it changed.
 //! - [`storage`]: [`MemLog`], the in-memory `raft::Storage`, whose snapshots
 //!   carry the application's bytes.
 //! - [`envelope`]: [`Outbox`]/[`Inbox`] seal and open envelopes
@@ -17,8 +21,9 @@
 //! - [`snapshot_stream`]: snapshots sent in acknowledged chunks, so a
 //!   state of any size reaches a restarted node through small frames.
 //! - [`replica`]: [`Replica`], the driver: `tick`, `receive`, `propose`,
-//!   `ready` → [`Output`], `advance`, `transfer_leader`, `compact`; it also
-//!   admits restarted nodes as learners and swaps them in.
+//!   `ready` → [`Output`], `advance`, `transfer_leader`, `compact`; a
+//!   restarted node abstains from elections until it has caught up, and
+//!   [`Replica::quorum_acked_at`] dates the leader's lease.
 //!
 //! A one-node group, start to commit:
 //!
@@ -45,6 +50,7 @@
 #![deny(missing_docs)]
 
 pub mod envelope;
+pub mod hard_state;
 pub mod id;
 pub mod replica;
 pub mod snapshot_stream;
@@ -53,6 +59,7 @@ pub mod storage;
 pub use envelope::{
     Body, ClusterKey, EnvelopeError, EnvelopeStats, Inbox, Keyring, Opened, Outbox, ReplayWindow,
 };
+pub use hard_state::{load_hard_state, save_hard_state, HardState};
 pub use id::{bump_incarnation, NodeId};
 pub use raft::StateRole;
 pub use replica::{

@@ -8,21 +8,22 @@
 //! is returned: a message that acknowledges an entry never leaves before the
 //! entry is in this process's log.
 //!
-//! Membership is managed here too, because docs/architecture.md §3.8 makes it part of
-//! safety: a restarted node (a new incarnation, empty log) asks to join; the
-//! leader adds it as a learner; once it has caught up, the leader swaps it in
-//! for its slot's dead incarnation with one joint configuration change.
+//! Membership is part of safety here (docs/architecture.md §3.8, docs/membership.md): the
+//! voters are the configured slots and never change. A restarted node (a new
+//! incarnation, empty log, its term and vote read back from disk) is a voter
+//! that *abstains* — it neither votes nor campaigns — until it has caught up
+//! from a leader of a term at least its persisted one; a leader that sees a
+//! new incarnation of a slot forgets what the old one acknowledged. No
+//! configuration change is ever needed on a restart, so none can stall.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use raft::eraftpb::{
-    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
-    Entry, EntryType, Message, MessageType,
-};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
 use crate::envelope::{Body, EnvelopeError, EnvelopeStats, Inbox, Keyring, Outbox};
-use crate::id::{NodeId, ANY_INCARNATION, FIRST_INCARNATION};
+use crate::hard_state::HardState;
+use crate::id::{raft_id_of_slot, slot_of_raft_id, NodeId, ANY_INCARNATION, FIRST_INCARNATION};
 use crate::snapshot_stream::{
     SnapshotReceiver, SnapshotSender, StreamConfig, StreamMsg, StreamStats, TransferEnd,
 };
@@ -33,6 +34,11 @@ use crate::storage::MemLog;
 /// The library never reads a clock; this is the interval the defaults below
 /// are designed for.
 pub const DEFAULT_TICK_MS: u64 = 10;
+
+/// Announcement rounds (one per `join_retry_ticks`) sent to a peer that may
+/// not know this incarnation, until it sends this incarnation something
+/// (not counted while restoring).
+const ANNOUNCE_ROUNDS: u32 = 10;
 
 /// Configuration of one replica.
 #[derive(Debug, Clone)]
@@ -72,14 +78,15 @@ pub struct Config {
     /// its loop for a quarter of a second and missed its own heartbeats.
     /// In steady state one append per follower per `ready` is in flight.
     pub max_inflight_msgs: usize,
-    /// A caught-up learner replacing a dead incarnation is swapped in once
-    /// its log is at most this many entries behind the commit index
-    /// (default 8). Safety does not depend on it; it only avoids promoting a
-    /// voter that would stall commits while it catches up.
-    pub swap_max_lag: u64,
-    /// Ticks between join requests while this node is not a member yet
-    /// (default: `election_tick`).
+    /// Ticks between announcements of this incarnation (a join envelope to
+    /// the slot's "any" incarnation) to each peer that has not yet sent this
+    /// incarnation anything (default 15): until a peer knows the new
+    /// incarnation, what it seals is addressed to the dead one and refused.
     pub join_retry_ticks: usize,
+    /// The hard state the previous incarnation of this slot persisted
+    /// (`Output::hard_state`, see [`crate::hard_state`]); zero at the first
+    /// start. A restarted node must never start from an older one.
+    pub hard_state: HardState,
     /// How snapshots are streamed to lagging and new replicas: chunk size,
     /// window, retry and idle timeouts (in ticks) and the largest snapshot
     /// accepted (see [`StreamConfig`] for the defaults).
@@ -102,8 +109,8 @@ impl Config {
             max_batch_payloads: 1024,
             max_size_per_msg: 256 << 10,
             max_inflight_msgs: 16,
-            swap_max_lag: 8,
             join_retry_ticks: 15,
+            hard_state: HardState::default(),
             snapshot_stream: StreamConfig::default(),
             seed: id.raft_id(),
         }
@@ -189,8 +196,13 @@ pub struct Output {
     /// added after it, or a replica lags behind it): the application should
     /// call [`Replica::compact`] at its applied index soon.
     pub snapshot_wanted: bool,
-    /// Configuration changes applied, with their index.
+    /// Configuration changes applied, with their index (none since voters
+    /// are stable slots; kept for a log written by an older version).
     pub conf_changes: Vec<(u64, ConfState)>,
+    /// The term or the vote changed: write it durably (see
+    /// [`crate::hard_state::save_hard_state`]) *before* sending `messages`,
+    /// which may depend on it (a vote, an answer in the new term).
+    pub hard_state: Option<HardState>,
     /// The role now.
     pub role: StateRole,
     /// True if the role changed since the previous `ready`.
@@ -222,9 +234,13 @@ pub struct Status {
     pub log: (u64, u64),
     /// Index of the current snapshot.
     pub snapshot_index: u64,
-    /// Voters (incoming configuration), sorted.
+    /// Voters that take part in elections, as (slot, latest incarnation
+    /// heard of), sorted: every slot, except this node while it restores.
+    /// (A follower learns a peer's new incarnation from its announcements,
+    /// or when it next sends to it.)
     pub voters: Vec<NodeId>,
-    /// Learners, sorted.
+    /// This node while it restores (a voter that abstains until it has
+    /// caught up, docs/membership.md), else empty.
     pub learners: Vec<NodeId>,
     /// The outgoing voters while in a joint configuration (empty otherwise).
     pub voters_outgoing: Vec<NodeId>,
@@ -236,6 +252,10 @@ pub struct Status {
     pub snapshot_stream: StreamStats,
     /// Bytes held by a partly received snapshot.
     pub snapshot_receiving_bytes: usize,
+    /// True while this restarted node abstains (see `learners`).
+    pub restoring: bool,
+    /// Vote requests this node ignored while restoring.
+    pub votes_abstained: u64,
 }
 
 /// A small deterministic PRNG (SplitMix64) for election timeouts.
@@ -254,7 +274,7 @@ impl SplitMix64 {
 
 const BATCH_VERSION: u8 = 1;
 
-/// Batch entry format: `version u8 | proposer raft id u64 | first seq u64 |
+/// Batch entry format: `version u8 | proposer (NodeId::packed) u64 | first seq u64 |
 /// count u32 | (len u32 | bytes)*`. Several payloads per entry is the
 /// batching unit: under load the event loop drains many captured packets,
 /// proposes each, and one `ready` turns them into one entry, one append and
@@ -263,7 +283,7 @@ fn encode_batch(proposer: NodeId, first_seq: u64, payloads: &[Vec<u8>]) -> Vec<u
     let len: usize = payloads.iter().map(|p| 4 + p.len()).sum();
     let mut out = Vec::with_capacity(21 + len);
     out.push(BATCH_VERSION);
-    out.extend_from_slice(&proposer.raft_id().to_be_bytes());
+    out.extend_from_slice(&proposer.packed().to_be_bytes());
     out.extend_from_slice(&first_seq.to_be_bytes());
     out.extend_from_slice(&(payloads.len() as u32).to_be_bytes());
     for p in payloads {
@@ -280,7 +300,7 @@ fn decode_batch(data: &[u8]) -> Option<Batch<'_>> {
     if *data.first()? != BATCH_VERSION {
         return None;
     }
-    let proposer = NodeId::from_raft_id(u64::from_be_bytes(take(1, 8)?.try_into().ok()?));
+    let proposer = NodeId::from_packed(u64::from_be_bytes(take(1, 8)?.try_into().ok()?));
     let first_seq = u64::from_be_bytes(take(9, 8)?.try_into().ok()?);
     let count = u32::from_be_bytes(take(17, 4)?.try_into().ok()?);
     let mut at = 21;
@@ -305,7 +325,7 @@ pub struct Replica {
     batch_bytes: usize,
     batch_first_seq: u64,
     next_seq: u64,
-    /// Messages produced outside raft (join requests), sent at next `ready`.
+    /// Messages produced outside raft (announcements), sent at next `ready`.
     extra: Vec<(NodeId, Body)>,
     dropped: Vec<ProposalId>,
     /// Configuration in force after each applied configuration change, by
@@ -336,6 +356,32 @@ pub struct Replica {
     snap_tx: SnapshotSender,
     snap_rx: SnapshotReceiver,
     snap_stats: StreamStats,
+    /// True while this restarted node abstains from elections (it has not
+    /// caught up from a leader of a term >= `restore_term` yet).
+    restoring: bool,
+    /// The term persisted by the previous incarnation.
+    restore_term: u64,
+    votes_abstained: u64,
+    /// Peers that may not know this incarnation, with the announcement
+    /// rounds left for each (not counted down while restoring).
+    announce_left: BTreeMap<u16, u32>,
+    /// Peers seen with a new incarnation (they may be restoring), with the
+    /// appends left to send them once caught up (see `nudge`).
+    nudges_left: BTreeMap<u16, u32>,
+    /// The latest incarnation heard of for each other slot: raft messages are
+    /// sealed to it.
+    peer_incarnations: BTreeMap<u16, u64>,
+    /// Peers that have sent this incarnation something (so they know it).
+    heard_from: std::collections::BTreeSet<u16>,
+    /// The hard state last handed out for persisting.
+    persisted: HardState,
+    /// The caller's clock (see [`Replica::set_clock`]).
+    clock: u64,
+    /// On the leader: when each peer last acknowledged this term's
+    /// leadership (append or heartbeat response of this term), by the
+    /// caller's clock; for the term `acks_term`.
+    acks: BTreeMap<u16, u64>,
+    acks_term: u64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -354,18 +400,21 @@ fn role_code(r: StateRole) -> u8 {
 }
 
 impl Replica {
-    /// Starts a replica. Incarnation [`FIRST_INCARNATION`] bootstraps as a
-    /// founding voter of `cfg.slots`; any later incarnation starts empty and
-    /// asks to join (it is a restart: it forgot its log).
+    /// Starts a replica. Every node starts from the same bootstrap (index 1,
+    /// the voters = every slot, the service's initial state). Incarnation
+    /// [`FIRST_INCARNATION`] is a founding voter; any later incarnation is a
+    /// restart: it forgot its log, takes its term and vote from
+    /// `cfg.hard_state`, and abstains from elections until it has caught up
+    /// (docs/membership.md).
     ///
     /// Two consequences of the in-memory log, by design: if every node of a
-    /// group restarts at once, no one holds the log and the joiners wait
-    /// forever (the group must be re-created, incarnation files removed on
-    /// all nodes together); and the incarnation file must survive a restart
-    /// — a node whose file is lost would come back as incarnation 1, the
-    /// voter that may have acknowledged entries. Peers then refuse it only
-    /// while they remember a later incarnation of its slot
-    /// ([`EnvelopeError::StaleSender`]).
+    /// group restarts at once, no one holds the log and every node abstains
+    /// forever (the group must be re-created, incarnation and hard-state
+    /// files removed on all nodes together); and the incarnation and
+    /// hard-state files must survive a restart — a node whose files are lost
+    /// would come back as a founding voter that may have acknowledged
+    /// entries. Peers then refuse it only while they remember a later
+    /// incarnation of its slot ([`EnvelopeError::StaleSender`]).
     pub fn new(cfg: Config, key: impl Into<Keyring>) -> Result<Self, InitError> {
         let key: Keyring = key.into();
         if !cfg.slots.contains(&cfg.id.slot) {
@@ -375,20 +424,19 @@ impl Replica {
             .validate()
             .map_err(InitError::SnapshotStream)?;
         let mut conf_history = BTreeMap::new();
-        let store = if cfg.id.incarnation == FIRST_INCARNATION {
-            let cs = ConfState {
-                voters: cfg
-                    .slots
-                    .iter()
-                    .map(|&s| NodeId::new(s, FIRST_INCARNATION).raft_id())
-                    .collect(),
-                ..Default::default()
-            };
-            conf_history.insert(1, cs.clone());
-            MemLog::bootstrap(cs)
-        } else {
-            MemLog::new()
+        let cs = ConfState {
+            voters: cfg.slots.iter().map(|&s| raft_id_of_slot(s)).collect(),
+            ..Default::default()
         };
+        conf_history.insert(1, cs.clone());
+        let mut store = MemLog::bootstrap(cs);
+        let restoring = cfg.id.incarnation != FIRST_INCARNATION;
+        if restoring {
+            let mut hs = store.hard_state().clone();
+            hs.term = hs.term.max(cfg.hard_state.term);
+            hs.vote = cfg.hard_state.vote;
+            store.set_hard_state(hs);
+        }
         let applied = store.snapshot_ref().get_metadata().index;
         let rc = raft::Config {
             id: cfg.id.raft_id(),
@@ -432,6 +480,30 @@ impl Replica {
             snap_tx: SnapshotSender::new(cfg.snapshot_stream),
             snap_rx: SnapshotReceiver::new(cfg.snapshot_stream, cfg.id),
             snap_stats: StreamStats::default(),
+            restoring,
+            restore_term: cfg.hard_state.term,
+            votes_abstained: 0,
+            nudges_left: BTreeMap::new(),
+            announce_left: if restoring {
+                cfg.slots
+                    .iter()
+                    .filter(|&&s| s != cfg.id.slot)
+                    .map(|&s| (s, ANNOUNCE_ROUNDS))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
+            peer_incarnations: cfg
+                .slots
+                .iter()
+                .filter(|&&s| s != cfg.id.slot)
+                .map(|&s| (s, FIRST_INCARNATION))
+                .collect(),
+            heard_from: Default::default(),
+            persisted: cfg.hard_state,
+            clock: 0,
+            acks: BTreeMap::new(),
+            acks_term: 0,
             raw,
             cfg,
         };
@@ -462,14 +534,19 @@ impl Replica {
         self.raw.raft.set_randomized_election_timeout(t as usize);
     }
 
-    fn is_member(&self) -> bool {
-        let me = self.cfg.id.raft_id();
-        let cs = self.raw.store().conf_state();
-        cs.voters.contains(&me) || cs.learners.contains(&me) || cs.voters_outgoing.contains(&me)
-    }
-
-    fn conf_change_pending(&self) -> bool {
-        self.raw.raft.pending_conf_index > self.applied
+    /// The node a raft id names: its slot with the latest incarnation heard
+    /// of (this process for its own slot).
+    fn node_of(&self, raft_id: u64) -> NodeId {
+        let slot = slot_of_raft_id(raft_id).unwrap_or(u16::MAX);
+        if slot == self.cfg.id.slot {
+            return self.cfg.id;
+        }
+        let inc = self
+            .peer_incarnations
+            .get(&slot)
+            .copied()
+            .unwrap_or(FIRST_INCARNATION);
+        NodeId::new(slot, inc)
     }
 
     /// Makes this replica refuse leadership (a drained or unhealthy node,
@@ -482,8 +559,9 @@ impl Replica {
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
-        // A follower's tick only counts towards its election timeout.
-        if !self.refuse_leadership || self.raw.raft.state == StateRole::Leader {
+        // A follower's tick only counts towards its election timeout; a
+        // restoring node must not campaign.
+        if !(self.refuse_leadership || self.restoring) || self.raw.raft.state == StateRole::Leader {
             self.raw.tick();
         }
         self.redraw_election_timeout();
@@ -494,103 +572,84 @@ impl Replica {
         for to in self.snap_tx.on_tick(self.ticks) {
             self.end_transfer(to, TransferEnd::Failed);
         }
-        if !self.is_member() && self.cfg.id.incarnation != FIRST_INCARNATION {
+        if !self.announce_left.is_empty() {
             if self.join_countdown == 0 {
                 self.join_countdown = self.cfg.join_retry_ticks.max(1);
-                for &slot in &self.cfg.slots {
-                    if slot != self.cfg.id.slot {
-                        self.extra
-                            .push((NodeId::new(slot, ANY_INCARNATION), Body::Join));
-                    }
-                }
+                self.announce_round();
             }
             self.join_countdown -= 1;
         }
-        if self.raw.raft.state == StateRole::Leader {
-            self.manage_membership();
+    }
+
+    /// One round of announcements to the peers that may not know this
+    /// incarnation: every round while restoring, then at most
+    /// `ANNOUNCE_ROUNDS` (a peer that never has to send to this node would
+    /// otherwise go on naming a dead incarnation in its status; one that
+    /// does send learns anyway, see `receive`).
+    fn announce_round(&mut self) {
+        let peers: Vec<u16> = self.announce_left.keys().copied().collect();
+        for slot in peers {
+            if self.heard_from.contains(&slot) {
+                self.announce_left.remove(&slot);
+                continue;
+            }
+            self.announce(Some(slot));
+            if !self.restoring {
+                let left = self.announce_left.entry(slot).or_insert(1);
+                *left -= 1;
+                if *left == 0 {
+                    self.announce_left.remove(&slot);
+                }
+            }
         }
     }
 
-    /// On the leader: leave a joint configuration if nobody did (raft-rs's
-    /// auto-leave is skipped if leadership changed in between), and swap
-    /// caught-up learners in for their slot's older incarnation.
-    fn manage_membership(&mut self) {
-        if self.conf_change_pending() {
+    /// Announces this incarnation to `slot` (a join envelope, the one body
+    /// addressed to whichever incarnation holds a slot), at most one queued.
+    fn announce(&mut self, slot: Option<u16>) {
+        let Some(slot) = slot.filter(|&s| s != self.cfg.id.slot) else {
             return;
-        }
-        let cs = self.raw.store().conf_state().clone();
-        if !cs.voters_outgoing.is_empty() {
-            let _ = self
-                .raw
-                .propose_conf_change(Vec::new(), ConfChangeV2::default());
-            return;
-        }
-        let committed = self.raw.raft.raft_log.committed;
-        for &learner in &cs.learners {
-            let l = NodeId::from_raft_id(learner);
-            let old: Vec<u64> = cs
-                .voters
-                .iter()
-                .chain(&cs.learners)
-                .copied()
-                .filter(|&v| {
-                    let v = NodeId::from_raft_id(v);
-                    v.slot == l.slot && v.incarnation < l.incarnation
-                })
-                .collect();
-            if old.is_empty() {
-                continue;
-            }
-            let matched = self.raw.raft.prs().get(learner).map_or(0, |p| p.matched);
-            // matched > 0: it has at least acknowledged a snapshot.
-            if matched == 0 || matched + self.cfg.swap_max_lag < committed {
-                continue;
-            }
-            let mut changes = vec![single(learner, ConfChangeType::AddNode)];
-            changes.extend(old.iter().map(|&o| single(o, ConfChangeType::RemoveNode)));
-            // One joint change (enter, then auto-leave): the old and new
-            // configurations must both agree during the swap, so no moment
-            // exists where a majority of either could be formed without a
-            // voter that holds every committed entry.
-            let mut cc = ConfChangeV2 {
-                changes: changes.into(),
-                ..Default::default()
-            };
-            cc.set_transition(ConfChangeTransition::Auto);
-            let _ = self.raw.propose_conf_change(Vec::new(), cc);
-            return;
-        }
-    }
-
-    /// Handles a join request from `from` (a new incarnation of a slot):
-    /// the leader adds it as a learner if its slot belongs to the cluster.
-    fn on_join(&mut self, from: NodeId) {
-        if self.raw.raft.state != StateRole::Leader
-            || self.conf_change_pending()
-            || !self.cfg.slots.contains(&from.slot)
-        {
-            return;
-        }
-        let cs = self.raw.store().conf_state();
-        let id = from.raft_id();
-        if cs.voters.contains(&id) || cs.learners.contains(&id) {
-            return;
-        }
-        // A newer incarnation of the slot is already known: this one is stale.
-        if cs
-            .voters
-            .iter()
-            .chain(&cs.learners)
-            .map(|&v| NodeId::from_raft_id(v))
-            .any(|v| v.slot == from.slot && v.incarnation >= from.incarnation)
-        {
-            return;
-        }
-        let cc = ConfChangeV2 {
-            changes: vec![single(id, ConfChangeType::AddLearnerNode)].into(),
-            ..Default::default()
         };
-        let _ = self.raw.propose_conf_change(Vec::new(), cc);
+        let to = NodeId::new(slot, ANY_INCARNATION);
+        if !self.extra.iter().any(|(t, b)| *t == to && *b == Body::Join) {
+            self.extra.push((to, Body::Join));
+        }
+    }
+
+    /// Records the (authenticated) sender of an envelope. A new incarnation
+    /// of a slot is a process that forgot its log: a leader must no longer
+    /// count what the old one acknowledged (docs/membership.md, "the
+    /// leader's side"), so its progress starts again from nothing.
+    fn on_sender(&mut self, from: NodeId) -> bool {
+        if from.slot == self.cfg.id.slot {
+            return false;
+        }
+        let known = self
+            .peer_incarnations
+            .entry(from.slot)
+            .or_insert(FIRST_INCARNATION);
+        if from.incarnation <= *known {
+            return false;
+        }
+        let old = NodeId::new(from.slot, *known);
+        *known = from.incarnation;
+        self.snap_tx.cancel(old);
+        // The new process has not heard of this one.
+        self.heard_from.remove(&from.slot);
+        self.nudges_left.insert(from.slot, ANNOUNCE_ROUNDS);
+        self.announce_left.insert(from.slot, ANNOUNCE_ROUNDS);
+        if self.raw.raft.state == StateRole::Leader {
+            let last = self.raw.raft.raft_log.last_index();
+            if let Some(pr) = self.raw.raft.mut_prs().get_mut(from.raft_id()) {
+                pr.matched = 0;
+                pr.become_probe();
+                pr.next_idx = last + 1;
+                pr.pending_request_snapshot = 0;
+                pr.recent_active = true;
+            }
+        }
+        self.acks.remove(&from.slot);
+        true
     }
 
     /// Replaces the keys envelopes are sealed and opened with (a step of a
@@ -605,10 +664,34 @@ impl Replica {
     /// [`Replica::status`]) and returned as errors; the caller just drops
     /// them and keeps running.
     pub fn receive(&mut self, bytes: &[u8]) -> Result<NodeId, EnvelopeError> {
-        let opened = self.inbox.open(bytes)?;
+        let opened = match self.inbox.open(bytes) {
+            Ok(opened) => opened,
+            Err(EnvelopeError::StaleIncarnation) => {
+                // Sealed to a dead incarnation of this slot: the sender has
+                // not heard of this one.
+                if let Some(from) = crate::envelope::sender_of(bytes) {
+                    if self.cfg.slots.contains(&from.slot) {
+                        self.announce(Some(from.slot));
+                        self.announce_left.insert(from.slot, ANNOUNCE_ROUNDS);
+                    }
+                }
+                return Err(EnvelopeError::StaleIncarnation);
+            }
+            Err(e) => return Err(e),
+        };
         let from = opened.from;
+        let new_incarnation = self.on_sender(from);
+        if !matches!(opened.body, Body::Join) {
+            // Addressed to this very incarnation: the sender knows it.
+            self.heard_from.insert(from.slot);
+        }
         match opened.body {
-            Body::Join => self.on_join(from),
+            Body::Join => {
+                // It may not know this incarnation either: answer once.
+                if new_incarnation {
+                    self.announce(Some(from.slot));
+                }
+            }
             Body::Raft(m)
                 if m.get_msg_type() == MessageType::MsgHeartbeatResponse
                     && m.context.is_empty()
@@ -662,13 +745,132 @@ impl Replica {
     /// Steps an already-authenticated raft message. Errors from raft-rs
     /// (e.g. a response from a peer removed meanwhile) are counted, not fatal.
     pub fn step(&mut self, m: Message) {
-        if self.refuse_leadership && m.get_msg_type() == MessageType::MsgTimeoutNow {
+        let ty = m.get_msg_type();
+        if (self.refuse_leadership || self.restoring) && ty == MessageType::MsgTimeoutNow {
             return;
         }
+        if self.restoring
+            && matches!(
+                ty,
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+        {
+            // A node that forgot its log must not vote: its empty log would
+            // approve a candidate lacking entries it acknowledged.
+            self.votes_abstained += 1;
+            return;
+        }
+        let acknowledges = matches!(
+            ty,
+            MessageType::MsgAppendResponse | MessageType::MsgHeartbeatResponse
+        ) && self.raw.raft.state == StateRole::Leader
+            && m.term == self.raw.raft.term;
+        let (from, leader_commit) = (m.from, m.commit);
         if self.raw.step(m).is_err() {
             self.step_errors += 1;
         }
+        if acknowledges && self.raw.raft.state == StateRole::Leader {
+            self.record_ack(from);
+            self.nudge(from);
+        }
+        if self.restoring && ty == MessageType::MsgAppend {
+            self.check_restored(leader_commit);
+        }
         self.redraw_election_timeout();
+    }
+
+    /// On the leader: a peer that may be restoring and holds everything
+    /// committed is sent an append anyway, even with no entry in it: the
+    /// append carries the whole commit index (a heartbeat carries at most
+    /// what the peer has matched), which is what lets it stop restoring in
+    /// an idle group (`check_restored`).
+    fn nudge(&mut self, from: u64) {
+        let Some(slot) = slot_of_raft_id(from) else {
+            return;
+        };
+        let Some(left) = self.nudges_left.get_mut(&slot) else {
+            return;
+        };
+        let committed = self.raw.raft.raft_log.committed;
+        let caught_up = self
+            .raw
+            .raft
+            .prs()
+            .get(from)
+            .is_some_and(|p| p.matched >= committed);
+        if !caught_up {
+            return;
+        }
+        *left -= 1;
+        if *left == 0 {
+            self.nudges_left.remove(&slot);
+        }
+        self.raw.raft.send_append(from);
+    }
+
+    fn record_ack(&mut self, from: u64) {
+        let term = self.raw.raft.term;
+        if self.acks_term != term {
+            self.acks.clear();
+            self.acks_term = term;
+        }
+        if let Some(slot) = slot_of_raft_id(from) {
+            self.acks.insert(slot, self.clock);
+        }
+    }
+
+    /// A restoring node stops abstaining once it holds everything the
+    /// leader of its current term (>= the persisted term) had committed when
+    /// it sent this append, and that commit index is an entry of the
+    /// leader's own term: then it holds every entry committed in an earlier
+    /// term too (docs/membership.md, "when a restarted node may vote").
+    fn check_restored(&mut self, leader_commit: u64) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Follower
+            || raft.leader_id == 0
+            || raft.term < self.restore_term
+            || raft.raft_log.committed < leader_commit
+            || raft.raft_log.term(leader_commit).ok() != Some(raft.term)
+        {
+            return;
+        }
+        self.restoring = false;
+    }
+
+    /// Sets the caller's clock (any monotonic count, e.g. milliseconds
+    /// since start), which stamps the acknowledgements that
+    /// [`Replica::quorum_acked_at`] reports. Call it before `receive`.
+    pub fn set_clock(&mut self, now: u64) {
+        self.clock = now;
+    }
+
+    /// On the leader: the caller's clock (see [`Replica::set_clock`]) at the
+    /// latest moment by which a majority of the voters (this node counts
+    /// itself) had acknowledged this term's leadership — an append or
+    /// heartbeat response of this term, nothing else (no vote, no
+    /// announcement, no snapshot-stream reply). Until a majority has, and on
+    /// any other role, `None`. The node's lease is dated from it
+    /// (docs/membership.md, "The lease"): past it, nothing proves a quorum
+    /// still follows this leader.
+    pub fn quorum_acked_at(&self) -> Option<u64> {
+        if self.raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        let needed_peers = self.cfg.slots.len() / 2;
+        if needed_peers == 0 {
+            return Some(self.clock);
+        }
+        if self.acks_term != self.raw.raft.term {
+            return None;
+        }
+        let mut times: Vec<u64> = self.acks.values().copied().collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        times.get(needed_peers - 1).copied()
+    }
+
+    /// True while this restarted node abstains from elections.
+    pub fn is_restoring(&self) -> bool {
+        self.restoring
     }
 
     /// Queues a payload for the log. Only the leader proposes. Payloads are
@@ -762,14 +964,11 @@ impl Replica {
 
     /// Starts an election now (tests, or an operator forcing a failover).
     pub fn campaign(&mut self) {
+        if self.restoring {
+            return;
+        }
         let _ = self.raw.campaign();
         self.redraw_election_timeout();
-    }
-
-    /// On the leader, proposes adding `id` as a learner (joins normally
-    /// arrive as [`Body::Join`] envelopes and are handled by `receive`).
-    pub fn add_learner(&mut self, id: NodeId) {
-        self.on_join(id);
     }
 
     /// Takes a snapshot at `index`, which the application has applied (and
@@ -827,7 +1026,7 @@ impl Replica {
         fresh
             .into_iter()
             .map(|m| {
-                let to = NodeId::from_raft_id(m.to);
+                let to = self.node_of(m.to);
                 (to, self.outbox.seal(to, &Body::Raft(m)))
             })
             .collect()
@@ -847,13 +1046,13 @@ impl Replica {
 
     fn leader(&self) -> Option<NodeId> {
         let l = self.raw.raft.leader_id;
-        (l != 0).then(|| NodeId::from_raft_id(l))
+        (l != 0).then(|| self.node_of(l))
     }
 
     fn seal_all(&mut self, msgs: Vec<Message>, out: &mut Output) {
         let budget = self.append_budget();
         for m in msgs {
-            let to = NodeId::from_raft_id(m.to);
+            let to = self.node_of(m.to);
             if m.get_msg_type() == MessageType::MsgAppend && !m.entries.is_empty() {
                 // A follower back from a partition draws appends from every
                 // heartbeat response and every freed inflight slot; one
@@ -979,6 +1178,14 @@ impl Replica {
                 }
                 if let Some(hs) = rd.hs() {
                     self.raw.mut_store().set_hard_state(hs.clone());
+                    let now = HardState {
+                        term: hs.term,
+                        vote: hs.vote,
+                    };
+                    if now != self.persisted {
+                        self.persisted = now;
+                        out.hard_state = Some(now);
+                    }
                 }
                 let msgs = rd.take_persisted_messages();
                 self.seal_all(msgs, &mut out);
@@ -1078,7 +1285,11 @@ impl Replica {
         let store = self.raw.store();
         let cs = store.conf_state();
         let ids = |v: &[u64]| {
-            let mut ids: Vec<NodeId> = v.iter().map(|&i| NodeId::from_raft_id(i)).collect();
+            let mut ids: Vec<NodeId> = v
+                .iter()
+                .map(|&i| self.node_of(i))
+                .filter(|n| !(self.restoring && *n == self.cfg.id))
+                .collect();
             ids.sort();
             ids
         };
@@ -1087,7 +1298,7 @@ impl Replica {
                 .raft
                 .prs()
                 .iter()
-                .map(|(&id, p)| (NodeId::from_raft_id(id), p.matched))
+                .map(|(&id, p)| (self.node_of(id), p.matched))
                 .collect()
         } else {
             BTreeMap::new()
@@ -1102,23 +1313,20 @@ impl Replica {
             log: (store.first(), store.last()),
             snapshot_index: store.snapshot_ref().get_metadata().index,
             voters: ids(&cs.voters),
-            learners: ids(&cs.learners),
+            learners: if self.restoring {
+                vec![self.cfg.id]
+            } else {
+                ids(&cs.learners)
+            },
             voters_outgoing: ids(&cs.voters_outgoing),
             matched,
             envelopes: self.inbox.stats(),
             snapshot_stream: self.snap_stats,
             snapshot_receiving_bytes: self.snap_rx.held_bytes(),
+            restoring: self.restoring,
+            votes_abstained: self.votes_abstained,
         }
     }
-}
-
-fn single(id: u64, ty: ConfChangeType) -> ConfChangeSingle {
-    let mut c = ConfChangeSingle {
-        node_id: id,
-        ..Default::default()
-    };
-    c.set_change_type(ty);
-    c
 }
 
 #[cfg(test)]

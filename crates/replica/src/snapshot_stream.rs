@@ -309,6 +309,12 @@ impl SnapshotSender {
         self.out.clear();
     }
 
+    /// Drops the transfer to `to`, if any (that process is gone: a new
+    /// incarnation holds its slot).
+    pub fn cancel(&mut self, to: NodeId) {
+        self.out.remove(&to);
+    }
+
     /// True if some transfer is running.
     pub fn is_busy(&self) -> bool {
         !self.out.is_empty()

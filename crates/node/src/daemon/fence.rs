@@ -8,6 +8,14 @@
 //! livelock) the deadline stops moving, the refreshes stop, and the kernel
 //! goes silent on the VIP within one lease; if the whole process dies the
 //! thread dies with it and the same happens.
+//!
+//! The bound (docs/membership.md, "The lease"): the primary is entitled
+//! until `LEASE` after the last quorum acknowledgement of its term's
+//! leadership (`Replica::quorum_acked_at`), and every refresh sets the
+//! kernel element's timeout to what is left of that entitlement, never a
+//! whole `LEASE`. So the element expires no later than `LEASE` + d after
+//! that acknowledgement, d being the time from the refresh reading the clock
+//! to the kernel applying nft's transaction (the exec of `nft`, a few ms).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +23,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tandem_sys::guard::{Guard, GuardError, DELIBERATE_CLOSE_MARK};
 
-/// How long one refresh grants. A deposed primary goes silent within this.
+/// How long after the last quorum acknowledgement of its leadership the
+/// primary is entitled to the VIP: a deposed or cut-off primary goes silent
+/// within this (plus the few ms `nft` takes to reach the kernel).
 pub const LEASE: Duration = Duration::from_millis(500);
 /// How often the thread refreshes while entitled.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(100);
@@ -62,19 +72,28 @@ impl Fence {
     }
 
     /// Grants the lease (a new primary must hold it before its first
-    /// segment or ARP reply), on another thread, so that a new primary can
-    /// rebuild its connections while `nft` runs; join before anything is
-    /// sent from the VIP.
-    pub fn grant_in_background(&self) -> JoinHandle<Result<(), GuardError>> {
-        self.entitle(Instant::now());
+    /// segment or ARP reply) for what is left of `LEASE` after `acked`, the
+    /// last quorum acknowledgement of this term's leadership, on another
+    /// thread, so that a new primary can rebuild its connections while `nft`
+    /// runs; join before anything is sent from the VIP. Nothing is left: an
+    /// error (the take-over fails rather than hold the VIP unentitled).
+    pub fn grant_in_background(&self, acked: Instant) -> JoinHandle<Result<(), GuardError>> {
+        self.entitle(acked);
         let guard = self.guard.clone();
-        std::thread::spawn(move || guard.refresh_lease(LEASE))
+        let left = remaining(acked + LEASE, Instant::now());
+        std::thread::spawn(move || match left {
+            Some(left) => guard.refresh_lease(left),
+            None => Err(GuardError::Refused {
+                what: "lease",
+                stderr: "no quorum acknowledgement within the lease".into(),
+            }),
+        })
     }
 
-    /// The primary is entitled to the lease for `LEASE` after `heard` (the
-    /// last time it knew a quorum followed it).
-    pub fn entitle(&self, heard: Instant) {
-        let until = (heard + LEASE).saturating_duration_since(self.shared.start);
+    /// The primary is entitled to the lease until `LEASE` after `acked` (the
+    /// last time a quorum acknowledged its leadership in this term).
+    pub fn entitle(&self, acked: Instant) {
+        let until = (acked + LEASE).saturating_duration_since(self.shared.start);
         self.shared
             .until_ms
             .fetch_max(until.as_millis() as u64, Ordering::Relaxed);
@@ -103,16 +122,57 @@ impl Drop for Fence {
     }
 }
 
+/// What is left of an entitlement ending at `until`, seen at `now`, as the
+/// element timeout to set: `None` once nothing is left. Rounded down to the
+/// millisecond (nft's unit), so the element never outlives `until`.
+fn remaining(until: Instant, now: Instant) -> Option<Duration> {
+    let left = until.saturating_duration_since(now);
+    let ms = left.as_millis() as u64;
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
 fn lease_loop(guard: &Guard, shared: &Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
-        let now = shared.start.elapsed().as_millis() as u64;
-        if now < shared.until_ms.load(Ordering::Relaxed) {
-            if let Err(err) = guard.refresh_lease(LEASE) {
+        let now = Instant::now();
+        let until = shared.start + Duration::from_millis(shared.until_ms.load(Ordering::Relaxed));
+        if let Some(left) = remaining(until, now) {
+            if let Err(err) = guard.refresh_lease(left) {
                 if shared.refresh_errors.fetch_add(1, Ordering::Relaxed) == 0 {
                     tracing::error!(%err, "cannot refresh the kernel lease");
                 }
             }
         }
         std::thread::sleep(REFRESH_EVERY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The element's timeout is what is left of the entitlement, so it
+    /// expires no later than `LEASE` after the acknowledgement, whenever the
+    /// refresh runs (the old code set a whole `LEASE` at every refresh: up
+    /// to `LEASE` + `REFRESH_EVERY` + `LEASE` after it).
+    #[test]
+    fn the_element_never_outlives_the_acknowledgement_plus_lease() {
+        let acked = Instant::now();
+        let until = acked + LEASE;
+        let mut at = acked;
+        while at < until + REFRESH_EVERY {
+            match remaining(until, at) {
+                Some(left) => {
+                    assert!(at + left <= until, "{at:?} + {left:?} > {until:?}");
+                    assert!(until - (at + left) < Duration::from_millis(1));
+                }
+                None => assert!(until.saturating_duration_since(at) < Duration::from_millis(1)),
+            }
+            at += Duration::from_micros(7_919);
+        }
+        // A refresh just after the acknowledgement grants (nearly) all of it;
+        // one at or after its end grants nothing.
+        assert_eq!(remaining(until, acked), Some(LEASE));
+        assert_eq!(remaining(until, until), None);
+        assert_eq!(remaining(until, until + REFRESH_EVERY), None);
     }
 }

@@ -175,6 +175,11 @@ struct Daemon {
     prefix_len: u8,
     me: NodeId,
     started: Instant,
+    /// Where Raft's hard state is saved (`Output::hard_state`).
+    hard_state_path: std::path::PathBuf,
+    /// An error that must stop the daemon, found where no error can be
+    /// returned (saving the hard state inside `handle_ready`).
+    fatal: Option<DaemonError>,
     poll: Poll,
     replica: Replica,
     transport: Transport,
@@ -240,8 +245,6 @@ struct Daemon {
     /// from there), and a planned migration it started: (target, when).
     elected_at: Option<Instant>,
     migrating: Option<(u16, Instant)>,
-    /// When an authenticated message from each peer slot last arrived.
-    heard: BTreeMap<u16, Instant>,
     counters: Counters,
     /// The unique, increasing index under which each payload is applied.
     payloads_applied: u64,
@@ -313,6 +316,11 @@ impl Daemon {
         let me = NodeId::new(config.node.slot, incarnation);
         let slots: Vec<u16> = config.cluster.members.iter().map(|m| m.slot).collect();
         let mut replica_config = tandem_replica::Config::new(me, slots);
+        // Raft's term and vote survive restarts (docs/membership.md).
+        let hard_state_path = config.node.data_dir.join("raft-state");
+        replica_config.hard_state = tandem_replica::load_hard_state(&hard_state_path)
+            .map_err(io_err(format!("reading {}", hard_state_path.display())))?
+            .unwrap_or_default();
         replica_config.election_tick = config.raft.election_ticks as usize;
         replica_config.heartbeat_tick = config.raft.heartbeat_ticks as usize;
         replica_config.join_retry_ticks = config.raft.election_ticks as usize;
@@ -409,6 +417,8 @@ impl Daemon {
             prefix_len,
             me,
             started: Instant::now(),
+            hard_state_path,
+            fatal: None,
             poll,
             replica,
             transport,
@@ -428,7 +438,6 @@ impl Daemon {
             garp,
             timers: BTreeMap::new(),
             serving: Serving::No,
-            heard: BTreeMap::new(),
             metrics,
             _metrics_server: metrics_server,
             last_metrics: Instant::now(),
@@ -513,11 +522,12 @@ impl Daemon {
                     .read_pending(self.poll.registry(), &mut frames);
             }
             let received_at = Instant::now();
+            // Acknowledgements are dated by this clock (the lease).
+            self.replica
+                .set_clock(received_at.duration_since(self.started).as_millis() as u64);
             for frame in frames.drain(..) {
                 // Rejections are counted by the replica's inbox.
-                if let Ok(from) = self.replica.receive(&frame) {
-                    self.heard.insert(from.slot, received_at);
-                }
+                let _ = self.replica.receive(&frame);
             }
             let now = Instant::now();
             // Ticks missed while the process was not running (a hang, a
@@ -539,6 +549,9 @@ impl Daemon {
             self.primary_duties(now);
             let duties = phase.elapsed();
             self.drive_replica();
+            if let Some(err) = self.fatal.take() {
+                return Err(err);
+            }
             let replica = phase.elapsed() - duties;
             for (client, request) in requests.drain(..) {
                 let reply = self.answer(request);
@@ -564,17 +577,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// The latest instant by which a majority of the members (this node
-    /// included) had been heard from.
-    fn quorum_heard(&self) -> Option<Instant> {
-        let members = self.config.cluster.members.len();
-        let needed_peers = members / 2; // a majority counts this node too
-        if needed_peers == 0 {
-            return Some(Instant::now());
-        }
-        let mut times: Vec<Instant> = self.heard.values().copied().collect();
-        times.sort_unstable_by(|a, b| b.cmp(a));
-        times.get(needed_peers - 1).copied()
+    /// The latest instant by which a majority of the voters (this node
+    /// included) had acknowledged this term's leadership (append or
+    /// heartbeat responses of this term only).
+    fn quorum_acked(&self) -> Option<Instant> {
+        let ms = self.replica.quorum_acked_at()?;
+        Some(self.started + Duration::from_millis(ms))
     }
 
     fn proposer_waiting(&self) -> bool {
@@ -1005,11 +1013,12 @@ impl Daemon {
             self.propose(p);
         }
         if self.replica.role() == StateRole::Leader {
-            // Entitled to the lease only as long as a quorum has been heard
-            // from within it (docs/architecture.md §3.8): a primary cut off, or frozen and
-            // then woken up, never re-grants itself the VIP.
-            if let Some(heard) = self.quorum_heard() {
-                self.fence.entitle(heard);
+            // Entitled to the lease only as long as a quorum has
+            // acknowledged this term's leadership within it (docs/architecture.md §3.8,
+            // docs/membership.md): a primary cut off, or frozen and then
+            // woken up, never re-grants itself the VIP.
+            if let Some(acked) = self.quorum_acked() {
+                self.fence.entitle(acked);
             }
         }
         if now.duration_since(self.last_sweep) > Duration::from_secs(1) {
@@ -1044,6 +1053,9 @@ impl Daemon {
                 out.committed.len(),
             );
             self.handle_ready(out);
+            if self.fatal.is_some() {
+                break;
+            }
             self.replica.advance();
             if started.elapsed() >= self.held_up_warning / 2 {
                 tracing::info!(
@@ -1060,6 +1072,17 @@ impl Daemon {
     }
 
     fn handle_ready(&mut self, out: Output) {
+        // The term and vote are on disk before any message that depends on
+        // them leaves; a node that cannot save them must stop.
+        if let Some(hs) = out.hard_state {
+            if let Err(source) = tandem_replica::save_hard_state(&self.hard_state_path, &hs) {
+                self.fatal = Some(DaemonError::Io {
+                    what: format!("saving {}", self.hard_state_path.display()),
+                    source,
+                });
+                return;
+            }
+        }
         for (to, bytes) in &out.messages {
             self.transport.send(self.poll.registry(), to.slot, bytes);
         }
@@ -1250,7 +1273,9 @@ impl Daemon {
     /// granted, listener, VIP, gratuitous ARP, then the connections go live.
     fn take_over(&mut self) -> Result<(), DaemonError> {
         let started = Instant::now();
-        let lease = self.fence.grant_in_background();
+        // The barrier committed, so a quorum has acknowledged this term.
+        let acked = self.quorum_acked().unwrap_or(self.started);
+        let lease = self.fence.grant_in_background(acked);
         // Rebuild every connection the log knows, silent until announced.
         let prepared = self.prepare_connections(wall_ms());
         let prepare_ms = started.elapsed().as_secs_f64() * 1e3;
