@@ -163,13 +163,25 @@ macro_rules! export_service {
             struct Export;
             impl Guest for Export {
                 fn opened(conn: u64, peer: String) {
-                    $crate::dispatch::deliver(&SERVICE, Event::Opened { conn: ConnId(conn), peer });
+                    $crate::dispatch::deliver(
+                        &SERVICE,
+                        Event::Opened {
+                            conn: ConnId(conn),
+                            peer,
+                        },
+                    );
                 }
                 fn data(conn: u64, bytes: Vec<u8>) {
-                    $crate::dispatch::deliver(&SERVICE, Event::Data { conn: ConnId(conn), bytes });
+                    $crate::dispatch::deliver(
+                        &SERVICE,
+                        Event::Data {
+                            conn: ConnId(conn),
+                            bytes,
+                        },
+                    );
                 }
                 fn half_closed(conn: u64) {
-                    $crate::dispatch::deliver(&SERVICE, Event::PeerClosed { conn: ConnId(conn) });
+            $crate::dispatch::deliver(&SERVICE, Event::PeerClosed { conn: ConnId(conn) });
                 }
                 fn closed(conn: u64) {
                     $crate::dispatch::deliver(&SERVICE, Event::Reset { conn: ConnId(conn) });
@@ -177,7 +189,10 @@ macro_rules! export_service {
                 fn timer(id: u64, generation: u64) {
                     $crate::dispatch::deliver(
                         &SERVICE,
-                        Event::Timer { id: TimerId(id), generation },
+                        Event::Timer {
+                            id: TimerId(id),
+                            generation,
+                        },
                     );
                 }
             }
