@@ -54,7 +54,9 @@ impl Service for Hostile {
                             }
                         }
                         b"BOMB" => loop {
-                            self.hoard.push(vec![1u8; 1 << 20]);
+                            // Zeroed: fresh pages need no writes, so the bound hit is
+                            // memory, not fuel.
+                            self.hoard.push(vec![0u8; 1 << 20]);
                         },
                         b"TRAP" => panic!("asked to trap"),
                         b"DEEP" => {
