@@ -181,7 +181,7 @@ macro_rules! export_service {
                     );
                 }
                 fn half_closed(conn: u64) {
-            $crate::dispatch::deliver(&SERVICE, Event::PeerClosed { conn: ConnId(conn) });
+                    $crate::dispatch::deliver(&SERVICE, Event::PeerClosed { conn: ConnId(conn) });
                 }
                 fn closed(conn: u64) {
                     $crate::dispatch::deliver(&SERVICE, Event::Reset { conn: ConnId(conn) });
@@ -196,7 +196,7 @@ macro_rules! export_service {
                     );
                 }
             }
-            $crate::bindings::export!(Export with_types_in $crate::bindings);
+    $crate::bindings::export!(Export with_types_in $crate::bindings);
         };
     };
 }
