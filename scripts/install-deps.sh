@@ -52,3 +52,13 @@ if ! redis_py_ok; then
     "$venv/bin/pip" install -q --disable-pip-version-check 'redis>=8,<9'
     redis_py_ok || { echo "redis-py 8 did not install into $venv" >&2; exit 1; }
 fi
+# The WebAssembly guests (guest/: the tandem-guest SDK and its examples,
+# built from source by the wasm tests) compile for wasm32-unknown-unknown:
+# a target with no WASI, so a guest cannot import a clock or randomness.
+# rustup installs it for the toolchain in use (once; a no-op after).
+if command -v rustup >/dev/null 2>&1; then
+    if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+        echo "installing the Rust target wasm32-unknown-unknown (for the wasm guests)"
+        rustup target add wasm32-unknown-unknown
+    fi
+fi

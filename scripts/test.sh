@@ -24,6 +24,10 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the wasm guests (guest/, a workspace of its own): fmt and clippy"
+(cd guest && cargo fmt --all --check \
+    && cargo clippy --workspace --release --target wasm32-unknown-unknown --locked \
+        --target-dir ../target/guest -- -D warnings)
 echo "== cargo test"
 # Lab tests each build their own uniquely named namespaces, so they run in
 # parallel; two at a time keeps a 2-core machine responsive.

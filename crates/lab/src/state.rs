@@ -33,6 +33,9 @@ pub enum ServiceKind {
     Echo,
     /// A per-connection counter service, port 7001.
     Counter,
+    /// A WebAssembly service, port 7002: the module comes from the spec's
+    /// service options (`module = "/path/to/service.wasm"`).
+    Wasm,
 }
 
 impl ServiceKind {
@@ -44,6 +47,7 @@ impl ServiceKind {
             ServiceKind::Kv => 6379,
             ServiceKind::Echo | ServiceKind::None => 7000,
             ServiceKind::Counter => 7001,
+            ServiceKind::Wasm => 7002,
         }
     }
 
@@ -61,6 +65,7 @@ impl ServiceKind {
             ServiceKind::Kv => "kv",
             ServiceKind::Echo => "echo",
             ServiceKind::Counter => "counter",
+            ServiceKind::Wasm => "wasm",
         }
     }
 }
@@ -79,8 +84,9 @@ impl std::str::FromStr for ServiceKind {
             "kv" => Ok(ServiceKind::Kv),
             "echo" => Ok(ServiceKind::Echo),
             "counter" => Ok(ServiceKind::Counter),
+            "wasm" => Ok(ServiceKind::Wasm),
             _ => Err(format!(
-                "unknown service {s:?} (expected kv, echo, counter or none)"
+                "unknown service {s:?} (expected kv, echo, counter, wasm or none)"
             )),
         }
     }
@@ -482,6 +488,7 @@ mod tests {
             ServiceKind::Kv,
             ServiceKind::Echo,
             ServiceKind::Counter,
+            ServiceKind::Wasm,
         ] {
             assert_eq!(kind.as_str().parse::<ServiceKind>().unwrap(), kind);
         }

@@ -42,7 +42,11 @@
 //!
 //! [[service]]
 //! name = "kv"
-//! kind = "kv"                             # kv | echo | counter
+//! kind = "kv"                             # kv | echo | counter | wasm
+//! # module = "pubsub.wasm"                # kind = "wasm" only: the module (relative: to this file)
+//! # wasm_fuel_per_event = 10000000        # wasm: work per event; past it: rolled back + RST
+//! # wasm_max_memory = 67108864            # wasm: linear memory bound
+//! # wasm_max_stack = 524288               # wasm: stack bound
 //! vip = "198.18.0.100/24"
 //! interface = "eth0"
 //! port = 6379
@@ -287,11 +291,31 @@ impl Default for SupervisionSection {
 
 /// What a service runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum ServiceKind {
     Kv,
     Echo,
     Counter,
+    /// A WebAssembly module (`module = "..."`), by the identity it was
+    /// registered under when [`Config::load`] read and compiled it
+    /// (`ModuleId([0; 32])` until then: [`Config::parse`] reads no files).
+    Wasm(tandem_wasm::registry::ModuleId),
+}
+
+impl TryFrom<String> for ServiceKind {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<ServiceKind, String> {
+        match name.as_str() {
+            "kv" => Ok(ServiceKind::Kv),
+            "echo" => Ok(ServiceKind::Echo),
+            "counter" => Ok(ServiceKind::Counter),
+            "wasm" => Ok(ServiceKind::Wasm(tandem_wasm::registry::ModuleId([0; 32]))),
+            other => Err(format!(
+                "unknown service kind {other:?}: use kv, echo, counter or wasm"
+            )),
+        }
+    }
 }
 
 /// `[[service]]`: one replicated service and its VIP.
@@ -378,6 +402,40 @@ pub struct ServiceSection {
     /// retried). Default 65,536; 16 to 1,048,576.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// `kind = "wasm"` only: the WebAssembly module to run (a core module
+    /// built for the `tandem:service` world, e.g. with the tandem-guest
+    /// SDK; docs/writing-a-service.md). A relative path is taken from the
+    /// config file's directory. Every replica must run the same bytes: the
+    /// module's SHA-256 shows in `tandem status` as the kind
+    /// (`wasm:<first 8 bytes>`) and a snapshot of another module is refused.
+    #[serde(default)]
+    pub module: Option<PathBuf>,
+    /// `kind = "wasm"`: fuel (instructions, roughly) one event may use; an
+    /// event that needs more is rolled back and its connection reset.
+    /// Default 10,000,000; 10,000 to 10^12. Must be the same on every node.
+    #[serde(default = "default_wasm_fuel_per_event")]
+    pub wasm_fuel_per_event: u64,
+    /// `kind = "wasm"`: most linear memory of the instance, in bytes; an
+    /// event whose allocation would pass it is rolled back and its
+    /// connection reset. Default 64 MiB; 1 MiB to 4 GiB. Same on every node.
+    #[serde(default = "default_wasm_max_memory")]
+    pub wasm_max_memory: u64,
+    /// `kind = "wasm"`: the wasm stack, in bytes (deeper recursion traps).
+    /// Default 512 KiB; 64 KiB to 8 MiB. Same on every node.
+    #[serde(default = "default_wasm_max_stack")]
+    pub wasm_max_stack: usize,
+}
+
+fn default_wasm_fuel_per_event() -> u64 {
+    tandem_wasm::DEFAULT_FUEL_PER_EVENT
+}
+
+fn default_wasm_max_memory() -> u64 {
+    tandem_wasm::DEFAULT_MAX_MEMORY
+}
+
+fn default_wasm_max_stack() -> usize {
+    tandem_wasm::DEFAULT_MAX_STACK
 }
 
 fn default_syn_rate() -> u64 {
@@ -448,6 +506,15 @@ impl ServiceSection {
         }
     }
 
+    /// The wasm bounds (`wasm_*` fields).
+    pub fn wasm_config(&self) -> tandem_wasm::WasmConfig {
+        tandem_wasm::WasmConfig {
+            fuel_per_event: self.wasm_fuel_per_event,
+            max_memory: self.wasm_max_memory,
+            max_stack: self.wasm_max_stack,
+        }
+    }
+
     /// The VIP and its prefix length (valid after [`Config::parse`]).
     pub fn vip(&self) -> (Ipv4Addr, u8) {
         parse_cidr(&self.vip).unwrap_or((Ipv4Addr::UNSPECIFIED, 0))
@@ -468,13 +535,50 @@ impl Config {
             path: path.to_path_buf(),
             reason: err.to_string(),
         })?;
-        Config::parse(&text).map_err(|err| match err {
+        let mut config = Config::parse(&text).map_err(|err| match err {
             ConfigError::Syntax { reason, .. } => ConfigError::Syntax {
                 path: path.to_path_buf(),
                 reason,
             },
             other => other,
-        })
+        })?;
+        config.load_wasm_modules(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(config)
+    }
+
+    /// Reads and compiles each `kind = "wasm"` service's module (relative
+    /// paths from `base`), registers it with tandem_wasm's registry and
+    /// records its identity in the kind.
+    pub fn load_wasm_modules(&mut self, base: &Path) -> Result<(), ConfigError> {
+        for (i, service) in self.services.iter_mut().enumerate() {
+            if !matches!(service.kind, ServiceKind::Wasm(_)) {
+                continue;
+            }
+            let Some(module) = &service.module else {
+                continue; // refused by validate
+            };
+            let path = base.join(module);
+            let bytes = std::fs::read(&path).map_err(|err| ConfigError::Read {
+                path: path.clone(),
+                reason: err.to_string(),
+            })?;
+            let loaded =
+                tandem_wasm::LoadedModule::load(&bytes, service.wasm_config()).map_err(|err| {
+                    invalid(
+                        format!("service[{i}].module"),
+                        format!("{}: {err}", path.display()),
+                        "build it for the tandem:service world (docs/writing-a-service.md)",
+                    )
+                })?;
+            tracing::info!(
+                module = %path.display(),
+                sha256 = %tandem_wasm::registry::hex(&loaded.hash()),
+                bytes = loaded.size(),
+                "wasm module loaded"
+            );
+            service.kind = ServiceKind::Wasm(tandem_wasm::registry::register(loaded));
+        }
+        Ok(())
     }
 
     /// Parses and validates configuration text (files are not checked:
@@ -766,6 +870,27 @@ impl Config {
                     format!("{} is out of range", service.max_connections),
                     "use 16 to 1048576 (65536 is the default)",
                 ));
+            }
+            let wasm = matches!(service.kind, ServiceKind::Wasm(_));
+            if wasm != service.module.is_some() {
+                return Err(invalid(
+                    field("module"),
+                    if wasm {
+                        "kind = \"wasm\" needs a module"
+                    } else {
+                        "only kind = \"wasm\" takes a module"
+                    },
+                    "give the path of the .wasm file with kind = \"wasm\", and only then",
+                ));
+            }
+            if wasm {
+                service.wasm_config().validate().map_err(|problem| {
+                    invalid(
+                        field("wasm"),
+                        problem,
+                        "see the defaults in docs/writing-a-service.md",
+                    )
+                })?;
             }
             if !queues.insert(service.queue) {
                 return Err(invalid(
@@ -1162,5 +1287,51 @@ port = 6379
         assert!(err.to_string().contains("/nonexistent/tandem.toml"));
         let err = Config::parse("[node\nslot = 1").unwrap_err();
         assert!(matches!(err, ConfigError::Syntax { .. }));
+    }
+    #[test]
+    fn a_wasm_service_needs_a_module_and_valid_bounds() {
+        let wasm = GOOD.replace("kind = \"kv\"", "kind = \"wasm\"");
+        let err = Config::parse(&wasm).unwrap_err().to_string();
+        assert!(err.contains("service[0].module"), "{err}");
+        let with_module = wasm.replace("port = 6379", "port = 6379\nmodule = \"broker.wasm\"");
+        let config = Config::parse(&with_module).unwrap();
+        assert_eq!(
+            config.services[0].wasm_config(),
+            tandem_wasm::WasmConfig::default()
+        );
+        assert!(matches!(config.services[0].kind, ServiceKind::Wasm(_)));
+        let err = Config::parse(&with_module.replace(
+            "module = \"broker.wasm\"",
+            "module = \"broker.wasm\"\nwasm_max_memory = 1000",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("wasm_max_memory"), "{err}");
+        // A module on a service of another kind is a mistake too.
+        let err = Config::parse(&GOOD.replace("port = 6379", "port = 6379\nmodule = \"x.wasm\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("service[0].module"), "{err}");
+    }
+
+    #[test]
+    fn loading_a_wasm_config_reads_and_checks_the_module() {
+        let dir = std::env::temp_dir().join(format!("tandem-wasm-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = GOOD
+            .replace("kind = \"kv\"", "kind = \"wasm\"")
+            .replace("port = 6379", "port = 6379\nmodule = \"broker.wasm\"");
+        let path = dir.join("node.toml");
+        std::fs::write(&path, &text).unwrap();
+        // Missing (relative to the config file's directory), then not wasm.
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("broker.wasm"), "{err}");
+        std::fs::write(dir.join("broker.wasm"), b"not wasm").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("service[0].module") && err.contains("does not compile"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

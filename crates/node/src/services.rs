@@ -13,6 +13,12 @@ pub fn fresh(kind: ServiceKind) -> Box<dyn Service> {
         ServiceKind::Kv => Box::new(Kv::new()),
         ServiceKind::Echo => Box::new(Echo::new()),
         ServiceKind::Counter => Box::new(Counter::new()),
+        // Config::load registered the module; if it somehow was not, the
+        // node still runs and refuses every connection, saying why.
+        ServiceKind::Wasm(id) => match tandem_wasm::WasmService::from_registry(&id) {
+            Ok(service) => Box::new(service),
+            Err(err) => Box::new(tandem_wasm::Refusing::new(err.to_string())),
+        },
     }
 }
 
@@ -22,5 +28,8 @@ pub fn kind_name(kind: ServiceKind) -> &'static str {
         ServiceKind::Kv => "kv",
         ServiceKind::Echo => "echo",
         ServiceKind::Counter => "counter",
+        // `wasm:<first 8 bytes of the module's SHA-256>`, so status shows
+        // which bytes each node runs.
+        ServiceKind::Wasm(id) => tandem_wasm::registry::label(&id),
     }
 }
