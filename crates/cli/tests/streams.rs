@@ -409,11 +409,14 @@ fn migrate_with_a_thousand_connections_then_drain_and_undrain() {
         "migrate reported {out:?}"
     );
     println!("migration of {OPEN} connections: {}", out.trim());
-    check!(
-        lab,
-        leader(&lab) == Some(target),
-        "node {target} is not the primary after the migration: {:?}",
-        leader(&lab)
+    // `migrate` returns once the target serves; for a moment after, the old
+    // primary still holds the VIP (silent, its lease revoked) and the lab's
+    // single-primary view may name no one: wait for it to settle.
+    wait_for(
+        &lab,
+        &format!("node {target} the only primary after the migration"),
+        Duration::from_secs(3),
+        || leader(&lab) == Some(target),
     );
     std::thread::sleep(Duration::from_millis(300));
     ping_all(&lab, &mut idle, "after the migration");
@@ -493,9 +496,14 @@ fn migrate_with_a_thousand_connections_then_drain_and_undrain() {
     let out = tandem_ok(&lab, &["migrate", "kv", "--to", &to, "--lab", &name]);
     check!(
         lab,
-        out.contains(&format!("to node {target} in")) && leader(&lab) == Some(target),
-        "migrate after undrain: {out:?}, primary {:?}",
-        leader(&lab)
+        out.contains(&format!("to node {target} in")),
+        "migrate after undrain: {out:?}"
+    );
+    wait_for(
+        &lab,
+        &format!("node {target} the only primary after undrain and migration"),
+        Duration::from_secs(3),
+        || leader(&lab) == Some(target),
     );
     std::thread::sleep(Duration::from_millis(300));
     ping_all(&lab, &mut idle, "after undrain and the migration back");
