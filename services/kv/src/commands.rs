@@ -704,19 +704,7 @@ fn set(db: &mut Db, now: u64, a: &[Vec<u8>], out: &mut Out) -> Reply {
                 if expire.is_none() && !keep_ttl && i + 1 < a.len() =>
             {
                 i += 1;
-                let v = int_arg(&a[i])?;
-                let invalid = || "ERR invalid expire time in 'set' command".to_string();
-                if v <= 0 {
-                    return Err(invalid());
-                }
-                let v = v as u64;
-                let at = match opt.as_slice() {
-                    b"EX" => v.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
-                    b"PX" => v.checked_add(now),
-                    b"EXAT" => v.checked_mul(1000),
-                    _ => Some(v),
-                };
-                expire = Some(at.filter(|&t| t <= i64::MAX as u64).ok_or_else(invalid)?);
+                expire = Some(expire_option_at(&opt, &a[i], now, "set")?);
             }
             _ => return Err(SYNTAX.into()),
         }
@@ -894,4 +882,29 @@ fn zadd(db: &mut Db, a: &[Vec<u8>], out: &mut Out) -> Reply {
         int(out, if ch { added + changed } else { added });
     }
     Ok(())
+}
+
+/// The absolute expiry time, in ms of log time, of an `EX`/`PX`/`EXAT`/
+/// `PXAT` option (`opt`, upper case) with argument `arg`, as `SET` and
+/// `GETEX` read it; Redis' error naming `command` if it is not positive or
+/// out of range.
+pub(crate) fn expire_option_at(
+    opt: &[u8],
+    arg: &[u8],
+    now: u64,
+    command: &str,
+) -> Result<u64, String> {
+    let v = int_arg(arg)?;
+    let invalid = || format!("ERR invalid expire time in '{command}' command");
+    if v <= 0 {
+        return Err(invalid());
+    }
+    let v = v as u64;
+    let at = match opt {
+        b"EX" => v.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
+        b"PX" => v.checked_add(now),
+        b"EXAT" => v.checked_mul(1000),
+        _ => Some(v),
+    };
+    at.filter(|&t| t <= i64::MAX as u64).ok_or_else(invalid)
 }

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use tandem_core::sdk::Context;
 
 use crate::commands::{
-    arity_error, float_arg, int_arg, range, scored_reply, Reply, SYNTAX, WRONGTYPE,
+    arity_error, expire_option_at, float_arg, int_arg, range, scored_reply, Reply, SYNTAX,
+    WRONGTYPE,
 };
 use crate::db::{elem_weight, field_weight, member_weight, Db, Score, Value, ZSet};
 use crate::glob;
@@ -192,20 +193,7 @@ pub(crate) fn run(
                     b"PERSIST" if expire.is_none() => expire = Some(None),
                     b"EX" | b"PX" | b"EXAT" | b"PXAT" if expire.is_none() && i + 1 < a.len() => {
                         i += 1;
-                        let v = int_arg(&a[i])?;
-                        let invalid = || "ERR invalid expire time in 'getex' command".to_string();
-                        if v <= 0 {
-                            return Err(invalid());
-                        }
-                        let v = v as u64;
-                        let at = match opt.as_slice() {
-                            b"EX" => v.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
-                            b"PX" => v.checked_add(now),
-                            b"EXAT" => v.checked_mul(1000),
-                            _ => Some(v),
-                        };
-                        let at = at.filter(|&t| t <= i64::MAX as u64).ok_or_else(invalid)?;
-                        expire = Some(Some(at));
+                        expire = Some(Some(expire_option_at(&opt, &a[i], now, "getex")?));
                     }
                     _ => return Err(SYNTAX.into()),
                 }
