@@ -13,7 +13,7 @@
 //! or the new state, never a torn one.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 /// The hard state a node must not forget: the term it has reached and the
@@ -66,21 +66,7 @@ pub fn load_hard_state(path: &Path) -> io::Result<Option<HardState>> {
 /// the directory). The caller does this before sending any message of the
 /// `ready` that produced `state`.
 pub fn save_hard_state(path: &Path, state: &HardState) -> io::Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = Path::new(&tmp_name);
-    {
-        let mut f = fs::File::create(tmp)?;
-        writeln!(f, "{} {}", state.term, state.vote)?;
-        f.sync_all()?;
-    }
-    fs::rename(tmp, path)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    crate::id::write_durably(path, format!("{} {}\n", state.term, state.vote).as_bytes())
 }
 
 #[cfg(test)]

@@ -114,23 +114,29 @@ pub fn bump_incarnation(path: &Path) -> io::Result<u64> {
         ));
     }
     let next = current + 1;
+    write_durably(path, format!("{next}\n").as_bytes())?;
+    Ok(next)
+}
+
+/// Replaces the file at `path` with `contents` so that a crash leaves
+/// either the old or the new contents: a temporary file, fsync, rename, then
+/// an fsync of the directory so that the rename itself is durable (else a
+/// crash could bring back the old file).
+pub(crate) fn write_durably(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = Path::new(&tmp_name);
     {
         let mut f = fs::File::create(tmp)?;
-        writeln!(f, "{next}")?;
+        f.write_all(contents)?;
         f.sync_all()?;
     }
     fs::rename(tmp, path)?;
-    // The rename itself must be durable, or a crash could bring back the old
-    // number: fsync the directory entry.
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    fs::File::open(dir)?.sync_all()?;
-    Ok(next)
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
