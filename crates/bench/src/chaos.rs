@@ -235,7 +235,8 @@ struct Plan {
 
 /// Draws the next episode.
 fn plan(rng: &mut Rng, opts: &Options) -> Plan {
-    let pick = |rng: &mut Rng, actions: &[Action]| actions[rng.below(actions.len() as u64) as usize];
+    let pick =
+        |rng: &mut Rng, actions: &[Action]| actions[rng.below(actions.len() as u64) as usize];
     let first_action = pick(rng, &opts.actions);
     let clones = opts.nodes - 1;
     let role = |rng: &mut Rng| {
@@ -397,6 +398,10 @@ struct Report {
     pause_p99_ms: Option<Stats>,
     /// Per quiet window: the largest gap (the baseline).
     quiet_max_ms: Option<Stats>,
+    /// Every connection's largest gap across every fault (connections ×
+    /// episodes values), and the same over the quiet windows.
+    pause_conn_ms: Option<Stats>,
+    quiet_conn_ms: Option<Stats>,
     /// Replies per second during faults and in quiet windows.
     rate_faults: f64,
     rate_quiet: f64,
@@ -438,7 +443,10 @@ pub fn run(opts: Options) -> Result<ExitCode> {
             Service::Kv => ServiceKind::Kv,
             Service::Counter => ServiceKind::Counter,
         });
-    let what = format!("{} nodes, {:?}, seed {}", opts.nodes, opts.service, opts.seed);
+    let what = format!(
+        "{} nodes, {:?}, seed {}",
+        opts.nodes, opts.service, opts.seed
+    );
     let report = crate::in_lab(
         "chaos",
         &spec,
@@ -546,6 +554,7 @@ fn chaos(lab: &mut LabGuard, opts: &Options) -> Result<Report> {
     let mut rng = Rng(opts.seed);
     let mut episodes: Vec<Episode> = Vec::new();
     let mut wedge = None;
+    let (mut fault_gaps, mut quiet_gaps) = (Vec::new(), Vec::new());
     let deadline = Instant::now() + Duration::from_secs_f64(opts.minutes * 60.0);
     // The first baseline window.
     let mut quiet_event = Some(load.mark_event());
@@ -576,9 +585,13 @@ fn chaos(lab: &mut LabGuard, opts: &Options) -> Result<Report> {
         let (max, p99) = gap_stats(&gaps);
         ep.pause_max_ms = max;
         ep.pause_p99_ms = p99;
-        ep.quiet_max_ms = ep
+        let quiet = ep
             .quiet_event
-            .and_then(|q| gap_stats(&monitor.event_gaps(q)).0);
+            .map(|q| monitor.event_gaps(q))
+            .unwrap_or_default();
+        ep.quiet_max_ms = gap_stats(&quiet).0;
+        fault_gaps.extend(gaps.iter().flatten().map(|d| ms(*d)));
+        quiet_gaps.extend(quiet.iter().flatten().map(|d| ms(*d)));
         let c = monitor.counters();
         run.log(&format!(
             "episode {} done: {}; primary {} → {}; recovered {} after restore; pause max {} p99 {} (quiet {}); failovers {} total; ops {} ({:.0}/s), errors {}, lost {}, dup {}",
@@ -720,6 +733,8 @@ fn chaos(lab: &mut LabGuard, opts: &Options) -> Result<Report> {
         pause_max_ms: Stats::of(episodes.iter().filter_map(|e| e.pause_max_ms)),
         pause_p99_ms: Stats::of(episodes.iter().filter_map(|e| e.pause_p99_ms)),
         quiet_max_ms: Stats::of(episodes.iter().filter_map(|e| e.quiet_max_ms)),
+        pause_conn_ms: Stats::of(fault_gaps),
+        quiet_conn_ms: Stats::of(quiet_gaps),
         rate_faults: rate_in(&fault_windows),
         rate_quiet: rate_in(&quiet_windows),
         ops: counters.ops,
@@ -961,13 +976,7 @@ fn describe(reports: &[NodeReport]) -> String {
         .map(|r| {
             format!(
                 "node {} {} term {} applied {}/{} voters {:?} learners {:?}",
-                r.slot,
-                r.role,
-                r.term,
-                r.applied_index,
-                r.commit_index,
-                r.voters,
-                r.learners
+                r.slot, r.role, r.term, r.applied_index, r.commit_index, r.voters, r.learners
             )
         })
         .collect::<Vec<_>>()
@@ -1060,7 +1069,12 @@ fn opt_ms(v: Option<f64>) -> String {
 fn print_report(r: &Report) {
     println!(
         "## Chaos run: {} nodes, {:?}, seed {}, {} connections, {:.1} min ({} CPUs)\n",
-        r.nodes, r.service, r.seed, r.connections, r.elapsed_s / 60.0, r.cpus
+        r.nodes,
+        r.service,
+        r.seed,
+        r.connections,
+        r.elapsed_s / 60.0,
+        r.cpus
     );
     println!("Verdict: {}\n", if r.passed { "PASS" } else { "FAIL" });
     let actions: Vec<String> = r
@@ -1074,18 +1088,38 @@ fn print_report(r: &Report) {
         actions.join(", "),
         r.migrations_refused
     );
-    println!("- failovers (changes of the node serving the VIP): {}", r.failovers);
+    println!(
+        "- failovers (changes of the node serving the VIP): {}",
+        r.failovers
+    );
     let line = |what: &str, s: Option<Stats>| match s {
         Some(s) => println!(
-            "- {what}: median {:.0} ms, p99 {:.0} ms, max {:.0} ms (min {:.0} ms, {} episodes)",
+            "- {what}: median {:.0} ms, p99 {:.0} ms, max {:.0} ms (min {:.0} ms, {} values)",
             s.median, s.p99, s.max, s.min, s.count
         ),
         None => println!("- {what}: -"),
     };
     line("recovery (restore → healthy)", r.recovery_ms);
-    line("pause across a fault (largest gap of any connection)", r.pause_max_ms);
-    line("pause across a fault (p99 over connections)", r.pause_p99_ms);
-    line("baseline: largest gap in the quiet window before", r.quiet_max_ms);
+    line(
+        "pause across a fault (largest gap of any connection)",
+        r.pause_max_ms,
+    );
+    line(
+        "pause across a fault (p99 over connections)",
+        r.pause_p99_ms,
+    );
+    line(
+        "baseline: largest gap in the quiet window before",
+        r.quiet_max_ms,
+    );
+    line(
+        "each connection's largest gap across each fault",
+        r.pause_conn_ms,
+    );
+    line(
+        "baseline: each connection's largest gap in each quiet window",
+        r.quiet_conn_ms,
+    );
     if let (Some(p), Some(q)) = (r.pause_max_ms, r.quiet_max_ms) {
         println!(
             "- pause ÷ baseline (medians): {:.1}",
@@ -1132,7 +1166,10 @@ fn print_report(r: &Report) {
         },
         hashes.join(", ")
     );
-    println!("- daemons alive at the end: {}/{}", r.daemons_alive, r.nodes);
+    println!(
+        "- daemons alive at the end: {}/{}",
+        r.daemons_alive, r.nodes
+    );
     if let Some(w) = &r.wedge {
         println!("- STOPPED EARLY: {w}");
     }

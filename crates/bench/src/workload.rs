@@ -394,7 +394,8 @@ impl Workload {
             .collect();
         let event_gaps = all_events.iter().map(|e| gaps_of(e)).collect();
         drop(all_events);
-        let tallies = std::mem::take(&mut *shared.tallies.lock().unwrap_or_else(|e| e.into_inner()));
+        let tallies =
+            std::mem::take(&mut *shared.tallies.lock().unwrap_or_else(|e| e.into_inner()));
         let errors =
             std::mem::take(&mut *shared.error_list.lock().unwrap_or_else(|e| e.into_inner()));
         let buckets =
@@ -868,7 +869,11 @@ pub fn final_check(config: &WorkloadConfig, tallies: &[KeyTally]) -> FinalCheck 
                     "duplicated update: {} holds {value}, {} acknowledged{}",
                     tally.key,
                     tally.acked,
-                    if tally.in_flight { " and 1 in flight" } else { "" }
+                    if tally.in_flight {
+                        " and 1 in flight"
+                    } else {
+                        ""
+                    }
                 ),
             );
         } else if value > tally.acked {
