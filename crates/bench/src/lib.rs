@@ -6,6 +6,8 @@
 //!
 //! Benchmarks, one module each, each with an `Options` (or arguments) and
 //! a `run` that prints a report:
+//! - [`chaos`]: a seeded random schedule of kills, crashes, freezes,
+//!   partitions, reboots and migrations under a checked load, for minutes;
 //! - [`capture`]: packets/s and added latency of the capture path;
 //! - [`compare`]: tandem, keepalived and Redis Sentinel when the primary is
 //!   killed, with the same client workload;
@@ -18,8 +20,8 @@
 //!
 //! Load generators:
 //! - [`workload`]: the kv load that checks every reply (lost, duplicated,
-//!   errors) with live counters, latency buckets and per-event pauses
-//!   (`tandem demo`);
+//!   errors, and every counter read back at the end) with live counters,
+//!   latency buckets and per-event pauses (`tandem demo`, [`chaos`]);
 //! - [`failover`] keeps its own paced, single-threaded INCR load for
 //!   1,000 connections (merging it into [`workload`] is still to do);
 //! - [`flood`]: spoofed SYNs from a raw socket, and the connect probe.
@@ -27,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+pub mod chaos;
 pub mod compare;
 pub mod failover;
 pub mod flood;

@@ -18,6 +18,18 @@
 //! [`Workload::start`] (its threads inherit it): call it inside
 //! `Lab::run_in(None, ..)` to load a lab from its client namespace.
 //!
+//! With [`Protocol::CounterLines`] the same loop runs against the
+//! `counter` service's line protocol: `INCR` (checked as above) then `GET`
+//! of the same counter (it must return the value just acknowledged).
+//!
+//! Each key's final tally — the last value acknowledged, and whether one
+//! more INCR was sent without its reply (in flight when the connection
+//! failed) — is kept ([`KeyTally`], at most [`MAX_TALLIES`]), so that
+//! [`final_check`] can read every counter back after the run: a value below
+//! the acknowledged one is a lost update, a value above it plus what was in
+//! flight a duplicated one. This catches what the in-line checks cannot: the
+//! last increments of a connection that broke.
+//!
 //! What is recorded stays bounded: per 100 ms of run time (by the time a
 //! request was sent) the largest latency and the number of replies; the
 //! first [`MAX_ERRORS`] error descriptions; and, per *event* marked with
@@ -40,6 +52,20 @@ pub const BUCKET: Duration = Duration::from_millis(100);
 pub const MAX_BUCKETS: usize = 36_000;
 /// Error descriptions kept (all are counted).
 pub const MAX_ERRORS: usize = 1_000;
+/// Key tallies kept for [`final_check`] (one per connection and
+/// reconnection; later keys are counted in [`Report::untallied`]).
+pub const MAX_TALLIES: usize = 100_000;
+
+/// The service's protocol, which decides the loop a connection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Redis protocol (the `kv` service): INCR, SET, GET.
+    #[default]
+    Resp,
+    /// The `counter` service's lines (`INCR key\n` → `N\n`, `GET key\n`):
+    /// INCR, GET.
+    CounterLines,
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -53,6 +79,8 @@ pub struct WorkloadConfig {
     pub reply_timeout: Duration,
     /// Prefix of every key (keeps runs against one service apart).
     pub key_prefix: String,
+    /// The service's protocol.
+    pub protocol: Protocol,
 }
 
 impl WorkloadConfig {
@@ -63,6 +91,7 @@ impl WorkloadConfig {
             connections: 32,
             reply_timeout: Duration::from_secs(10),
             key_prefix: "demo".to_string(),
+            protocol: Protocol::Resp,
         }
     }
 }
@@ -102,6 +131,37 @@ pub struct Counters {
     pub duplicated: u64,
 }
 
+/// How one counter ended: what [`final_check`] compares the service's
+/// value with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTally {
+    /// The counter's key.
+    pub key: String,
+    /// The last value the service acknowledged (0: none).
+    pub acked: i64,
+    /// Whether one more INCR was sent and never answered.
+    pub in_flight: bool,
+}
+
+/// What [`final_check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinalCheck {
+    /// Counters read back.
+    pub checked: u64,
+    /// Acknowledged increments missing from the service.
+    pub lost: u64,
+    /// Increments applied more often than sent.
+    pub duplicated: u64,
+    /// The in-flight increments that were applied (not an error: the
+    /// client never learnt either way).
+    pub in_flight_applied: u64,
+    /// What went wrong (first [`MAX_ERRORS`]): a mismatch, or a counter
+    /// that could not be read.
+    pub errors: Vec<String>,
+    /// All errors, counted.
+    pub error_count: u64,
+}
+
 /// A marked event (a failover, from the fault until the new primary
 /// serves) and the pause clients saw across it.
 struct Event {
@@ -111,6 +171,8 @@ struct Event {
     /// Largest gap between consecutive replies of one connection that
     /// overlaps `[at_us, end_us]`, in microseconds.
     pause_us: AtomicU64,
+    /// The same, per connection (0: no such gap yet).
+    gaps_us: Vec<AtomicU64>,
 }
 
 /// What the connections share with the controller.
@@ -125,12 +187,33 @@ struct Shared {
     buckets: Mutex<Vec<Bucket>>,
     events: Mutex<Vec<Arc<Event>>>,
     event_count: AtomicUsize,
+    tallies: Mutex<Vec<KeyTally>>,
+    untallied: AtomicU64,
     /// A clone of each connection's current socket, to unblock it at stop.
     sockets: Mutex<Vec<Option<TcpStream>>>,
     config: WorkloadConfig,
 }
 
 impl Shared {
+    fn new(config: WorkloadConfig) -> Shared {
+        Shared {
+            start: Instant::now(),
+            stop: AtomicBool::new(false),
+            ops: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            duplicated: AtomicU64::new(0),
+            error_list: Mutex::new(Vec::new()),
+            buckets: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
+            event_count: AtomicUsize::new(0),
+            tallies: Mutex::new(Vec::new()),
+            untallied: AtomicU64::new(0),
+            sockets: Mutex::new((0..config.connections).map(|_| None).collect()),
+            config,
+        }
+    }
+
     fn micros(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.start).as_micros() as u64
     }
@@ -148,6 +231,15 @@ impl Shared {
                 connection,
                 what,
             });
+        }
+    }
+
+    fn tally(&self, tally: KeyTally) {
+        let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
+        if tallies.len() < MAX_TALLIES {
+            tallies.push(tally);
+        } else {
+            self.untallied.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -199,6 +291,13 @@ pub struct Report {
     /// clients saw across it (`None` if no connection replied on both
     /// sides of it).
     pub events: Vec<(Duration, Option<Duration>)>,
+    /// Per marked event (in order): each connection's largest gap across
+    /// it (`None`: that connection had no reply after it).
+    pub event_gaps: Vec<Vec<Option<Duration>>>,
+    /// Every key's final tally, for [`final_check`].
+    pub tallies: Vec<KeyTally>,
+    /// Keys not tallied (over [`MAX_TALLIES`]).
+    pub untallied: u64,
 }
 
 impl Workload {
@@ -206,20 +305,7 @@ impl Workload {
     /// and starts the load.
     pub fn start(config: WorkloadConfig) -> Workload {
         let connections = config.connections;
-        let shared = Arc::new(Shared {
-            start: Instant::now(),
-            stop: AtomicBool::new(false),
-            ops: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            lost: AtomicU64::new(0),
-            duplicated: AtomicU64::new(0),
-            error_list: Mutex::new(Vec::new()),
-            buckets: Mutex::new(Vec::new()),
-            events: Mutex::new(Vec::new()),
-            event_count: AtomicUsize::new(0),
-            sockets: Mutex::new((0..connections).map(|_| None).collect()),
-            config,
-        });
+        let shared = Arc::new(Shared::new(config));
         let threads = (0..connections)
             .map(|id| {
                 let shared = shared.clone();
@@ -245,6 +331,9 @@ impl Workload {
             at_us: self.shared.micros(Instant::now()),
             end_us: AtomicU64::new(u64::MAX),
             pause_us: AtomicU64::new(0),
+            gaps_us: (0..self.shared.config.connections)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         });
         let mut events = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
         events.push(event);
@@ -292,10 +381,8 @@ impl Workload {
             lost: shared.lost.load(Ordering::Relaxed),
             duplicated: shared.duplicated.load(Ordering::Relaxed),
         };
-        let events = shared
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let all_events = shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        let events = all_events
             .iter()
             .map(|e| {
                 let pause = e.pause_us.load(Ordering::Relaxed);
@@ -305,6 +392,10 @@ impl Workload {
                 )
             })
             .collect();
+        let event_gaps = all_events.iter().map(|e| gaps_of(e)).collect();
+        drop(all_events);
+        let tallies =
+            std::mem::take(&mut *shared.tallies.lock().unwrap_or_else(|e| e.into_inner()));
         let errors =
             std::mem::take(&mut *shared.error_list.lock().unwrap_or_else(|e| e.into_inner()));
         let buckets =
@@ -315,8 +406,23 @@ impl Workload {
             errors,
             buckets,
             events,
+            event_gaps,
+            tallies,
+            untallied: shared.untallied.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Each connection's largest gap across `event` (`None`: none yet).
+fn gaps_of(event: &Event) -> Vec<Option<Duration>> {
+    event
+        .gaps_us
+        .iter()
+        .map(|g| {
+            let us = g.load(Ordering::Relaxed);
+            (us > 0).then(|| Duration::from_micros(us))
+        })
+        .collect()
 }
 
 /// Reads a running load's live counters.
@@ -374,6 +480,13 @@ impl Monitor {
         let us = events.get(index)?.pause_us.load(Ordering::Relaxed);
         (us > 0).then(|| Duration::from_micros(us))
     }
+
+    /// Each connection's largest gap across event `index` so far (empty if
+    /// there is no such event).
+    pub fn event_gaps(&self, index: usize) -> Vec<Option<Duration>> {
+        let events = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.get(index).map(|e| gaps_of(e)).unwrap_or_default()
+    }
 }
 
 /// One RESP command.
@@ -400,6 +513,9 @@ enum Reply {
 
 /// A connection and where it stands with respect to the marked events.
 struct Conn {
+    /// The connection's number (0-based).
+    id: usize,
+    protocol: Protocol,
     writer: TcpStream,
     reader: BufReader<TcpStream>,
     line: String,
@@ -417,6 +533,8 @@ impl Conn {
         let writer = stream.try_clone()?;
         shared.sockets.lock().unwrap_or_else(|e| e.into_inner())[id] = Some(stream.try_clone()?);
         Ok(Conn {
+            id,
+            protocol: config.protocol,
             writer,
             reader: BufReader::new(stream),
             line: String::new(),
@@ -433,6 +551,10 @@ impl Conn {
                 self.line.truncate(self.line.len() - 2);
                 Ok(())
             }
+            Ok(_) if self.protocol == Protocol::CounterLines && self.line.ends_with('\n') => {
+                self.line.truncate(self.line.len() - 1);
+                Ok(())
+            }
             Ok(_) => Err(format!("a truncated reply line {:?}", self.line)),
             Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 Err("no reply within the timeout".into())
@@ -443,6 +565,16 @@ impl Conn {
 
     fn read_reply(&mut self) -> Result<Reply, String> {
         self.read_line()?;
+        if self.protocol == Protocol::CounterLines {
+            return Ok(match self.line.strip_prefix("ERR") {
+                Some(_) => Reply::Error(self.line.clone()),
+                None => self
+                    .line
+                    .parse()
+                    .map(Reply::Integer)
+                    .map_err(|_| format!("a malformed counter reply {:?}", self.line))?,
+            });
+        }
         let (kind, rest) = self.line.split_at(self.line.len().min(1));
         let rest = rest.to_string();
         match kind {
@@ -476,8 +608,12 @@ impl Conn {
     /// the pause of any event that happened since the previous reply.
     fn round_trip(&mut self, shared: &Shared, args: &[&str]) -> Result<Reply, String> {
         let sent = Instant::now();
+        let request = match self.protocol {
+            Protocol::Resp => command(args),
+            Protocol::CounterLines => format!("{}\n", args.join(" ")).into_bytes(),
+        };
         self.writer
-            .write_all(&command(args))
+            .write_all(&request)
             .map_err(|err| format!("write: {err}"))?;
         let reply = self.read_reply()?;
         let now = Instant::now();
@@ -501,6 +637,9 @@ impl Conn {
             }
             if from <= event.end_us.load(Ordering::Acquire) {
                 event.pause_us.fetch_max(to - from, Ordering::Relaxed);
+                if let Some(gap) = event.gaps_us.get(self.id) {
+                    gap.fetch_max(to - from, Ordering::Relaxed);
+                }
             }
         }
         // The next gap starts now: events over by now are done with.
@@ -530,12 +669,16 @@ fn connection(id: usize, shared: &Shared) {
                 continue;
             }
         };
-        let outcome = checks(
-            id,
-            shared,
-            &mut conn,
-            &format!("{prefix}:{id}:{generation}"),
-        );
+        let keys = format!("{prefix}:{id}:{generation}");
+        let mut tally = KeyTally {
+            key: format!("{keys}:counter"),
+            acked: 0,
+            in_flight: false,
+        };
+        let outcome = checks(id, shared, &mut conn, &keys, &mut tally);
+        if tally.acked > 0 || tally.in_flight {
+            shared.tally(tally);
+        }
         if let Err(what) = outcome {
             if !shared.stopping() {
                 shared.error(id, what);
@@ -544,17 +687,26 @@ fn connection(id: usize, shared: &Shared) {
     }
 }
 
-/// INCR, SET, GET in a loop on keys under `keys`, until stop or an error
-/// that leaves the connection unusable.
-fn checks(id: usize, shared: &Shared, conn: &mut Conn, keys: &str) -> Result<(), String> {
-    let counter_key = format!("{keys}:counter");
-    let mut counter: i64 = 0;
+/// INCR, then SET and GET (kv) or GET (counter), in a loop on keys under
+/// `keys`, until stop or an error that leaves the connection unusable;
+/// `tally` follows the counter.
+fn checks(
+    id: usize,
+    shared: &Shared,
+    conn: &mut Conn,
+    keys: &str,
+    tally: &mut KeyTally,
+) -> Result<(), String> {
+    let counter_key = tally.key.clone();
     for n in 1u64.. {
         if shared.stopping() {
             return Ok(());
         }
-        let expected = counter + 1;
-        match conn.round_trip(shared, &["INCR", &counter_key])? {
+        let expected = tally.acked + 1;
+        tally.in_flight = true;
+        let reply = conn.round_trip(shared, &["INCR", &counter_key])?;
+        tally.in_flight = false;
+        match reply {
             Reply::Integer(v) if v == expected => {
                 shared.ops.fetch_add(1, Ordering::Relaxed);
             }
@@ -582,12 +734,35 @@ fn checks(id: usize, shared: &Shared, conn: &mut Conn, keys: &str) -> Result<(),
                 }
                 // The stream is still in step: carry on from what the
                 // service holds.
-                counter = v;
+                tally.acked = v;
                 continue;
             }
-            other => return Err(format!("INCR #{n} of {counter_key}: {}", describe(&other))),
+            other => {
+                // Whether it was applied is unknown: count it as in flight.
+                tally.in_flight = true;
+                return Err(format!("INCR #{n} of {counter_key}: {}", describe(&other)));
+            }
         }
-        counter = expected;
+        tally.acked = expected;
+        if conn.protocol == Protocol::CounterLines {
+            match conn.round_trip(shared, &["GET", &counter_key])? {
+                Reply::Integer(v) if v == tally.acked => {
+                    shared.ops.fetch_add(1, Ordering::Relaxed);
+                }
+                Reply::Integer(v) => {
+                    shared.lost.fetch_add(1, Ordering::Relaxed);
+                    shared.error(
+                        id,
+                        format!(
+                            "lost update: GET {counter_key} answered {v} after INCR answered {}",
+                            tally.acked
+                        ),
+                    );
+                }
+                other => return Err(format!("GET {counter_key}: {}", describe(&other))),
+            }
+            continue;
+        }
         let key = format!("{keys}:value:{}", n % 8);
         let value = format!("v{id}-{n}-{}", shared.micros(Instant::now()));
         match conn.round_trip(shared, &["SET", &key, &value])? {
@@ -611,6 +786,104 @@ fn checks(id: usize, shared: &Shared, conn: &mut Conn, keys: &str) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Reads every tallied counter back (one connection, opened in the calling
+/// thread's network namespace, to `config.addr` with `config.protocol`)
+/// and compares it with what its connection saw acknowledged: below is a
+/// lost update, above (beyond one in-flight INCR) a duplicated one. Call
+/// it after [`Workload::stop`], with the report's tallies.
+pub fn final_check(config: &WorkloadConfig, tallies: &[KeyTally]) -> FinalCheck {
+    let mut out = FinalCheck::default();
+    let note = |out: &mut FinalCheck, what: String| {
+        out.error_count += 1;
+        if out.errors.len() < MAX_ERRORS {
+            out.errors.push(what);
+        }
+    };
+    // A `Shared` of its own so the reads go through the same code as the
+    // load's (its counters are not reported).
+    let shared = Shared::new(WorkloadConfig {
+        connections: 1,
+        ..config.clone()
+    });
+    let mut conn: Option<Conn> = None;
+    for tally in tallies {
+        let mut value = None;
+        // One reconnection per key at most: a failing service fails fast.
+        for _ in 0..2 {
+            if conn.is_none() {
+                match Conn::open(0, &shared) {
+                    Ok(c) => conn = Some(c),
+                    Err(err) => {
+                        note(&mut out, format!("final check: connect: {err}"));
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            match c.round_trip(&shared, &["GET", &tally.key]) {
+                Ok(Reply::Integer(v)) => value = Some(v),
+                Ok(Reply::Bulk(Some(s))) => match s.parse() {
+                    Ok(v) => value = Some(v),
+                    Err(_) => {
+                        note(&mut out, format!("final check: GET {}: {s:?}", tally.key));
+                        value = Some(i64::MIN);
+                    }
+                },
+                Ok(Reply::Bulk(None)) => value = Some(0),
+                Ok(other) => {
+                    note(
+                        &mut out,
+                        format!("final check: GET {}: {}", tally.key, describe(&other)),
+                    );
+                    value = Some(i64::MIN);
+                }
+                Err(err) => {
+                    note(&mut out, format!("final check: GET {}: {err}", tally.key));
+                    conn = None;
+                    continue;
+                }
+            }
+            break;
+        }
+        let Some(value) = value.filter(|v| *v != i64::MIN) else {
+            continue;
+        };
+        out.checked += 1;
+        let most = tally.acked + i64::from(tally.in_flight);
+        if value < tally.acked {
+            out.lost += (tally.acked - value) as u64;
+            note(
+                &mut out,
+                format!(
+                    "lost update: {} holds {value}, {} increments were acknowledged",
+                    tally.key, tally.acked
+                ),
+            );
+        } else if value > most {
+            out.duplicated += (value - most) as u64;
+            note(
+                &mut out,
+                format!(
+                    "duplicated update: {} holds {value}, {} acknowledged{}",
+                    tally.key,
+                    tally.acked,
+                    if tally.in_flight {
+                        " and 1 in flight"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        } else if value > tally.acked {
+            out.in_flight_applied += 1;
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.writer.shutdown(Shutdown::Both);
+    }
+    out
 }
 
 fn describe(reply: &Reply) -> String {
@@ -747,6 +1020,96 @@ mod tests {
         assert!(quiet < Duration::from_millis(100), "{quiet:?}");
         assert!(pause >= Duration::from_millis(250), "{pause:?}");
         assert!(pause < Duration::from_millis(600), "{pause:?}");
+        // Per connection: every one was held, the largest is the pause.
+        let gaps = &report.event_gaps[1];
+        assert_eq!(gaps.len(), 4);
+        assert!(gaps
+            .iter()
+            .all(|g| g.is_some_and(|g| g >= Duration::from_millis(200))));
+        assert_eq!(gaps.iter().flatten().max().copied(), Some(pause));
+    }
+
+    /// A line server for the counter protocol (`INCR k\n`, `GET k\n`).
+    fn counter_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let store = Arc::new(Mutex::new(BTreeMap::<String, i64>::new()));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let words: Vec<&str> = line.split_whitespace().collect();
+                        let mut store = store.lock().unwrap();
+                        let reply = match words.as_slice() {
+                            ["INCR", key] => {
+                                let v = store.entry(key.to_string()).or_insert(0);
+                                *v += 1;
+                                format!("{v}\n")
+                            }
+                            ["GET", key] => format!("{}\n", store.get(*key).unwrap_or(&0)),
+                            _ => "ERR unknown command\n".to_string(),
+                        };
+                        writer.write_all(reply.as_bytes()).unwrap();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn the_counter_protocol_is_checked_and_read_back() {
+        let config = WorkloadConfig {
+            protocol: Protocol::CounterLines,
+            ..config(counter_server(), 2)
+        };
+        let load = Workload::start(config.clone());
+        std::thread::sleep(Duration::from_millis(150));
+        let report = load.stop(Duration::from_secs(1));
+        assert_eq!(report.counters.errors, 0, "{:?}", report.errors);
+        assert!(report.counters.ops > 20);
+        assert_eq!(report.tallies.len(), 2);
+        let check = final_check(&config, &report.tallies);
+        assert_eq!(check.checked, 2);
+        assert_eq!((check.lost, check.duplicated), (0, 0), "{:?}", check.errors);
+    }
+
+    #[test]
+    fn the_final_check_finds_what_the_service_lost_or_applied_twice() {
+        let config = config(server(0, 0), 2);
+        let load = Workload::start(config.clone());
+        std::thread::sleep(Duration::from_millis(150));
+        let report = load.stop(Duration::from_secs(1));
+        assert_eq!(report.counters.errors, 0, "{:?}", report.errors);
+        let mut tallies = report.tallies.clone();
+        assert_eq!(tallies.len(), 2);
+        assert!(tallies.iter().all(|t| t.acked > 3 && !t.in_flight));
+        let check = final_check(&config, &tallies);
+        assert_eq!(check.checked, 2);
+        assert_eq!(check.error_count, 0, "{:?}", check.errors);
+
+        // The client believes in two more increments than the service
+        // holds: lost; in three fewer: duplicated, unless in flight.
+        tallies[0].acked += 2;
+        tallies[1].acked -= 3;
+        let check = final_check(&config, &tallies);
+        assert_eq!((check.lost, check.duplicated), (2, 3), "{:?}", check.errors);
+        assert_eq!(check.error_count, 2);
+        tallies[0].acked -= 3;
+        tallies[0].in_flight = true;
+        tallies[1].acked += 3;
+        let check = final_check(&config, &tallies);
+        assert_eq!((check.lost, check.duplicated), (0, 0), "{:?}", check.errors);
+        assert_eq!(check.in_flight_applied, 1);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use std::process::ExitCode;
-use tandem_bench::{capture, compare, failover, kv, migrate, synflood};
+use tandem_bench::{capture, chaos, compare, failover, kv, migrate, synflood};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -30,6 +30,67 @@ impl From<LockMode> for migrate::LockMode {
 
 #[derive(clap::Subcommand)]
 enum Bench {
+    /// A chaos run (not in CI): a seeded random schedule of power cuts,
+    /// crashes, freezes, partitions, reboots and migrations on a 3- or
+    /// 5-node lab, one episode every few seconds (fault, hold, restore,
+    /// recovery checked), under a checked load (long-lived connections
+    /// looping INCR/SET/GET, every reply checked, every counter read back
+    /// at the end). Reports failovers, the pauses clients saw (against
+    /// quiet windows of the same run), errors, lost and duplicated
+    /// updates, client resets, the replicas' state hashes and the daemons
+    /// alive; exits non-zero if any of these is wrong or the cluster did
+    /// not recover from a fault. Progress on stderr, one line per episode.
+    /// Builds its own lab and always removes it. Needs root.
+    Chaos {
+        /// How long to inject faults, in minutes (fractions allowed).
+        #[arg(long)]
+        minutes: f64,
+        /// Nodes in the lab: 3 (one fault at a time) or 5 (up to two).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The schedule's seed (default: from the clock; it is printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The service under load.
+        #[arg(long, value_enum, default_value_t = chaos::Service::Kv)]
+        service: chaos::Service,
+        /// Connections of the checked load.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// The faults to draw from.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = chaos::Action::ALL)]
+        actions: Vec<chaos::Action>,
+        /// Shortest hold of a fault, ms (each hold is drawn uniformly
+        /// between this and --hold-max-ms).
+        #[arg(long, default_value_t = 500)]
+        hold_min_ms: u64,
+        /// Longest hold of a fault, ms.
+        #[arg(long, default_value_t = 6000)]
+        hold_max_ms: u64,
+        /// Shortest quiet time between recovery and the next fault, ms
+        /// (the baseline window of the next fault's pause).
+        #[arg(long, default_value_t = 1000)]
+        quiet_min_ms: u64,
+        /// Longest quiet time between recovery and the next fault, ms.
+        #[arg(long, default_value_t = 4000)]
+        quiet_max_ms: u64,
+        /// How long the cluster may take to be healthy again after a
+        /// restore before the run calls it a wedge and stops, seconds.
+        #[arg(long, default_value_t = 60)]
+        recover_within_s: u64,
+        /// A reply later than this is a load error, seconds.
+        #[arg(long, default_value_t = 10)]
+        reply_timeout_s: u64,
+        /// The lab's name.
+        #[arg(long, default_value = chaos::DEFAULT_LAB)]
+        name: String,
+        /// Where the node logs, the schedule and the JSON report are kept.
+        #[arg(long, default_value = "/tmp/tandem-chaos")]
+        logs: std::path::PathBuf,
+        /// Print the report as JSON (progress still goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// Planned moves: the cost of dumping and restoring one socket (against
     /// opening a fresh loopback connection), and the pause clients see when
     /// 1, 100 and 1,000 connections move at once (against the largest gap
@@ -207,6 +268,44 @@ enum Bench {
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.bench {
+        Bench::Chaos {
+            minutes,
+            nodes,
+            seed,
+            service,
+            connections,
+            actions,
+            hold_min_ms,
+            hold_max_ms,
+            quiet_min_ms,
+            quiet_max_ms,
+            recover_within_s,
+            reply_timeout_s,
+            name,
+            logs,
+            json,
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_secs())
+            });
+            chaos::run(chaos::Options {
+                name,
+                minutes,
+                nodes,
+                seed,
+                service,
+                connections,
+                actions,
+                hold_ms: (hold_min_ms, hold_max_ms),
+                quiet_ms: (quiet_min_ms, quiet_max_ms),
+                recover_within: std::time::Duration::from_secs(recover_within_s.max(1)),
+                reply_timeout: std::time::Duration::from_secs(reply_timeout_s.max(1)),
+                logs,
+                json,
+            })
+        }
         Bench::Migrate {
             sizes,
             rounds,
