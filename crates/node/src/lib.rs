@@ -12,6 +12,7 @@ pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod group;
+pub mod machine;
 pub mod metrics;
 pub mod migration;
 pub mod proposer;

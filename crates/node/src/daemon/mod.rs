@@ -27,13 +27,15 @@ mod fence;
 pub use fence::LEASE;
 mod sockets;
 mod supervise;
-mod takeover;
 
 use crate::admin::{AdminReply, AdminRequest, AdminServer};
-use crate::capture::{direction_of, facts_of, reset_for, segment_of, CaptureLoop, Decision};
+use crate::capture::{direction_of, CaptureLoop, Decision};
 use crate::config::{Config, ServiceSection};
-use crate::group::{Effect, Item, LogEntry, ServiceGroup};
-use crate::proposer::{Proposal, Proposer};
+use crate::group::ServiceGroup;
+use crate::machine::intake::{Captured, Intake, NodeEffect, RawPacket};
+use crate::machine::leadership::{Action as LeadershipAction, Leadership, VipRelease};
+use crate::machine::takeover::RestorePlan;
+use crate::proposer::Proposer;
 use crate::report::{Counters, NodeReport, PeerReport, ServiceReport};
 use crate::services;
 use crate::transport::{Transport, TransportConfig};
@@ -47,12 +49,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supervise::Supervisor;
-use takeover::{for_restore, handed_over_packet, replay_head, synack_for_replay, Rebuilt, TS_JUMP};
-use tandem_core::classify::{Admit, Class, JunkReason, Seen, SynGuard, SynLimiter};
+use tandem_core::classify::{SynGuard, SynLimiter};
 use tandem_core::shadow::{ConnKey, ShadowConfig};
-use tandem_replica::{NodeId, Output, ProposalId, Replica, StateRole};
+use tandem_replica::{NodeId, Output, Replica, StateRole};
 use tandem_sys::capture::{detect_backend, CaptureRules};
-use tandem_sys::nfqueue::{NfQueue, QueueConfig, Verdict};
+use tandem_sys::nfqueue::{NfQueue, QueueConfig};
 
 const NFQUEUE_TOKEN: Token = Token(0);
 const LISTENER_TOKEN: Token = Token(1);
@@ -71,11 +72,6 @@ const SNAPSHOT_EVERY_PAYLOADS: u64 = 20_000;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 /// How often the metrics are brought up to date.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
-/// How long a deposed primary keeps the (silent) VIP, capturing what
-/// clients still send it for the next primary.
-const VIP_LINGER: Duration = Duration::from_millis(1500);
-/// How long a deposed primary keeps uncommitted packets for the next one.
-const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 /// Up to this many connections are rebuilt on the loop's own thread at a
 /// takeover (a millisecond or two); more go to two builder threads while
 /// the loop keeps sending heartbeats.
@@ -88,27 +84,16 @@ const MAX_CATCH_UP_TICKS: u32 = 3;
 /// pause short and the answer honest).
 const MAX_TRANSFER_LAG: u64 = 1_000;
 
-/// A proposed cookie-mode handshake is forgotten by the capture path once
-/// shadow TCP knows it, or after this long (its entry was lost).
-const COOKIE_PROPOSED_TTL_MS: u64 = 5_000;
-
-/// What to check about a held handshake packet once its entry is applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum HandshakeGuard {
-    /// A SYN-ACK: shadow TCP must hold a handshake with this server ISN.
-    SynAck { key: ConnKey, isn: u32 },
-    /// The third ACK of a cookie-mode handshake: shadow TCP must have
-    /// opened the connection; if not, `reset` goes to the client.
-    ThirdAck {
-        key: ConnKey,
-        reset: Option<Vec<u8>>,
-    },
-    /// A later packet of such a handshake, captured before it was applied:
-    /// shadow TCP must know the connection.
-    Follows {
-        key: ConnKey,
-        reset: Option<Vec<u8>>,
-    },
+/// A connection rebuilt in repair mode at takeover, waiting to go live.
+struct Rebuilt {
+    key: ConnKey,
+    socket: Result<tandem_sys::tcp_repair::Prepared, tandem_sys::tcp_repair::RepairError>,
+    /// Our FIN is part of it (the service had closed).
+    fin: bool,
+    /// The client's FIN was received (the service was told).
+    peer_closed: bool,
+    /// Segments to send from a raw socket once it is live.
+    replay: Vec<Vec<u8>>,
 }
 
 /// Why the daemon could not start or had to stop.
@@ -155,17 +140,6 @@ struct SnapshotJob {
     encoded: std::sync::mpsc::Receiver<Vec<u8>>,
 }
 
-/// Where this node stands as a primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Serving {
-    /// A clone: applies, serves nothing.
-    No,
-    /// Elected; waiting until the log up to `barrier` is applied.
-    Awaiting { barrier: u64 },
-    /// Holds the VIP and serves.
-    Yes,
-}
-
 /// The whole daemon state, owned by the loop.
 struct Daemon {
     config: Config,
@@ -182,65 +156,29 @@ struct Daemon {
     shadow_config: ShadowConfig,
     capture: CaptureLoop,
     rules: CaptureRules,
-    proposer: Proposer,
-    /// The SYN rate limit, the logged/cookie mode choice and the cookie
-    /// table (`tandem_core::cookie`): the SYN-flood defence.
-    syn_guard: SynGuard,
-    /// Held packets checked against shadow TCP once their entry is applied
-    /// (never let a SYN-ACK out, or a third ACK in, for a handshake the log
-    /// does not know), by NFQUEUE id.
-    guarded: BTreeMap<u32, HandshakeGuard>,
-    /// RSTs for client packets no connection matches (the kernel's answer),
-    /// at most `unknown_rst_rate` per second.
-    rst_limiter: SynLimiter,
-    /// NFQUEUE ids held until each of our proposals commits.
-    held: BTreeMap<ProposalId, Vec<u32>>,
+    /// The packet and apply paths: classification, proposals, held
+    /// packets and their verdicts, the handover of what did not commit.
+    intake: Intake,
     sockets: KernelSockets,
     fence: Fence,
     netlink: tandem_sys::addr::Netlink,
     interface: tandem_sys::addr::Interface,
     garp: tandem_sys::arp::GarpSender,
-    /// Timers the service set, by id: (generation, due at log ms). Tracked
-    /// on every replica so that a new primary knows them.
-    timers: BTreeMap<u64, (u64, u64)>,
-    serving: Serving,
-    /// Drained: never stays primary (`tandem drain`).
-    draining: bool,
+    /// Who serves: the serving state, the lease entitlement, when to
+    /// refuse or hand over the leadership, a failed takeover's retries.
+    leadership: Leadership,
     /// Replication bodies go in clear (benchmarks only; fixed at start).
     unencrypted: bool,
     supervisor: Supervisor,
-    was_healthy: bool,
-    last_handover: Option<Instant>,
     last_handover_to: Option<u16>,
-    /// The logged SYN-ACK of each handshake still in progress, and the
-    /// handshakes this node rebuilt as ESTABLISHED at takeover: a client
-    /// that never got the SYN-ACK retransmits its SYN, and the logged
-    /// SYN-ACK is replayed to it from a raw socket (DESIGN §3.5).
-    synacks: BTreeMap<ConnKey, Vec<u8>>,
-    restored_handshakes: std::collections::BTreeSet<ConnKey>,
     raw: Option<tandem_sys::rawsock::RawIpv4Sender>,
     metrics: Arc<crate::metrics::Metrics>,
     _metrics_server: Option<crate::metrics::MetricsServer>,
     last_metrics: Instant,
-    /// Our proposals not yet committed, as encoded entries: if leadership
-    /// goes, they are handed to the next primary with [`Replica::forward`]
-    /// (with what could not be proposed during a handover), so that their
-    /// clients need not retransmit.
-    uncommitted: BTreeMap<ProposalId, Vec<u8>>,
-    handover: Vec<Vec<u8>>,
-    handover_since: Option<Instant>,
-    /// A deposed primary removes the VIP at this instant.
-    vip_remove_at: Option<Instant>,
-    /// When this node last started handing its role over on purpose.
-    planned_handover_at: Option<Instant>,
-    /// When each of our pending proposals was made (commit latency).
-    proposed_at: BTreeMap<ProposalId, Instant>,
     /// When this node last became leader (a takeover's duration counts
     /// from there), and a planned migration it started: (target, when).
     elected_at: Option<Instant>,
     migrating: Option<(u16, Instant)>,
-    /// When an authenticated message from each peer slot last arrived.
-    heard: BTreeMap<u16, Instant>,
     counters: Counters,
     /// The unique, increasing index under which each payload is applied.
     payloads_applied: u64,
@@ -251,14 +189,7 @@ struct Daemon {
     /// A snapshot copied from the state and being encoded on another
     /// thread (`maybe_snapshot`).
     snapshot_job: Option<SnapshotJob>,
-    /// Set when a snapshot from the leader could not be installed: raft has
-    /// already replaced the log with it, so this node's state no longer
-    /// matches the log. It stops applying, refuses leadership and reports
-    /// itself unhealthy until restarted (as a new incarnation it is sent
-    /// the state again).
-    state_lost: Option<String>,
     last_sweep: Instant,
-    verdicts: Vec<(u32, Verdict)>,
     /// A turn of the loop longer than this (half the shortest election
     /// timeout) is logged: it risks a needless election.
     held_up_warning: Duration,
@@ -400,6 +331,10 @@ impl Daemon {
             service.syn_cookie_table,
         );
         let rst_limiter = SynLimiter::new(service.unknown_rst_rate, service.unknown_rst_rate);
+        let leadership = Leadership::new(
+            config.supervision.takeover_policy(LEASE),
+            config.cluster.members.len(),
+        );
         Ok(Daemon {
             sockets: KernelSockets::new(LISTENER_TOKEN, SOCKET_TOKENS, service.window_clamp),
             config,
@@ -416,41 +351,28 @@ impl Daemon {
             shadow_config,
             capture: CaptureLoop::new(queue),
             rules,
-            proposer: Proposer::new(MAX_ENTRY_BYTES, LAZY_LOG_MS),
-            syn_guard,
-            guarded: BTreeMap::new(),
-            rst_limiter,
-            held: BTreeMap::new(),
+            intake: Intake::new(
+                Proposer::new(MAX_ENTRY_BYTES, LAZY_LOG_MS),
+                syn_guard,
+                rst_limiter,
+            ),
             fence,
             netlink,
             interface,
             garp,
-            timers: BTreeMap::new(),
-            serving: Serving::No,
-            heard: BTreeMap::new(),
+            leadership,
             metrics,
             _metrics_server: metrics_server,
             last_metrics: Instant::now(),
-            proposed_at: BTreeMap::new(),
-            uncommitted: BTreeMap::new(),
-            handover: Vec::new(),
-            handover_since: None,
-            vip_remove_at: None,
-            planned_handover_at: None,
             elected_at: None,
             migrating: None,
-            synacks: BTreeMap::new(),
-            restored_handshakes: std::collections::BTreeSet::new(),
             raw: tandem_sys::rawsock::RawIpv4Sender::open()
                 .map_err(
                     |err| tracing::warn!(%err, "no raw socket: logged SYN-ACKs cannot be replayed"),
                 )
                 .ok(),
-            draining: false,
             unencrypted,
             supervisor,
-            was_healthy: true,
-            last_handover: None,
             last_handover_to: None,
             counters: Counters::default(),
             payloads_applied: 0,
@@ -459,9 +381,7 @@ impl Daemon {
             snapshot_index: 0,
             want_snapshot_now: false,
             snapshot_job: None,
-            state_lost: None,
             last_sweep: Instant::now(),
-            verdicts: Vec::new(),
             held_up_warning,
         })
     }
@@ -511,11 +431,11 @@ impl Daemon {
                 self.transport
                     .read_pending(self.poll.registry(), &mut frames);
             }
-            let received_at = Instant::now();
+            let received_at = self.ms_at(Instant::now());
             for frame in frames.drain(..) {
                 // Rejections are counted by the replica's inbox.
                 if let Ok(from) = self.replica.receive(&frame) {
-                    self.heard.insert(from.slot, received_at);
+                    self.leadership.handle_heard(from.slot, received_at);
                 }
             }
             let now = Instant::now();
@@ -563,196 +483,56 @@ impl Daemon {
         Ok(())
     }
 
-    /// The latest instant by which a majority of the members (this node
-    /// included) had been heard from.
-    fn quorum_heard(&self) -> Option<Instant> {
-        let members = self.config.cluster.members.len();
-        let needed_peers = members / 2; // a majority counts this node too
-        if needed_peers == 0 {
-            return Some(Instant::now());
-        }
-        let mut times: Vec<Instant> = self.heard.values().copied().collect();
-        times.sort_unstable_by(|a, b| b.cmp(a));
-        times.get(needed_peers - 1).copied()
+    /// The driver's monotonic clock for the machine: ms since start.
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.ms_at(Instant::now())
     }
 
     fn proposer_waiting(&self) -> bool {
-        self.serving == Serving::Yes
+        self.leadership.is_serving()
     }
 
-    /// Reads the capture queue until it is empty.
+    /// Reads the capture queue until it is empty; the intake decides each
+    /// packet's fate.
     fn on_capture(&mut self) {
-        let serving = self.serving == Serving::Yes;
+        let serving = self.leadership.is_serving();
+        let lingering = self.leadership.vip_lingering();
         let mut errors = 0u32;
         loop {
             let now_ms = wall_ms();
+            let intake = &mut self.intake;
             let group = &self.group;
-            let synacks = &self.synacks;
-            let restored_handshakes = &self.restored_handshakes;
-            let mut replays: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
-            let handing_over = self.vip_remove_at.is_some();
-            let mut late: Vec<Item> = Vec::new();
-            let proposer = &mut self.proposer;
-            let syn_guard = &mut self.syn_guard;
-            let guarded = &mut self.guarded;
-            let rst_limiter = &mut self.rst_limiter;
-            let mut resets: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
-            let half_open = group.shadow().half_open();
             let counters = &mut self.counters;
-            let mut full: Vec<Proposal> = Vec::new();
             let result = self.capture.poll(|packet, parsed| {
-                counters.captured += 1;
-                let Ok(repr) = parsed else {
-                    counters.dropped_junk += 1;
-                    return Decision::Verdict(Verdict::Drop);
-                };
-                let direction = direction_of(packet);
-                if !serving {
-                    // Not (yet, or no longer) the primary: nothing may pass
-                    // unlogged. Just deposed, the VIP still here while the
-                    // clients' ARP caches catch up: the client's packet goes
-                    // to the next primary instead of waiting for the
-                    // client's retransmission timer.
-                    if handing_over && direction == tandem_core::classify::Direction::FromClient {
-                        late.push(Item::Packet {
-                            from_server: false,
-                            bytes: packet.payload.to_vec(),
-                        });
-                    }
-                    counters.dropped_uncommitted += 1;
-                    return Decision::Verdict(Verdict::Drop);
-                }
-                let segment = segment_of(&repr);
-                let key = ConnKey::of(direction, &segment);
-                let facts = facts_of(&repr);
-                if facts.syn && !facts.ack && restored_handshakes.contains(&key) {
-                    // The kernel holds an ESTABLISHED socket for this
-                    // handshake, which cannot answer a SYN: replay the
-                    // logged SYN-ACK instead.
-                    if let (Some(synack), IpAddr::V4(client)) = (synacks.get(&key), key.client.ip())
-                    {
-                        replays.push((client, synack.clone()));
-                    }
-                    return Decision::Verdict(Verdict::Drop);
-                }
-                let seen = Seen {
-                    direction,
-                    facts,
-                    key,
-                    seq: segment.seq,
-                    ack: segment.ack,
+                let captured = Captured {
+                    id: packet.id,
+                    direction: direction_of(packet),
                     bytes: &packet.payload,
                 };
-                let from_server = matches!(direction, tandem_core::classify::Direction::FromServer);
-                let class = match syn_guard.admit(seen, group.knows(&key), half_open, now_ms) {
-                    Admit::Handshake { syn, synack } => {
-                        // The third ACK of a cookie-mode handshake: logged
-                        // whole, the ACK released once committed (and only
-                        // if shadow TCP then has the connection).
-                        counters.cookie_handshakes += 1;
-                        full.extend(proposer.on_handshake(
-                            now_ms,
-                            packet.id,
-                            syn,
-                            synack,
-                            packet.payload.to_vec(),
-                        ));
-                        guarded.insert(
-                            packet.id,
-                            HandshakeGuard::ThirdAck {
-                                key,
-                                reset: reset_for(&repr),
-                            },
-                        );
-                        return Decision::Hold;
-                    }
-                    Admit::Class(class) => class,
-                };
-                match class {
-                    Class::Pass => {
-                        // Cookie mode: nothing to log, nothing to copy.
-                        counters.cookie_passed += 1;
-                        counters.released_at_once += 1;
-                        return Decision::Verdict(Verdict::Accept);
-                    }
-                    Class::Junk(JunkReason::SynRateLimited) => counters.syn_rate_limited += 1,
-                    Class::Junk(JunkReason::NoConnection) => {
-                        // No connection, no cookie: the kernel would answer
-                        // with a RST, and so do we, so that a client whose
-                        // cookie handshake was lost (evicted, or in flight
-                        // at a failover) is refused instead of hanging.
-                        if let (Some(reset), IpAddr::V4(client)) =
-                            (reset_for(&repr), key.client.ip())
-                        {
-                            if rst_limiter.admit(now_ms) {
-                                resets.push((client, reset));
-                            }
-                        }
-                    }
-                    Class::Commit if from_server => {
-                        guarded.insert(
-                            packet.id,
-                            HandshakeGuard::SynAck {
-                                key,
-                                isn: segment.seq,
-                            },
-                        );
-                    }
-                    Class::Commit if !group.knows(&key) => {
-                        // After a cookie handshake proposed, not yet applied.
-                        guarded.insert(
-                            packet.id,
-                            HandshakeGuard::Follows {
-                                key,
-                                reset: reset_for(&repr),
-                            },
-                        );
-                    }
-                    _ => {}
-                }
-                let (verdict, proposal) = proposer.on_packet(
+                match intake.handle_packet(
                     now_ms,
-                    packet.id,
-                    class,
-                    from_server,
-                    packet.payload.to_vec(),
-                );
-                if let Some(p) = proposal {
-                    full.push(p);
-                }
-                match verdict {
-                    Some(Verdict::Drop) => {
-                        counters.dropped_junk += 1;
-                        Decision::Verdict(Verdict::Drop)
-                    }
-                    Some(Verdict::Accept) => {
-                        counters.released_at_once += 1;
-                        Decision::Verdict(Verdict::Accept)
-                    }
+                    group,
+                    serving,
+                    lingering,
+                    captured,
+                    parsed.as_ref().ok(),
+                    counters,
+                ) {
+                    Some(verdict) => Decision::Verdict(kernel_verdict(verdict)),
                     None => Decision::Hold,
                 }
             });
-            for proposal in full {
-                self.propose(proposal);
-            }
-            if !late.is_empty() {
-                let entry = LogEntry {
-                    timestamp_ms: now_ms,
-                    items: late,
-                };
-                if let Ok(bytes) = postcard::to_stdvec(&entry) {
-                    self.keep_for_handover(bytes);
-                }
-            }
-            for (client, synack) in replays {
-                if let Some(raw) = &self.raw {
-                    match raw.send(&synack, client) {
-                        Ok(()) => self.counters.synacks_replayed += 1,
-                        Err(err) => tracing::warn!(%err, "replaying a logged SYN-ACK"),
-                    }
-                }
-            }
-            self.send_resets(resets);
+            self.intake.finish_batch(
+                now_ms,
+                Instant::now(),
+                &mut self.replica,
+                &mut self.counters,
+            );
+            self.perform_effects();
             match result {
                 Ok(_) => {}
                 Err(tandem_sys::nfqueue::NfQueueError::Io { source, .. })
@@ -773,41 +553,43 @@ impl Daemon {
                 }
             }
         }
-        if let Some(p) = self.proposer.poll(wall_ms()) {
-            self.propose(p);
-        }
     }
 
-    fn propose(&mut self, proposal: Proposal) {
-        let bytes = match postcard::to_stdvec(&proposal.entry) {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                tracing::error!(%err, "cannot encode an entry");
-                self.drop_held(proposal.held);
-                return;
-            }
-        };
-        match self.replica.propose(bytes.clone()) {
-            Ok(id) => {
-                self.counters.proposals += 1;
-                self.proposed_at.insert(id, Instant::now());
-                self.uncommitted.insert(id, bytes);
-                if !proposal.held.is_empty() {
-                    self.held.insert(id, proposal.held);
+    /// Carries out the intake's effects, in order: verdicts, socket
+    /// effects, raw packets.
+    fn perform_effects(&mut self) {
+        while let Some(effect) = self.intake.poll_effect() {
+            match effect {
+                NodeEffect::Verdicts(verdicts) => {
+                    let verdicts: Vec<(u32, tandem_sys::nfqueue::Verdict)> = verdicts
+                        .into_iter()
+                        .map(|(id, v)| (id, kernel_verdict(v)))
+                        .collect();
+                    if let Err(err) = self.capture.release(&verdicts) {
+                        tracing::warn!(%err, "giving held packets their verdicts");
+                    }
                 }
-            }
-            Err(err) => {
-                // A handover under way: the packets never reach this
-                // kernel, their bytes go to the next primary.
-                tracing::debug!(%err, "proposal refused; kept for the next primary");
-                self.keep_for_handover(bytes);
-                self.drop_held(proposal.held);
+                NodeEffect::Socket(effect) => self.sockets.apply(self.poll.registry(), effect),
+                NodeEffect::Raw { to, bytes, what } => {
+                    let Some(raw) = &self.raw else { continue };
+                    match (raw.send(&bytes, to), what) {
+                        (Ok(()), RawPacket::Reset) => self.counters.resets_sent += 1,
+                        (Ok(()), RawPacket::SynAckReplay) => self.counters.synacks_replayed += 1,
+                        (Ok(()), RawPacket::HandedOver) => {}
+                        (Err(err), RawPacket::SynAckReplay) => {
+                            tracing::warn!(%err, "replaying a logged SYN-ACK")
+                        }
+                        (Err(err), RawPacket::Reset) => tracing::debug!(%err, "sending a RST"),
+                        (Err(err), RawPacket::HandedOver) => {
+                            tracing::debug!(%err, "re-injecting a handed-over packet")
+                        }
+                    }
+                }
             }
         }
     }
 
     fn remove_vip(&mut self) {
-        self.vip_remove_at = None;
         if let Err(err) =
             self.netlink
                 .remove_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)
@@ -816,215 +598,37 @@ impl Daemon {
         }
     }
 
-    /// Keeps an uncommitted entry for the next primary, without our own
-    /// SYN-ACKs: those never left this node, and the next primary's kernel
-    /// answers the client's retransmitted SYN with its own.
-    fn keep_for_handover(&mut self, bytes: Vec<u8>) {
-        let Ok(mut entry) = postcard::from_bytes::<LogEntry>(&bytes) else {
-            return;
-        };
-        entry.items.retain(|item| {
-            !matches!(
-                item,
-                Item::Packet {
-                    from_server: true,
-                    ..
-                }
-            )
-        });
-        if entry.items.is_empty() {
-            return;
-        }
-        let Ok(bytes) = postcard::to_stdvec(&entry) else {
-            return;
-        };
-        self.handover_since.get_or_insert_with(Instant::now);
-        self.handover.push(bytes);
-    }
-
-    /// Hands what this node captured but did not commit to the primary
-    /// once one is known; after a while without one, gives up (the clients
-    /// retransmit).
-    fn forward_handover(&mut self) {
-        if self.handover.is_empty() {
-            return;
-        }
-        if self.replica.role() == StateRole::Leader {
-            if self.serving == Serving::Yes {
-                // Still (or again) the leader: propose them ourselves, unless
-                // a transfer refuses proposals — then they wait for the
-                // next primary.
-                let mut waiting = std::mem::take(&mut self.handover).into_iter();
-                for bytes in waiting.by_ref() {
-                    match self.replica.propose(bytes.clone()) {
-                        Ok(id) => {
-                            self.uncommitted.insert(id, bytes);
-                        }
-                        Err(_) => {
-                            self.handover.push(bytes);
-                            break;
-                        }
-                    }
-                }
-                self.handover.extend(waiting);
-                if self.handover.is_empty() {
-                    self.handover_since = None;
-                }
-            }
-            return;
-        }
-        let payloads = std::mem::take(&mut self.handover);
-        let count = payloads.len();
-        match self.replica.forward(payloads.clone()) {
-            Ok(_) => {
-                self.counters.entries_forwarded += count as u64;
-                self.handover_since = None;
-                tracing::info!(
-                    entries = count,
-                    "uncommitted client packets handed to the new primary"
-                );
-            }
-            Err(_)
-                if self
-                    .handover_since
-                    .is_some_and(|at| at.elapsed() < HANDOVER_WAIT) =>
-            {
-                self.handover = payloads;
-            }
-            Err(_) => {
-                tracing::info!(
-                    entries = count,
-                    "no primary to hand uncommitted packets to; their clients will retransmit"
-                );
-                self.handover_since = None;
-            }
-        }
-    }
-
-    /// The verdict of a held packet whose entry was just applied: ACCEPT,
-    /// unless it is a handshake packet shadow TCP refused (a full half-open
-    /// table, a mismatch): then the kernel must not see it, and a client
-    /// whose third ACK it was gets a RST instead of a hang.
-    fn guarded_verdict(&mut self, id: u32) -> Verdict {
-        let Some(guard) = self.guarded.remove(&id) else {
-            return Verdict::Accept;
-        };
-        let third = matches!(guard, HandshakeGuard::ThirdAck { .. });
-        let shadow = self.group.shadow();
-        match guard {
-            HandshakeGuard::SynAck { key, isn } => {
-                if shadow.info(&key).and_then(|i| i.server_isn) == Some(isn) {
-                    Verdict::Accept
-                } else {
-                    self.counters.synacks_refused += 1;
-                    Verdict::Drop
-                }
-            }
-            HandshakeGuard::ThirdAck { key, reset } | HandshakeGuard::Follows { key, reset } => {
-                let open = shadow.info(&key).is_some_and(|i| {
-                    !third
-                        || !matches!(
-                            i.state,
-                            tandem_core::shadow::ShadowState::SynSeen
-                                | tandem_core::shadow::ShadowState::SynAckSeen
-                        )
-                });
-                if open {
-                    Verdict::Accept
-                } else {
-                    // Later packets of it are refused too.
-                    self.syn_guard.forget(&key);
-                    self.counters.handshakes_refused += u64::from(third);
-                    if let (Some(reset), IpAddr::V4(client)) = (reset, key.client.ip()) {
-                        self.send_resets(vec![(client, reset)]);
-                    }
-                    Verdict::Drop
-                }
-            }
-        }
-    }
-
-    /// Sends RSTs built by [`reset_for`] from the raw socket.
-    fn send_resets(&mut self, resets: Vec<(Ipv4Addr, Vec<u8>)>) {
-        let Some(raw) = &self.raw else {
-            return;
-        };
-        for (client, reset) in resets {
-            match raw.send(&reset, client) {
-                Ok(()) => self.counters.resets_sent += 1,
-                Err(err) => tracing::debug!(%err, "sending a RST"),
-            }
-        }
-    }
-
-    fn drop_held(&mut self, ids: Vec<u32>) {
-        if ids.is_empty() {
-            return;
-        }
-        self.counters.dropped_uncommitted += ids.len() as u64;
-        for id in &ids {
-            self.guarded.remove(id);
-        }
-        let verdicts: Vec<(u32, Verdict)> = ids.into_iter().map(|id| (id, Verdict::Drop)).collect();
-        if let Err(err) = self.capture.release(&verdicts) {
-            tracing::warn!(%err, "dropping held packets");
-        }
-    }
-
     /// What only the primary does each turn: flush lazy log items, fire due
     /// timers, report clients the kernel gave up on, keep the lease.
     fn primary_duties(&mut self, now: Instant) {
-        if self.serving != Serving::Yes {
+        if !self.leadership.is_serving() {
             return;
         }
-        let now_ms = wall_ms();
-        // Timers are due in log time, which is the primaries' clock made
-        // monotonic; the primary's own clock is the right comparison.
-        let log_now = now_ms;
-        let due: Vec<(u64, u64)> = self
-            .timers
-            .iter()
-            .filter(|(_, (_, at))| *at <= log_now)
-            .map(|(id, (generation, _))| (*id, *generation))
-            .collect();
-        for (id, generation) in due {
-            self.timers.remove(&id);
-            self.proposer.push(now_ms, Item::Timer { id, generation });
+        let sweep = now.duration_since(self.last_sweep) > Duration::from_secs(1);
+        if sweep {
+            self.last_sweep = now;
+            let group = &self.group;
+            self.sockets.sweep_pending(|key| group.knows(key));
         }
-        for key in self.sockets.take_gave_up() {
-            self.proposer.push(
-                now_ms,
-                Item::Abort {
-                    client: key.client,
-                    server: key.server,
-                },
-            );
-        }
-        if let Some(p) = self.proposer.poll(now_ms) {
-            self.propose(p);
-        }
+        let gave_up = self.sockets.take_gave_up();
+        self.intake.primary_duties(
+            wall_ms(),
+            now,
+            &self.group,
+            gave_up,
+            sweep,
+            &mut self.replica,
+            &mut self.counters,
+        );
+        self.perform_effects();
         if self.replica.role() == StateRole::Leader {
             // Entitled to the lease only as long as a quorum has been heard
             // from within it (DESIGN §3.8): a primary cut off, or frozen and
             // then woken up, never re-grants itself the VIP.
-            if let Some(heard) = self.quorum_heard() {
-                self.fence.entitle(heard);
+            if let Some(heard) = self.leadership.quorum_heard(self.ms_at(now)) {
+                self.fence
+                    .entitle(self.started + Duration::from_millis(heard));
             }
-        }
-        if now.duration_since(self.last_sweep) > Duration::from_secs(1) {
-            self.last_sweep = now;
-            let group = &self.group;
-            self.sockets.sweep_pending(|key| group.knows(key));
-            let in_handshake = |key: &ConnKey| {
-                group
-                    .shadow()
-                    .info(key)
-                    .is_some_and(|i| i.state == tandem_core::shadow::ShadowState::SynAckSeen)
-            };
-            self.synacks.retain(|key, _| in_handshake(key));
-            self.restored_handshakes.retain(|key| in_handshake(key));
-            self.syn_guard
-                .sweep(wall_ms(), COOKIE_PROPOSED_TTL_MS, |key| group.knows(key));
         }
     }
 
@@ -1065,111 +669,25 @@ impl Daemon {
         if let Some(snapshot) = out.install_snapshot {
             self.install_snapshot(snapshot.index, &snapshot.data);
         }
-        let primary = self.serving == Serving::Yes;
-        // Socket effects wait until the committed packets are released: the
-        // kernel must hold a client's request before the reply leaves, so
-        // the reply carries the ACK (else the client, under Nagle, waits for
-        // a delayed ACK: 40 ms per request).
-        let mut socket_effects = Vec::new();
-        let mut inject: Vec<Vec<u8>> = Vec::new();
-        for committed in out.committed {
-            self.counters.committed_entries += 1;
+        let applied = self.intake.apply_ready(
+            Instant::now(),
+            self.me,
+            self.vip,
+            self.leadership.is_serving(),
+            self.leadership.state_lost().is_some(),
+            &mut self.group,
+            out.committed,
+            out.dropped,
+            &mut self.counters,
+        );
+        self.metrics
+            .add_committed(&self.service.name, applied.entries, applied.bytes);
+        for latency in applied.latencies {
             self.metrics
-                .add_committed(&self.service.name, 1, committed.data.len() as u64);
-            self.uncommitted.remove(&committed.proposal);
-            if let Some(at) = self.proposed_at.remove(&committed.proposal) {
-                self.metrics
-                    .observe_commit_latency(&self.service.name, at.elapsed().as_secs_f64());
-            }
-            self.payloads_applied += 1;
-            if self.state_lost.is_some() {
-                // Applying to a state that is not the log's would only
-                // make it diverge further (and look healthy).
-                continue;
-            }
-            let index = (committed.index << 16) | u64::from(committed.sub);
-            match postcard::from_bytes::<LogEntry>(&committed.data) {
-                Ok(entry) => {
-                    if primary && committed.proposal.proposer != self.me {
-                        // Committed while we serve but not proposed by us:
-                        // packets a deposed primary handed over. Our kernel
-                        // must receive them too (it ACKs them, the client
-                        // stops resending, and Nagle does not hold its next
-                        // request back); they come through the capture again
-                        // and are logged as duplicates, which shadow TCP
-                        // drops like any retransmission.
-                        inject.extend(entry.items.iter().filter_map(handed_over_packet));
-                    }
-                    for item in &entry.items {
-                        if let Item::Packet {
-                            from_server: true,
-                            bytes,
-                        } = item
-                        {
-                            if let Some((key, packet)) = synack_for_replay(bytes) {
-                                self.synacks.insert(key, packet);
-                            }
-                        }
-                    }
-                    let effects = self.group.apply(index, &entry);
-                    for effect in effects {
-                        match effect {
-                            Effect::Timer {
-                                id,
-                                generation,
-                                at_ms,
-                            } => {
-                                self.timers.insert(id, (generation, at_ms));
-                            }
-                            Effect::CancelTimer { id } => {
-                                self.timers.remove(&id);
-                            }
-                            other if primary => socket_effects.push(other),
-                            _ => {}
-                        }
-                    }
-                }
-                Err(err) => {
-                    // Authenticated and committed, so every replica skips
-                    // it alike; still, it means a bug in a proposer.
-                    tracing::error!(index = committed.index, %err, "undecodable log entry skipped");
-                }
-            }
-            if committed.proposal.proposer == self.me {
-                if let Some(ids) = self.held.remove(&committed.proposal) {
-                    self.counters.committed_released += ids.len() as u64;
-                    for id in ids {
-                        let verdict = self.guarded_verdict(id);
-                        self.verdicts.push((id, verdict));
-                    }
-                }
-            }
+                .observe_commit_latency(&self.service.name, latency.as_secs_f64());
         }
-        if !self.verdicts.is_empty() {
-            let verdicts = std::mem::take(&mut self.verdicts);
-            if let Err(err) = self.capture.release(&verdicts) {
-                tracing::warn!(%err, "releasing committed packets");
-            }
-        }
-        for effect in socket_effects {
-            self.sockets.apply(self.poll.registry(), effect);
-        }
-        if let Some(raw) = &self.raw {
-            for packet in &inject {
-                if let Err(err) = raw.send(packet, self.vip) {
-                    tracing::debug!(%err, "re-injecting a handed-over packet");
-                }
-            }
-        }
-        for dropped in out.dropped {
-            self.proposed_at.remove(&dropped);
-            if let Some(bytes) = self.uncommitted.remove(&dropped) {
-                self.keep_for_handover(bytes);
-            }
-            if let Some(ids) = self.held.remove(&dropped) {
-                self.drop_held(ids);
-            }
-        }
+        self.payloads_applied += applied.entries;
+        self.perform_effects();
         if out.snapshot_wanted {
             self.want_snapshot_now = true;
         }
@@ -1189,56 +707,67 @@ impl Daemon {
             );
         }
         if out.role_changed {
-            if out.role == StateRole::Leader {
+            let leader = out.role == StateRole::Leader;
+            if leader {
                 self.elected_at = Some(Instant::now());
-                let barrier = self.replica.status().log.1;
-                self.serving = Serving::Awaiting { barrier };
-            } else if self.serving != Serving::No {
-                self.step_down("lost leadership");
             }
+            let last_index = self.replica.status().log.1;
+            self.leadership
+                .handle_role(self.now_ms(), leader, last_index);
+            // A step-down happens here, before the next ready: no verdict
+            // may follow the loss of leadership.
+            self.perform_queued();
         }
     }
 
     fn after_ready(&mut self) {
-        if self.vip_remove_at.is_some_and(|at| Instant::now() >= at) {
-            self.remove_vip();
+        self.counters.entries_forwarded += self.intake.forward_handover(
+            Instant::now(),
+            self.leadership.is_serving(),
+            &mut self.replica,
+        );
+        self.leadership
+            .handle_health(self.supervisor.health().healthy);
+        self.leadership.handle_applied(self.replica.applied());
+        while let Some(action) = self.leadership.poll_action(self.now_ms()) {
+            self.perform(action);
         }
-        self.forward_handover();
-        let health = self.supervisor.health();
-        if health.healthy != self.was_healthy {
-            self.was_healthy = health.healthy;
-            self.last_handover = None;
+    }
+
+    /// Performs what the leadership machine has already decided (a
+    /// step-down), without asking it to decide anything new.
+    fn perform_queued(&mut self) {
+        while let Some(action) = self.leadership.poll_queued() {
+            self.perform(action);
         }
-        let unfit = self.draining || !health.healthy || self.state_lost.is_some();
-        self.replica.set_refuse_leadership(unfit);
-        if unfit
-            && self.replica.role() == StateRole::Leader
-            && self
-                .last_handover
-                .is_none_or(|at| at.elapsed() > Duration::from_millis(500))
-        {
-            // Elected anyway (it is the only candidate able to win, or the
-            // transfer timed out): pass the role on again.
-            self.last_handover = Some(Instant::now());
-            let why = if self.draining {
-                "drained"
-            } else if self.state_lost.is_some() {
-                "state lost"
-            } else {
-                "unhealthy"
-            };
-            if let Err(err) = self.hand_over(why) {
-                tracing::warn!(%err, "drained node cannot hand over yet");
-            }
-        }
-        if let Serving::Awaiting { barrier } = self.serving {
-            if self.replica.role() != StateRole::Leader {
-                self.serving = Serving::No;
-            } else if self.replica.applied() >= barrier {
-                if let Err(err) = self.take_over() {
-                    tracing::error!(%err, "taking over failed; stepping down");
-                    self.step_down("take-over failed");
+    }
+
+    /// Carries out one of the leadership machine's actions; a takeover's
+    /// outcome goes back to it at once.
+    fn perform(&mut self, action: LeadershipAction) {
+        match action {
+            LeadershipAction::TakeOver { attempt, vip_kept } => match self.take_over(vip_kept) {
+                Ok(()) => self.leadership.handle_takeover_done(),
+                Err(err) => {
+                    self.counters.takeovers_failed += 1;
+                    tracing::error!(%err, attempt, "taking over failed; releasing what was taken");
+                    let step = err.to_string();
+                    self.leadership.handle_takeover_failed(self.now_ms(), &step);
                 }
+            },
+            LeadershipAction::StepDown {
+                why,
+                vip,
+                was_serving,
+            } => self.step_down(why.as_str(), vip, was_serving),
+            LeadershipAction::RemoveVip => self.remove_vip(),
+            LeadershipAction::HandOver { why } => {
+                if let Err(err) = self.hand_over(why) {
+                    tracing::warn!(%err, why, "cannot hand the primary role over yet");
+                }
+            }
+            LeadershipAction::RefuseLeadership(refuse) => {
+                self.replica.set_refuse_leadership(refuse);
             }
         }
     }
@@ -1247,24 +776,29 @@ impl Daemon {
     /// never lets a packet through unlogged; capture has been on since
     /// start-up): connections rebuilt in repair mode while the lease is
     /// granted, listener, VIP, gratuitous ARP, then the connections go live.
-    fn take_over(&mut self) -> Result<(), DaemonError> {
+    fn take_over(&mut self, vip_kept: bool) -> Result<(), DaemonError> {
         let started = Instant::now();
         let lease = self.fence.grant_in_background();
         // Rebuild every connection the log knows, silent until announced.
         let prepared = self.prepare_connections(wall_ms());
         let prepare_ms = started.elapsed().as_secs_f64() * 1e3;
         let addr = SocketAddr::new(IpAddr::V4(self.vip), self.service.port);
-        self.sockets
+        let listening = self
+            .sockets
             .listen(self.poll.registry(), addr, self.service.window_clamp)
-            .map_err(io_err(format!("listening on {addr}")))?;
-        lease.join().unwrap_or_else(|_| {
+            .map_err(io_err(format!("listening on {addr}")));
+        // Joined whatever happened: a grant finishing after the step-down
+        // that releases a failed takeover would leave the lease on.
+        let leased = lease.join().unwrap_or_else(|_| {
             Err(tandem_sys::guard::GuardError::Refused {
                 what: "lease",
                 stderr: "the lease thread panicked".into(),
             })
-        })?;
+        });
+        listening?;
+        leased?;
         let lease_ms = started.elapsed().as_secs_f64() * 1e3;
-        if self.vip_remove_at.take().is_none()
+        if !vip_kept
             || !self
                 .netlink
                 .has_address(&self.interface, IpAddr::V4(self.vip))?
@@ -1317,7 +851,6 @@ impl Daemon {
         }
         self.counters.connections_restored += restored;
         self.counters.restore_failures += failed;
-        self.serving = Serving::Yes;
         self.counters.became_primary += 1;
         let since_elected = self.elected_at.map_or(started.elapsed(), |at| at.elapsed());
         self.metrics
@@ -1337,41 +870,24 @@ impl Daemon {
     }
 
     /// Every connection of the log as a socket in repair mode (DESIGN §3.5
-    /// step 4), busiest first, built on two threads; nothing is sent until
-    /// each goes live after the VIP is announced.
+    /// step 4), in the order of the machine's plan, built on two threads;
+    /// nothing is sent until each goes live after the VIP is announced.
     fn prepare_connections(&mut self, now_ms: u64) -> Vec<Rebuilt> {
-        let shadow = self.group.shadow();
-        let mut handshakes = Vec::new();
-        let mut images: Vec<(ConnKey, tandem_core::SocketImage, bool)> = shadow
-            .keys()
-            .filter_map(|key| {
-                let image = shadow.image(key, tandem_core::shadow::Millis(now_ms), TS_JUMP)?;
-                if image.state == tandem_core::TcpState::SynRecv {
-                    handshakes.push(*key);
-                }
-                let peer_closed = matches!(
-                    image.state,
-                    tandem_core::TcpState::CloseWait
-                        | tandem_core::TcpState::LastAck
-                        | tandem_core::TcpState::Closing
-                );
-                Some((*key, for_restore(image), peer_closed))
-            })
-            .collect();
-        self.restored_handshakes.extend(handshakes);
-        images.sort_by_key(|(_, image, _)| std::cmp::Reverse(image.send_queue.len()));
+        let plan = crate::machine::takeover::plan(self.group.shadow(), now_ms);
+        self.intake.restored_handshakes(plan.handshakes);
+        let images = plan.connections;
         if images.is_empty() {
             return Vec::new();
         }
         let options = tandem_sys::tcp_repair::RestoreOptions::default();
-        let build = |part: &[(ConnKey, tandem_core::SocketImage, bool)]| {
+        let build = |part: &[RestorePlan]| {
             part.iter()
-                .map(|(key, image, peer_closed)| Rebuilt {
-                    key: *key,
-                    socket: tandem_sys::tcp_repair::prepare(image, &options),
-                    fin: image.state != tandem_core::TcpState::Established,
-                    peer_closed: *peer_closed,
-                    replay: replay_head(image),
+                .map(|planned| Rebuilt {
+                    key: planned.key,
+                    socket: tandem_sys::tcp_repair::prepare(&planned.image, &options),
+                    fin: planned.fin,
+                    peer_closed: planned.peer_closed,
+                    replay: planned.replay.clone(),
                 })
                 .collect::<Vec<_>>()
         };
@@ -1439,53 +955,22 @@ impl Daemon {
     }
 
     /// Stops serving; the next primary takes the clients over.
-    fn step_down(&mut self, why: &str) {
-        if self.serving == Serving::No {
-            return;
-        }
-        let was_serving = self.serving == Serving::Yes;
-        self.serving = Serving::No;
-        self.proposed_at.clear();
-        self.restored_handshakes.clear();
-        // Cookie-mode handshakes not yet logged are lost, as with kernel
-        // cookies: the next primary answers their ACKs with a RST.
-        self.syn_guard.clear();
-        // Nothing uncommitted reaches this kernel (DROP); its bytes go to
-        // the next primary. An entry may also be in the log already: a
-        // duplicate is dropped by shadow TCP like any retransmission.
-        if let Some(pending) = self.proposer.take(wall_ms()) {
-            if let Ok(bytes) = postcard::to_stdvec(&pending.entry) {
-                self.keep_for_handover(bytes);
-            }
-            self.drop_held(pending.held);
-        }
-        let uncommitted: Vec<Vec<u8>> = std::mem::take(&mut self.uncommitted)
-            .into_values()
-            .collect();
-        for bytes in uncommitted {
-            self.keep_for_handover(bytes);
-        }
-        let held: Vec<u32> = std::mem::take(&mut self.held)
-            .into_values()
-            .flatten()
-            .collect();
-        self.drop_held(held);
+    fn step_down(&mut self, why: &str, vip: VipRelease, was_serving: bool) {
+        self.intake
+            .step_down(wall_ms(), Instant::now(), &mut self.counters);
+        self.perform_effects();
         if let Err(err) = self.fence.revoke() {
             tracing::warn!(%err, "revoking the lease");
         }
-        let planned = self
-            .planned_handover_at
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(5));
-        if planned {
+        match vip {
             // A planned handover to a reachable peer: the VIP goes a moment
             // later. The lease is revoked, so this kernel is already silent
             // on it; until the clients' ARP caches follow the next primary's
             // announcement their packets still arrive here, where they are
             // captured and handed over instead of waiting for the clients'
             // retransmission timers.
-            self.vip_remove_at = Some(Instant::now() + VIP_LINGER);
-        } else {
-            self.remove_vip();
+            VipRelease::Later => {}
+            VipRelease::Now => self.remove_vip(),
         }
         self.sockets.close_all_silently(self.poll.registry());
         if was_serving {
@@ -1504,7 +989,8 @@ impl Daemon {
                 self.group = group.with_limits(self.service.limits());
                 self.snapshot_index = index;
                 self.counters.snapshots_installed += 1;
-                if self.state_lost.take().is_some() {
+                if self.leadership.state_lost().is_some() {
+                    self.leadership.handle_state_recovered();
                     tracing::warn!(index, "a later snapshot installed: state recovered");
                 }
                 tracing::info!(
@@ -1525,12 +1011,11 @@ impl Daemon {
                     "cannot install a snapshot: this node's state is lost; it stops applying, \
                      refuses leadership and reports unhealthy until restarted"
                 );
-                self.state_lost = Some(format!(
-                    "state lost: snapshot at {index} not installed: {err}"
-                ));
-                if self.serving != Serving::No {
-                    self.step_down("state lost");
-                }
+                self.leadership.handle_state_lost(
+                    self.now_ms(),
+                    format!("state lost: snapshot at {index} not installed: {err}"),
+                );
+                self.perform_queued();
             }
         }
     }
@@ -1571,7 +1056,7 @@ impl Daemon {
             }
             return;
         }
-        if self.state_lost.is_some() {
+        if self.leadership.state_lost().is_some() {
             return;
         }
         let since = self.payloads_applied - self.payloads_at_snapshot;
@@ -1710,7 +1195,7 @@ impl Daemon {
                 Err(message) => AdminReply::Error { message },
             },
             AdminRequest::Drain => {
-                self.draining = true;
+                self.leadership.set_draining(true);
                 tracing::info!("drained: this node gives up and refuses the primary role");
                 let message = if self.replica.role() == StateRole::Leader {
                     match self.hand_over("drain") {
@@ -1727,7 +1212,7 @@ impl Daemon {
                 Err(message) => AdminReply::Error { message },
             },
             AdminRequest::Undrain => {
-                self.draining = false;
+                self.leadership.set_draining(false);
                 tracing::info!("undrained: this node may be primary again");
                 AdminReply::Done {
                     message: format!("node {} undrained: it may be primary again", self.me.slot),
@@ -1793,7 +1278,7 @@ impl Daemon {
         }
         self.replica.transfer_leader(target);
         self.migrating = Some((slot, Instant::now()));
-        self.planned_handover_at = Some(Instant::now());
+        self.leadership.handle_planned_handover(self.now_ms());
         tracing::info!(to = slot, "planned migration: leadership transfer started");
         Ok(format!(
             "primary moving from node {} to node {slot}",
@@ -1824,7 +1309,7 @@ impl Daemon {
         self.last_handover_to = Some(best.slot);
         self.replica.transfer_leader(best);
         self.migrating = Some((best.slot, Instant::now()));
-        self.planned_handover_at = Some(Instant::now());
+        self.leadership.handle_planned_handover(self.now_ms());
         tracing::info!(to = best.slot, why, "handing the primary role over");
         Ok(best.slot)
     }
@@ -1832,7 +1317,7 @@ impl Daemon {
     fn update_metrics(&self) {
         let report = self.report_with(false);
         self.metrics.observe_report(&report);
-        let depth: usize = self.held.values().map(Vec::len).sum();
+        let depth = self.intake.held_count();
         self.metrics.set_capture(
             &self.service.name,
             depth as u64,
@@ -1844,8 +1329,8 @@ impl Daemon {
     /// state) only when asked.
     fn report_with(&self, with_hash: bool) -> NodeReport {
         let status = self.replica.status();
-        let role = match (status.role, self.serving) {
-            (StateRole::Leader, Serving::Yes) => "primary",
+        let role = match (status.role, self.leadership.is_serving()) {
+            (StateRole::Leader, true) => "primary",
             (StateRole::Leader, _) => "primary-elect",
             (StateRole::Candidate | StateRole::PreCandidate, _) => "candidate",
             (StateRole::Follower, _) if !status.voters.contains(&self.me) => "learner",
@@ -1888,11 +1373,11 @@ impl Daemon {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
             role: role.into(),
-            draining: self.draining,
+            draining: self.leadership.draining(),
             health: {
                 let h = self.supervisor.health();
-                if let Some(lost) = &self.state_lost {
-                    format!("unhealthy: {lost}")
+                if let Some(why) = self.leadership.unfit_reason(self.now_ms()) {
+                    format!("unhealthy: {why}")
                 } else if h.healthy {
                     "healthy".into()
                 } else {
@@ -1924,7 +1409,7 @@ impl Daemon {
                 kind: services::kind_name(self.service.kind).into(),
                 vip: self.service.vip.clone(),
                 port: self.service.port,
-                holds_vip: self.serving == Serving::Yes,
+                holds_vip: self.leadership.is_serving(),
                 connections: self.group.shadow().len() as u64,
                 sockets: self.sockets.len() as u64,
                 state_hash: if with_hash {
@@ -1948,10 +1433,8 @@ impl Daemon {
     /// Leaving: a primary steps down first so its clients are kept for the
     /// next one (no FIN, no RST).
     fn shutdown(&mut self) {
-        self.step_down("shutting down");
-        if self.vip_remove_at.is_some() {
-            self.remove_vip();
-        }
+        self.leadership.handle_shutdown(self.now_ms());
+        self.perform_queued();
         if let Err(err) = self.rules.remove() {
             tracing::warn!(%err, "removing the capture rules");
         }
@@ -1973,6 +1456,14 @@ fn group_seed(name: &str) -> u64 {
     let mut h = tandem_core::shadow::hash::Fnv64::new();
     h.bytes(name.as_bytes());
     h.finish()
+}
+
+/// The machine's verdict as NFQUEUE's.
+fn kernel_verdict(verdict: crate::machine::Verdict) -> tandem_sys::nfqueue::Verdict {
+    match verdict {
+        crate::machine::Verdict::Accept => tandem_sys::nfqueue::Verdict::Accept,
+        crate::machine::Verdict::Drop => tandem_sys::nfqueue::Verdict::Drop,
+    }
 }
 
 /// The primary's clock for entry timestamps (ms since the epoch); the SDK
