@@ -32,11 +32,12 @@ use crate::admin::{AdminReply, AdminRequest, AdminServer};
 use crate::capture::{direction_of, CaptureLoop, Decision};
 use crate::config::{Config, ServiceSection};
 use crate::group::ServiceGroup;
-use crate::machine::intake::{Captured, Intake, NodeEffect, RawPacket};
-use crate::machine::leadership::{Action as LeadershipAction, Leadership, VipRelease};
+use crate::machine::intake::{Captured, NodeEffect, RawPacket};
+use crate::machine::leadership::{Action as LeadershipAction, VipRelease};
 use crate::machine::takeover::RestorePlan;
+use crate::machine::{NodeMachine, NodeSetup, ReadyReport, Request, SnapshotPolicy, Time};
 use crate::proposer::Proposer;
-use crate::report::{Counters, NodeReport, PeerReport, ServiceReport};
+use crate::report::{NodeReport, PeerReport, ServiceReport};
 use crate::services;
 use crate::transport::{Transport, TransportConfig};
 use fence::Fence;
@@ -51,7 +52,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supervise::Supervisor;
 use tandem_core::classify::{SynGuard, SynLimiter};
 use tandem_core::shadow::{ConnKey, ShadowConfig};
-use tandem_replica::{NodeId, Output, Replica, StateRole};
+use tandem_replica::{NodeId, Replica, StateRole};
 use tandem_sys::capture::{detect_backend, CaptureRules};
 use tandem_sys::nfqueue::{NfQueue, QueueConfig};
 
@@ -149,24 +150,18 @@ struct Daemon {
     me: NodeId,
     started: Instant,
     poll: Poll,
-    replica: Replica,
+    /// Every decision: the replica, the group, the packet path, who serves.
+    machine: NodeMachine,
     transport: Transport,
     admin: AdminServer,
-    group: ServiceGroup,
     shadow_config: ShadowConfig,
     capture: CaptureLoop,
     rules: CaptureRules,
-    /// The packet and apply paths: classification, proposals, held
-    /// packets and their verdicts, the handover of what did not commit.
-    intake: Intake,
     sockets: KernelSockets,
     fence: Fence,
     netlink: tandem_sys::addr::Netlink,
     interface: tandem_sys::addr::Interface,
     garp: tandem_sys::arp::GarpSender,
-    /// Who serves: the serving state, the lease entitlement, when to
-    /// refuse or hand over the leadership, a failed takeover's retries.
-    leadership: Leadership,
     /// Replication bodies go in clear (benchmarks only; fixed at start).
     unencrypted: bool,
     supervisor: Supervisor,
@@ -179,13 +174,7 @@ struct Daemon {
     /// from there), and a planned migration it started: (target, when).
     elected_at: Option<Instant>,
     migrating: Option<(u16, Instant)>,
-    counters: Counters,
-    /// The unique, increasing index under which each payload is applied.
-    payloads_applied: u64,
-    payloads_at_snapshot: u64,
     last_snapshot: Option<Instant>,
-    snapshot_index: u64,
-    want_snapshot_now: bool,
     /// A snapshot copied from the state and being encoded on another
     /// thread (`maybe_snapshot`).
     snapshot_job: Option<SnapshotJob>,
@@ -297,12 +286,6 @@ impl Daemon {
             .map_err(io_err("watching the capture queue"))?;
 
         let shadow_config: ShadowConfig = service.shadow_config();
-        let group = ServiceGroup::new(
-            services::fresh(service.kind),
-            shadow_config,
-            group_seed(&service.name),
-        )
-        .with_limits(service.limits());
         tracing::info!(
             slot = me.slot,
             incarnation,
@@ -331,9 +314,25 @@ impl Daemon {
             service.syn_cookie_table,
         );
         let rst_limiter = SynLimiter::new(service.unknown_rst_rate, service.unknown_rst_rate);
-        let leadership = Leadership::new(
-            config.supervision.takeover_policy(LEASE),
-            config.cluster.members.len(),
+        let machine = NodeMachine::new(
+            NodeSetup {
+                me,
+                vip,
+                kind: service.kind,
+                shadow: shadow_config,
+                limits: service.limits(),
+                group_seed: group_seed(&service.name),
+                members: config.cluster.members.len(),
+                takeover: config.supervision.takeover_policy(LEASE),
+                snapshot: SnapshotPolicy {
+                    every_payloads: SNAPSHOT_EVERY_PAYLOADS,
+                    every_ms: SNAPSHOT_EVERY.as_millis() as u64,
+                },
+                proposer: Proposer::new(MAX_ENTRY_BYTES, LAZY_LOG_MS),
+                syn_guard,
+                rst_limiter,
+            },
+            replica,
         );
         Ok(Daemon {
             sockets: KernelSockets::new(LISTENER_TOKEN, SOCKET_TOKENS, service.window_clamp),
@@ -344,23 +343,16 @@ impl Daemon {
             me,
             started: Instant::now(),
             poll,
-            replica,
+            machine,
             transport,
             admin,
-            group,
             shadow_config,
             capture: CaptureLoop::new(queue),
             rules,
-            intake: Intake::new(
-                Proposer::new(MAX_ENTRY_BYTES, LAZY_LOG_MS),
-                syn_guard,
-                rst_limiter,
-            ),
             fence,
             netlink,
             interface,
             garp,
-            leadership,
             metrics,
             _metrics_server: metrics_server,
             last_metrics: Instant::now(),
@@ -374,12 +366,7 @@ impl Daemon {
             unencrypted,
             supervisor,
             last_handover_to: None,
-            counters: Counters::default(),
-            payloads_applied: 0,
-            payloads_at_snapshot: 0,
             last_snapshot: None,
-            snapshot_index: 0,
-            want_snapshot_now: false,
             snapshot_job: None,
             last_sweep: Instant::now(),
             held_up_warning,
@@ -431,12 +418,10 @@ impl Daemon {
                 self.transport
                     .read_pending(self.poll.registry(), &mut frames);
             }
-            let received_at = self.ms_at(Instant::now());
+            let received_at = self.time();
             for frame in frames.drain(..) {
                 // Rejections are counted by the replica's inbox.
-                if let Ok(from) = self.replica.receive(&frame) {
-                    self.leadership.handle_heard(from.slot, received_at);
-                }
+                let _ = self.machine.handle_frame(received_at, &frame);
             }
             let now = Instant::now();
             // Ticks missed while the process was not running (a hang, a
@@ -445,7 +430,7 @@ impl Daemon {
             // arrived in this very turn.
             let mut ticked = 0;
             while now >= next_tick && ticked < MAX_CATCH_UP_TICKS {
-                self.replica.tick();
+                self.machine.handle_tick();
                 next_tick += tick;
                 ticked += 1;
             }
@@ -483,56 +468,40 @@ impl Daemon {
         Ok(())
     }
 
-    /// The driver's monotonic clock for the machine: ms since start.
-    fn ms_at(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started).as_millis() as u64
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.ms_at(Instant::now())
+    /// The machine's clocks now: monotonic (ms since start) and wall.
+    fn time(&self) -> Time {
+        let instant = Instant::now();
+        Time {
+            instant,
+            mono_ms: instant.saturating_duration_since(self.started).as_millis() as u64,
+            wall_ms: wall_ms(),
+        }
     }
 
     fn proposer_waiting(&self) -> bool {
-        self.leadership.is_serving()
+        self.machine.is_serving()
     }
 
-    /// Reads the capture queue until it is empty; the intake decides each
+    /// Reads the capture queue until it is empty; the machine decides each
     /// packet's fate.
     fn on_capture(&mut self) {
-        let serving = self.leadership.is_serving();
-        let lingering = self.leadership.vip_lingering();
         let mut errors = 0u32;
         loop {
-            let now_ms = wall_ms();
-            let intake = &mut self.intake;
-            let group = &self.group;
-            let counters = &mut self.counters;
+            let t = self.time();
+            let machine = &mut self.machine;
             let result = self.capture.poll(|packet, parsed| {
                 let captured = Captured {
                     id: packet.id,
                     direction: direction_of(packet),
                     bytes: &packet.payload,
                 };
-                match intake.handle_packet(
-                    now_ms,
-                    group,
-                    serving,
-                    lingering,
-                    captured,
-                    parsed.as_ref().ok(),
-                    counters,
-                ) {
+                match machine.handle_packet(t, captured, parsed.as_ref().ok()) {
                     Some(verdict) => Decision::Verdict(kernel_verdict(verdict)),
                     None => Decision::Hold,
                 }
             });
-            self.intake.finish_batch(
-                now_ms,
-                Instant::now(),
-                &mut self.replica,
-                &mut self.counters,
-            );
-            self.perform_effects();
+            self.machine.finish_capture(t);
+            self.perform_requests();
             match result {
                 Ok(_) => {}
                 Err(tandem_sys::nfqueue::NfQueueError::Io { source, .. })
@@ -555,37 +524,69 @@ impl Daemon {
         }
     }
 
-    /// Carries out the intake's effects, in order: verdicts, socket
-    /// effects, raw packets.
-    fn perform_effects(&mut self) {
-        while let Some(effect) = self.intake.poll_effect() {
-            match effect {
-                NodeEffect::Verdicts(verdicts) => {
-                    let verdicts: Vec<(u32, tandem_sys::nfqueue::Verdict)> = verdicts
-                        .into_iter()
-                        .map(|(id, v)| (id, kernel_verdict(v)))
-                        .collect();
-                    if let Err(err) = self.capture.release(&verdicts) {
-                        tracing::warn!(%err, "giving held packets their verdicts");
-                    }
+    /// Performs every request the machine has already decided, in order.
+    fn perform_requests(&mut self) {
+        while let Some(request) = self.machine.poll_request() {
+            self.perform(request);
+        }
+    }
+
+    /// Carries out one request of the machine; a takeover's outcome goes
+    /// back to it at once.
+    fn perform(&mut self, request: Request) {
+        match request {
+            Request::Send { to, bytes } => {
+                self.transport.send(self.poll.registry(), to.slot, &bytes)
+            }
+            Request::Effect(NodeEffect::Verdicts(verdicts)) => {
+                let verdicts: Vec<(u32, tandem_sys::nfqueue::Verdict)> = verdicts
+                    .into_iter()
+                    .map(|(id, v)| (id, kernel_verdict(v)))
+                    .collect();
+                if let Err(err) = self.capture.release(&verdicts) {
+                    tracing::warn!(%err, "giving held packets their verdicts");
                 }
-                NodeEffect::Socket(effect) => self.sockets.apply(self.poll.registry(), effect),
-                NodeEffect::Raw { to, bytes, what } => {
-                    let Some(raw) = &self.raw else { continue };
-                    match (raw.send(&bytes, to), what) {
-                        (Ok(()), RawPacket::Reset) => self.counters.resets_sent += 1,
-                        (Ok(()), RawPacket::SynAckReplay) => self.counters.synacks_replayed += 1,
-                        (Ok(()), RawPacket::HandedOver) => {}
-                        (Err(err), RawPacket::SynAckReplay) => {
-                            tracing::warn!(%err, "replaying a logged SYN-ACK")
-                        }
-                        (Err(err), RawPacket::Reset) => tracing::debug!(%err, "sending a RST"),
-                        (Err(err), RawPacket::HandedOver) => {
-                            tracing::debug!(%err, "re-injecting a handed-over packet")
-                        }
+            }
+            Request::Effect(NodeEffect::Socket(effect)) => {
+                self.sockets.apply(self.poll.registry(), effect)
+            }
+            Request::Effect(NodeEffect::Raw { to, bytes, what }) => {
+                let Some(raw) = &self.raw else { return };
+                let counters = self.machine.counters_mut();
+                match (raw.send(&bytes, to), what) {
+                    (Ok(()), RawPacket::Reset) => counters.resets_sent += 1,
+                    (Ok(()), RawPacket::SynAckReplay) => counters.synacks_replayed += 1,
+                    (Ok(()), RawPacket::HandedOver) => {}
+                    (Err(err), RawPacket::SynAckReplay) => {
+                        tracing::warn!(%err, "replaying a logged SYN-ACK")
+                    }
+                    (Err(err), RawPacket::Reset) => tracing::debug!(%err, "sending a RST"),
+                    (Err(err), RawPacket::HandedOver) => {
+                        tracing::debug!(%err, "re-injecting a handed-over packet")
                     }
                 }
             }
+            Request::Leadership(LeadershipAction::TakeOver { attempt, vip_kept }) => {
+                match self.take_over(vip_kept) {
+                    Ok(()) => self.machine.handle_takeover_done(),
+                    Err(err) => {
+                        tracing::error!(%err, attempt, "taking over failed; releasing what was taken");
+                        let t = self.time();
+                        self.machine.handle_takeover_failed(t, &err.to_string());
+                    }
+                }
+            }
+            Request::Leadership(LeadershipAction::StepDown { why, vip, .. }) => {
+                self.step_down(why.as_str(), vip)
+            }
+            Request::Leadership(LeadershipAction::RemoveVip) => self.remove_vip(),
+            Request::Leadership(LeadershipAction::HandOver { why }) => {
+                if let Err(err) = self.hand_over(why) {
+                    tracing::warn!(%err, why, "cannot hand the primary role over yet");
+                }
+            }
+            // The machine told the replica itself.
+            Request::Leadership(LeadershipAction::RefuseLeadership(_)) => {}
         }
     }
 
@@ -601,174 +602,99 @@ impl Daemon {
     /// What only the primary does each turn: flush lazy log items, fire due
     /// timers, report clients the kernel gave up on, keep the lease.
     fn primary_duties(&mut self, now: Instant) {
-        if !self.leadership.is_serving() {
+        if !self.machine.is_serving() {
             return;
         }
         let sweep = now.duration_since(self.last_sweep) > Duration::from_secs(1);
         if sweep {
             self.last_sweep = now;
-            let group = &self.group;
+            let group = self.machine.group();
             self.sockets.sweep_pending(|key| group.knows(key));
         }
         let gave_up = self.sockets.take_gave_up();
-        self.intake.primary_duties(
-            wall_ms(),
-            now,
-            &self.group,
-            gave_up,
-            sweep,
-            &mut self.replica,
-            &mut self.counters,
-        );
-        self.perform_effects();
-        if self.replica.role() == StateRole::Leader {
-            // Entitled to the lease only as long as a quorum has been heard
-            // from within it (DESIGN §3.8): a primary cut off, or frozen and
-            // then woken up, never re-grants itself the VIP.
-            if let Some(heard) = self.leadership.quorum_heard(self.ms_at(now)) {
-                self.fence
-                    .entitle(self.started + Duration::from_millis(heard));
-            }
+        let t = self.time();
+        self.machine.primary_duties(t, gave_up, sweep);
+        self.perform_requests();
+        // Entitled to the lease only as long as a quorum has been heard
+        // from within it (DESIGN §3.8): a primary cut off, or frozen and
+        // then woken up, never re-grants itself the VIP.
+        if let Some(heard) = self.machine.lease_entitled(t) {
+            self.fence
+                .entitle(self.started + Duration::from_millis(heard));
         }
     }
 
-    /// Hands the replica's output to the world until it has nothing more.
+    /// Hands the replica's output to the world until it has nothing more,
+    /// then lets the machine decide what follows.
     fn drive_replica(&mut self) {
         for _ in 0..64 {
-            if !self.replica.has_ready() {
+            if !self.machine.has_ready() {
                 break;
             }
             let started = Instant::now();
-            let out = self.replica.ready();
+            let report = self.machine.handle_ready(self.time());
             let made = started.elapsed();
-            let (messages, bytes, committed) = (
-                out.messages.len(),
-                out.messages.iter().map(|(_, b)| b.len()).sum::<usize>(),
-                out.committed.len(),
-            );
-            self.handle_ready(out);
-            self.replica.advance();
+            self.perform_requests();
+            self.machine.advance();
+            self.after_one_ready(&report);
             if started.elapsed() >= self.held_up_warning / 2 {
                 tracing::info!(
                     ready_ms = made.as_secs_f64() * 1e3,
                     handled_ms = (started.elapsed() - made).as_secs_f64() * 1e3,
-                    messages,
-                    bytes,
-                    committed,
+                    messages = report.messages,
+                    bytes = report.message_bytes,
+                    committed = report.applied.entries,
                     "long raft ready"
                 );
             }
         }
-        self.after_ready();
+        let t = self.time();
+        self.machine
+            .after_ready(t, self.supervisor.health().healthy);
+        loop {
+            self.perform_requests();
+            let Some(decided) = self.machine.poll_decision(self.time()) else {
+                break;
+            };
+            self.perform(decided);
+        }
     }
 
-    fn handle_ready(&mut self, out: Output) {
-        for (to, bytes) in &out.messages {
-            self.transport.send(self.poll.registry(), to.slot, bytes);
-        }
-        if let Some(snapshot) = out.install_snapshot {
-            self.install_snapshot(snapshot.index, &snapshot.data);
-        }
-        let applied = self.intake.apply_ready(
-            Instant::now(),
-            self.me,
-            self.vip,
-            self.leadership.is_serving(),
-            self.leadership.state_lost().is_some(),
-            &mut self.group,
-            out.committed,
-            out.dropped,
-            &mut self.counters,
-        );
+    /// Logs and metrics of one ready.
+    fn after_one_ready(&mut self, report: &ReadyReport) {
+        let name = &self.service.name;
         self.metrics
-            .add_committed(&self.service.name, applied.entries, applied.bytes);
-        for latency in applied.latencies {
+            .add_committed(name, report.applied.entries, report.applied.bytes);
+        for latency in &report.applied.latencies {
             self.metrics
-                .observe_commit_latency(&self.service.name, latency.as_secs_f64());
+                .observe_commit_latency(name, latency.as_secs_f64());
         }
-        self.payloads_applied += applied.entries;
-        self.perform_effects();
-        if out.snapshot_wanted {
-            self.want_snapshot_now = true;
+        match &report.installed {
+            Some(Ok(index)) => tracing::info!(index, "snapshot installed"),
+            Some(Err(why)) => tracing::error!(
+                %why,
+                "cannot install a snapshot: this node's state is lost; it stops applying, \
+                 refuses leadership and reports unhealthy until restarted"
+            ),
+            None => {}
         }
-        if let (Some((to, at)), Some(leader)) = (self.migrating, out.leader) {
-            if out.leader_changed && leader.slot == to {
+        if let (Some((to, at)), Some(leader)) = (self.migrating, report.leader) {
+            if report.leader_changed && leader.slot == to {
                 self.metrics
-                    .observe_migration(&self.service.name, at.elapsed().as_secs_f64());
+                    .observe_migration(name, at.elapsed().as_secs_f64());
                 self.migrating = None;
             }
         }
-        if out.role_changed || out.leader_changed {
+        if report.role_changed || report.leader_changed {
             tracing::info!(
-                role = ?out.role,
-                term = out.term,
-                leader = ?out.leader.map(|l| l.slot),
+                role = ?report.role,
+                term = report.term,
+                leader = ?report.leader.map(|l| l.slot),
                 "raft role"
             );
         }
-        if out.role_changed {
-            let leader = out.role == StateRole::Leader;
-            if leader {
-                self.elected_at = Some(Instant::now());
-            }
-            let last_index = self.replica.status().log.1;
-            self.leadership
-                .handle_role(self.now_ms(), leader, last_index);
-            // A step-down happens here, before the next ready: no verdict
-            // may follow the loss of leadership.
-            self.perform_queued();
-        }
-    }
-
-    fn after_ready(&mut self) {
-        self.counters.entries_forwarded += self.intake.forward_handover(
-            Instant::now(),
-            self.leadership.is_serving(),
-            &mut self.replica,
-        );
-        self.leadership
-            .handle_health(self.supervisor.health().healthy);
-        self.leadership.handle_applied(self.replica.applied());
-        while let Some(action) = self.leadership.poll_action(self.now_ms()) {
-            self.perform(action);
-        }
-    }
-
-    /// Performs what the leadership machine has already decided (a
-    /// step-down), without asking it to decide anything new.
-    fn perform_queued(&mut self) {
-        while let Some(action) = self.leadership.poll_queued() {
-            self.perform(action);
-        }
-    }
-
-    /// Carries out one of the leadership machine's actions; a takeover's
-    /// outcome goes back to it at once.
-    fn perform(&mut self, action: LeadershipAction) {
-        match action {
-            LeadershipAction::TakeOver { attempt, vip_kept } => match self.take_over(vip_kept) {
-                Ok(()) => self.leadership.handle_takeover_done(),
-                Err(err) => {
-                    self.counters.takeovers_failed += 1;
-                    tracing::error!(%err, attempt, "taking over failed; releasing what was taken");
-                    let step = err.to_string();
-                    self.leadership.handle_takeover_failed(self.now_ms(), &step);
-                }
-            },
-            LeadershipAction::StepDown {
-                why,
-                vip,
-                was_serving,
-            } => self.step_down(why.as_str(), vip, was_serving),
-            LeadershipAction::RemoveVip => self.remove_vip(),
-            LeadershipAction::HandOver { why } => {
-                if let Err(err) = self.hand_over(why) {
-                    tracing::warn!(%err, why, "cannot hand the primary role over yet");
-                }
-            }
-            LeadershipAction::RefuseLeadership(refuse) => {
-                self.replica.set_refuse_leadership(refuse);
-            }
+        if report.role_changed && report.role == Some(StateRole::Leader) {
+            self.elected_at = Some(Instant::now());
         }
     }
 
@@ -780,7 +706,7 @@ impl Daemon {
         let started = Instant::now();
         let lease = self.fence.grant_in_background();
         // Rebuild every connection the log knows, silent until announced.
-        let prepared = self.prepare_connections(wall_ms());
+        let prepared = self.prepare_connections();
         let prepare_ms = started.elapsed().as_secs_f64() * 1e3;
         let addr = SocketAddr::new(IpAddr::V4(self.vip), self.service.port);
         let listening = self
@@ -849,14 +775,14 @@ impl Daemon {
                 }
             }
         }
-        self.counters.connections_restored += restored;
-        self.counters.restore_failures += failed;
-        self.counters.became_primary += 1;
+        let counters = self.machine.counters_mut();
+        counters.connections_restored += restored;
+        counters.restore_failures += failed;
         let since_elected = self.elected_at.map_or(started.elapsed(), |at| at.elapsed());
         self.metrics
             .observe_failover(&self.service.name, since_elected.as_secs_f64());
         tracing::info!(
-            term = self.replica.term(),
+            term = self.machine.replica().term(),
             restored,
             failed,
             prepare_ms,
@@ -872,9 +798,8 @@ impl Daemon {
     /// Every connection of the log as a socket in repair mode (DESIGN §3.5
     /// step 4), in the order of the machine's plan, built on two threads;
     /// nothing is sent until each goes live after the VIP is announced.
-    fn prepare_connections(&mut self, now_ms: u64) -> Vec<Rebuilt> {
-        let plan = crate::machine::takeover::plan(self.group.shadow(), now_ms);
-        self.intake.restored_handshakes(plan.handshakes);
+    fn prepare_connections(&mut self) -> Vec<Rebuilt> {
+        let plan = self.machine.takeover_plan(self.time());
         let images = plan.connections;
         if images.is_empty() {
             return Vec::new();
@@ -938,7 +863,7 @@ impl Daemon {
             match &rebuilt.socket {
                 Ok(_) => prepared.push(rebuilt),
                 Err(err) => {
-                    self.counters.restore_failures += 1;
+                    self.machine.counters_mut().restore_failures += 1;
                     tracing::warn!(client = %rebuilt.key.client, %err, "cannot rebuild a connection");
                 }
             }
@@ -949,16 +874,14 @@ impl Daemon {
     /// Sends heartbeats at once, outside the tick: for the leader's loop
     /// while it is held up by a takeover (see `Replica::heartbeats_now`).
     fn send_heartbeats(&mut self) {
-        for (to, bytes) in self.replica.heartbeats_now() {
+        for (to, bytes) in self.machine.replica_mut().heartbeats_now() {
             self.transport.send(self.poll.registry(), to.slot, &bytes);
         }
     }
 
-    /// Stops serving; the next primary takes the clients over.
-    fn step_down(&mut self, why: &str, vip: VipRelease, was_serving: bool) {
-        self.intake
-            .step_down(wall_ms(), Instant::now(), &mut self.counters);
-        self.perform_effects();
+    /// Stops serving (the machine has already dropped what it held); the
+    /// next primary takes the clients over.
+    fn step_down(&mut self, why: &str, vip: VipRelease) {
         if let Err(err) = self.fence.revoke() {
             tracing::warn!(%err, "revoking the lease");
         }
@@ -973,51 +896,7 @@ impl Daemon {
             VipRelease::Now => self.remove_vip(),
         }
         self.sockets.close_all_silently(self.poll.registry());
-        if was_serving {
-            self.counters.stepped_down += 1;
-        }
         tracing::info!(why, "primary: stepped down");
-    }
-
-    fn install_snapshot(&mut self, index: u64, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
-        let started = Instant::now();
-        match ServiceGroup::restore(services::fresh(self.service.kind), self.shadow_config, data) {
-            Ok(group) => {
-                self.group = group.with_limits(self.service.limits());
-                self.snapshot_index = index;
-                self.counters.snapshots_installed += 1;
-                if self.leadership.state_lost().is_some() {
-                    self.leadership.handle_state_recovered();
-                    tracing::warn!(index, "a later snapshot installed: state recovered");
-                }
-                tracing::info!(
-                    index,
-                    bytes = data.len(),
-                    restore_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "snapshot installed"
-                );
-            }
-            Err(err) => {
-                // raft has already replaced the log with this snapshot:
-                // the state here is no longer the log's. Serving or
-                // applying from it would answer clients from a state no
-                // other replica has.
-                tracing::error!(
-                    index,
-                    %err,
-                    "cannot install a snapshot: this node's state is lost; it stops applying, \
-                     refuses leadership and reports unhealthy until restarted"
-                );
-                self.leadership.handle_state_lost(
-                    self.now_ms(),
-                    format!("state lost: snapshot at {index} not installed: {err}"),
-                );
-                self.perform_queued();
-            }
-        }
     }
 
     /// Takes a snapshot when one is due: the state is copied on the loop
@@ -1039,11 +918,8 @@ impl Daemon {
                 return;
             };
             let (index, bytes) = (job.index, data.len());
-            match self.replica.compact(index, data) {
+            match self.machine.compact(index, job.payloads, data) {
                 Ok(()) => {
-                    self.snapshot_index = index;
-                    self.payloads_at_snapshot = job.payloads;
-                    self.counters.snapshots_taken += 1;
                     tracing::debug!(
                         index,
                         bytes,
@@ -1056,24 +932,9 @@ impl Daemon {
             }
             return;
         }
-        if self.leadership.state_lost().is_some() {
+        let Some(applied) = self.machine.snapshot_due(self.time()) else {
             return;
-        }
-        let since = self.payloads_applied - self.payloads_at_snapshot;
-        let due = self.want_snapshot_now
-            || since >= SNAPSHOT_EVERY_PAYLOADS
-            || (since > 0
-                && self
-                    .last_snapshot
-                    .is_none_or(|at| now.duration_since(at) >= SNAPSHOT_EVERY));
-        if !due {
-            return;
-        }
-        let applied = self.replica.applied();
-        if applied == 0 || applied <= self.snapshot_index && !self.want_snapshot_now {
-            return;
-        }
-        self.want_snapshot_now = false;
+        };
         self.last_snapshot = Some(now);
         let started = Instant::now();
         let Some(taken) = self.copy_state() else {
@@ -1110,7 +971,7 @@ impl Daemon {
         }
         self.snapshot_job = Some(SnapshotJob {
             index: applied,
-            payloads: self.payloads_applied,
+            payloads: self.machine.payloads_applied(),
             copied_at: started,
             encoded,
         });
@@ -1148,7 +1009,7 @@ impl Daemon {
         let stand_in = ServiceGroup::new(services::fresh(self.service.kind), self.shadow_config, 0);
         // In a mutex (the group is Send, not Sync): whatever happens to the
         // helper thread, the group comes back.
-        let group = std::sync::Mutex::new(std::mem::replace(&mut self.group, stand_in));
+        let group = std::sync::Mutex::new(std::mem::replace(self.machine.group_mut(), stand_in));
         let out = std::thread::scope(|scope| {
             let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
             let group = &group;
@@ -1172,7 +1033,7 @@ impl Daemon {
             }
             helper.join().ok().flatten()
         });
-        self.group = group
+        *self.machine.group_mut() = group
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         out
@@ -1195,9 +1056,9 @@ impl Daemon {
                 Err(message) => AdminReply::Error { message },
             },
             AdminRequest::Drain => {
-                self.leadership.set_draining(true);
+                self.machine.leadership_mut().set_draining(true);
                 tracing::info!("drained: this node gives up and refuses the primary role");
-                let message = if self.replica.role() == StateRole::Leader {
+                let message = if self.machine.replica().role() == StateRole::Leader {
                     match self.hand_over("drain") {
                         Ok(to) => format!("node {} drained; the primary moves to node {to}", self.me.slot),
                         Err(err) => format!("node {} drained, but the primary cannot move yet: {err}; it will keep trying", self.me.slot),
@@ -1212,7 +1073,7 @@ impl Daemon {
                 Err(message) => AdminReply::Error { message },
             },
             AdminRequest::Undrain => {
-                self.leadership.set_draining(false);
+                self.machine.leadership_mut().set_draining(false);
                 tracing::info!("undrained: this node may be primary again");
                 AdminReply::Done {
                     message: format!("node {} undrained: it may be primary again", self.me.slot),
@@ -1235,7 +1096,7 @@ impl Daemon {
             );
         }
         let names = fingerprints(&keys);
-        self.replica.set_keys(keys.clone());
+        self.machine.replica_mut().set_keys(keys.clone());
         self.transport.set_keys(keys);
         tracing::info!(keys = %names, "replication keys reloaded (fingerprints; the first is sent with)");
         Ok(format!(
@@ -1247,7 +1108,7 @@ impl Daemon {
     /// `tandem migrate SERVICE --to NODE` on the primary: a Raft leadership
     /// transfer to a caught-up clone (DESIGN §3.6).
     fn migrate_to(&mut self, slot: u16) -> Result<String, String> {
-        let status = self.replica.status();
+        let status = self.machine.replica().status();
         if status.role != StateRole::Leader {
             return Err(match status.leader {
                 Some(l) => format!(
@@ -1276,9 +1137,12 @@ impl Daemon {
                 "node {slot} lags {lag} entries behind; try again when it has caught up"
             ));
         }
-        self.replica.transfer_leader(target);
+        self.machine.replica_mut().transfer_leader(target);
         self.migrating = Some((slot, Instant::now()));
-        self.leadership.handle_planned_handover(self.now_ms());
+        let t = self.time();
+        self.machine
+            .leadership_mut()
+            .handle_planned_handover(t.mono_ms);
         tracing::info!(to = slot, "planned migration: leadership transfer started");
         Ok(format!(
             "primary moving from node {} to node {slot}",
@@ -1290,26 +1154,13 @@ impl Daemon {
     /// unhealthy). A peer that refuses (drained or unhealthy itself) lets
     /// the transfer time out; the next attempt then tries another one.
     fn hand_over(&mut self, why: &str) -> Result<u16, String> {
-        let status = self.replica.status();
-        let mut peers: Vec<NodeId> = status
-            .voters
-            .iter()
-            .copied()
-            .filter(|v| *v != self.me && self.transport.connected(v.slot))
-            .collect();
-        peers.sort_by_key(|v| std::cmp::Reverse(status.matched.get(v).copied().unwrap_or(0)));
-        if peers.len() > 1 {
-            if let Some(last) = self.last_handover_to {
-                peers.retain(|v| v.slot != last);
-            }
-        }
-        let best = *peers
-            .first()
-            .ok_or_else(|| "no reachable peer to hand over to".to_string())?;
+        let transport = &self.transport;
+        let t = self.time();
+        let best =
+            self.machine
+                .hand_over(t, |slot| transport.connected(slot), self.last_handover_to)?;
         self.last_handover_to = Some(best.slot);
-        self.replica.transfer_leader(best);
         self.migrating = Some((best.slot, Instant::now()));
-        self.leadership.handle_planned_handover(self.now_ms());
         tracing::info!(to = best.slot, why, "handing the primary role over");
         Ok(best.slot)
     }
@@ -1317,7 +1168,7 @@ impl Daemon {
     fn update_metrics(&self) {
         let report = self.report_with(false);
         self.metrics.observe_report(&report);
-        let depth = self.intake.held_count();
+        let depth = self.machine.intake().held_count();
         self.metrics.set_capture(
             &self.service.name,
             depth as u64,
@@ -1328,8 +1179,8 @@ impl Daemon {
     /// The status report; the state hash (which walks the whole service
     /// state) only when asked.
     fn report_with(&self, with_hash: bool) -> NodeReport {
-        let status = self.replica.status();
-        let role = match (status.role, self.leadership.is_serving()) {
+        let status = self.machine.replica().status();
+        let role = match (status.role, self.machine.is_serving()) {
             (StateRole::Leader, true) => "primary",
             (StateRole::Leader, _) => "primary-elect",
             (StateRole::Candidate | StateRole::PreCandidate, _) => "candidate",
@@ -1348,10 +1199,10 @@ impl Daemon {
                 connected: self.transport.connected(id.slot),
             })
             .collect();
-        let stats = self.group.stats();
-        let memory = self.group.memory();
+        let stats = self.machine.group().stats();
+        let memory = self.machine.group().memory();
         let envelopes = status.envelopes;
-        let mut counters = self.counters.clone();
+        let mut counters = self.machine.counters().clone();
         let transport = self.transport.stats();
         counters.auth_rejected = envelopes.rejected();
         counters.replayed = envelopes.replayed;
@@ -1373,10 +1224,10 @@ impl Daemon {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
             role: role.into(),
-            draining: self.leadership.draining(),
+            draining: self.machine.leadership().draining(),
             health: {
                 let h = self.supervisor.health();
-                if let Some(why) = self.leadership.unfit_reason(self.now_ms()) {
+                if let Some(why) = self.machine.leadership().unfit_reason(self.time().mono_ms) {
                     format!("unhealthy: {why}")
                 } else if h.healthy {
                     "healthy".into()
@@ -1409,11 +1260,11 @@ impl Daemon {
                 kind: services::kind_name(self.service.kind).into(),
                 vip: self.service.vip.clone(),
                 port: self.service.port,
-                holds_vip: self.leadership.is_serving(),
-                connections: self.group.shadow().len() as u64,
+                holds_vip: self.machine.is_serving(),
+                connections: self.machine.group().shadow().len() as u64,
                 sockets: self.sockets.len() as u64,
                 state_hash: if with_hash {
-                    format!("{:016x}", self.group.state_hash())
+                    format!("{:016x}", self.machine.group().state_hash())
                 } else {
                     String::new()
                 },
@@ -1421,10 +1272,10 @@ impl Daemon {
                 packets_applied: stats.packets,
                 opened: stats.opened,
                 closed: stats.closed,
-                service_panics: self.group.panics(),
+                service_panics: self.machine.group().panics(),
                 memory_used: memory.used,
                 memory_limit: memory.limit,
-                output_overflows: self.group.output_overflows(),
+                output_overflows: self.machine.group().output_overflows(),
             },
             counters,
         }
@@ -1433,8 +1284,9 @@ impl Daemon {
     /// Leaving: a primary steps down first so its clients are kept for the
     /// next one (no FIN, no RST).
     fn shutdown(&mut self) {
-        self.leadership.handle_shutdown(self.now_ms());
-        self.perform_queued();
+        let t = self.time();
+        self.machine.handle_shutdown(t);
+        self.perform_requests();
         if let Err(err) = self.rules.remove() {
             tracing::warn!(%err, "removing the capture rules");
         }

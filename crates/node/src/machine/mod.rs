@@ -22,4 +22,7 @@ pub enum Verdict {
 
 pub mod intake;
 pub mod leadership;
+pub mod node;
 pub mod takeover;
+
+pub use node::{NodeMachine, NodeSetup, ReadyReport, Request, SnapshotPolicy, Time};
