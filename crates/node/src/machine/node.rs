@@ -533,3 +533,267 @@ impl NodeMachine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::Effect;
+    use crate::machine::intake::Captured;
+    use std::time::Duration;
+    use tandem_core::classify::Direction;
+    use tandem_replica::{ClusterKey, Config};
+    use tandem_wire::{IpRepr, Ipv4Repr, SeqNumber, TcpFlags, TcpOptionSet, TcpRepr};
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+    fn packet(to_client: bool, flags: TcpFlags, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+        let (src, dst, sp, dp) = if to_client {
+            (VIP, CLIENT, 6379, 40_000)
+        } else {
+            (CLIENT, VIP, 40_000, 6379)
+        };
+        let mut options = TcpOptionSet::default();
+        if flags.contains(TcpFlags::SYN) {
+            options.mss = Some(1460);
+        }
+        IpTcpRepr {
+            ip: IpRepr::V4(Ipv4Repr::tcp(src, dst)),
+            tcp: TcpRepr {
+                src_port: sp,
+                dst_port: dp,
+                seq_number: SeqNumber(seq),
+                ack_number: SeqNumber(ack),
+                flags,
+                window_len: 4000,
+                urgent_at: 0,
+                options,
+                payload,
+            },
+        }
+        .to_bytes()
+        .unwrap()
+    }
+
+    struct Harness {
+        m: NodeMachine,
+        base: Instant,
+        now: u64,
+        next_id: u32,
+    }
+
+    impl Harness {
+        /// A single-member cluster (it elects itself).
+        fn new(snapshot: SnapshotPolicy) -> Harness {
+            let me = NodeId::new(1, 1);
+            let key = ClusterKey::from_secret(b"node machine unit tests, 32 byte").unwrap();
+            let replica = Replica::new(Config::new(me, vec![1]), key).unwrap();
+            let setup = NodeSetup {
+                me,
+                vip: VIP,
+                kind: ServiceKind::Kv,
+                shadow: ShadowConfig::new(65_535),
+                limits: Limits::default(),
+                group_seed: 1,
+                members: 1,
+                takeover: TakeoverPolicy::default(),
+                snapshot,
+                proposer: Proposer::new(64 * 1024, 5),
+                syn_guard: SynGuard::new(SynLimiter::new(1000, 1000), 10_000, 10_000),
+                rst_limiter: SynLimiter::new(10, 10),
+            };
+            Harness {
+                m: NodeMachine::new(setup, replica),
+                base: Instant::now(),
+                now: 0,
+                next_id: 0,
+            }
+        }
+
+        fn t(&self) -> Time {
+            Time {
+                instant: self.base + Duration::from_millis(self.now),
+                mono_ms: self.now,
+                wall_ms: 1_700_000_000_000 + self.now,
+            }
+        }
+
+        /// Runs the readies and decisions; takeovers succeed unless
+        /// `fail_step` says otherwise. Returns every request, in order.
+        fn pump(&mut self, fail_step: Option<&str>) -> Vec<Request> {
+            let mut all = Vec::new();
+            while self.m.has_ready() {
+                let t = self.t();
+                self.m.handle_ready(t);
+                while let Some(r) = self.m.poll_request() {
+                    all.push(r);
+                }
+                self.m.advance();
+            }
+            let t = self.t();
+            self.m.after_ready(t, true);
+            loop {
+                while let Some(r) = self.m.poll_request() {
+                    all.push(r);
+                }
+                let Some(decided) = self.m.poll_decision(t) else {
+                    break;
+                };
+                if let Request::Leadership(Action::TakeOver { .. }) = decided {
+                    match fail_step {
+                        Some(step) => self.m.handle_takeover_failed(t, step),
+                        None => self.m.handle_takeover_done(),
+                    }
+                }
+                all.push(decided);
+            }
+            all
+        }
+
+        fn tick(&mut self, fail_step: Option<&str>) -> Vec<Request> {
+            self.now += 10;
+            self.m.handle_tick();
+            self.pump(fail_step)
+        }
+
+        fn serve(&mut self) {
+            for _ in 0..200 {
+                self.tick(None);
+                if self.m.is_serving() {
+                    return;
+                }
+            }
+            panic!("a single member never served");
+        }
+
+        fn capture(&mut self, direction: Direction, bytes: &[u8]) -> (u32, Option<Verdict>) {
+            self.next_id += 1;
+            let id = self.next_id;
+            let t = self.t();
+            let parsed = IpTcpRepr::parse(
+                bytes,
+                tandem_wire::tcp::ParseChecks {
+                    verify_checksum: false,
+                    options: tandem_wire::tcp::OptionsMode::Linux,
+                },
+            )
+            .ok();
+            let verdict = self.m.handle_packet(
+                t,
+                Captured {
+                    id,
+                    direction,
+                    bytes,
+                },
+                parsed.as_ref(),
+            );
+            (id, verdict)
+        }
+    }
+
+    fn verdicts_of(requests: &[Request]) -> Vec<(u32, Verdict)> {
+        requests
+            .iter()
+            .filter_map(|r| match r {
+                Request::Effect(NodeEffect::Verdicts(v)) => Some(v.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn a_request_is_released_only_once_committed_and_before_its_reply() {
+        let mut h = Harness::new(SnapshotPolicy::default());
+        h.serve();
+        // The handshake: the SYN passes at once, the SYN-ACK waits.
+        let (_, syn) = h.capture(
+            Direction::FromClient,
+            &packet(false, TcpFlags::SYN, 1000, 0, &[]),
+        );
+        assert_eq!(syn, Some(Verdict::Accept));
+        let synack = packet(true, TcpFlags::SYN | TcpFlags::ACK, 5000, 1001, &[]);
+        let (synack_id, held) = h.capture(Direction::FromServer, &synack);
+        assert_eq!(held, None, "a SYN-ACK is held until committed");
+        let t = h.t();
+        h.m.finish_capture(t);
+        assert!(
+            verdicts_of(&std::iter::from_fn(|| h.m.poll_request()).collect::<Vec<_>>()).is_empty(),
+            "no verdict before the commit"
+        );
+        let committed = h.tick(None);
+        assert_eq!(verdicts_of(&committed), vec![(synack_id, Verdict::Accept)]);
+        // The request: held, then released before the service's reply.
+        let request = b"*2\r\n$4\r\nINCR\r\n$1\r\nx\r\n";
+        let bytes = packet(false, TcpFlags::ACK | TcpFlags::PSH, 1001, 5001, request);
+        let (request_id, held) = h.capture(Direction::FromClient, &bytes);
+        assert_eq!(held, None);
+        let t = h.t();
+        h.m.finish_capture(t);
+        let requests = h.tick(None);
+        let released = requests
+            .iter()
+            .position(|r| {
+                verdicts_of(std::slice::from_ref(r)) == vec![(request_id, Verdict::Accept)]
+            })
+            .expect("the request is released once committed");
+        let reply = requests
+            .iter()
+            .position(|r| {
+                matches!(r, Request::Effect(NodeEffect::Socket(Effect::Write { bytes, .. })) if bytes == b":1\r\n")
+            })
+            .expect("the service answers");
+        assert!(
+            released < reply,
+            "the verdict comes before the reply: {requests:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_takeover_is_released_and_retried_by_the_node() {
+        let mut h = Harness::new(SnapshotPolicy::default());
+        let mut steps_down = 0;
+        let mut takeovers = 0;
+        for _ in 0..100 {
+            for r in h.tick(Some("adding the VIP")) {
+                match r {
+                    Request::Leadership(Action::StepDown { .. }) => steps_down += 1,
+                    Request::Leadership(Action::TakeOver { .. }) => takeovers += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(takeovers >= 2, "retried: {takeovers} attempts");
+        assert_eq!(steps_down, takeovers, "every failed attempt is released");
+        assert_eq!(h.m.counters().takeovers_failed, takeovers);
+        assert!(!h.m.is_serving());
+        assert!(h.m.leadership().unfit_reason(h.now).is_some());
+    }
+
+    #[test]
+    fn snapshots_follow_the_applied_payloads() {
+        let mut h = Harness::new(SnapshotPolicy {
+            every_payloads: 2,
+            every_ms: 1_000_000,
+        });
+        h.serve();
+        let t = h.t();
+        assert_eq!(h.m.snapshot_due(t), None, "nothing applied yet");
+        for i in 0..2u32 {
+            let syn = packet(false, TcpFlags::SYN, 7000 + i * 100, 0, &[]);
+            h.capture(Direction::FromClient, &syn);
+            h.now += 10;
+            let t = h.t();
+            h.m.finish_capture(t);
+            h.tick(None);
+        }
+        let t = h.t();
+        let index = h.m.snapshot_due(t).expect("two payloads applied");
+        assert_eq!(index, h.m.replica().applied());
+        let payloads = h.m.payloads_applied();
+        let data = h.m.group().snapshot();
+        h.m.compact(index, payloads, data).unwrap();
+        assert_eq!(h.m.snapshot_index(), index);
+        assert_eq!(h.m.snapshot_due(t), None, "not again until more is applied");
+    }
+}
