@@ -1108,46 +1108,18 @@ impl Daemon {
     /// `tandem migrate SERVICE --to NODE` on the primary: a Raft leadership
     /// transfer to a caught-up clone (DESIGN §3.6).
     fn migrate_to(&mut self, slot: u16) -> Result<String, String> {
-        let status = self.machine.replica().status();
-        if status.role != StateRole::Leader {
-            return Err(match status.leader {
-                Some(l) => format!(
-                    "node {} is not the primary; node {} is: ask it (or use --lab)",
-                    self.me.slot, l.slot
-                ),
-                None => format!(
-                    "node {} is not the primary and no primary is known now",
-                    self.me.slot
-                ),
-            });
-        }
-        if slot == self.me.slot {
-            return Ok(format!("node {slot} is already the primary"));
-        }
-        let Some(target) = status.voters.iter().copied().find(|v| v.slot == slot) else {
-            return Err(format!(
-                "node {slot} is not a voter of this group (voters: {:?})",
-                status.voters.iter().map(|v| v.slot).collect::<Vec<_>>()
-            ));
-        };
-        let matched = status.matched.get(&target).copied().unwrap_or(0);
-        let lag = status.commit.saturating_sub(matched);
-        if lag > MAX_TRANSFER_LAG {
-            return Err(format!(
-                "node {slot} lags {lag} entries behind; try again when it has caught up"
-            ));
-        }
-        self.machine.replica_mut().transfer_leader(target);
-        self.migrating = Some((slot, Instant::now()));
         let t = self.time();
-        self.machine
-            .leadership_mut()
-            .handle_planned_handover(t.mono_ms);
-        tracing::info!(to = slot, "planned migration: leadership transfer started");
-        Ok(format!(
-            "primary moving from node {} to node {slot}",
-            self.me.slot
-        ))
+        match self.machine.migrate_to(t, slot, MAX_TRANSFER_LAG)? {
+            None => Ok(format!("node {slot} is already the primary")),
+            Some(_) => {
+                self.migrating = Some((slot, Instant::now()));
+                tracing::info!(to = slot, "planned migration: leadership transfer started");
+                Ok(format!(
+                    "primary moving from node {} to node {slot}",
+                    self.me.slot
+                ))
+            }
+        }
     }
 
     /// Hands leadership to the most caught-up reachable peer (drain, or

@@ -432,6 +432,47 @@ impl NodeMachine {
         Ok(best)
     }
 
+    /// `tandem migrate --to slot` on this node: a Raft leadership transfer
+    /// to a voter at most `max_lag` entries behind. `None`: this node is
+    /// that slot already; the error says why not, for the operator.
+    pub fn migrate_to(
+        &mut self,
+        t: Time,
+        slot: u16,
+        max_lag: u64,
+    ) -> Result<Option<NodeId>, String> {
+        let status = self.replica.status();
+        let me = self.me.slot;
+        if status.role != StateRole::Leader {
+            return Err(match status.leader {
+                Some(l) => format!(
+                    "node {me} is not the primary; node {} is: ask it (or use --lab)",
+                    l.slot
+                ),
+                None => format!("node {me} is not the primary and no primary is known now"),
+            });
+        }
+        if slot == me {
+            return Ok(None);
+        }
+        let Some(target) = status.voters.iter().copied().find(|v| v.slot == slot) else {
+            return Err(format!(
+                "node {slot} is not a voter of this group (voters: {:?})",
+                status.voters.iter().map(|v| v.slot).collect::<Vec<_>>()
+            ));
+        };
+        let matched = status.matched.get(&target).copied().unwrap_or(0);
+        let lag = status.commit.saturating_sub(matched);
+        if lag > max_lag {
+            return Err(format!(
+                "node {slot} lags {lag} entries behind; try again when it has caught up"
+            ));
+        }
+        self.replica.transfer_leader(target);
+        self.leadership.handle_planned_handover(t.mono_ms);
+        Ok(Some(target))
+    }
+
     /// A snapshot is due: the applied index to copy the group at.
     pub fn snapshot_due(&mut self, t: Time) -> Option<u64> {
         if self.leadership.state_lost().is_some() {
@@ -768,6 +809,19 @@ mod tests {
         assert_eq!(h.m.counters().takeovers_failed, takeovers);
         assert!(!h.m.is_serving());
         assert!(h.m.leadership().unfit_reason(h.now).is_some());
+    }
+
+    #[test]
+    fn a_migration_is_refused_with_the_reason() {
+        let mut h = Harness::new(SnapshotPolicy::default());
+        let t = h.t();
+        let not_yet = h.m.migrate_to(t, 2, 1000).unwrap_err();
+        assert!(not_yet.contains("not the primary"), "{not_yet}");
+        h.serve();
+        let t = h.t();
+        assert_eq!(h.m.migrate_to(t, 1, 1000), Ok(None), "already the primary");
+        let stranger = h.m.migrate_to(t, 7, 1000).unwrap_err();
+        assert!(stranger.contains("not a voter"), "{stranger}");
     }
 
     #[test]
