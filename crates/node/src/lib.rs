@@ -1,11 +1,13 @@
 //! The tandem node.
 //!
 //! The daemon ([`daemon`], `tandem node --config FILE`) runs one replicated
-//! service: it captures client packets ([`capture`], [`proposer`]), commits
-//! them through the replica group ([`transport`] between nodes), applies
-//! them on every node ([`group`]), and answers `tandem status` ([`admin`],
-//! [`report`]). [`migration`] moves live TCP connections, with the virtual
-//! IP, from one node to another.
+//! service. What it decides is [`machine`] (sans-IO, unit-tested and
+//! simulated); the daemon owns the file descriptors and performs the
+//! machine's requests: it captures client packets ([`capture`],
+//! [`proposer`]), commits them through the replica group ([`transport`]
+//! between nodes), applies them on every node ([`group`]), and answers
+//! `tandem status` ([`admin`], [`report`]). [`migration`] moves live TCP
+//! connections, with the virtual IP, from one node to another.
 
 pub mod admin;
 pub mod capture;

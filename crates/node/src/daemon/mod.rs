@@ -1,25 +1,27 @@
 //! The node daemon (`tandem node --config FILE`): one process, one service,
-//! one single-threaded event loop.
+//! one single-threaded event loop — the driver of a
+//! [`NodeMachine`](crate::machine::NodeMachine).
 //!
-//! The loop drives everything from readiness events and a 10 ms tick:
-//! - the replica (raft-rs behind [`tandem_replica::Replica`]) — ticks,
-//!   messages from the transport, proposals, and its `ready` output:
-//!   messages out, snapshots in, committed entries to apply;
-//! - on every node, committed entries go through the [`ServiceGroup`]
-//!   (shadow TCP + the service) in log order;
-//! - on the primary only: the capture queue (client packets and SYN-ACKs,
-//!   classified, proposed, and released once committed), the listener and
-//!   the accepted sockets that carry the service's effects, the VIP, the
-//!   lease;
-//! - the admin socket (`tandem status`).
-//!
-//! Becoming primary waits until everything committed before this term is
-//! applied (the leader's first entry of its term is the barrier), then
-//! listens, captures, takes the lease, adds the VIP and announces it.
-//! Stepping down undoes it in the order that keeps clients' connections
-//! intact for the next primary: verdicts stop, held packets are dropped
-//! (their clients retransmit), the lease and the VIP go, sockets close in
-//! repair mode.
+//! Every decision is the machine's (classification and proposals, commit
+//! before verdict, apply, serving and stepping down, the barrier before
+//! serving, the takeover plan and what a failed step leads to, the lease
+//! entitlement, handovers, snapshot policy, migrations). The daemon owns
+//! the file descriptors and threads and performs what the machine asks, in
+//! the order it asks:
+//! - readiness events and a 10 ms tick feed it replication frames, raft
+//!   ticks and captured packets (NFQUEUE), and it sends the replication
+//!   messages, verdicts, socket effects and raw packets it returns;
+//! - a takeover is carried out here step by step (the lease, connections
+//!   rebuilt in repair mode on two threads while heartbeats go out, the
+//!   listener, the VIP, the gratuitous ARP, the sockets going live), and
+//!   its outcome goes back to the machine, which decides what follows a
+//!   failed step (release, retry, hand on);
+//! - a step-down revokes the lease, removes the VIP (now, or after a
+//!   planned handover a little later) and closes the sockets in repair
+//!   mode;
+//! - snapshots are copied and encoded off the loop's thread, the status
+//!   hash too; the admin socket (`tandem status`, `migrate`, `drain`,
+//!   `reload-keys`) and the metrics are served here.
 
 mod fence;
 /// The kernel lease a primary holds (see `fence`): how long a dead or cut-off
