@@ -161,6 +161,10 @@ pub struct Counters {
     /// Times this node became primary, and stepped down.
     pub became_primary: u64,
     pub stepped_down: u64,
+    /// Takeovers that failed at one of their steps (released, then retried
+    /// or handed on).
+    #[serde(default)]
+    pub takeovers_failed: u64,
     /// Kernel lease refreshes that failed (`nft` refused or is missing).
     pub lease_refresh_errors: u64,
     /// SYN-flood defence (`tandem_core::cookie`): SYNs and SYN-ACKs passed
