@@ -148,6 +148,9 @@ pub struct Counters {
     pub committed_entries: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Snapshots asked for again after one could not be installed.
+    #[serde(default)]
+    pub snapshots_requested: u64,
     /// Connections rebuilt from shadow TCP when this node took over, and
     /// those that could not be.
     pub connections_restored: u64,

@@ -7,9 +7,11 @@
 //! packets — and kv clients that speak real IPv4/TCP to the VIP.
 //!
 //! Faults: raft messages lost and delayed, a node isolated then healed, a
-//! node killed and restarted as a new incarnation, and any takeover step
+//! node killed and restarted as a new incarnation, any takeover step
 //! failing (the lease, the listener, the VIP, the announcement), at random
-//! or for a stretch of time on one node (its link is down).
+//! or for a stretch of time on one node (its link is down), and snapshots
+//! no node can install, for a while (a restarted node given one must stop
+//! applying, refuse the leadership and ask again until one installs).
 //!
 //! Checked, online:
 //! - at most one node serves per term;
@@ -23,6 +25,7 @@
 //!   its own counter answers 1, 2, 3, ... (no request applied twice or
 //!   skipped), and the shared counter's answers over all clients are
 //!   exactly 1..=N;
+//! - no node is left with a state it could not install;
 //! - the live replicas' state hashes are equal.
 //!
 //! `TANDEM_NODE_SIM_SEEDS=n` runs more seeds (default 500),
@@ -220,6 +223,8 @@ struct Faults {
     wedge_on_failure: bool,
     /// The ordering fix is off: replies are written before the verdicts.
     replies_before_verdicts: bool,
+    /// Now and then, for a while, the snapshots nodes take are unreadable.
+    bad_snapshots: bool,
 }
 
 impl Default for Faults {
@@ -231,6 +236,7 @@ impl Default for Faults {
             chaos: true,
             wedge_on_failure: false,
             replies_before_verdicts: false,
+            bad_snapshots: true,
         }
     }
 }
@@ -262,6 +268,12 @@ struct Sim {
     last_kill_ms: u64,
     kills: u64,
     isolations: u64,
+    /// Until then every snapshot a node takes is unreadable (a format no
+    /// node knows): a node that must install one loses its state.
+    bad_snapshots_until_ms: u64,
+    /// Snapshots a node could not install, and those it installed after
+    /// one it could not.
+    state_losses: u64,
 }
 
 impl Sim {
@@ -289,6 +301,8 @@ impl Sim {
             last_kill_ms: 0,
             kills: 0,
             isolations: 0,
+            bad_snapshots_until_ms: 0,
+            state_losses: 0,
         };
         for slot in sim.slots.clone() {
             sim.nodes.insert(
@@ -772,7 +786,10 @@ impl Sim {
             if !m.has_ready() {
                 break;
             }
-            m.handle_ready(t);
+            let report = m.handle_ready(t);
+            if let Some(Err(_)) = report.installed {
+                self.state_losses += 1;
+            }
             let mut requests = Vec::new();
             while let Some(r) = m.poll_request() {
                 requests.push(r);
@@ -984,7 +1001,13 @@ impl Sim {
         };
         if let Some(index) = m.snapshot_due(t) {
             let payloads = m.payloads_applied();
-            let data = m.group().snapshot();
+            let mut data = m.group().snapshot();
+            if self.now < self.bad_snapshots_until_ms {
+                // Its checksum no longer matches: no node can restore it.
+                if let Some(last) = data.last_mut() {
+                    *last ^= 0xff;
+                }
+            }
             let _ = m.compact(index, payloads, data);
         }
     }
@@ -1013,6 +1036,9 @@ impl Sim {
             }
             21..=23 => {
                 self.nodes.get_mut(&slot).unwrap().kernel.broken_until_ms = self.now + 3_000;
+            }
+            24..=25 if self.faults.bad_snapshots => {
+                self.bad_snapshots_until_ms = self.now + 2_000;
             }
             _ => {}
         }
@@ -1133,6 +1159,17 @@ impl Sim {
                 shared.len()
             ));
         }
+        for slot in &self.slots {
+            if let Some(lost) = self.nodes[slot]
+                .machine
+                .as_ref()
+                .and_then(|m| m.leadership().state_lost())
+            {
+                self.violations.push(format!(
+                    "node {slot} never recovered from a snapshot it could not install: {lost}"
+                ));
+            }
+        }
         let mut hashes = BTreeMap::new();
         for slot in &self.slots {
             if let Some(m) = self.nodes[slot].machine.as_ref() {
@@ -1176,8 +1213,10 @@ fn run_seed(seed: u64, faults: Faults) -> Sim {
 fn random_faults_keep_one_primary_per_term_and_every_client_exactly_once() {
     let mut failed = Vec::new();
     let (mut takeovers, mut takeovers_failed, mut kills, mut isolations) = (0, 0, 0, 0);
+    let mut state_losses = 0;
     for seed in seeds() {
         let sim = run_seed(seed, Faults::default());
+        state_losses += sim.state_losses;
         takeovers += sim.takeovers;
         takeovers_failed += sim.takeovers_failed;
         kills += sim.kills;
@@ -1193,10 +1232,16 @@ fn random_faults_keep_one_primary_per_term_and_every_client_exactly_once() {
         failed.first()
     );
     // The faults did happen: nodes were killed and cut off, takeovers
-    // failed and others succeeded.
+    // failed and others succeeded, restarted nodes were given snapshots
+    // they could not install (and recovered, or the run failed above).
     assert!(
-        takeovers_failed > 0 && takeovers > 0 && kills > 0 && isolations > 0,
-        "{takeovers} takeovers, {takeovers_failed} failed, {kills} kills, {isolations} isolations"
+        takeovers_failed > 0 && takeovers > 0 && kills > 0 && isolations > 0 && state_losses > 0,
+        "{takeovers} takeovers, {takeovers_failed} failed, {kills} kills, {isolations} \
+         isolations, {state_losses} snapshots not installed"
+    );
+    eprintln!(
+        "{takeovers} takeovers, {takeovers_failed} failed, {kills} kills, {isolations} \
+         isolations, {state_losses} snapshots not installed"
     );
 }
 

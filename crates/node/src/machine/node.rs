@@ -53,6 +53,10 @@ pub struct Time {
     pub wall_ms: u64,
 }
 
+/// How often a node whose state is lost (a snapshot it could not install)
+/// asks the leader for a snapshot again.
+pub const STATE_LOST_RETRY_MS: u64 = 1_000;
+
 /// When the node takes a snapshot (and so compacts its log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotPolicy {
@@ -138,6 +142,8 @@ pub struct NodeMachine {
     last_snapshot_ms: Option<u64>,
     snapshot_index: u64,
     want_snapshot_now: bool,
+    /// When a node whose state is lost last asked for a snapshot.
+    snapshot_requested_ms: Option<u64>,
 }
 
 impl NodeMachine {
@@ -166,6 +172,7 @@ impl NodeMachine {
             last_snapshot_ms: None,
             snapshot_index: 0,
             want_snapshot_now: false,
+            snapshot_requested_ms: None,
         }
     }
 
@@ -364,7 +371,18 @@ impl NodeMachine {
 
     /// After the readies of a turn: what could not commit is handed on,
     /// and the leadership machine learns the node's health and progress.
+    /// A node whose state is lost asks the leader for a snapshot again,
+    /// every [`STATE_LOST_RETRY_MS`], until one installs.
     pub fn after_ready(&mut self, t: Time, healthy: bool) {
+        if self.leadership.state_lost().is_some()
+            && self
+                .snapshot_requested_ms
+                .is_none_or(|at| t.mono_ms.saturating_sub(at) >= STATE_LOST_RETRY_MS)
+            && self.replica.request_snapshot()
+        {
+            self.snapshot_requested_ms = Some(t.mono_ms);
+            self.counters.snapshots_requested += 1;
+        }
         self.counters.entries_forwarded += self.intake.forward_handover(
             t.instant,
             self.leadership.is_serving(),
