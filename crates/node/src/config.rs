@@ -29,6 +29,9 @@
 //! check_interval_ms = 1000
 //! check_timeout_ms = 1000
 //! failures = 3                            # consecutive results before health changes
+//! takeover_retries = 2                    # retries of a failed takeover before handing it on
+//! takeover_backoff_ms = 100               # first retry's wait, doubling each time
+//! takeover_refuse_ms = 10000              # after giving up, refuse the primary role this long
 //!
 //! [raft]                                   # optional; these are the defaults
 //! tick_ms = 10
@@ -275,6 +278,33 @@ pub struct SupervisionSection {
     /// Consecutive failures before the node counts as unhealthy (and
     /// successes before it is healthy again).
     pub failures: u32,
+    /// A takeover that fails at a step (lease, listen, VIP, ARP) releases
+    /// what it took and is retried this many times, while the node still
+    /// has a quorum's contact within one lease (default 2, 0 to 10);
+    /// then the node hands the role to a peer.
+    pub takeover_retries: u32,
+    /// The first retry waits this long, each next one twice as long
+    /// (default 100 ms, 10 to 10000).
+    pub takeover_backoff_ms: u64,
+    /// After giving up, the node refuses the primary role this long, then
+    /// may be elected again (default 10000 ms, 1000 to 600000).
+    pub takeover_refuse_ms: u64,
+}
+
+impl SupervisionSection {
+    /// The takeover retry policy of the leadership machine; `lease` is the
+    /// kernel lease (a retry needs a quorum heard within it).
+    pub fn takeover_policy(
+        &self,
+        lease: std::time::Duration,
+    ) -> crate::machine::leadership::TakeoverPolicy {
+        crate::machine::leadership::TakeoverPolicy {
+            retries: self.takeover_retries,
+            backoff_ms: self.takeover_backoff_ms,
+            refuse_ms: self.takeover_refuse_ms,
+            lease_ms: lease.as_millis() as u64,
+        }
+    }
 }
 
 impl Default for SupervisionSection {
@@ -285,6 +315,9 @@ impl Default for SupervisionSection {
             check_interval_ms: 1000,
             check_timeout_ms: 1000,
             failures: 3,
+            takeover_retries: 2,
+            takeover_backoff_ms: 100,
+            takeover_refuse_ms: 10_000,
         }
     }
 }
@@ -732,6 +765,27 @@ impl Config {
                 "use 1 to 100 (3 is the default)",
             ));
         }
+        if sup.takeover_retries > 10 {
+            return Err(invalid(
+                "supervision.takeover_retries",
+                format!("{} is out of range", sup.takeover_retries),
+                "use 0 to 10 (2 is the default)",
+            ));
+        }
+        if !(10..=10_000).contains(&sup.takeover_backoff_ms) {
+            return Err(invalid(
+                "supervision.takeover_backoff_ms",
+                format!("{} ms is out of range", sup.takeover_backoff_ms),
+                "use 10 to 10000 (100 is the default)",
+            ));
+        }
+        if !(1_000..=600_000).contains(&sup.takeover_refuse_ms) {
+            return Err(invalid(
+                "supervision.takeover_refuse_ms",
+                format!("{} ms is out of range", sup.takeover_refuse_ms),
+                "use 1000 to 600000 (10000 is the default)",
+            ));
+        }
 
         // Services.
         if self.services.is_empty() {
@@ -1060,6 +1114,16 @@ port = 6379
                 "[[service]]",
                 "[supervision]\ncheck_command = \" \"\n[[service]]",
                 "supervision.check_command",
+            ),
+            (
+                "[[service]]",
+                "[supervision]\ntakeover_backoff_ms = 0\n[[service]]",
+                "supervision.takeover_backoff_ms",
+            ),
+            (
+                "[[service]]",
+                "[supervision]\ntakeover_retries = 11\n[[service]]",
+                "supervision.takeover_retries",
             ),
             ("port = 6379", "port = 70000", "port"),
             ("198.18.0.100/24", "198.18.0.100", "service[0].vip"),

@@ -60,6 +60,25 @@ pub struct LogEntry {
     pub items: Vec<Item>,
 }
 
+/// Why bytes from the log are not a [`LogEntry`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("undecodable log entry: {0}")]
+pub struct EntryDecodeError(String);
+
+impl LogEntry {
+    /// The entry as it is proposed to the log (postcard; the only place
+    /// that knows the log's encoding, with [`LogEntry::decode`]).
+    pub fn encode(&self) -> Vec<u8> {
+        // A Vec writer cannot fail and every field is serialisable.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// An entry from the log; garbage is refused, never applied.
+    pub fn decode(bytes: &[u8]) -> Result<LogEntry, EntryDecodeError> {
+        postcard::from_bytes(bytes).map_err(|e| EntryDecodeError(e.to_string()))
+    }
+}
+
 /// One thing in a log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Item {
@@ -1281,9 +1300,9 @@ mod tests {
                 },
             ],
         };
-        let bytes = postcard::to_stdvec(&entry).unwrap();
-        assert_eq!(postcard::from_bytes::<LogEntry>(&bytes).unwrap(), entry);
+        let bytes = entry.encode();
+        assert_eq!(LogEntry::decode(&bytes).unwrap(), entry);
         // Garbage in the log is refused by the decoder, not applied.
-        assert!(postcard::from_bytes::<LogEntry>(&[0xff; 3]).is_err());
+        assert!(LogEntry::decode(&[0xff; 3]).is_err());
     }
 }

@@ -19,8 +19,8 @@
 //! held until committed.
 
 use crate::group::{Item, LogEntry};
+pub use crate::machine::Verdict;
 use tandem_core::classify::Class;
-use tandem_sys::nfqueue::Verdict;
 
 /// An entry to propose, with the queued packets waiting for its commit.
 #[derive(Debug, Clone, PartialEq, Eq)]

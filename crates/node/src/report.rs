@@ -148,6 +148,9 @@ pub struct Counters {
     pub committed_entries: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Snapshots asked for again after one could not be installed.
+    #[serde(default)]
+    pub snapshots_requested: u64,
     /// Connections rebuilt from shadow TCP when this node took over, and
     /// those that could not be.
     pub connections_restored: u64,
@@ -161,6 +164,10 @@ pub struct Counters {
     /// Times this node became primary, and stepped down.
     pub became_primary: u64,
     pub stepped_down: u64,
+    /// Takeovers that failed at one of their steps (released, then retried
+    /// or handed on).
+    #[serde(default)]
+    pub takeovers_failed: u64,
     /// Kernel lease refreshes that failed (`nft` refused or is missing).
     pub lease_refresh_errors: u64,
     /// SYN-flood defence (`tandem_core::cookie`): SYNs and SYN-ACKs passed

@@ -780,7 +780,7 @@ impl Sim {
             }
             n.last_pos = Some(pos);
             n.applied.insert(pos, p);
-            let entry = match postcard::from_bytes::<LogEntry>(&c.data) {
+            let entry = match LogEntry::decode(&c.data) {
                 Ok(e) => e,
                 Err(e) => {
                     self.violation(format!("slot {slot}: undecodable entry at {pos:?}: {e}"));
@@ -1065,7 +1065,7 @@ impl Sim {
                 timestamp_ms: 1_000 + self.now * 10,
                 items: batch.iter().flat_map(|u| u.items.clone()).collect(),
             };
-            let bytes = postcard::to_stdvec(&entry).unwrap();
+            let bytes = entry.encode();
             match self.replica(p).propose(bytes.clone()) {
                 Ok(id) => {
                     self.proposed.insert(id, bytes);

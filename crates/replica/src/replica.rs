@@ -962,6 +962,19 @@ impl Replica {
         self.raw.transfer_leader(to.raft_id());
     }
 
+    /// On a follower whose application could not install the snapshot it
+    /// was given: asks the leader for a new one. raft-rs sends the request
+    /// only when a leader is known, no snapshot is pending and the last
+    /// entry is of the current term; the caller repeats it until a
+    /// snapshot installs. True if the request was sent.
+    pub fn request_snapshot(&mut self) -> bool {
+        if self.raw.raft.state == StateRole::Leader || self.raw.raft.leader_id == 0 {
+            return false;
+        }
+        let before = self.raw.raft.pending_request_snapshot;
+        self.raw.request_snapshot().is_ok() && self.raw.raft.pending_request_snapshot != before
+    }
+
     /// Starts an election now (tests, or an operator forcing a failover).
     pub fn campaign(&mut self) {
         if self.restoring {

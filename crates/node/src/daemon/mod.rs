@@ -1,25 +1,27 @@
 //! The node daemon (`tandem node --config FILE`): one process, one service,
-//! one single-threaded event loop.
+//! one single-threaded event loop — the driver of a
+//! [`NodeMachine`](crate::machine::NodeMachine).
 //!
-//! The loop drives everything from readiness events and a 10 ms tick:
-//! - the replica (raft-rs behind [`tandem_replica::Replica`]) — ticks,
-//!   messages from the transport, proposals, and its `ready` output:
-//!   messages out, snapshots in, committed entries to apply;
-//! - on every node, committed entries go through the [`ServiceGroup`]
-//!   (shadow TCP + the service) in log order;
-//! - on the primary only: the capture queue (client packets and SYN-ACKs,
-//!   classified, proposed, and released once committed), the listener and
-//!   the accepted sockets that carry the service's effects, the VIP, the
-//!   lease;
-//! - the admin socket (`tandem status`).
-//!
-//! Becoming primary waits until everything committed before this term is
-//! applied (the leader's first entry of its term is the barrier), then
-//! listens, captures, takes the lease, adds the VIP and announces it.
-//! Stepping down undoes it in the order that keeps clients' connections
-//! intact for the next primary: verdicts stop, held packets are dropped
-//! (their clients retransmit), the lease and the VIP go, sockets close in
-//! repair mode.
+//! Every decision is the machine's (classification and proposals, commit
+//! before verdict, apply, serving and stepping down, the barrier before
+//! serving, the takeover plan and what a failed step leads to, the lease
+//! entitlement, handovers, snapshot policy, migrations). The daemon owns
+//! the file descriptors and threads and performs what the machine asks, in
+//! the order it asks:
+//! - readiness events and a 10 ms tick feed it replication frames, raft
+//!   ticks and captured packets (NFQUEUE), and it sends the replication
+//!   messages, verdicts, socket effects and raw packets it returns;
+//! - a takeover is carried out here step by step (the lease, connections
+//!   rebuilt in repair mode on two threads while heartbeats go out, the
+//!   listener, the VIP, the gratuitous ARP, the sockets going live), and
+//!   its outcome goes back to the machine, which decides what follows a
+//!   failed step (release, retry, hand on);
+//! - a step-down revokes the lease, removes the VIP (now, or after a
+//!   planned handover a little later) and closes the sockets in repair
+//!   mode;
+//! - snapshots are copied and encoded off the loop's thread, the status
+//!   hash too; the admin socket (`tandem status`, `migrate`, `drain`,
+//!   `reload-keys`) and the metrics are served here.
 
 mod fence;
 /// The kernel lease a primary holds (see `fence`): how long a dead or cut-off
@@ -27,14 +29,17 @@ mod fence;
 pub use fence::LEASE;
 mod sockets;
 mod supervise;
-mod takeover;
 
 use crate::admin::{AdminReply, AdminRequest, AdminServer};
 use crate::capture::{direction_of, CaptureLoop, Decision};
 use crate::config::{Config, ServiceSection};
-use crate::group::{Effect, Item, LogEntry, ServiceGroup};
-use crate::proposer::{Proposal, Proposer};
-use crate::report::{Counters, NodeReport, PeerReport, ServiceReport};
+use crate::group::ServiceGroup;
+use crate::machine::intake::{Captured, NodeEffect, RawPacket};
+use crate::machine::leadership::{Action as LeadershipAction, VipRelease};
+use crate::machine::takeover::RestorePlan;
+use crate::machine::{NodeMachine, NodeSetup, ReadyReport, Request, SnapshotPolicy, Time};
+use crate::proposer::Proposer;
+use crate::report::{NodeReport, PeerReport, ServiceReport};
 use crate::services;
 use crate::transport::{Transport, TransportConfig};
 use fence::Fence;
@@ -47,13 +52,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supervise::Supervisor;
-use takeover::{for_restore, handed_over_packet, replay_head, synack_for_replay, Rebuilt, TS_JUMP};
-use tandem_core::classify::{Admit, Class, JunkReason, Seen, SynGuard, SynLimiter};
-use tandem_core::packet::{facts_of, reset_for, segment_of};
+use tandem_core::classify::{SynGuard, SynLimiter};
 use tandem_core::shadow::{ConnKey, ShadowConfig};
-use tandem_replica::{NodeId, Output, ProposalId, Replica, StateRole};
+use tandem_replica::{NodeId, Replica, StateRole};
 use tandem_sys::capture::{detect_backend, CaptureRules};
-use tandem_sys::nfqueue::{NfQueue, QueueConfig, Verdict};
+use tandem_sys::nfqueue::{NfQueue, QueueConfig};
 
 const NFQUEUE_TOKEN: Token = Token(0);
 const LISTENER_TOKEN: Token = Token(1);
@@ -72,11 +75,6 @@ const SNAPSHOT_EVERY_PAYLOADS: u64 = 20_000;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 /// How often the metrics are brought up to date.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
-/// How long a deposed primary keeps the (silent) VIP, capturing what
-/// clients still send it for the next primary.
-const VIP_LINGER: Duration = Duration::from_millis(1500);
-/// How long a deposed primary keeps uncommitted packets for the next one.
-const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 /// Up to this many connections are rebuilt on the loop's own thread at a
 /// takeover (a millisecond or two); more go to two builder threads while
 /// the loop keeps sending heartbeats.
@@ -89,27 +87,16 @@ const MAX_CATCH_UP_TICKS: u32 = 3;
 /// pause short and the answer honest).
 const MAX_TRANSFER_LAG: u64 = 1_000;
 
-/// A proposed cookie-mode handshake is forgotten by the capture path once
-/// shadow TCP knows it, or after this long (its entry was lost).
-const COOKIE_PROPOSED_TTL_MS: u64 = 5_000;
-
-/// What to check about a held handshake packet once its entry is applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum HandshakeGuard {
-    /// A SYN-ACK: shadow TCP must hold a handshake with this server ISN.
-    SynAck { key: ConnKey, isn: u32 },
-    /// The third ACK of a cookie-mode handshake: shadow TCP must have
-    /// opened the connection; if not, `reset` goes to the client.
-    ThirdAck {
-        key: ConnKey,
-        reset: Option<Vec<u8>>,
-    },
-    /// A later packet of such a handshake, captured before it was applied:
-    /// shadow TCP must know the connection.
-    Follows {
-        key: ConnKey,
-        reset: Option<Vec<u8>>,
-    },
+/// A connection rebuilt in repair mode at takeover, waiting to go live.
+struct Rebuilt {
+    key: ConnKey,
+    socket: Result<tandem_sys::tcp_repair::Prepared, tandem_sys::tcp_repair::RepairError>,
+    /// Our FIN is part of it (the service had closed).
+    fin: bool,
+    /// The client's FIN was received (the service was told).
+    peer_closed: bool,
+    /// Segments to send from a raw socket once it is live.
+    replay: Vec<Vec<u8>>,
 }
 
 /// Why the daemon could not start or had to stop.
@@ -156,17 +143,6 @@ struct SnapshotJob {
     encoded: std::sync::mpsc::Receiver<Vec<u8>>,
 }
 
-/// Where this node stands as a primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Serving {
-    /// A clone: applies, serves nothing.
-    No,
-    /// Elected; waiting until the log up to `barrier` is applied.
-    Awaiting { barrier: u64 },
-    /// Holds the VIP and serves.
-    Yes,
-}
-
 /// The whole daemon state, owned by the loop.
 struct Daemon {
     config: Config,
@@ -175,94 +151,42 @@ struct Daemon {
     prefix_len: u8,
     me: NodeId,
     started: Instant,
-    /// Where Raft's hard state is saved (`Output::hard_state`).
+    /// Where Raft's hard state is saved (`Request::SaveHardState`).
     hard_state_path: std::path::PathBuf,
-    /// An error that must stop the daemon, found where no error can be
-    /// returned (saving the hard state inside `handle_ready`).
+    /// An error that must stop the daemon, found while performing the
+    /// machine's requests (saving the hard state): nothing after it is
+    /// performed, and the loop returns it.
     fatal: Option<DaemonError>,
     poll: Poll,
-    replica: Replica,
+    /// Every decision: the replica, the group, the packet path, who serves.
+    machine: NodeMachine,
     transport: Transport,
     admin: AdminServer,
-    group: ServiceGroup,
     shadow_config: ShadowConfig,
     capture: CaptureLoop,
     rules: CaptureRules,
-    proposer: Proposer,
-    /// The SYN rate limit, the logged/cookie mode choice and the cookie
-    /// table (`tandem_core::cookie`): the SYN-flood defence.
-    syn_guard: SynGuard,
-    /// Held packets checked against shadow TCP once their entry is applied
-    /// (never let a SYN-ACK out, or a third ACK in, for a handshake the log
-    /// does not know), by NFQUEUE id.
-    guarded: BTreeMap<u32, HandshakeGuard>,
-    /// RSTs for client packets no connection matches (the kernel's answer),
-    /// at most `unknown_rst_rate` per second.
-    rst_limiter: SynLimiter,
-    /// NFQUEUE ids held until each of our proposals commits.
-    held: BTreeMap<ProposalId, Vec<u32>>,
     sockets: KernelSockets,
     fence: Fence,
     netlink: tandem_sys::addr::Netlink,
     interface: tandem_sys::addr::Interface,
     garp: tandem_sys::arp::GarpSender,
-    /// Timers the service set, by id: (generation, due at log ms). Tracked
-    /// on every replica so that a new primary knows them.
-    timers: BTreeMap<u64, (u64, u64)>,
-    serving: Serving,
-    /// Drained: never stays primary (`tandem drain`).
-    draining: bool,
     /// Replication bodies go in clear (benchmarks only; fixed at start).
     unencrypted: bool,
     supervisor: Supervisor,
-    was_healthy: bool,
-    last_handover: Option<Instant>,
     last_handover_to: Option<u16>,
-    /// The logged SYN-ACK of each handshake still in progress, and the
-    /// handshakes this node rebuilt as ESTABLISHED at takeover: a client
-    /// that never got the SYN-ACK retransmits its SYN, and the logged
-    /// SYN-ACK is replayed to it from a raw socket (docs/architecture.md §3.5).
-    synacks: BTreeMap<ConnKey, Vec<u8>>,
-    restored_handshakes: std::collections::BTreeSet<ConnKey>,
     raw: Option<tandem_sys::rawsock::RawIpv4Sender>,
     metrics: Arc<crate::metrics::Metrics>,
     _metrics_server: Option<crate::metrics::MetricsServer>,
     last_metrics: Instant,
-    /// Our proposals not yet committed, as encoded entries: if leadership
-    /// goes, they are handed to the next primary with [`Replica::forward`]
-    /// (with what could not be proposed during a handover), so that their
-    /// clients need not retransmit.
-    uncommitted: BTreeMap<ProposalId, Vec<u8>>,
-    handover: Vec<Vec<u8>>,
-    handover_since: Option<Instant>,
-    /// A deposed primary removes the VIP at this instant.
-    vip_remove_at: Option<Instant>,
-    /// When this node last started handing its role over on purpose.
-    planned_handover_at: Option<Instant>,
-    /// When each of our pending proposals was made (commit latency).
-    proposed_at: BTreeMap<ProposalId, Instant>,
     /// When this node last became leader (a takeover's duration counts
     /// from there), and a planned migration it started: (target, when).
     elected_at: Option<Instant>,
     migrating: Option<(u16, Instant)>,
-    counters: Counters,
-    /// The unique, increasing index under which each payload is applied.
-    payloads_applied: u64,
-    payloads_at_snapshot: u64,
     last_snapshot: Option<Instant>,
-    snapshot_index: u64,
-    want_snapshot_now: bool,
     /// A snapshot copied from the state and being encoded on another
     /// thread (`maybe_snapshot`).
     snapshot_job: Option<SnapshotJob>,
-    /// Set when a snapshot from the leader could not be installed: raft has
-    /// already replaced the log with it, so this node's state no longer
-    /// matches the log. It stops applying, refuses leadership and reports
-    /// itself unhealthy until restarted (as a new incarnation it is sent
-    /// the state again).
-    state_lost: Option<String>,
     last_sweep: Instant,
-    verdicts: Vec<(u32, Verdict)>,
     /// A turn of the loop longer than this (half the shortest election
     /// timeout) is logged: it risks a needless election.
     held_up_warning: Duration,
@@ -375,12 +299,6 @@ impl Daemon {
             .map_err(io_err("watching the capture queue"))?;
 
         let shadow_config: ShadowConfig = service.shadow_config();
-        let group = ServiceGroup::new(
-            services::fresh(service.kind),
-            shadow_config,
-            group_seed(&service.name),
-        )
-        .with_limits(service.limits());
         tracing::info!(
             slot = me.slot,
             incarnation,
@@ -409,6 +327,25 @@ impl Daemon {
             service.syn_cookie_table,
         );
         let rst_limiter = SynLimiter::new(service.unknown_rst_rate, service.unknown_rst_rate);
+        let machine = NodeMachine::new(
+            NodeSetup {
+                me,
+                vip,
+                kind: service.kind,
+                shadow: shadow_config,
+                limits: service.limits(),
+                group_seed: group_seed(&service.name),
+                takeover: config.supervision.takeover_policy(LEASE),
+                snapshot: SnapshotPolicy {
+                    every_payloads: SNAPSHOT_EVERY_PAYLOADS,
+                    every_ms: SNAPSHOT_EVERY.as_millis() as u64,
+                },
+                proposer: Proposer::new(MAX_ENTRY_BYTES, LAZY_LOG_MS),
+                syn_guard,
+                rst_limiter,
+            },
+            replica,
+        );
         Ok(Daemon {
             sockets: KernelSockets::new(LISTENER_TOKEN, SOCKET_TOKENS, service.window_clamp),
             config,
@@ -420,58 +357,32 @@ impl Daemon {
             hard_state_path,
             fatal: None,
             poll,
-            replica,
+            machine,
             transport,
             admin,
-            group,
             shadow_config,
             capture: CaptureLoop::new(queue),
             rules,
-            proposer: Proposer::new(MAX_ENTRY_BYTES, LAZY_LOG_MS),
-            syn_guard,
-            guarded: BTreeMap::new(),
-            rst_limiter,
-            held: BTreeMap::new(),
             fence,
             netlink,
             interface,
             garp,
-            timers: BTreeMap::new(),
-            serving: Serving::No,
             metrics,
             _metrics_server: metrics_server,
             last_metrics: Instant::now(),
-            proposed_at: BTreeMap::new(),
-            uncommitted: BTreeMap::new(),
-            handover: Vec::new(),
-            handover_since: None,
-            vip_remove_at: None,
-            planned_handover_at: None,
             elected_at: None,
             migrating: None,
-            synacks: BTreeMap::new(),
-            restored_handshakes: std::collections::BTreeSet::new(),
             raw: tandem_sys::rawsock::RawIpv4Sender::open()
                 .map_err(
                     |err| tracing::warn!(%err, "no raw socket: logged SYN-ACKs cannot be replayed"),
                 )
                 .ok(),
-            draining: false,
             unencrypted,
             supervisor,
-            was_healthy: true,
-            last_handover: None,
             last_handover_to: None,
-            counters: Counters::default(),
-            payloads_applied: 0,
-            payloads_at_snapshot: 0,
             last_snapshot: None,
-            snapshot_index: 0,
-            want_snapshot_now: false,
             snapshot_job: None,
-            state_lost: None,
             last_sweep: Instant::now(),
-            verdicts: Vec::new(),
             held_up_warning,
         })
     }
@@ -521,13 +432,10 @@ impl Daemon {
                 self.transport
                     .read_pending(self.poll.registry(), &mut frames);
             }
-            let received_at = Instant::now();
-            // Acknowledgements are dated by this clock (the lease).
-            self.replica
-                .set_clock(received_at.duration_since(self.started).as_millis() as u64);
+            let received_at = self.time();
             for frame in frames.drain(..) {
                 // Rejections are counted by the replica's inbox.
-                let _ = self.replica.receive(&frame);
+                let _ = self.machine.handle_frame(received_at, &frame);
             }
             let now = Instant::now();
             // Ticks missed while the process was not running (a hang, a
@@ -536,7 +444,7 @@ impl Daemon {
             // arrived in this very turn.
             let mut ticked = 0;
             while now >= next_tick && ticked < MAX_CATCH_UP_TICKS {
-                self.replica.tick();
+                self.machine.handle_tick();
                 next_tick += tick;
                 ticked += 1;
             }
@@ -577,191 +485,40 @@ impl Daemon {
         Ok(())
     }
 
-    /// The latest instant by which a majority of the voters (this node
-    /// included) had acknowledged this term's leadership (append or
-    /// heartbeat responses of this term only).
-    fn quorum_acked(&self) -> Option<Instant> {
-        let ms = self.replica.quorum_acked_at()?;
-        Some(self.started + Duration::from_millis(ms))
+    /// The machine's clocks now: monotonic (ms since start) and wall.
+    fn time(&self) -> Time {
+        let instant = Instant::now();
+        Time {
+            instant,
+            mono_ms: instant.saturating_duration_since(self.started).as_millis() as u64,
+            wall_ms: wall_ms(),
+        }
     }
 
     fn proposer_waiting(&self) -> bool {
-        self.serving == Serving::Yes
+        self.machine.is_serving()
     }
 
-    /// Reads the capture queue until it is empty.
+    /// Reads the capture queue until it is empty; the machine decides each
+    /// packet's fate.
     fn on_capture(&mut self) {
-        let serving = self.serving == Serving::Yes;
         let mut errors = 0u32;
         loop {
-            let now_ms = wall_ms();
-            let group = &self.group;
-            let synacks = &self.synacks;
-            let restored_handshakes = &self.restored_handshakes;
-            let mut replays: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
-            let handing_over = self.vip_remove_at.is_some();
-            let mut late: Vec<Item> = Vec::new();
-            let proposer = &mut self.proposer;
-            let syn_guard = &mut self.syn_guard;
-            let guarded = &mut self.guarded;
-            let rst_limiter = &mut self.rst_limiter;
-            let mut resets: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
-            let half_open = group.shadow().half_open();
-            let counters = &mut self.counters;
-            let mut full: Vec<Proposal> = Vec::new();
+            let t = self.time();
+            let machine = &mut self.machine;
             let result = self.capture.poll(|packet, parsed| {
-                counters.captured += 1;
-                let Ok(repr) = parsed else {
-                    counters.dropped_junk += 1;
-                    return Decision::Verdict(Verdict::Drop);
-                };
-                let direction = direction_of(packet);
-                if !serving {
-                    // Not (yet, or no longer) the primary: nothing may pass
-                    // unlogged. Just deposed, the VIP still here while the
-                    // clients' ARP caches catch up: the client's packet goes
-                    // to the next primary instead of waiting for the
-                    // client's retransmission timer.
-                    if handing_over && direction == tandem_core::classify::Direction::FromClient {
-                        late.push(Item::Packet {
-                            from_server: false,
-                            bytes: packet.payload.to_vec(),
-                        });
-                    }
-                    counters.dropped_uncommitted += 1;
-                    return Decision::Verdict(Verdict::Drop);
-                }
-                let segment = segment_of(&repr);
-                let key = ConnKey::of(direction, &segment);
-                let facts = facts_of(&repr);
-                if facts.syn && !facts.ack && restored_handshakes.contains(&key) {
-                    // The kernel holds an ESTABLISHED socket for this
-                    // handshake, which cannot answer a SYN: replay the
-                    // logged SYN-ACK instead.
-                    if let (Some(synack), IpAddr::V4(client)) = (synacks.get(&key), key.client.ip())
-                    {
-                        replays.push((client, synack.clone()));
-                    }
-                    return Decision::Verdict(Verdict::Drop);
-                }
-                let seen = Seen {
-                    direction,
-                    facts,
-                    key,
-                    seq: segment.seq.0,
-                    ack: segment.ack.0,
+                let captured = Captured {
+                    id: packet.id,
+                    direction: direction_of(packet),
                     bytes: &packet.payload,
                 };
-                let from_server = matches!(direction, tandem_core::classify::Direction::FromServer);
-                let class = match syn_guard.admit(seen, group.knows(&key), half_open, now_ms) {
-                    Admit::Handshake { syn, synack } => {
-                        // The third ACK of a cookie-mode handshake: logged
-                        // whole, the ACK released once committed (and only
-                        // if shadow TCP then has the connection).
-                        counters.cookie_handshakes += 1;
-                        full.extend(proposer.on_handshake(
-                            now_ms,
-                            packet.id,
-                            syn,
-                            synack,
-                            packet.payload.to_vec(),
-                        ));
-                        guarded.insert(
-                            packet.id,
-                            HandshakeGuard::ThirdAck {
-                                key,
-                                reset: reset_for(&repr),
-                            },
-                        );
-                        return Decision::Hold;
-                    }
-                    Admit::Class(class) => class,
-                };
-                match class {
-                    Class::Pass => {
-                        // Cookie mode: nothing to log, nothing to copy.
-                        counters.cookie_passed += 1;
-                        counters.released_at_once += 1;
-                        return Decision::Verdict(Verdict::Accept);
-                    }
-                    Class::Junk(JunkReason::SynRateLimited) => counters.syn_rate_limited += 1,
-                    Class::Junk(JunkReason::NoConnection) => {
-                        // No connection, no cookie: the kernel would answer
-                        // with a RST, and so do we, so that a client whose
-                        // cookie handshake was lost (evicted, or in flight
-                        // at a failover) is refused instead of hanging.
-                        if let (Some(reset), IpAddr::V4(client)) =
-                            (reset_for(&repr), key.client.ip())
-                        {
-                            if rst_limiter.admit(now_ms) {
-                                resets.push((client, reset));
-                            }
-                        }
-                    }
-                    Class::Commit if from_server => {
-                        guarded.insert(
-                            packet.id,
-                            HandshakeGuard::SynAck {
-                                key,
-                                isn: segment.seq.0,
-                            },
-                        );
-                    }
-                    Class::Commit if !group.knows(&key) => {
-                        // After a cookie handshake proposed, not yet applied.
-                        guarded.insert(
-                            packet.id,
-                            HandshakeGuard::Follows {
-                                key,
-                                reset: reset_for(&repr),
-                            },
-                        );
-                    }
-                    _ => {}
-                }
-                let (verdict, proposal) = proposer.on_packet(
-                    now_ms,
-                    packet.id,
-                    class,
-                    from_server,
-                    packet.payload.to_vec(),
-                );
-                if let Some(p) = proposal {
-                    full.push(p);
-                }
-                match verdict {
-                    Some(Verdict::Drop) => {
-                        counters.dropped_junk += 1;
-                        Decision::Verdict(Verdict::Drop)
-                    }
-                    Some(Verdict::Accept) => {
-                        counters.released_at_once += 1;
-                        Decision::Verdict(Verdict::Accept)
-                    }
+                match machine.handle_packet(t, captured, parsed.as_ref().ok()) {
+                    Some(verdict) => Decision::Verdict(kernel_verdict(verdict)),
                     None => Decision::Hold,
                 }
             });
-            for proposal in full {
-                self.propose(proposal);
-            }
-            if !late.is_empty() {
-                let entry = LogEntry {
-                    timestamp_ms: now_ms,
-                    items: late,
-                };
-                if let Ok(bytes) = postcard::to_stdvec(&entry) {
-                    self.keep_for_handover(bytes);
-                }
-            }
-            for (client, synack) in replays {
-                if let Some(raw) = &self.raw {
-                    match raw.send(&synack, client) {
-                        Ok(()) => self.counters.synacks_replayed += 1,
-                        Err(err) => tracing::warn!(%err, "replaying a logged SYN-ACK"),
-                    }
-                }
-            }
-            self.send_resets(resets);
+            self.machine.finish_capture(t);
+            self.perform_requests();
             match result {
                 Ok(_) => {}
                 Err(tandem_sys::nfqueue::NfQueueError::Io { source, .. })
@@ -782,41 +539,88 @@ impl Daemon {
                 }
             }
         }
-        if let Some(p) = self.proposer.poll(wall_ms()) {
-            self.propose(p);
+    }
+
+    /// Performs every request the machine has already decided, in order.
+    fn perform_requests(&mut self) {
+        while self.fatal.is_none() {
+            let Some(request) = self.machine.poll_request() else {
+                break;
+            };
+            self.perform(request);
         }
     }
 
-    fn propose(&mut self, proposal: Proposal) {
-        let bytes = match postcard::to_stdvec(&proposal.entry) {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                tracing::error!(%err, "cannot encode an entry");
-                self.drop_held(proposal.held);
-                return;
-            }
-        };
-        match self.replica.propose(bytes.clone()) {
-            Ok(id) => {
-                self.counters.proposals += 1;
-                self.proposed_at.insert(id, Instant::now());
-                self.uncommitted.insert(id, bytes);
-                if !proposal.held.is_empty() {
-                    self.held.insert(id, proposal.held);
+    /// Carries out one request of the machine; a takeover's outcome goes
+    /// back to it at once.
+    fn perform(&mut self, request: Request) {
+        match request {
+            Request::SaveHardState(hard_state) => {
+                if let Err(source) =
+                    tandem_replica::save_hard_state(&self.hard_state_path, &hard_state)
+                {
+                    self.fatal = Some(DaemonError::Io {
+                        what: format!("saving {}", self.hard_state_path.display()),
+                        source,
+                    });
                 }
             }
-            Err(err) => {
-                // A handover under way: the packets never reach this
-                // kernel, their bytes go to the next primary.
-                tracing::debug!(%err, "proposal refused; kept for the next primary");
-                self.keep_for_handover(bytes);
-                self.drop_held(proposal.held);
+            Request::Send { to, bytes } => {
+                self.transport.send(self.poll.registry(), to.slot, &bytes)
             }
+            Request::Effect(NodeEffect::Verdicts(verdicts)) => {
+                let verdicts: Vec<(u32, tandem_sys::nfqueue::Verdict)> = verdicts
+                    .into_iter()
+                    .map(|(id, v)| (id, kernel_verdict(v)))
+                    .collect();
+                if let Err(err) = self.capture.release(&verdicts) {
+                    tracing::warn!(%err, "giving held packets their verdicts");
+                }
+            }
+            Request::Effect(NodeEffect::Socket(effect)) => {
+                self.sockets.apply(self.poll.registry(), effect)
+            }
+            Request::Effect(NodeEffect::Raw { to, bytes, what }) => {
+                let Some(raw) = &self.raw else { return };
+                let counters = self.machine.counters_mut();
+                match (raw.send(&bytes, to), what) {
+                    (Ok(()), RawPacket::Reset) => counters.resets_sent += 1,
+                    (Ok(()), RawPacket::SynAckReplay) => counters.synacks_replayed += 1,
+                    (Ok(()), RawPacket::HandedOver) => {}
+                    (Err(err), RawPacket::SynAckReplay) => {
+                        tracing::warn!(%err, "replaying a logged SYN-ACK")
+                    }
+                    (Err(err), RawPacket::Reset) => tracing::debug!(%err, "sending a RST"),
+                    (Err(err), RawPacket::HandedOver) => {
+                        tracing::debug!(%err, "re-injecting a handed-over packet")
+                    }
+                }
+            }
+            Request::Leadership(LeadershipAction::TakeOver { attempt, vip_kept }) => {
+                match self.take_over(vip_kept) {
+                    Ok(()) => self.machine.handle_takeover_done(),
+                    Err(err) => {
+                        tracing::error!(%err, attempt, "taking over failed; releasing what was taken");
+                        let t = self.time();
+                        self.machine.handle_takeover_failed(t, &err.to_string());
+                    }
+                }
+            }
+            Request::Leadership(LeadershipAction::StepDown { why, vip, .. }) => {
+                self.step_down(why.as_str(), vip)
+            }
+            Request::Leadership(LeadershipAction::RemoveVip) => self.remove_vip(),
+            Request::Leadership(LeadershipAction::HandOver { why }) => {
+                if let Err(err) = self.hand_over(why) {
+                    tracing::warn!(%err, why, "cannot hand the primary role over yet");
+                }
+            }
+            // The machine told the replica itself.
+            Request::Leadership(LeadershipAction::RefuseLeadership(_)) => {}
         }
     }
 
     fn remove_vip(&mut self) {
-        self.vip_remove_at = None;
         if let Err(err) =
             self.netlink
                 .remove_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)
@@ -825,445 +629,109 @@ impl Daemon {
         }
     }
 
-    /// Keeps an uncommitted entry for the next primary, without our own
-    /// SYN-ACKs: those never left this node, and the next primary's kernel
-    /// answers the client's retransmitted SYN with its own.
-    fn keep_for_handover(&mut self, bytes: Vec<u8>) {
-        let Ok(mut entry) = postcard::from_bytes::<LogEntry>(&bytes) else {
-            return;
-        };
-        entry.items.retain(|item| {
-            !matches!(
-                item,
-                Item::Packet {
-                    from_server: true,
-                    ..
-                }
-            )
-        });
-        if entry.items.is_empty() {
-            return;
-        }
-        let Ok(bytes) = postcard::to_stdvec(&entry) else {
-            return;
-        };
-        self.handover_since.get_or_insert_with(Instant::now);
-        self.handover.push(bytes);
-    }
-
-    /// Hands what this node captured but did not commit to the primary
-    /// once one is known; after a while without one, gives up (the clients
-    /// retransmit).
-    fn forward_handover(&mut self) {
-        if self.handover.is_empty() {
-            return;
-        }
-        if self.replica.role() == StateRole::Leader {
-            if self.serving == Serving::Yes {
-                // Still (or again) the leader: propose them ourselves, unless
-                // a transfer refuses proposals — then they wait for the
-                // next primary.
-                let mut waiting = std::mem::take(&mut self.handover).into_iter();
-                for bytes in waiting.by_ref() {
-                    match self.replica.propose(bytes.clone()) {
-                        Ok(id) => {
-                            self.uncommitted.insert(id, bytes);
-                        }
-                        Err(_) => {
-                            self.handover.push(bytes);
-                            break;
-                        }
-                    }
-                }
-                self.handover.extend(waiting);
-                if self.handover.is_empty() {
-                    self.handover_since = None;
-                }
-            }
-            return;
-        }
-        let payloads = std::mem::take(&mut self.handover);
-        let count = payloads.len();
-        match self.replica.forward(payloads.clone()) {
-            Ok(_) => {
-                self.counters.entries_forwarded += count as u64;
-                self.handover_since = None;
-                tracing::info!(
-                    entries = count,
-                    "uncommitted client packets handed to the new primary"
-                );
-            }
-            Err(_)
-                if self
-                    .handover_since
-                    .is_some_and(|at| at.elapsed() < HANDOVER_WAIT) =>
-            {
-                self.handover = payloads;
-            }
-            Err(_) => {
-                tracing::info!(
-                    entries = count,
-                    "no primary to hand uncommitted packets to; their clients will retransmit"
-                );
-                self.handover_since = None;
-            }
-        }
-    }
-
-    /// The verdict of a held packet whose entry was just applied: ACCEPT,
-    /// unless it is a handshake packet shadow TCP refused (a full half-open
-    /// table, a mismatch): then the kernel must not see it, and a client
-    /// whose third ACK it was gets a RST instead of a hang.
-    fn guarded_verdict(&mut self, id: u32) -> Verdict {
-        let Some(guard) = self.guarded.remove(&id) else {
-            return Verdict::Accept;
-        };
-        let third = matches!(guard, HandshakeGuard::ThirdAck { .. });
-        let shadow = self.group.shadow();
-        match guard {
-            HandshakeGuard::SynAck { key, isn } => {
-                if shadow.info(&key).and_then(|i| i.server_isn) == Some(isn) {
-                    Verdict::Accept
-                } else {
-                    self.counters.synacks_refused += 1;
-                    Verdict::Drop
-                }
-            }
-            HandshakeGuard::ThirdAck { key, reset } | HandshakeGuard::Follows { key, reset } => {
-                let open = shadow.info(&key).is_some_and(|i| {
-                    !third
-                        || !matches!(
-                            i.state,
-                            tandem_core::shadow::ShadowState::SynSeen
-                                | tandem_core::shadow::ShadowState::SynAckSeen
-                        )
-                });
-                if open {
-                    Verdict::Accept
-                } else {
-                    // Later packets of it are refused too.
-                    self.syn_guard.forget(&key);
-                    self.counters.handshakes_refused += u64::from(third);
-                    if let (Some(reset), IpAddr::V4(client)) = (reset, key.client.ip()) {
-                        self.send_resets(vec![(client, reset)]);
-                    }
-                    Verdict::Drop
-                }
-            }
-        }
-    }
-
-    /// Sends RSTs built by [`reset_for`] from the raw socket.
-    fn send_resets(&mut self, resets: Vec<(Ipv4Addr, Vec<u8>)>) {
-        let Some(raw) = &self.raw else {
-            return;
-        };
-        for (client, reset) in resets {
-            match raw.send(&reset, client) {
-                Ok(()) => self.counters.resets_sent += 1,
-                Err(err) => tracing::debug!(%err, "sending a RST"),
-            }
-        }
-    }
-
-    fn drop_held(&mut self, ids: Vec<u32>) {
-        if ids.is_empty() {
-            return;
-        }
-        self.counters.dropped_uncommitted += ids.len() as u64;
-        for id in &ids {
-            self.guarded.remove(id);
-        }
-        let verdicts: Vec<(u32, Verdict)> = ids.into_iter().map(|id| (id, Verdict::Drop)).collect();
-        if let Err(err) = self.capture.release(&verdicts) {
-            tracing::warn!(%err, "dropping held packets");
-        }
-    }
-
     /// What only the primary does each turn: flush lazy log items, fire due
     /// timers, report clients the kernel gave up on, keep the lease.
     fn primary_duties(&mut self, now: Instant) {
-        if self.serving != Serving::Yes {
+        if !self.machine.is_serving() {
             return;
         }
-        let now_ms = wall_ms();
-        // Timers are due in log time, which is the primaries' clock made
-        // monotonic; the primary's own clock is the right comparison.
-        let log_now = now_ms;
-        let due: Vec<(u64, u64)> = self
-            .timers
-            .iter()
-            .filter(|(_, (_, at))| *at <= log_now)
-            .map(|(id, (generation, _))| (*id, *generation))
-            .collect();
-        for (id, generation) in due {
-            self.timers.remove(&id);
-            self.proposer.push(now_ms, Item::Timer { id, generation });
-        }
-        for key in self.sockets.take_gave_up() {
-            self.proposer.push(
-                now_ms,
-                Item::Abort {
-                    client: key.client,
-                    server: key.server,
-                },
-            );
-        }
-        if let Some(p) = self.proposer.poll(now_ms) {
-            self.propose(p);
-        }
-        if self.replica.role() == StateRole::Leader {
-            // Entitled to the lease only as long as a quorum has
-            // acknowledged this term's leadership within it (docs/architecture.md §3.8,
-            // docs/membership.md): a primary cut off, or frozen and then
-            // woken up, never re-grants itself the VIP.
-            if let Some(acked) = self.quorum_acked() {
-                self.fence.entitle(acked);
-            }
-        }
-        if now.duration_since(self.last_sweep) > Duration::from_secs(1) {
+        let sweep = now.duration_since(self.last_sweep) > Duration::from_secs(1);
+        if sweep {
             self.last_sweep = now;
-            let group = &self.group;
+            let group = self.machine.group();
             self.sockets.sweep_pending(|key| group.knows(key));
-            let in_handshake = |key: &ConnKey| {
-                group
-                    .shadow()
-                    .info(key)
-                    .is_some_and(|i| i.state == tandem_core::shadow::ShadowState::SynAckSeen)
-            };
-            self.synacks.retain(|key, _| in_handshake(key));
-            self.restored_handshakes.retain(|key| in_handshake(key));
-            self.syn_guard
-                .sweep(wall_ms(), COOKIE_PROPOSED_TTL_MS, |key| group.knows(key));
+        }
+        let gave_up = self.sockets.take_gave_up();
+        let t = self.time();
+        self.machine.primary_duties(t, gave_up, sweep);
+        self.perform_requests();
+        // Entitled to the lease only as long as a quorum has acknowledged
+        // this term's leadership within it (docs/architecture.md §3.8,
+        // docs/membership.md): a primary cut off, or frozen and then woken
+        // up, never re-grants itself the VIP.
+        if let Some(acked) = self.machine.lease_entitled() {
+            self.fence
+                .entitle(self.started + Duration::from_millis(acked));
         }
     }
 
-    /// Hands the replica's output to the world until it has nothing more.
+    /// Hands the replica's output to the world until it has nothing more,
+    /// then lets the machine decide what follows.
     fn drive_replica(&mut self) {
         for _ in 0..64 {
-            if !self.replica.has_ready() {
+            if !self.machine.has_ready() {
                 break;
             }
             let started = Instant::now();
-            let out = self.replica.ready();
+            let report = self.machine.handle_ready(self.time());
             let made = started.elapsed();
-            let (messages, bytes, committed) = (
-                out.messages.len(),
-                out.messages.iter().map(|(_, b)| b.len()).sum::<usize>(),
-                out.committed.len(),
-            );
-            self.handle_ready(out);
+            self.perform_requests();
             if self.fatal.is_some() {
-                break;
+                return;
             }
-            self.replica.advance();
+            self.machine.advance();
+            self.after_one_ready(&report);
             if started.elapsed() >= self.held_up_warning / 2 {
                 tracing::info!(
                     ready_ms = made.as_secs_f64() * 1e3,
                     handled_ms = (started.elapsed() - made).as_secs_f64() * 1e3,
-                    messages,
-                    bytes,
-                    committed,
+                    messages = report.messages,
+                    bytes = report.message_bytes,
+                    committed = report.applied.entries,
                     "long raft ready"
                 );
             }
         }
-        self.after_ready();
-    }
-
-    fn handle_ready(&mut self, out: Output) {
-        // The term and vote are on disk before any message that depends on
-        // them leaves; a node that cannot save them must stop.
-        if let Some(hs) = out.hard_state {
-            if let Err(source) = tandem_replica::save_hard_state(&self.hard_state_path, &hs) {
-                self.fatal = Some(DaemonError::Io {
-                    what: format!("saving {}", self.hard_state_path.display()),
-                    source,
-                });
+        let t = self.time();
+        self.machine
+            .after_ready(t, self.supervisor.health().healthy);
+        loop {
+            self.perform_requests();
+            if self.fatal.is_some() {
                 return;
             }
+            let Some(decided) = self.machine.poll_decision(self.time()) else {
+                break;
+            };
+            self.perform(decided);
         }
-        for (to, bytes) in &out.messages {
-            self.transport.send(self.poll.registry(), to.slot, bytes);
-        }
-        if let Some(snapshot) = out.install_snapshot {
-            self.install_snapshot(snapshot.index, &snapshot.data);
-        }
-        let primary = self.serving == Serving::Yes;
-        // Socket effects wait until the committed packets are released: the
-        // kernel must hold a client's request before the reply leaves, so
-        // the reply carries the ACK (else the client, under Nagle, waits for
-        // a delayed ACK: 40 ms per request).
-        let mut socket_effects = Vec::new();
-        let mut inject: Vec<Vec<u8>> = Vec::new();
-        for committed in out.committed {
-            self.counters.committed_entries += 1;
+    }
+
+    /// Logs and metrics of one ready.
+    fn after_one_ready(&mut self, report: &ReadyReport) {
+        let name = &self.service.name;
+        self.metrics
+            .add_committed(name, report.applied.entries, report.applied.bytes);
+        for latency in &report.applied.latencies {
             self.metrics
-                .add_committed(&self.service.name, 1, committed.data.len() as u64);
-            self.uncommitted.remove(&committed.proposal);
-            if let Some(at) = self.proposed_at.remove(&committed.proposal) {
+                .observe_commit_latency(name, latency.as_secs_f64());
+        }
+        match &report.installed {
+            Some(Ok(index)) => tracing::info!(index, "snapshot installed"),
+            Some(Err(why)) => tracing::error!(
+                %why,
+                "cannot install a snapshot: this node's state is lost; it stops applying, \
+                 refuses leadership and reports unhealthy until restarted"
+            ),
+            None => {}
+        }
+        if let (Some((to, at)), Some(leader)) = (self.migrating, report.leader) {
+            if report.leader_changed && leader.slot == to {
                 self.metrics
-                    .observe_commit_latency(&self.service.name, at.elapsed().as_secs_f64());
-            }
-            self.payloads_applied += 1;
-            if self.state_lost.is_some() {
-                // Applying to a state that is not the log's would only
-                // make it diverge further (and look healthy).
-                continue;
-            }
-            let index = (committed.index << 16) | u64::from(committed.sub);
-            match postcard::from_bytes::<LogEntry>(&committed.data) {
-                Ok(entry) => {
-                    if primary && committed.proposal.proposer != self.me {
-                        // Committed while we serve but not proposed by us:
-                        // packets a deposed primary handed over. Our kernel
-                        // must receive them too (it ACKs them, the client
-                        // stops resending, and Nagle does not hold its next
-                        // request back); they come through the capture again
-                        // and are logged as duplicates, which shadow TCP
-                        // drops like any retransmission.
-                        inject.extend(entry.items.iter().filter_map(handed_over_packet));
-                    }
-                    for item in &entry.items {
-                        if let Item::Packet {
-                            from_server: true,
-                            bytes,
-                        } = item
-                        {
-                            if let Some((key, packet)) = synack_for_replay(bytes) {
-                                self.synacks.insert(key, packet);
-                            }
-                        }
-                    }
-                    let effects = self.group.apply(index, &entry);
-                    for effect in effects {
-                        match effect {
-                            Effect::Timer {
-                                id,
-                                generation,
-                                at_ms,
-                            } => {
-                                self.timers.insert(id, (generation, at_ms));
-                            }
-                            Effect::CancelTimer { id } => {
-                                self.timers.remove(&id);
-                            }
-                            other if primary => socket_effects.push(other),
-                            _ => {}
-                        }
-                    }
-                }
-                Err(err) => {
-                    // Authenticated and committed, so every replica skips
-                    // it alike; still, it means a bug in a proposer.
-                    tracing::error!(index = committed.index, %err, "undecodable log entry skipped");
-                }
-            }
-            if committed.proposal.proposer == self.me {
-                if let Some(ids) = self.held.remove(&committed.proposal) {
-                    self.counters.committed_released += ids.len() as u64;
-                    for id in ids {
-                        let verdict = self.guarded_verdict(id);
-                        self.verdicts.push((id, verdict));
-                    }
-                }
-            }
-        }
-        if !self.verdicts.is_empty() {
-            let verdicts = std::mem::take(&mut self.verdicts);
-            if let Err(err) = self.capture.release(&verdicts) {
-                tracing::warn!(%err, "releasing committed packets");
-            }
-        }
-        for effect in socket_effects {
-            self.sockets.apply(self.poll.registry(), effect);
-        }
-        if let Some(raw) = &self.raw {
-            for packet in &inject {
-                if let Err(err) = raw.send(packet, self.vip) {
-                    tracing::debug!(%err, "re-injecting a handed-over packet");
-                }
-            }
-        }
-        for dropped in out.dropped {
-            self.proposed_at.remove(&dropped);
-            if let Some(bytes) = self.uncommitted.remove(&dropped) {
-                self.keep_for_handover(bytes);
-            }
-            if let Some(ids) = self.held.remove(&dropped) {
-                self.drop_held(ids);
-            }
-        }
-        if out.snapshot_wanted {
-            self.want_snapshot_now = true;
-        }
-        if let (Some((to, at)), Some(leader)) = (self.migrating, out.leader) {
-            if out.leader_changed && leader.slot == to {
-                self.metrics
-                    .observe_migration(&self.service.name, at.elapsed().as_secs_f64());
+                    .observe_migration(name, at.elapsed().as_secs_f64());
                 self.migrating = None;
             }
         }
-        if out.role_changed || out.leader_changed {
+        if report.role_changed || report.leader_changed {
             tracing::info!(
-                role = ?out.role,
-                term = out.term,
-                leader = ?out.leader.map(|l| l.slot),
+                role = ?report.role,
+                term = report.term,
+                leader = ?report.leader.map(|l| l.slot),
                 "raft role"
             );
         }
-        if out.role_changed {
-            if out.role == StateRole::Leader {
-                self.elected_at = Some(Instant::now());
-                let barrier = self.replica.status().log.1;
-                self.serving = Serving::Awaiting { barrier };
-            } else if self.serving != Serving::No {
-                self.step_down("lost leadership");
-            }
-        }
-    }
-
-    fn after_ready(&mut self) {
-        if self.vip_remove_at.is_some_and(|at| Instant::now() >= at) {
-            self.remove_vip();
-        }
-        self.forward_handover();
-        let health = self.supervisor.health();
-        if health.healthy != self.was_healthy {
-            self.was_healthy = health.healthy;
-            self.last_handover = None;
-        }
-        let unfit = self.draining || !health.healthy || self.state_lost.is_some();
-        self.replica.set_refuse_leadership(unfit);
-        if unfit
-            && self.replica.role() == StateRole::Leader
-            && self
-                .last_handover
-                .is_none_or(|at| at.elapsed() > Duration::from_millis(500))
-        {
-            // Elected anyway (it is the only candidate able to win, or the
-            // transfer timed out): pass the role on again.
-            self.last_handover = Some(Instant::now());
-            let why = if self.draining {
-                "drained"
-            } else if self.state_lost.is_some() {
-                "state lost"
-            } else {
-                "unhealthy"
-            };
-            if let Err(err) = self.hand_over(why) {
-                tracing::warn!(%err, "drained node cannot hand over yet");
-            }
-        }
-        if let Serving::Awaiting { barrier } = self.serving {
-            if self.replica.role() != StateRole::Leader {
-                self.serving = Serving::No;
-            } else if self.replica.applied() >= barrier {
-                if let Err(err) = self.take_over() {
-                    tracing::error!(%err, "taking over failed; stepping down");
-                    self.step_down("take-over failed");
-                }
-            }
+        if report.role_changed && report.role == Some(StateRole::Leader) {
+            self.elected_at = Some(Instant::now());
         }
     }
 
@@ -1271,26 +739,34 @@ impl Daemon {
     /// never lets a packet through unlogged; capture has been on since
     /// start-up): connections rebuilt in repair mode while the lease is
     /// granted, listener, VIP, gratuitous ARP, then the connections go live.
-    fn take_over(&mut self) -> Result<(), DaemonError> {
+    fn take_over(&mut self, vip_kept: bool) -> Result<(), DaemonError> {
         let started = Instant::now();
         // The barrier committed, so a quorum has acknowledged this term.
-        let acked = self.quorum_acked().unwrap_or(self.started);
+        let acked = self
+            .machine
+            .quorum_acked()
+            .map_or(self.started, |ms| self.started + Duration::from_millis(ms));
         let lease = self.fence.grant_in_background(acked);
         // Rebuild every connection the log knows, silent until announced.
-        let prepared = self.prepare_connections(wall_ms());
+        let prepared = self.prepare_connections();
         let prepare_ms = started.elapsed().as_secs_f64() * 1e3;
         let addr = SocketAddr::new(IpAddr::V4(self.vip), self.service.port);
-        self.sockets
+        let listening = self
+            .sockets
             .listen(self.poll.registry(), addr, self.service.window_clamp)
-            .map_err(io_err(format!("listening on {addr}")))?;
-        lease.join().unwrap_or_else(|_| {
+            .map_err(io_err(format!("listening on {addr}")));
+        // Joined whatever happened: a grant finishing after the step-down
+        // that releases a failed takeover would leave the lease on.
+        let leased = lease.join().unwrap_or_else(|_| {
             Err(tandem_sys::guard::GuardError::Refused {
                 what: "lease",
                 stderr: "the lease thread panicked".into(),
             })
-        })?;
+        });
+        listening?;
+        leased?;
         let lease_ms = started.elapsed().as_secs_f64() * 1e3;
-        if self.vip_remove_at.take().is_none()
+        if !vip_kept
             || !self
                 .netlink
                 .has_address(&self.interface, IpAddr::V4(self.vip))?
@@ -1341,15 +817,14 @@ impl Daemon {
                 }
             }
         }
-        self.counters.connections_restored += restored;
-        self.counters.restore_failures += failed;
-        self.serving = Serving::Yes;
-        self.counters.became_primary += 1;
+        let counters = self.machine.counters_mut();
+        counters.connections_restored += restored;
+        counters.restore_failures += failed;
         let since_elected = self.elected_at.map_or(started.elapsed(), |at| at.elapsed());
         self.metrics
             .observe_failover(&self.service.name, since_elected.as_secs_f64());
         tracing::info!(
-            term = self.replica.term(),
+            term = self.machine.replica().term(),
             restored,
             failed,
             prepare_ms,
@@ -1363,41 +838,23 @@ impl Daemon {
     }
 
     /// Every connection of the log as a socket in repair mode (docs/architecture.md §3.5
-    /// step 4), busiest first, built on two threads; nothing is sent until
-    /// each goes live after the VIP is announced.
-    fn prepare_connections(&mut self, now_ms: u64) -> Vec<Rebuilt> {
-        let shadow = self.group.shadow();
-        let mut handshakes = Vec::new();
-        let mut images: Vec<(ConnKey, tandem_core::SocketImage, bool)> = shadow
-            .keys()
-            .filter_map(|key| {
-                let image = shadow.image(key, tandem_core::shadow::Millis(now_ms), TS_JUMP)?;
-                if image.state == tandem_core::TcpState::SynRecv {
-                    handshakes.push(*key);
-                }
-                let peer_closed = matches!(
-                    image.state,
-                    tandem_core::TcpState::CloseWait
-                        | tandem_core::TcpState::LastAck
-                        | tandem_core::TcpState::Closing
-                );
-                Some((*key, for_restore(image), peer_closed))
-            })
-            .collect();
-        self.restored_handshakes.extend(handshakes);
-        images.sort_by_key(|(_, image, _)| std::cmp::Reverse(image.send_queue.len()));
+    /// step 4), in the order of the machine's plan, built on two threads;
+    /// nothing is sent until each goes live after the VIP is announced.
+    fn prepare_connections(&mut self) -> Vec<Rebuilt> {
+        let plan = self.machine.takeover_plan(self.time());
+        let images = plan.connections;
         if images.is_empty() {
             return Vec::new();
         }
         let options = tandem_sys::tcp_repair::RestoreOptions::default();
-        let build = |part: &[(ConnKey, tandem_core::SocketImage, bool)]| {
+        let build = |part: &[RestorePlan]| {
             part.iter()
-                .map(|(key, image, peer_closed)| Rebuilt {
-                    key: *key,
-                    socket: tandem_sys::tcp_repair::prepare(image, &options),
-                    fin: image.state != tandem_core::TcpState::Established,
-                    peer_closed: *peer_closed,
-                    replay: replay_head(image),
+                .map(|planned| Rebuilt {
+                    key: planned.key,
+                    socket: tandem_sys::tcp_repair::prepare(&planned.image, &options),
+                    fin: planned.fin,
+                    peer_closed: planned.peer_closed,
+                    replay: planned.replay.clone(),
                 })
                 .collect::<Vec<_>>()
         };
@@ -1448,7 +905,7 @@ impl Daemon {
             match &rebuilt.socket {
                 Ok(_) => prepared.push(rebuilt),
                 Err(err) => {
-                    self.counters.restore_failures += 1;
+                    self.machine.counters_mut().restore_failures += 1;
                     tracing::warn!(client = %rebuilt.key.client, %err, "cannot rebuild a connection");
                 }
             }
@@ -1459,106 +916,29 @@ impl Daemon {
     /// Sends heartbeats at once, outside the tick: for the leader's loop
     /// while it is held up by a takeover (see `Replica::heartbeats_now`).
     fn send_heartbeats(&mut self) {
-        for (to, bytes) in self.replica.heartbeats_now() {
+        for (to, bytes) in self.machine.replica_mut().heartbeats_now() {
             self.transport.send(self.poll.registry(), to.slot, &bytes);
         }
     }
 
-    /// Stops serving; the next primary takes the clients over.
-    fn step_down(&mut self, why: &str) {
-        if self.serving == Serving::No {
-            return;
-        }
-        let was_serving = self.serving == Serving::Yes;
-        self.serving = Serving::No;
-        self.proposed_at.clear();
-        self.restored_handshakes.clear();
-        // Cookie-mode handshakes not yet logged are lost, as with kernel
-        // cookies: the next primary answers their ACKs with a RST.
-        self.syn_guard.clear();
-        // Nothing uncommitted reaches this kernel (DROP); its bytes go to
-        // the next primary. An entry may also be in the log already: a
-        // duplicate is dropped by shadow TCP like any retransmission.
-        if let Some(pending) = self.proposer.take(wall_ms()) {
-            if let Ok(bytes) = postcard::to_stdvec(&pending.entry) {
-                self.keep_for_handover(bytes);
-            }
-            self.drop_held(pending.held);
-        }
-        let uncommitted: Vec<Vec<u8>> = std::mem::take(&mut self.uncommitted)
-            .into_values()
-            .collect();
-        for bytes in uncommitted {
-            self.keep_for_handover(bytes);
-        }
-        let held: Vec<u32> = std::mem::take(&mut self.held)
-            .into_values()
-            .flatten()
-            .collect();
-        self.drop_held(held);
+    /// Stops serving (the machine has already dropped what it held); the
+    /// next primary takes the clients over.
+    fn step_down(&mut self, why: &str, vip: VipRelease) {
         if let Err(err) = self.fence.revoke() {
             tracing::warn!(%err, "revoking the lease");
         }
-        let planned = self
-            .planned_handover_at
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(5));
-        if planned {
+        match vip {
             // A planned handover to a reachable peer: the VIP goes a moment
             // later. The lease is revoked, so this kernel is already silent
             // on it; until the clients' ARP caches follow the next primary's
             // announcement their packets still arrive here, where they are
             // captured and handed over instead of waiting for the clients'
             // retransmission timers.
-            self.vip_remove_at = Some(Instant::now() + VIP_LINGER);
-        } else {
-            self.remove_vip();
+            VipRelease::Later => {}
+            VipRelease::Now => self.remove_vip(),
         }
         self.sockets.close_all_silently(self.poll.registry());
-        if was_serving {
-            self.counters.stepped_down += 1;
-        }
         tracing::info!(why, "primary: stepped down");
-    }
-
-    fn install_snapshot(&mut self, index: u64, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
-        let started = Instant::now();
-        match ServiceGroup::restore(services::fresh(self.service.kind), self.shadow_config, data) {
-            Ok(group) => {
-                self.group = group.with_limits(self.service.limits());
-                self.snapshot_index = index;
-                self.counters.snapshots_installed += 1;
-                if self.state_lost.take().is_some() {
-                    tracing::warn!(index, "a later snapshot installed: state recovered");
-                }
-                tracing::info!(
-                    index,
-                    bytes = data.len(),
-                    restore_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "snapshot installed"
-                );
-            }
-            Err(err) => {
-                // raft has already replaced the log with this snapshot:
-                // the state here is no longer the log's. Serving or
-                // applying from it would answer clients from a state no
-                // other replica has.
-                tracing::error!(
-                    index,
-                    %err,
-                    "cannot install a snapshot: this node's state is lost; it stops applying, \
-                     refuses leadership and reports unhealthy until restarted"
-                );
-                self.state_lost = Some(format!(
-                    "state lost: snapshot at {index} not installed: {err}"
-                ));
-                if self.serving != Serving::No {
-                    self.step_down("state lost");
-                }
-            }
-        }
     }
 
     /// Takes a snapshot when one is due: the state is copied on the loop
@@ -1580,11 +960,8 @@ impl Daemon {
                 return;
             };
             let (index, bytes) = (job.index, data.len());
-            match self.replica.compact(index, data) {
+            match self.machine.compact(index, job.payloads, data) {
                 Ok(()) => {
-                    self.snapshot_index = index;
-                    self.payloads_at_snapshot = job.payloads;
-                    self.counters.snapshots_taken += 1;
                     tracing::debug!(
                         index,
                         bytes,
@@ -1597,24 +974,9 @@ impl Daemon {
             }
             return;
         }
-        if self.state_lost.is_some() {
+        let Some(applied) = self.machine.snapshot_due(self.time()) else {
             return;
-        }
-        let since = self.payloads_applied - self.payloads_at_snapshot;
-        let due = self.want_snapshot_now
-            || since >= SNAPSHOT_EVERY_PAYLOADS
-            || (since > 0
-                && self
-                    .last_snapshot
-                    .is_none_or(|at| now.duration_since(at) >= SNAPSHOT_EVERY));
-        if !due {
-            return;
-        }
-        let applied = self.replica.applied();
-        if applied == 0 || applied <= self.snapshot_index && !self.want_snapshot_now {
-            return;
-        }
-        self.want_snapshot_now = false;
+        };
         self.last_snapshot = Some(now);
         let started = Instant::now();
         let Some(taken) = self.copy_state() else {
@@ -1651,7 +1013,7 @@ impl Daemon {
         }
         self.snapshot_job = Some(SnapshotJob {
             index: applied,
-            payloads: self.payloads_applied,
+            payloads: self.machine.payloads_applied(),
             copied_at: started,
             encoded,
         });
@@ -1689,7 +1051,7 @@ impl Daemon {
         let stand_in = ServiceGroup::new(services::fresh(self.service.kind), self.shadow_config, 0);
         // In a mutex (the group is Send, not Sync): whatever happens to the
         // helper thread, the group comes back.
-        let group = std::sync::Mutex::new(std::mem::replace(&mut self.group, stand_in));
+        let group = std::sync::Mutex::new(std::mem::replace(self.machine.group_mut(), stand_in));
         let out = std::thread::scope(|scope| {
             let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
             let group = &group;
@@ -1713,7 +1075,7 @@ impl Daemon {
             }
             helper.join().ok().flatten()
         });
-        self.group = group
+        *self.machine.group_mut() = group
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         out
@@ -1736,9 +1098,9 @@ impl Daemon {
                 Err(message) => AdminReply::Error { message },
             },
             AdminRequest::Drain => {
-                self.draining = true;
+                self.machine.leadership_mut().set_draining(true);
                 tracing::info!("drained: this node gives up and refuses the primary role");
-                let message = if self.replica.role() == StateRole::Leader {
+                let message = if self.machine.replica().role() == StateRole::Leader {
                     match self.hand_over("drain") {
                         Ok(to) => format!("node {} drained; the primary moves to node {to}", self.me.slot),
                         Err(err) => format!("node {} drained, but the primary cannot move yet: {err}; it will keep trying", self.me.slot),
@@ -1753,7 +1115,7 @@ impl Daemon {
                 Err(message) => AdminReply::Error { message },
             },
             AdminRequest::Undrain => {
-                self.draining = false;
+                self.machine.leadership_mut().set_draining(false);
                 tracing::info!("undrained: this node may be primary again");
                 AdminReply::Done {
                     message: format!("node {} undrained: it may be primary again", self.me.slot),
@@ -1776,7 +1138,7 @@ impl Daemon {
             );
         }
         let names = fingerprints(&keys);
-        self.replica.set_keys(keys.clone());
+        self.machine.replica_mut().set_keys(keys.clone());
         self.transport.set_keys(keys);
         tracing::info!(keys = %names, "replication keys reloaded (fingerprints; the first is sent with)");
         Ok(format!(
@@ -1788,69 +1150,31 @@ impl Daemon {
     /// `tandem migrate SERVICE --to NODE` on the primary: a Raft leadership
     /// transfer to a caught-up clone (docs/architecture.md §3.6).
     fn migrate_to(&mut self, slot: u16) -> Result<String, String> {
-        let status = self.replica.status();
-        if status.role != StateRole::Leader {
-            return Err(match status.leader {
-                Some(l) => format!(
-                    "node {} is not the primary; node {} is: ask it (or use --lab)",
-                    self.me.slot, l.slot
-                ),
-                None => format!(
-                    "node {} is not the primary and no primary is known now",
+        let t = self.time();
+        match self.machine.migrate_to(t, slot, MAX_TRANSFER_LAG)? {
+            None => Ok(format!("node {slot} is already the primary")),
+            Some(_) => {
+                self.migrating = Some((slot, Instant::now()));
+                tracing::info!(to = slot, "planned migration: leadership transfer started");
+                Ok(format!(
+                    "primary moving from node {} to node {slot}",
                     self.me.slot
-                ),
-            });
+                ))
+            }
         }
-        if slot == self.me.slot {
-            return Ok(format!("node {slot} is already the primary"));
-        }
-        let Some(target) = status.voters.iter().copied().find(|v| v.slot == slot) else {
-            return Err(format!(
-                "node {slot} is not a voter of this group (voters: {:?})",
-                status.voters.iter().map(|v| v.slot).collect::<Vec<_>>()
-            ));
-        };
-        let matched = status.matched.get(&target).copied().unwrap_or(0);
-        let lag = status.commit.saturating_sub(matched);
-        if lag > MAX_TRANSFER_LAG {
-            return Err(format!(
-                "node {slot} lags {lag} entries behind; try again when it has caught up"
-            ));
-        }
-        self.replica.transfer_leader(target);
-        self.migrating = Some((slot, Instant::now()));
-        self.planned_handover_at = Some(Instant::now());
-        tracing::info!(to = slot, "planned migration: leadership transfer started");
-        Ok(format!(
-            "primary moving from node {} to node {slot}",
-            self.me.slot
-        ))
     }
 
     /// Hands leadership to the most caught-up reachable peer (drain, or
     /// unhealthy). A peer that refuses (drained or unhealthy itself) lets
     /// the transfer time out; the next attempt then tries another one.
     fn hand_over(&mut self, why: &str) -> Result<u16, String> {
-        let status = self.replica.status();
-        let mut peers: Vec<NodeId> = status
-            .voters
-            .iter()
-            .copied()
-            .filter(|v| *v != self.me && self.transport.connected(v.slot))
-            .collect();
-        peers.sort_by_key(|v| std::cmp::Reverse(status.matched.get(v).copied().unwrap_or(0)));
-        if peers.len() > 1 {
-            if let Some(last) = self.last_handover_to {
-                peers.retain(|v| v.slot != last);
-            }
-        }
-        let best = *peers
-            .first()
-            .ok_or_else(|| "no reachable peer to hand over to".to_string())?;
+        let transport = &self.transport;
+        let t = self.time();
+        let best =
+            self.machine
+                .hand_over(t, |slot| transport.connected(slot), self.last_handover_to)?;
         self.last_handover_to = Some(best.slot);
-        self.replica.transfer_leader(best);
         self.migrating = Some((best.slot, Instant::now()));
-        self.planned_handover_at = Some(Instant::now());
         tracing::info!(to = best.slot, why, "handing the primary role over");
         Ok(best.slot)
     }
@@ -1858,7 +1182,7 @@ impl Daemon {
     fn update_metrics(&self) {
         let report = self.report_with(false);
         self.metrics.observe_report(&report);
-        let depth: usize = self.held.values().map(Vec::len).sum();
+        let depth = self.machine.intake().held_count();
         self.metrics.set_capture(
             &self.service.name,
             depth as u64,
@@ -1869,9 +1193,9 @@ impl Daemon {
     /// The status report; the state hash (which walks the whole service
     /// state) only when asked.
     fn report_with(&self, with_hash: bool) -> NodeReport {
-        let status = self.replica.status();
-        let role = match (status.role, self.serving) {
-            (StateRole::Leader, Serving::Yes) => "primary",
+        let status = self.machine.replica().status();
+        let role = match (status.role, self.machine.is_serving()) {
+            (StateRole::Leader, true) => "primary",
             (StateRole::Leader, _) => "primary-elect",
             (StateRole::Candidate | StateRole::PreCandidate, _) => "candidate",
             (StateRole::Follower, _) if !status.voters.contains(&self.me) => "learner",
@@ -1889,10 +1213,10 @@ impl Daemon {
                 connected: self.transport.connected(id.slot),
             })
             .collect();
-        let stats = self.group.stats();
-        let memory = self.group.memory();
+        let stats = self.machine.group().stats();
+        let memory = self.machine.group().memory();
         let envelopes = status.envelopes;
-        let mut counters = self.counters.clone();
+        let mut counters = self.machine.counters().clone();
         let transport = self.transport.stats();
         counters.auth_rejected = envelopes.rejected();
         counters.replayed = envelopes.replayed;
@@ -1914,11 +1238,11 @@ impl Daemon {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
             role: role.into(),
-            draining: self.draining,
+            draining: self.machine.leadership().draining(),
             health: {
                 let h = self.supervisor.health();
-                if let Some(lost) = &self.state_lost {
-                    format!("unhealthy: {lost}")
+                if let Some(why) = self.machine.leadership().unfit_reason(self.time().mono_ms) {
+                    format!("unhealthy: {why}")
                 } else if h.healthy {
                     "healthy".into()
                 } else {
@@ -1950,11 +1274,11 @@ impl Daemon {
                 kind: services::kind_name(self.service.kind).into(),
                 vip: self.service.vip.clone(),
                 port: self.service.port,
-                holds_vip: self.serving == Serving::Yes,
-                connections: self.group.shadow().len() as u64,
+                holds_vip: self.machine.is_serving(),
+                connections: self.machine.group().shadow().len() as u64,
                 sockets: self.sockets.len() as u64,
                 state_hash: if with_hash {
-                    format!("{:016x}", self.group.state_hash())
+                    format!("{:016x}", self.machine.group().state_hash())
                 } else {
                     String::new()
                 },
@@ -1962,10 +1286,10 @@ impl Daemon {
                 packets_applied: stats.packets,
                 opened: stats.opened,
                 closed: stats.closed,
-                service_panics: self.group.panics(),
+                service_panics: self.machine.group().panics(),
                 memory_used: memory.used,
                 memory_limit: memory.limit,
-                output_overflows: self.group.output_overflows(),
+                output_overflows: self.machine.group().output_overflows(),
             },
             counters,
         }
@@ -1974,10 +1298,9 @@ impl Daemon {
     /// Leaving: a primary steps down first so its clients are kept for the
     /// next one (no FIN, no RST).
     fn shutdown(&mut self) {
-        self.step_down("shutting down");
-        if self.vip_remove_at.is_some() {
-            self.remove_vip();
-        }
+        let t = self.time();
+        self.machine.handle_shutdown(t);
+        self.perform_requests();
         if let Err(err) = self.rules.remove() {
             tracing::warn!(%err, "removing the capture rules");
         }
@@ -1999,6 +1322,14 @@ fn group_seed(name: &str) -> u64 {
     let mut h = tandem_core::shadow::hash::Fnv64::new();
     h.bytes(name.as_bytes());
     h.finish()
+}
+
+/// The machine's verdict as NFQUEUE's.
+fn kernel_verdict(verdict: crate::machine::Verdict) -> tandem_sys::nfqueue::Verdict {
+    match verdict {
+        crate::machine::Verdict::Accept => tandem_sys::nfqueue::Verdict::Accept,
+        crate::machine::Verdict::Drop => tandem_sys::nfqueue::Verdict::Drop,
+    }
 }
 
 /// The primary's clock for entry timestamps (ms since the epoch); the SDK

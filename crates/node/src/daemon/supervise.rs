@@ -164,6 +164,7 @@ mod tests {
             check_interval_ms: 100,
             check_timeout_ms: 300,
             failures: 2,
+            ..SupervisionSection::default()
         }
     }
 

@@ -1,7 +1,8 @@
-//! The takeover's pure parts (docs/architecture.md §3.5): how shadow TCP's image of a
-//! connection becomes a socket a new primary can rebuild, what it sends to
-//! prompt the client at once, and which logged packets it replays or
-//! re-injects. No I/O here: the daemon carries these out.
+//! The takeover's plan (docs/architecture.md §3.5): which connections a new primary
+//! rebuilds and in which order, how shadow TCP's image of a connection
+//! becomes a socket TCP_REPAIR can build, what it sends to prompt the client
+//! at once, and which logged packets it replays or re-injects. No I/O here:
+//! the daemon carries these out.
 
 use crate::group::Item;
 use std::net::IpAddr;
@@ -18,24 +19,64 @@ fn parse_logged(bytes: &[u8]) -> Option<tandem_wire::IpTcpRepr<'_>> {
     tandem_wire::IpTcpRepr::parse(bytes, checks).ok()
 }
 
-/// A connection rebuilt in repair mode at takeover, waiting to go live.
-pub(super) struct Rebuilt {
-    pub(super) key: ConnKey,
-    pub(super) socket:
-        Result<tandem_sys::tcp_repair::Prepared, tandem_sys::tcp_repair::RepairError>,
+/// One connection a new primary rebuilds, as planned from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePlan {
+    pub key: ConnKey,
+    /// The image to rebuild with TCP_REPAIR ([`for_restore`] applied).
+    pub image: tandem_core::SocketImage,
     /// Our FIN is part of it (the service had closed).
-    pub(super) fin: bool,
+    pub fin: bool,
     /// The client's FIN was received (the service was told).
-    pub(super) peer_closed: bool,
+    pub peer_closed: bool,
     /// Segments to send from a raw socket once it is live ([`replay_head`]).
-    pub(super) replay: Vec<Vec<u8>>,
+    pub replay: Vec<Vec<u8>>,
+}
+
+/// What a new primary rebuilds (docs/architecture.md §3.5 step 4): every connection the
+/// log knows, busiest first (the most output waiting goes live first), and
+/// the handshakes among them (rebuilt ESTABLISHED: a client's retransmitted
+/// SYN is answered with the logged SYN-ACK).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TakeoverPlan {
+    pub connections: Vec<RestorePlan>,
+    pub handshakes: Vec<ConnKey>,
+}
+
+/// Plans the takeover from shadow TCP at `now_ms` (log time).
+pub fn plan(shadow: &tandem_core::shadow::ShadowTable, now_ms: u64) -> TakeoverPlan {
+    use tandem_core::TcpState;
+    let mut plan = TakeoverPlan::default();
+    for key in shadow.keys() {
+        let Some(image) = shadow.image(key, tandem_core::shadow::Millis(now_ms), TS_JUMP) else {
+            continue;
+        };
+        if image.state == TcpState::SynRecv {
+            plan.handshakes.push(*key);
+        }
+        let peer_closed = matches!(
+            image.state,
+            TcpState::CloseWait | TcpState::LastAck | TcpState::Closing
+        );
+        let image = for_restore(image);
+        plan.connections.push(RestorePlan {
+            key: *key,
+            fin: image.state != TcpState::Established,
+            peer_closed,
+            replay: replay_head(&image),
+            image,
+        });
+    }
+    plan.connections
+        .sort_by_key(|c| std::cmp::Reverse(c.image.send_queue.len()));
+    plan
 }
 
 /// How far a new primary moves the TCP timestamp clock of every rebuilt
 /// connection past the lower bound the log gives (docs/architecture.md §3.5): one hour,
 /// so the old primary's clock can never have been ahead of it, and far below
 /// the 2^31 ms PAWS horizon.
-pub(super) const TS_JUMP: u32 = 3_600_000;
+pub const TS_JUMP: u32 = 3_600_000;
 
 /// Adjusts shadow TCP's image for a restore by a new primary: states
 /// TCP_REPAIR cannot build directly become the nearest one it can — a
@@ -49,7 +90,7 @@ pub(super) const TS_JUMP: u32 = 3_600_000;
 /// discarded by the kernel as acknowledging unsent data — the connection
 /// would deadlock. Bytes the client never got are sent again at once by
 /// [`replay_head`], not after a retransmission timeout.
-pub(super) fn for_restore(mut image: tandem_core::SocketImage) -> tandem_core::SocketImage {
+pub fn for_restore(mut image: tandem_core::SocketImage) -> tandem_core::SocketImage {
     use tandem_core::TcpState;
     image.unsent_len = 0;
     image.state = match image.state {
@@ -71,7 +112,7 @@ const REPLAY_BYTES: usize = 10 * 1448;
 /// to 3 s; these make the client answer now: it takes bytes it lacks, and
 /// acknowledges (as a duplicate) what it already has, which moves the
 /// socket's snd_una to the client's real position.
-pub(super) fn replay_head(image: &tandem_core::SocketImage) -> Vec<Vec<u8>> {
+pub fn replay_head(image: &tandem_core::SocketImage) -> Vec<Vec<u8>> {
     use tandem_wire::{IpRepr, Ipv4Repr, SeqNumber, TcpFlags, TcpOptionSet, TcpRepr, Timestamps};
     let (IpAddr::V4(local), IpAddr::V4(peer)) = (image.local.ip(), image.peer.ip()) else {
         return Vec::new();
@@ -128,7 +169,7 @@ pub(super) fn replay_head(image: &tandem_core::SocketImage) -> Vec<Vec<u8>> {
 /// The connection of a logged SYN-ACK (from the server), and the packet
 /// re-emitted with its checksums computed (a SYN-ACK captured on OUTPUT may
 /// carry only the partial checksum the NIC was to complete).
-pub(super) fn synack_for_replay(bytes: &[u8]) -> Option<(ConnKey, Vec<u8>)> {
+pub fn synack_for_replay(bytes: &[u8]) -> Option<(ConnKey, Vec<u8>)> {
     let repr = parse_logged(bytes)?;
     let flags = repr.tcp.flags;
     if !(flags.contains(tandem_wire::TcpFlags::SYN) && flags.contains(tandem_wire::TcpFlags::ACK)) {
@@ -144,7 +185,7 @@ pub(super) fn synack_for_replay(bytes: &[u8]) -> Option<(ConnKey, Vec<u8>)> {
 /// A client packet of a handed-over entry that carries bytes or a FIN, re-
 /// emitted with its checksum computed (it may have been captured with the
 /// partial checksum of an offloading NIC).
-pub(super) fn handed_over_packet(item: &Item) -> Option<Vec<u8>> {
+pub fn handed_over_packet(item: &Item) -> Option<Vec<u8>> {
     let Item::Packet {
         from_server: false,
         bytes,
