@@ -410,6 +410,9 @@ impl Kv {
         if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
             return refuse(c, out, &arity_error(cmd));
         }
+        if let Some(msg) = subcommand_check(cmd, &args) {
+            return refuse(c, out, &msg);
+        }
         if !c.authed && !matches!(cmd, "auth" | "hello" | "quit" | "reset") {
             return refuse(c, out, NOAUTH);
         }
@@ -770,20 +773,24 @@ impl Kv {
         a: &[Vec<u8>],
         out: &mut Out,
     ) -> Result<Flow, String> {
-        let secs = a
-            .last()
-            .and_then(|t| std::str::from_utf8(t).ok())
-            .and_then(|t| t.parse::<f64>().ok())
-            .filter(|t| t.is_finite())
-            .ok_or("ERR timeout is not a float or out of range")?;
-        if secs < 0.0 {
-            return Err("ERR timeout is negative".into());
-        }
         let side = |s: &[u8]| match s.to_ascii_uppercase().as_slice() {
             b"LEFT" => Ok(true),
             b"RIGHT" => Ok(false),
             _ => Err(SYNTAX.to_string()),
         };
+        // Redis' order: BLMOVE's directions, then the timeout.
+        if cmd == "blmove" {
+            side(&a[3])?;
+            side(&a[4])?;
+        }
+        let secs = a
+            .last()
+            .and_then(|t| crate::commands::float_arg(t).ok())
+            .filter(|t| t.is_finite())
+            .ok_or("ERR timeout is not a float or out of range")?;
+        if secs < 0.0 {
+            return Err("ERR timeout is negative".into());
+        }
         let (keys, from_left, dst) = match cmd {
             "blpop" => (a[1..a.len() - 1].to_vec(), true, None),
             "brpop" => (a[1..a.len() - 1].to_vec(), false, None),
@@ -796,15 +803,17 @@ impl Kv {
         };
         let dbi = c.db;
         let db = &mut self.dbs[dbi as usize];
-        if let Some((d, _)) = &dst {
-            if db.data.get(d).is_some_and(|v| !matches!(v, Value::List(_))) {
-                return Err(WRONGTYPE.into());
-            }
-        }
         for k in &keys {
             match db.data.get(k) {
                 None => {}
                 Some(Value::List(l)) if !l.is_empty() => {
+                    // As Redis: the destination's type matters only when
+                    // something moves.
+                    if let Some((d, _)) = &dst {
+                        if db.data.get(d).is_some_and(|v| !matches!(v, Value::List(_))) {
+                            return Err(WRONGTYPE.into());
+                        }
+                    }
                     let v = pop_push(db, k, from_left, &dst)?;
                     reply_popped(out, k, &v, dst.is_some());
                     self.changed(ctx, dbi, k, &dst);
@@ -815,7 +824,13 @@ impl Kv {
             }
         }
         if self.in_exec {
-            nil_array(out);
+            // Redis: a null array for BLPOP/BRPOP, a null bulk for the
+            // moves.
+            if dst.is_some() {
+                crate::resp::nil(out);
+            } else {
+                nil_array(out);
+            }
             return Ok(Flow::Continue);
         }
         let ms = (secs * 1000.0) as u64;
@@ -1075,9 +1090,13 @@ impl Kv {
     ) -> Result<Flow, String> {
         let sub = a[1].to_ascii_uppercase();
         let unknown = || {
-            format!(
-                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
-                trunc(&a[1])
+            crate::commands::subcommand_error(
+                "client",
+                &a[1],
+                &[
+                    "id", "setname", "getname", "setinfo", "info", "list", "kill", "no-evict",
+                    "no-touch", "reply",
+                ],
             )
         };
         let now = ctx.now().0;
@@ -1337,10 +1356,11 @@ impl Kv {
                 int(out, n as i64);
             }
             _ => {
-                return Err(format!(
-                "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
-                trunc(&a[1])
-            ))
+                return Err(crate::commands::subcommand_error(
+                    "pubsub",
+                    &a[1],
+                    &["channels", "numsub", "numpat"],
+                ))
             }
         }
         Ok(())
@@ -1520,4 +1540,49 @@ fn refuse(c: &mut Conn, out: &mut Out, msg: &str) -> Flow {
     }
     resp::error(out, msg);
     Flow::Continue
+}
+
+/// The subcommands of the container commands and their Redis arities
+/// (with the command and subcommand words).
+const SUBCOMMANDS: &[(&str, &[(&str, i32)])] = &[
+    ("acl", &[("whoami", 2)]),
+    (
+        "client",
+        &[
+            ("id", 2),
+            ("setname", 3),
+            ("getname", 2),
+            ("setinfo", 4),
+            ("info", 2),
+            ("list", -2),
+            ("kill", -3),
+            ("no-evict", 3),
+            ("no-touch", 3),
+            ("reply", 3),
+        ],
+    ),
+    ("config", &[("get", -3), ("set", -4)]),
+    ("object", &[("encoding", 3), ("refcount", 3)]),
+    ("pubsub", &[("channels", -2), ("numsub", -2), ("numpat", 2)]),
+];
+
+/// As Redis' command table does before a command runs (so inside `MULTI`
+/// at queue time too): an unknown subcommand of a container command, or a
+/// known one with the wrong number of arguments, is refused.
+fn subcommand_check(cmd: &str, args: &[Vec<u8>]) -> Option<String> {
+    let (_, subs) = SUBCOMMANDS.iter().find(|(c, _)| *c == cmd)?;
+    let sub = args.get(1)?;
+    let lower = String::from_utf8_lossy(sub).to_ascii_lowercase();
+    let Some((name, arity)) = subs.iter().find(|(s, _)| *s == lower) else {
+        return Some(format!(
+            "ERR unknown subcommand '{}'. Try {} HELP.",
+            trunc(sub),
+            cmd.to_ascii_uppercase()
+        ));
+    };
+    let n = args.len() as i32;
+    if (*arity > 0 && n != *arity) || (*arity < 0 && n < -*arity) {
+        return Some(arity_error(&format!("{cmd}|{name}")));
+    }
+    None
 }

@@ -371,6 +371,15 @@ impl Rand {
     }
 }
 
+/// Commands whose replies are normalised, or that change what the
+/// generator tracks: never sent with random arguments.
+const NOT_EXACT: &[&str] = &[
+    "hello", "info", "command", "time", "randomkey", "client", "object", "ttl", "pttl",
+    "expiretime", "pexpiretime", "spop", "srandmember", "smembers", "keys", "hkeys", "hvals",
+    "hgetall", "sinter", "sunion", "sdiff", "scan", "sscan", "hscan", "zscan", "quit", "reset",
+    "subscribe", "psubscribe", "unsubscribe", "punsubscribe", "multi", "exec", "discard",
+    "flushall", "flushdb",
+];
 const SHARED_KEYS: &[&str] = &["k0", "k1", "k2", "k3"];
 const VALUES: &[&[u8]] = &[
     b"",
@@ -546,7 +555,7 @@ fn gen_words(r: &mut Rand, now_ms: u64, in_multi: bool) -> (Vec<Vec<u8>>, Norm, 
         let mut norm = Exact;
         let mut scan = None;
         // A few percent of every command: a random wrong arity.
-        if r.chance(2) {
+        if r.chance(2) && !NOT_EXACT.contains(&name) {
             let n = r.below(4);
             for _ in 0..n {
                 w.push(key(r, ""));
@@ -578,7 +587,7 @@ fn gen_words(r: &mut Rand, now_ms: u64, in_multi: bool) -> (Vec<Vec<u8>>, Norm, 
             }
             "client" => {
                 let sub = r.pick(&[
-                    "ID", "SETNAME", "GETNAME", "SETINFO", "INFO", "LIST", "KILL", "NO-EVICT",
+                    "ID", "SETNAME", "GETNAME", "INFO", "LIST", "KILL", "NO-EVICT",
                     "REPLY", "getname", "BOGUS",
                 ]);
                 w.push(b(sub));
@@ -607,7 +616,7 @@ fn gen_words(r: &mut Rand, now_ms: u64, in_multi: bool) -> (Vec<Vec<u8>>, Norm, 
                 continue;
             }
             "time" => norm = KindLen,
-            "acl" => w.push(b(r.pick(&["WHOAMI", "whoami", "LIST"]))),
+            "acl" => w.push(b(r.pick(&["WHOAMI", "whoami"]))),
             "info" => {
                 if r.chance(50) {
                     w.push(b(r.pick(&["server", "clients", "keyspace"])));
