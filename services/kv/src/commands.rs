@@ -308,7 +308,12 @@ fn parse_c_double(a: &[u8]) -> Option<f64> {
         if v.is_infinite() && !named {
             return None;
         }
-        if v == 0.0 && lower.bytes().take_while(|c| *c != b'e').any(|c| (b'1'..=b'9').contains(&c)) {
+        if v == 0.0
+            && lower
+                .bytes()
+                .take_while(|c| *c != b'e')
+                .any(|c| (b'1'..=b'9').contains(&c))
+        {
             return None;
         }
         v
@@ -347,7 +352,11 @@ fn parse_hex_double(s: &str) -> Option<f64> {
         if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
             return None;
         }
-        let e: i32 = e.parse().unwrap_or(if e.starts_with('-') { -100_000 } else { 100_000 });
+        let e: i32 = e.parse().unwrap_or(if e.starts_with('-') {
+            -100_000
+        } else {
+            100_000
+        });
         v *= 2f64.powi(e);
     }
     if v.is_infinite() {
@@ -478,9 +487,7 @@ pub(crate) fn run(
             }
             let count = match a.get(2) {
                 None => None,
-                Some(c) => {
-                    Some(positive_arg(c)?)
-                }
+                Some(c) => Some(positive_arg(c)?),
             };
             let Some(l) = typed_mut!(db, a[1], List) else {
                 match count {
@@ -576,14 +583,12 @@ pub(crate) fn run(
             }
             let count = match a.get(2) {
                 None => None,
-                Some(c) => {
-                    Some(positive_arg(c)?)
-                }
+                Some(c) => Some(positive_arg(c)?),
             };
             let Some(s) = typed_mut!(db, a[1], Set) else {
                 match count {
                     None => nil(out),
-                    Some(_) => array(out, 0),
+                    Some(_) => set_reply(out, 0),
                 }
                 return Ok(());
             };

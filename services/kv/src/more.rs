@@ -47,6 +47,65 @@ fn type_name(v: &Value) -> &'static str {
 
 /// Formats a float result as Redis' INCRBYFLOAT does for ordinary values:
 /// the shortest text that reads back as the same double.
+/// INCRBYFLOAT/HINCRBYFLOAT as Redis computes them, in 80-bit long
+/// double (a 64-bit significand), printed with `%.17Lf` and trailing zeros
+/// trimmed — done exactly in fixed point when both operands are integers
+/// or binary fractions (multiples of 2^-40) below 2^80; other operands
+/// (`0.1`) fall back to f64, see COMMANDS.md.
+fn long_double_sum(cur: &[u8], cur_f: f64, by: &[u8], by_f: f64) -> Option<String> {
+    const FRAC_BITS: u32 = 40;
+    let fixed = |text: &[u8], v: f64| -> Option<i128> {
+        if let Some(n) = std::str::from_utf8(text)
+            .ok()
+            .filter(|t| !t.starts_with('+'))
+            .and_then(|t| t.parse::<i128>().ok())
+        {
+            return (n.unsigned_abs() < 1 << 80).then_some(n << FRAC_BITS);
+        }
+        let scaled = v * (1u64 << FRAC_BITS) as f64;
+        (v.is_finite() && v.abs() < 2f64.powi(80) && scaled.fract() == 0.0)
+            .then_some(scaled as i128)
+    };
+    let mut sum = fixed(cur, cur_f)?.checked_add(fixed(by, by_f)?)?;
+    // Round to a 64-bit significand, ties to even.
+    let bits = 128 - sum.unsigned_abs().leading_zeros();
+    if bits > 64 {
+        let shift = bits - 64;
+        let mag = sum.unsigned_abs();
+        let (q, rem, half) = (mag >> shift, mag & ((1 << shift) - 1), 1u128 << (shift - 1));
+        let q = if rem > half || (rem == half && q & 1 == 1) {
+            q + 1
+        } else {
+            q
+        };
+        let mag = i128::try_from(q << shift).ok()?;
+        sum = if sum < 0 { -mag } else { mag };
+    }
+    let mag = sum.unsigned_abs();
+    let (mut int_part, frac) = (mag >> FRAC_BITS, mag & ((1 << FRAC_BITS) - 1));
+    // 17 decimal places, rounded half to even as printf does.
+    let scaled = frac * 100_000_000_000_000_000;
+    let (mut dec, rem, half) = (
+        scaled >> FRAC_BITS,
+        scaled & ((1 << FRAC_BITS) - 1),
+        1u128 << (FRAC_BITS - 1),
+    );
+    if rem > half || (rem == half && dec & 1 == 1) {
+        dec += 1;
+    }
+    if dec == 100_000_000_000_000_000 {
+        dec = 0;
+        int_part += 1;
+    }
+    let mut text = format!("{}{int_part}", if sum < 0 { "-" } else { "" });
+    if dec != 0 {
+        let d = format!("{dec:017}");
+        text.push('.');
+        text.push_str(d.trim_end_matches('0'));
+    }
+    Some(text)
+}
+
 fn float_text(v: f64) -> String {
     // Redis prints INCRBYFLOAT results in fixed point (`%.17Lf`, trailing
     // zeros trimmed): an integral value prints every digit of its exact
@@ -246,6 +305,15 @@ pub(crate) fn run(
             };
             let by = float_arg(&a[2])?;
             let new = cur + by;
+            let cur_text = typed!(db, a[1], Str)
+                .cloned()
+                .unwrap_or_else(|| b"0".to_vec());
+            if let Some(text) = long_double_sum(&cur_text, cur, &a[2], by) {
+                let text = text.into_bytes();
+                db.put(&a[1], Value::Str(text.clone()), true);
+                bulk(out, &text);
+                return Ok(());
+            }
             if !new.is_finite() {
                 return Err("ERR increment would produce NaN or Infinity".into());
             }
@@ -266,7 +334,11 @@ pub(crate) fn run(
             // Redis 7's arithmetic exactly (negative indexes clamp to 0,
             // so GETRANGE k -100 -100 is the first byte).
             let len = s.len() as i64;
-            let start = if start < 0 { (len + start).max(0) } else { start };
+            let start = if start < 0 {
+                (len + start).max(0)
+            } else {
+                start
+            };
             let end = if end < 0 { (len + end).max(0) } else { end }.min(len - 1);
             let r = (start <= end && len > 0).then(|| (start as usize, end as usize));
             match r {
@@ -806,11 +878,7 @@ pub(crate) fn run(
         "hincrby" | "hincrbyfloat" => {
             // Redis' order: the increment is parsed (and, for floats,
             // refused if infinite) before the key's type is checked.
-            let by_int = if cmd == "hincrby" {
-                int_arg(&a[3])?
-            } else {
-                0
-            };
+            let by_int = if cmd == "hincrby" { int_arg(&a[3])? } else { 0 };
             let by_float = if cmd == "hincrbyfloat" {
                 let f = float_arg(&a[3])?;
                 if !f.is_finite() {
@@ -835,6 +903,7 @@ pub(crate) fn run(
                 new.to_string()
             } else {
                 let by = by_float;
+                let cur_text = cur.clone();
                 let cur = match &cur {
                     Some(v) => float_arg(v).map_err(|_| "ERR hash value is not a float")?,
                     None => 0.0,
@@ -843,7 +912,8 @@ pub(crate) fn run(
                 if !new.is_finite() {
                     return Err("ERR increment would produce NaN or Infinity".into());
                 }
-                float_text(new)
+                let cur_text = cur_text.unwrap_or_else(|| b"0".to_vec());
+                long_double_sum(&cur_text, cur, &a[3], by).unwrap_or_else(|| float_text(new))
             };
             let h = typed_create!(db, a[1], Hash);
             let text = text.into_bytes();
@@ -909,7 +979,7 @@ pub(crate) fn run(
             int(out, n as i64);
         }
         "zrangebyscore" => {
-            let (min, max) = (bound_arg(&a[2])?, bound_arg(&a[3])?);
+            // Redis' order: the options, then the range, then the key.
             let mut withscores = false;
             let mut limit: Option<(i64, i64)> = None;
             let mut i = 4;
@@ -924,6 +994,7 @@ pub(crate) fn run(
                 }
                 i += 1;
             }
+            let (min, max) = (bound_arg(&a[2])?, bound_arg(&a[3])?);
             let empty = ZSet::default();
             let z = typed!(db, a[1], ZSet).unwrap_or(&empty);
             let (offset, count) = limit.unwrap_or((0, -1));

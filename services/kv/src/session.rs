@@ -740,12 +740,18 @@ impl Kv {
             }
         }
         let mark = out.len();
-        if let Err(e) = commands::run(db, ctx, now, cmd, a, out) {
-            out.truncate(mark);
-            resp::error(out, &e);
-        }
+        let ok = match commands::run(db, ctx, now, cmd, a, out) {
+            Ok(()) => true,
+            Err(e) => {
+                out.truncate(mark);
+                resp::error(out, &e);
+                false
+            }
+        };
         for (k, v, at) in before {
-            if db.data.get(k) != v.as_ref() || db.expire_at(k) != at {
+            let changed = db.data.get(k) != v.as_ref() || db.expire_at(k) != at;
+            let rewritten = ok && rewrites(cmd, a, k, v.is_some(), &out.buf[mark..]);
+            if changed || (rewritten && db.data.contains_key(k)) {
                 self.watches.touch(dbi, k);
             }
         }
@@ -1342,7 +1348,8 @@ impl Kv {
                 }
             }
             b"NUMSUB" => {
-                map(out, a.len() - 2);
+                // A flat array in RESP3 too, as redis-server 7.0 answers.
+                array(out, 2 * (a.len() - 2));
                 for ch in &a[2..] {
                     bulk(out, ch);
                     int(
@@ -1585,4 +1592,25 @@ fn subcommand_check(cmd: &str, args: &[Vec<u8>]) -> Option<String> {
         return Some(arity_error(&format!("{cmd}|{name}")));
     }
     None
+}
+
+/// Whether a successful `cmd` wrote `key` even if its value ended up as it
+/// was — Redis marks such a key modified (`signalModifiedKey`), so a
+/// `WATCH` on it aborts the transaction: `SET k` to its current value,
+/// `INCRBY k 0`, `HSET` of the same value, an `EXPIREAT` to the same time.
+/// `existed`: the key was there before; `reply`: what the command answered.
+fn rewrites(cmd: &str, a: &[Vec<u8>], key: &[u8], existed: bool, reply: &[u8]) -> bool {
+    let first = a.get(1).is_some_and(|k| k.as_slice() == key);
+    match cmd {
+        "set" => {
+            let flag = |f: &[u8]| a[3..].iter().any(|o| o.eq_ignore_ascii_case(f));
+            first && !(flag(b"NX") && existed) && !(flag(b"XX") && !existed)
+        }
+        "setex" | "psetex" | "getset" | "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat"
+        | "append" | "hset" | "hmset" | "hincrby" | "hincrbyfloat" | "lset" | "zincrby"
+        | "ltrim" | "sinterstore" | "sunionstore" | "sdiffstore" => first,
+        "mset" => a[1..].chunks(2).any(|kv| kv[0].as_slice() == key),
+        "expire" | "pexpire" | "expireat" | "pexpireat" => first && reply == b":1\r\n",
+        _ => false,
+    }
 }
