@@ -432,7 +432,7 @@ impl Kv {
             resp::error(
                 out,
                 &format!(
-                    "ERR Can't execute '{cmd}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are expected in this context"
+                    "ERR Can't execute '{cmd}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
                 ),
             );
             return Flow::Continue;
