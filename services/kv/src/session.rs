@@ -147,6 +147,10 @@ impl Blocking {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
     fn waits_on(&self, db: u8, key: &[u8]) -> bool {
         !self.by_key.is_empty() && self.by_key.contains_key(&(db, key.to_vec()))
     }
@@ -729,6 +733,21 @@ impl Kv {
         // one of its arguments): their value and expiry before, compared
         // after, so a change marks their watchers. Nothing is cloned when
         // nothing is watched.
+        // Keys clients are blocked on that are not lists yet: the command
+        // may create them, which is what makes a key "ready" in Redis
+        // (blocked clients are served in the order their keys were
+        // created, after the command or the whole EXEC).
+        let mut not_lists: Vec<&[u8]> = Vec::new();
+        if !self.blocking.is_empty() {
+            for k in &a[1..] {
+                if self.blocking.waits_on(dbi, k)
+                    && !matches!(db.data.get(k.as_slice()), Some(Value::List(_)))
+                    && !not_lists.contains(&k.as_slice())
+                {
+                    not_lists.push(k);
+                }
+            }
+        }
         let mut before: Vec<(&[u8], Option<Value>, Option<u64>)> = Vec::new();
         if !self.watches.is_empty() {
             for k in &a[1..] {
@@ -755,14 +774,21 @@ impl Kv {
                 self.watches.touch(dbi, k);
             }
         }
-        // A push may serve clients blocked on one of the keys.
-        for k in &a[1..] {
-            if self.blocking.waits_on(dbi, k) {
-                if self.in_exec {
-                    self.pending_wakes.push((dbi, k.clone()));
-                } else {
-                    self.wake(ctx, dbi, k);
+        // A push that created a list may serve clients blocked on it.
+        for k in not_lists {
+            let created = matches!(
+                self.dbs[dbi as usize].data.get(k),
+                Some(Value::List(l)) if !l.is_empty()
+            );
+            if !created {
+                continue;
+            }
+            if self.in_exec {
+                if !self.pending_wakes.iter().any(|(d, x)| *d == dbi && x == k) {
+                    self.pending_wakes.push((dbi, k.to_vec()));
                 }
+            } else {
+                self.wake(ctx, dbi, k);
             }
         }
     }

@@ -348,8 +348,12 @@ fn agree(norm: Norm, kv: &V, redis: &V) -> bool {
                     .and_then(|b| std::str::from_utf8(b).ok())
                     .and_then(|t| t.parse::<f64>().ok())
             };
+            let kv_refused =
+                matches!(kv, V::Line(b'-', l) if l == b"ERR value is not a valid float");
             match (num(kv), num(redis)) {
                 (Some(a), Some(b)) => a == b || (a - b).abs() <= 1e-15 * a.abs().max(b.abs()),
+                // A value past f64's range (1e343), in long double's.
+                (None, Some(b)) if kv_refused && b.is_infinite() => true,
                 _ => kv == redis,
             }
         }
@@ -702,7 +706,8 @@ fn gen_words(r: &mut Rand, now_ms: u64, in_multi: bool) -> (Vec<Vec<u8>>, Norm, 
             }
             "dbsize" => {
                 // The reference is first made to drop its expired keys
-                // (see `random_stream`), which cannot happen inside MULTI.
+                // (see `random_stream`); inside MULTI a key set expired
+                // by a queued command would be counted again.
                 if in_multi {
                     continue;
                 }
@@ -1204,7 +1209,9 @@ impl Pair {
     fn new(server: &RedisServer, seed: u64, proto: u8) -> Pair {
         let mut p = Pair {
             kv: KvSide::new(seed),
-            redis: (0..CONNS).map(|_| server.connect()).collect(),
+            // The compared connections, and one more for the test's own
+            // look at the reference.
+            redis: (0..=CONNS).map(|_| server.connect()).collect(),
             seed,
             proto,
             step: 0,
@@ -1481,9 +1488,14 @@ fn random_stream(server: &RedisServer, seed: u64, proto: u8, commands: usize) ->
             // until something looks at it (DBSIZE counts it); kv drops it
             // at once. Looking at every key first makes the reference drop
             // its expired keys too.
+            // On a connection of its own (this one may be inside MULTI),
+            // in every database.
             let mut exists = vec![b("EXISTS")];
             exists.extend(ALL_KEYS.iter().map(|k| b(k)));
-            p.redis_only(conn, &exists);
+            for db in 0..16 {
+                p.redis_only(CONNS, &[b("SELECT"), b(&db.to_string())]);
+                p.redis_only(CONNS, &exists);
+            }
         }
         let key = words.get(1).cloned().unwrap_or_default();
         let (kv, redis) = p.send(conn, words.clone(), norm);
@@ -1503,7 +1515,26 @@ fn random_stream(server: &RedisServer, seed: u64, proto: u8, commands: usize) ->
             conns[1].blocked = false;
         }
         if norm == Norm::Float && kv.len() == 1 && redis.len() == 1 && kv[0] != redis[0] {
-            if let Some(text) = kv[0].blob() {
+            let kv_text = match kv[0].blob() {
+                Some(t) => Some(t.to_vec()),
+                // kv refused a value past f64's range: its stored value is
+                // what the reference must hold.
+                None => {
+                    let get = if name == "incrbyfloat" {
+                        vec![b("GET"), key.clone()]
+                    } else {
+                        vec![b("HGET"), key.clone(), words[2].clone()]
+                    };
+                    let out = p.kv.event(Event::Data {
+                        conn: ConnId(conn as u64 + 1),
+                        bytes: multibulk(&get),
+                    });
+                    split_replies(&out[conn])
+                        .first()
+                        .and_then(|v| v.blob().map(<[u8]>::to_vec))
+                }
+            };
+            if let Some(text) = kv_text.as_deref() {
                 let fix = if name == "incrbyfloat" {
                     vec![b("SET"), key.clone(), text.to_vec(), b("KEEPTTL")]
                 } else {
@@ -1643,7 +1674,7 @@ fn scripted(server: &RedisServer, proto: u8) {
         "kv closed {:?} after QUIT",
         p.kv.closed
     );
-    for (c, s) in p.redis.iter_mut().enumerate() {
+    for (c, s) in p.redis.iter_mut().take(CONNS).enumerate() {
         let mut rest = Vec::new();
         let n = std::io::Read::read_to_end(s, &mut rest).unwrap();
         assert_eq!(
