@@ -340,7 +340,7 @@ pub(crate) fn run(
                 start
             };
             let end = if end < 0 { (len + end).max(0) } else { end }.min(len - 1);
-            let r = (start <= end && len > 0).then(|| (start as usize, end as usize));
+            let r = (start <= end && len > 0).then_some((start as usize, end as usize));
             match r {
                 Some((b, e)) => bulk(out, &s[b..=e]),
                 None => bulk(out, b""),

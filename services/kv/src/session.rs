@@ -1630,7 +1630,7 @@ fn rewrites(cmd: &str, a: &[Vec<u8>], key: &[u8], existed: bool, reply: &[u8]) -
     match cmd {
         "set" => {
             let flag = |f: &[u8]| a[3..].iter().any(|o| o.eq_ignore_ascii_case(f));
-            first && !(flag(b"NX") && existed) && !(flag(b"XX") && !existed)
+            first && !(flag(b"NX") && existed) && (!flag(b"XX") || existed)
         }
         "setex" | "psetex" | "getset" | "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat"
         | "append" | "hset" | "hmset" | "hincrby" | "hincrbyfloat" | "lset" | "zincrby"

@@ -1326,7 +1326,7 @@ impl Pair {
     fn scan(&mut self, conn: usize, words: Vec<Vec<u8>>, kind: ScanKind) {
         let cursor_at = if matches!(kind, ScanKind::Keys) { 1 } else { 2 };
         let mut got: [Vec<V>; 2] = [Vec::new(), Vec::new()];
-        for side in 0..2 {
+        for (side, found) in got.iter_mut().enumerate() {
             let mut w = words.clone();
             for _page in 0..10_000 {
                 let reply = if side == 0 {
@@ -1350,10 +1350,10 @@ impl Pair {
                         match kind {
                             ScanKind::Pairs => {
                                 for p in elems.chunks(2) {
-                                    got[side].push(V::Agg(b'*', p.to_vec()));
+                                    found.push(V::Agg(b'*', p.to_vec()));
                                 }
                             }
-                            _ => got[side].extend(elems.iter().cloned()),
+                            _ => found.extend(elems.iter().cloned()),
                         }
                         if cursor == b"0" {
                             break;
@@ -1361,13 +1361,13 @@ impl Pair {
                         w[cursor_at] = cursor;
                     }
                     other => {
-                        got[side].push(other.clone());
+                        found.push(other.clone());
                         break;
                     }
                 }
             }
-            got[side].sort();
-            got[side].dedup();
+            found.sort();
+            found.dedup();
         }
         if got[0] != got[1] {
             let show_all = |v: &[V]| {
