@@ -244,6 +244,23 @@ pub(crate) fn trunc(b: &[u8]) -> String {
     String::from_utf8_lossy(b.get(..128).unwrap_or(b)).into_owned()
 }
 
+/// Redis 7's error for a container command (`CLIENT`, `OBJECT`,
+/// `PUBSUB`) whose subcommand is unknown ("unknown subcommand 'x'") or,
+/// when it is one of `known`, has the wrong number of arguments ("wrong
+/// number of arguments for 'client|setname'").
+pub(crate) fn subcommand_error(cmd: &str, sub: &[u8], known: &[&str]) -> String {
+    let lower = String::from_utf8_lossy(sub).to_ascii_lowercase();
+    if known.contains(&lower.as_str()) {
+        arity_error(&format!("{cmd}|{lower}"))
+    } else {
+        format!(
+            "ERR unknown subcommand '{}'. Try {} HELP.",
+            trunc(sub),
+            cmd.to_ascii_uppercase()
+        )
+    }
+}
+
 pub(crate) fn arity_error(name: &str) -> String {
     format!("ERR wrong number of arguments for '{name}' command")
 }
@@ -252,12 +269,100 @@ pub(crate) fn int_arg(a: &[u8]) -> Result<i64, String> {
     parse_i64(a).ok_or_else(|| NOT_INT.to_string())
 }
 
+/// A count Redis reads with `getPositiveLongFromObjectOrReply`: both a
+/// non-integer and a negative value get "must be positive".
+pub(crate) fn positive_arg(a: &[u8]) -> Result<usize, String> {
+    parse_i64(a)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| NOT_POSITIVE.to_string())
+}
+
+/// A double as Redis reads one (`strtod`/`strtold` over the whole
+/// argument): decimal, `inf`/`infinity`, and C's hexadecimal form
+/// (`0x10`, `0x1.8p3`); not NaN, not a leading space, not a value that
+/// overflows to infinity or underflows to zero.
 pub(crate) fn float_arg(a: &[u8]) -> Result<f64, String> {
-    let s = std::str::from_utf8(a).map_err(|_| NOT_FLOAT.to_string())?;
-    match s.parse::<f64>() {
-        Ok(v) if !v.is_nan() && !s.is_empty() && !s.starts_with(char::is_whitespace) => Ok(v),
-        _ => Err(NOT_FLOAT.into()),
+    parse_c_double(a).ok_or_else(|| NOT_FLOAT.to_string())
+}
+
+fn parse_c_double(a: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(a).ok()?;
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_whitespace()) {
+        return None;
     }
+    let (neg, body) = match s.as_bytes()[0] {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let v = if body.len() > 2 && body.as_bytes()[..2].eq_ignore_ascii_case(b"0x") {
+        parse_hex_double(&body[2..])?
+    } else {
+        if body.starts_with(['+', '-']) {
+            return None;
+        }
+        let v: f64 = body.parse().ok()?;
+        let lower = body.to_ascii_lowercase();
+        let named = lower == "inf" || lower == "infinity";
+        // strtod's ERANGE: overflow and underflow to zero are refused.
+        if v.is_infinite() && !named {
+            return None;
+        }
+        if v == 0.0
+            && lower
+                .bytes()
+                .take_while(|c| *c != b'e')
+                .any(|c| (b'1'..=b'9').contains(&c))
+        {
+            return None;
+        }
+        v
+    };
+    if v.is_nan() {
+        return None;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// The part of a C hexadecimal float after `0x`: hex digits with an
+/// optional point, then an optional binary exponent `p[+-]digits`.
+fn parse_hex_double(s: &str) -> Option<f64> {
+    let (mant, exp) = match s.find(['p', 'P']) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    let (int_part, frac_part) = match mant.find('.') {
+        Some(i) => (&mant[..i], &mant[i + 1..]),
+        None => (mant, ""),
+    };
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    let mut v = 0f64;
+    for c in int_part.chars() {
+        v = v * 16.0 + f64::from(c.to_digit(16)?);
+    }
+    let mut scale = 1.0 / 16.0;
+    for c in frac_part.chars() {
+        v += f64::from(c.to_digit(16)?) * scale;
+        scale /= 16.0;
+    }
+    if let Some(e) = exp {
+        let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let e: i32 = e.parse().unwrap_or(if e.starts_with('-') {
+            -100_000
+        } else {
+            100_000
+        });
+        v *= 2f64.powi(e);
+    }
+    if v.is_infinite() {
+        return None;
+    }
+    Some(v)
 }
 
 /// Redis's index normalisation for LRANGE/ZRANGE: `None` if empty.
@@ -382,9 +487,7 @@ pub(crate) fn run(
             }
             let count = match a.get(2) {
                 None => None,
-                Some(c) => {
-                    Some(usize::try_from(int_arg(c)?).map_err(|_| NOT_POSITIVE.to_string())?)
-                }
+                Some(c) => Some(positive_arg(c)?),
             };
             let Some(l) = typed_mut!(db, a[1], List) else {
                 match count {
@@ -480,14 +583,12 @@ pub(crate) fn run(
             }
             let count = match a.get(2) {
                 None => None,
-                Some(c) => {
-                    Some(usize::try_from(int_arg(c)?).map_err(|_| NOT_POSITIVE.to_string())?)
-                }
+                Some(c) => Some(positive_arg(c)?),
             };
             let Some(s) = typed_mut!(db, a[1], Set) else {
                 match count {
                     None => nil(out),
-                    Some(_) => array(out, 0),
+                    Some(_) => set_reply(out, 0),
                 }
                 return Ok(());
             };
@@ -567,7 +668,7 @@ pub(crate) fn run(
             }
             let count = match a.get(2) {
                 None => 1,
-                Some(c) => usize::try_from(int_arg(c)?).map_err(|_| NOT_POSITIVE.to_string())?,
+                Some(c) => positive_arg(c)?,
             };
             let max = cmd == "zpopmax";
             let popped: Vec<(Vec<u8>, f64)> = match typed_mut!(db, a[1], ZSet) {
@@ -746,7 +847,7 @@ fn set(db: &mut Db, now: u64, a: &[Vec<u8>], out: &mut Out) -> Reply {
 }
 
 fn expire(db: &mut Db, now: u64, cmd: &str, a: &[Vec<u8>], out: &mut Out) -> Reply {
-    let v = int_arg(&a[2])?;
+    // Redis' order: the options, then the time.
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for opt in &a[3..] {
         match opt.to_ascii_uppercase().as_slice() {
@@ -768,6 +869,7 @@ fn expire(db: &mut Db, now: u64, cmd: &str, a: &[Vec<u8>], out: &mut Out) -> Rep
     if gt && lt {
         return Err("ERR GT and LT options at the same time are not compatible".into());
     }
+    let v = int_arg(&a[2])?;
     let invalid = || format!("ERR invalid expire time in '{cmd}' command");
     let ms = if cmd == "expire" || cmd == "expireat" {
         v.checked_mul(1000).ok_or_else(invalid)?

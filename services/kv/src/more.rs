@@ -47,7 +47,72 @@ fn type_name(v: &Value) -> &'static str {
 
 /// Formats a float result as Redis' INCRBYFLOAT does for ordinary values:
 /// the shortest text that reads back as the same double.
+/// INCRBYFLOAT/HINCRBYFLOAT as Redis computes them, in 80-bit long
+/// double (a 64-bit significand), printed with `%.17Lf` and trailing zeros
+/// trimmed — done exactly in fixed point when both operands are integers
+/// or binary fractions (multiples of 2^-40) below 2^80; other operands
+/// (`0.1`) fall back to f64, see COMMANDS.md.
+fn long_double_sum(cur: &[u8], cur_f: f64, by: &[u8], by_f: f64) -> Option<String> {
+    const FRAC_BITS: u32 = 40;
+    let fixed = |text: &[u8], v: f64| -> Option<i128> {
+        if let Some(n) = std::str::from_utf8(text)
+            .ok()
+            .filter(|t| !t.starts_with('+'))
+            .and_then(|t| t.parse::<i128>().ok())
+        {
+            return (n.unsigned_abs() < 1 << 80).then_some(n << FRAC_BITS);
+        }
+        let scaled = v * (1u64 << FRAC_BITS) as f64;
+        (v.is_finite() && v.abs() < 2f64.powi(80) && scaled.fract() == 0.0)
+            .then_some(scaled as i128)
+    };
+    let mut sum = fixed(cur, cur_f)?.checked_add(fixed(by, by_f)?)?;
+    // Round to a 64-bit significand, ties to even.
+    let bits = 128 - sum.unsigned_abs().leading_zeros();
+    if bits > 64 {
+        let shift = bits - 64;
+        let mag = sum.unsigned_abs();
+        let (q, rem, half) = (mag >> shift, mag & ((1 << shift) - 1), 1u128 << (shift - 1));
+        let q = if rem > half || (rem == half && q & 1 == 1) {
+            q + 1
+        } else {
+            q
+        };
+        let mag = i128::try_from(q << shift).ok()?;
+        sum = if sum < 0 { -mag } else { mag };
+    }
+    let mag = sum.unsigned_abs();
+    let (mut int_part, frac) = (mag >> FRAC_BITS, mag & ((1 << FRAC_BITS) - 1));
+    // 17 decimal places, rounded half to even as printf does.
+    let scaled = frac * 100_000_000_000_000_000;
+    let (mut dec, rem, half) = (
+        scaled >> FRAC_BITS,
+        scaled & ((1 << FRAC_BITS) - 1),
+        1u128 << (FRAC_BITS - 1),
+    );
+    if rem > half || (rem == half && dec & 1 == 1) {
+        dec += 1;
+    }
+    if dec == 100_000_000_000_000_000 {
+        dec = 0;
+        int_part += 1;
+    }
+    let mut text = format!("{}{int_part}", if sum < 0 { "-" } else { "" });
+    if dec != 0 {
+        let d = format!("{dec:017}");
+        text.push('.');
+        text.push_str(d.trim_end_matches('0'));
+    }
+    Some(text)
+}
+
 fn float_text(v: f64) -> String {
+    // Redis prints INCRBYFLOAT results in fixed point (`%.17Lf`, trailing
+    // zeros trimmed): an integral value prints every digit of its exact
+    // value (2^63 as 9223372036854775808, not ...776000).
+    if v.is_finite() && v.fract() == 0.0 && v.abs() >= 1e15 {
+        return format!("{v:.0}");
+    }
     resp::score(v)
 }
 
@@ -185,15 +250,17 @@ pub(crate) fn run(
             }
         }
         "getex" => {
-            let mut expire: Option<Option<u64>> = None;
+            // Redis' order: the options' syntax, the key and its type,
+            // then the expiry's value.
+            let mut raw: Option<Option<(Vec<u8>, &[u8])>> = None;
             let mut i = 2;
             while i < a.len() {
                 let opt = a[i].to_ascii_uppercase();
                 match opt.as_slice() {
-                    b"PERSIST" if expire.is_none() => expire = Some(None),
-                    b"EX" | b"PX" | b"EXAT" | b"PXAT" if expire.is_none() && i + 1 < a.len() => {
+                    b"PERSIST" if raw.is_none() => raw = Some(None),
+                    b"EX" | b"PX" | b"EXAT" | b"PXAT" if raw.is_none() && i + 1 < a.len() => {
                         i += 1;
-                        expire = Some(Some(expire_option_at(&opt, &a[i], now, "getex")?));
+                        raw = Some(Some((opt, &a[i])));
                     }
                     _ => return Err(SYNTAX.into()),
                 }
@@ -202,6 +269,11 @@ pub(crate) fn run(
             let Some(v) = typed!(db, a[1], Str).cloned() else {
                 nil(out);
                 return Ok(());
+            };
+            let expire: Option<Option<u64>> = match raw {
+                None => None,
+                Some(None) => Some(None),
+                Some(Some((opt, val))) => Some(Some(expire_option_at(&opt, val, now, "getex")?)),
             };
             match expire {
                 Some(Some(at)) if at <= now => {
@@ -226,12 +298,22 @@ pub(crate) fn run(
             }
         }
         "incrbyfloat" => {
-            let by = float_arg(&a[2])?;
+            // Redis' order: the key's type, its value, then the increment.
             let cur = match typed!(db, a[1], Str) {
                 Some(v) => float_arg(v)?,
                 None => 0.0,
             };
+            let by = float_arg(&a[2])?;
             let new = cur + by;
+            let cur_text = typed!(db, a[1], Str)
+                .cloned()
+                .unwrap_or_else(|| b"0".to_vec());
+            if let Some(text) = long_double_sum(&cur_text, cur, &a[2], by) {
+                let text = text.into_bytes();
+                db.put(&a[1], Value::Str(text.clone()), true);
+                bulk(out, &text);
+                return Ok(());
+            }
             if !new.is_finite() {
                 return Err("ERR increment would produce NaN or Infinity".into());
             }
@@ -249,7 +331,17 @@ pub(crate) fn run(
                 bulk(out, b"");
                 return Ok(());
             }
-            match range(s.len(), start, end) {
+            // Redis 7's arithmetic exactly (negative indexes clamp to 0,
+            // so GETRANGE k -100 -100 is the first byte).
+            let len = s.len() as i64;
+            let start = if start < 0 {
+                (len + start).max(0)
+            } else {
+                start
+            };
+            let end = if end < 0 { (len + end).max(0) } else { end }.min(len - 1);
+            let r = (start <= end && len > 0).then_some((start as usize, end as usize));
+            match r {
                 Some((b, e)) => bulk(out, &s[b..=e]),
                 None => bulk(out, b""),
             }
@@ -318,7 +410,8 @@ pub(crate) fn run(
             if !db.data.contains_key(&a[1]) {
                 return Err("ERR no such key".into());
             }
-            if cmd == "renamenx" && a[1] != a[2] && db.data.contains_key(&a[2]) {
+            // RENAMENX of a key to itself answers 0, as in Redis.
+            if cmd == "renamenx" && db.data.contains_key(&a[2]) {
                 int(out, 0);
                 return Ok(());
             }
@@ -464,9 +557,10 @@ pub(crate) fn run(
                     Some(_) => int(out, 1),
                 },
                 _ => {
-                    return Err(format!(
-                        "ERR unknown subcommand or wrong number of arguments for '{}'. Try OBJECT HELP.",
-                        String::from_utf8_lossy(&a[1])
+                    return Err(crate::commands::subcommand_error(
+                        "object",
+                        &a[1],
+                        &["encoding", "refcount"],
                     ))
                 }
             }
@@ -489,9 +583,14 @@ pub(crate) fn run(
             db.charge(a[2..].iter().map(|v| elem_weight(v)).sum());
         }
         "lindex" => {
+            // As Redis: a missing key answers nil before the index is
+            // parsed.
+            let Some(l) = typed!(db, a[1], List) else {
+                nil(out);
+                return Ok(());
+            };
             let i = int_arg(&a[2])?;
-            let l = typed!(db, a[1], List);
-            let item = l.and_then(|l| {
+            let item = Some(l).and_then(|l| {
                 let i = if i < 0 { l.len() as i64 + i } else { i };
                 usize::try_from(i).ok().and_then(|i| l.get(i))
             });
@@ -501,10 +600,11 @@ pub(crate) fn run(
             }
         }
         "lset" => {
-            let i = int_arg(&a[2])?;
+            // Redis' order: the key, its type, then the index.
             let Some(l) = typed_mut!(db, a[1], List) else {
                 return Err("ERR no such key".into());
             };
+            let i = int_arg(&a[2])?;
             let i = if i < 0 { l.len() as i64 + i } else { i };
             let Some(slot) = usize::try_from(i).ok().and_then(|i| l.get_mut(i)) else {
                 return Err("ERR index out of range".into());
@@ -580,7 +680,13 @@ pub(crate) fn run(
                 };
                 (side(&a[3])?, side(&a[4])?)
             };
-            // The destination's type is checked before anything moves.
+            // As Redis: a missing source answers nil before the
+            // destination is looked at; the destination's type is checked
+            // before anything moves.
+            if typed!(db, a[1], List).is_none_or(|l| l.is_empty()) {
+                nil(out);
+                return Ok(());
+            }
             let _ = typed!(db, a[2], List);
             let Some(src) = typed_mut!(db, a[1], List) else {
                 nil(out);
@@ -672,7 +778,18 @@ pub(crate) fn run(
             }
         }
         "smove" => {
+            // Redis' order: a missing source answers 0 before any type
+            // check; a move within one set is a membership test.
+            if !db.data.contains_key(&a[1]) {
+                int(out, 0);
+                return Ok(());
+            }
+            let src = typed!(db, a[1], Set);
             let _ = typed!(db, a[2], Set);
+            if a[1] == a[2] {
+                int(out, i64::from(src.is_some_and(|s| s.contains(&a[3]))));
+                return Ok(());
+            }
             let moved = match typed_mut!(db, a[1], Set) {
                 Some(s) => s.remove(&a[3]),
                 None => false,
@@ -759,9 +876,21 @@ pub(crate) fn run(
             int(out, n as i64);
         }
         "hincrby" | "hincrbyfloat" => {
+            // Redis' order: the increment is parsed (and, for floats,
+            // refused if infinite) before the key's type is checked.
+            let by_int = if cmd == "hincrby" { int_arg(&a[3])? } else { 0 };
+            let by_float = if cmd == "hincrbyfloat" {
+                let f = float_arg(&a[3])?;
+                if !f.is_finite() {
+                    return Err("ERR value is NaN or Infinity".into());
+                }
+                f
+            } else {
+                0.0
+            };
             let cur = typed!(db, a[1], Hash).and_then(|h| h.get(&a[2])).cloned();
             let text = if cmd == "hincrby" {
-                let by = int_arg(&a[3])?;
+                let by = by_int;
                 let cur = match &cur {
                     Some(v) => {
                         crate::resp::parse_i64(v).ok_or("ERR hash value is not an integer")?
@@ -773,7 +902,8 @@ pub(crate) fn run(
                     .ok_or("ERR increment or decrement would overflow")?;
                 new.to_string()
             } else {
-                let by = float_arg(&a[3])?;
+                let by = by_float;
+                let cur_text = cur.clone();
                 let cur = match &cur {
                     Some(v) => float_arg(v).map_err(|_| "ERR hash value is not a float")?,
                     None => 0.0,
@@ -782,7 +912,8 @@ pub(crate) fn run(
                 if !new.is_finite() {
                     return Err("ERR increment would produce NaN or Infinity".into());
                 }
-                float_text(new)
+                let cur_text = cur_text.unwrap_or_else(|| b"0".to_vec());
+                long_double_sum(&cur_text, cur, &a[3], by).unwrap_or_else(|| float_text(new))
             };
             let h = typed_create!(db, a[1], Hash);
             let text = text.into_bytes();
@@ -848,7 +979,7 @@ pub(crate) fn run(
             int(out, n as i64);
         }
         "zrangebyscore" => {
-            let (min, max) = (bound_arg(&a[2])?, bound_arg(&a[3])?);
+            // Redis' order: the options, then the range, then the key.
             let mut withscores = false;
             let mut limit: Option<(i64, i64)> = None;
             let mut i = 4;
@@ -863,6 +994,7 @@ pub(crate) fn run(
                 }
                 i += 1;
             }
+            let (min, max) = (bound_arg(&a[2])?, bound_arg(&a[3])?);
             let empty = ZSet::default();
             let z = typed!(db, a[1], ZSet).unwrap_or(&empty);
             let (offset, count) = limit.unwrap_or((0, -1));

@@ -147,6 +147,10 @@ impl Blocking {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
     fn waits_on(&self, db: u8, key: &[u8]) -> bool {
         !self.by_key.is_empty() && self.by_key.contains_key(&(db, key.to_vec()))
     }
@@ -410,6 +414,9 @@ impl Kv {
         if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
             return refuse(c, out, &arity_error(cmd));
         }
+        if let Some(msg) = subcommand_check(cmd, &args) {
+            return refuse(c, out, &msg);
+        }
         if !c.authed && !matches!(cmd, "auth" | "hello" | "quit" | "reset") {
             return refuse(c, out, NOAUTH);
         }
@@ -429,7 +436,7 @@ impl Kv {
             resp::error(
                 out,
                 &format!(
-                    "ERR Can't execute '{cmd}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are expected in this context"
+                    "ERR Can't execute '{cmd}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
                 ),
             );
             return Flow::Continue;
@@ -726,6 +733,21 @@ impl Kv {
         // one of its arguments): their value and expiry before, compared
         // after, so a change marks their watchers. Nothing is cloned when
         // nothing is watched.
+        // Keys clients are blocked on that are not lists yet: the command
+        // may create them, which is what makes a key "ready" in Redis
+        // (blocked clients are served in the order their keys were
+        // created, after the command or the whole EXEC).
+        let mut not_lists: Vec<&[u8]> = Vec::new();
+        if !self.blocking.is_empty() {
+            for k in &a[1..] {
+                if self.blocking.waits_on(dbi, k)
+                    && !matches!(db.data.get(k.as_slice()), Some(Value::List(_)))
+                    && !not_lists.contains(&k.as_slice())
+                {
+                    not_lists.push(k);
+                }
+            }
+        }
         let mut before: Vec<(&[u8], Option<Value>, Option<u64>)> = Vec::new();
         if !self.watches.is_empty() {
             for k in &a[1..] {
@@ -737,23 +759,36 @@ impl Kv {
             }
         }
         let mark = out.len();
-        if let Err(e) = commands::run(db, ctx, now, cmd, a, out) {
-            out.truncate(mark);
-            resp::error(out, &e);
-        }
+        let ok = match commands::run(db, ctx, now, cmd, a, out) {
+            Ok(()) => true,
+            Err(e) => {
+                out.truncate(mark);
+                resp::error(out, &e);
+                false
+            }
+        };
         for (k, v, at) in before {
-            if db.data.get(k) != v.as_ref() || db.expire_at(k) != at {
+            let changed = db.data.get(k) != v.as_ref() || db.expire_at(k) != at;
+            let rewritten = ok && rewrites(cmd, a, k, v.is_some(), &out.buf[mark..]);
+            if changed || (rewritten && db.data.contains_key(k)) {
                 self.watches.touch(dbi, k);
             }
         }
-        // A push may serve clients blocked on one of the keys.
-        for k in &a[1..] {
-            if self.blocking.waits_on(dbi, k) {
-                if self.in_exec {
-                    self.pending_wakes.push((dbi, k.clone()));
-                } else {
-                    self.wake(ctx, dbi, k);
+        // A push that created a list may serve clients blocked on it.
+        for k in not_lists {
+            let created = matches!(
+                self.dbs[dbi as usize].data.get(k),
+                Some(Value::List(l)) if !l.is_empty()
+            );
+            if !created {
+                continue;
+            }
+            if self.in_exec {
+                if !self.pending_wakes.iter().any(|(d, x)| *d == dbi && x == k) {
+                    self.pending_wakes.push((dbi, k.to_vec()));
                 }
+            } else {
+                self.wake(ctx, dbi, k);
             }
         }
     }
@@ -770,20 +805,24 @@ impl Kv {
         a: &[Vec<u8>],
         out: &mut Out,
     ) -> Result<Flow, String> {
-        let secs = a
-            .last()
-            .and_then(|t| std::str::from_utf8(t).ok())
-            .and_then(|t| t.parse::<f64>().ok())
-            .filter(|t| t.is_finite())
-            .ok_or("ERR timeout is not a float or out of range")?;
-        if secs < 0.0 {
-            return Err("ERR timeout is negative".into());
-        }
         let side = |s: &[u8]| match s.to_ascii_uppercase().as_slice() {
             b"LEFT" => Ok(true),
             b"RIGHT" => Ok(false),
             _ => Err(SYNTAX.to_string()),
         };
+        // Redis' order: BLMOVE's directions, then the timeout.
+        if cmd == "blmove" {
+            side(&a[3])?;
+            side(&a[4])?;
+        }
+        let secs = a
+            .last()
+            .and_then(|t| crate::commands::float_arg(t).ok())
+            .filter(|t| t.is_finite())
+            .ok_or("ERR timeout is not a float or out of range")?;
+        if secs < 0.0 {
+            return Err("ERR timeout is negative".into());
+        }
         let (keys, from_left, dst) = match cmd {
             "blpop" => (a[1..a.len() - 1].to_vec(), true, None),
             "brpop" => (a[1..a.len() - 1].to_vec(), false, None),
@@ -796,15 +835,17 @@ impl Kv {
         };
         let dbi = c.db;
         let db = &mut self.dbs[dbi as usize];
-        if let Some((d, _)) = &dst {
-            if db.data.get(d).is_some_and(|v| !matches!(v, Value::List(_))) {
-                return Err(WRONGTYPE.into());
-            }
-        }
         for k in &keys {
             match db.data.get(k) {
                 None => {}
                 Some(Value::List(l)) if !l.is_empty() => {
+                    // As Redis: the destination's type matters only when
+                    // something moves.
+                    if let Some((d, _)) = &dst {
+                        if db.data.get(d).is_some_and(|v| !matches!(v, Value::List(_))) {
+                            return Err(WRONGTYPE.into());
+                        }
+                    }
                     let v = pop_push(db, k, from_left, &dst)?;
                     reply_popped(out, k, &v, dst.is_some());
                     self.changed(ctx, dbi, k, &dst);
@@ -815,7 +856,13 @@ impl Kv {
             }
         }
         if self.in_exec {
-            nil_array(out);
+            // Redis: a null array for BLPOP/BRPOP, a null bulk for the
+            // moves.
+            if dst.is_some() {
+                crate::resp::nil(out);
+            } else {
+                nil_array(out);
+            }
             return Ok(Flow::Continue);
         }
         let ms = (secs * 1000.0) as u64;
@@ -1075,9 +1122,13 @@ impl Kv {
     ) -> Result<Flow, String> {
         let sub = a[1].to_ascii_uppercase();
         let unknown = || {
-            format!(
-                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
-                trunc(&a[1])
+            crate::commands::subcommand_error(
+                "client",
+                &a[1],
+                &[
+                    "id", "setname", "getname", "setinfo", "info", "list", "kill", "no-evict",
+                    "no-touch", "reply",
+                ],
             )
         };
         let now = ctx.now().0;
@@ -1323,7 +1374,8 @@ impl Kv {
                 }
             }
             b"NUMSUB" => {
-                map(out, a.len() - 2);
+                // A flat array in RESP3 too, as redis-server 7.0 answers.
+                array(out, 2 * (a.len() - 2));
                 for ch in &a[2..] {
                     bulk(out, ch);
                     int(
@@ -1337,10 +1389,11 @@ impl Kv {
                 int(out, n as i64);
             }
             _ => {
-                return Err(format!(
-                "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
-                trunc(&a[1])
-            ))
+                return Err(crate::commands::subcommand_error(
+                    "pubsub",
+                    &a[1],
+                    &["channels", "numsub", "numpat"],
+                ))
             }
         }
         Ok(())
@@ -1520,4 +1573,70 @@ fn refuse(c: &mut Conn, out: &mut Out, msg: &str) -> Flow {
     }
     resp::error(out, msg);
     Flow::Continue
+}
+
+/// The subcommands of the container commands and their Redis arities
+/// (with the command and subcommand words).
+const SUBCOMMANDS: &[(&str, &[(&str, i32)])] = &[
+    ("acl", &[("whoami", 2)]),
+    (
+        "client",
+        &[
+            ("id", 2),
+            ("setname", 3),
+            ("getname", 2),
+            ("setinfo", 4),
+            ("info", 2),
+            ("list", -2),
+            ("kill", -3),
+            ("no-evict", 3),
+            ("no-touch", 3),
+            ("reply", 3),
+        ],
+    ),
+    ("config", &[("get", -3), ("set", -4)]),
+    ("object", &[("encoding", 3), ("refcount", 3)]),
+    ("pubsub", &[("channels", -2), ("numsub", -2), ("numpat", 2)]),
+];
+
+/// As Redis' command table does before a command runs (so inside `MULTI`
+/// at queue time too): an unknown subcommand of a container command, or a
+/// known one with the wrong number of arguments, is refused.
+fn subcommand_check(cmd: &str, args: &[Vec<u8>]) -> Option<String> {
+    let (_, subs) = SUBCOMMANDS.iter().find(|(c, _)| *c == cmd)?;
+    let sub = args.get(1)?;
+    let lower = String::from_utf8_lossy(sub).to_ascii_lowercase();
+    let Some((name, arity)) = subs.iter().find(|(s, _)| *s == lower) else {
+        return Some(format!(
+            "ERR unknown subcommand '{}'. Try {} HELP.",
+            trunc(sub),
+            cmd.to_ascii_uppercase()
+        ));
+    };
+    let n = args.len() as i32;
+    if (*arity > 0 && n != *arity) || (*arity < 0 && n < -*arity) {
+        return Some(arity_error(&format!("{cmd}|{name}")));
+    }
+    None
+}
+
+/// Whether a successful `cmd` wrote `key` even if its value ended up as it
+/// was — Redis marks such a key modified (`signalModifiedKey`), so a
+/// `WATCH` on it aborts the transaction: `SET k` to its current value,
+/// `INCRBY k 0`, `HSET` of the same value, an `EXPIREAT` to the same time.
+/// `existed`: the key was there before; `reply`: what the command answered.
+fn rewrites(cmd: &str, a: &[Vec<u8>], key: &[u8], existed: bool, reply: &[u8]) -> bool {
+    let first = a.get(1).is_some_and(|k| k.as_slice() == key);
+    match cmd {
+        "set" => {
+            let flag = |f: &[u8]| a[3..].iter().any(|o| o.eq_ignore_ascii_case(f));
+            first && !(flag(b"NX") && existed) && (!flag(b"XX") || existed)
+        }
+        "setex" | "psetex" | "getset" | "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat"
+        | "append" | "hset" | "hmset" | "hincrby" | "hincrbyfloat" | "lset" | "zincrby"
+        | "ltrim" | "sinterstore" | "sunionstore" | "sdiffstore" => first,
+        "mset" => a[1..].chunks(2).any(|kv| kv[0].as_slice() == key),
+        "expire" | "pexpire" | "expireat" | "pexpireat" => first && reply == b":1\r\n",
+        _ => false,
+    }
 }

@@ -477,7 +477,7 @@ fn pubsub_in_both_protocols() {
     // A RESP2 subscriber may only (un)subscribe, ping, quit or reset.
     assert_eq!(
         reply(&mut h, 2, "GET k"),
-        "-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are expected in this context\r\n"
+        "-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
     );
     assert_eq!(reply(&mut h, 2, "PING"), "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     // A RESP3 one can do anything, and publishing to itself puts the
