@@ -179,9 +179,14 @@ pub(crate) const EXPIRE_OVERHEAD: u64 = 48;
 /// What a key's entry in the SCAN index costs besides the key's bytes.
 pub(crate) const SCAN_INDEX_OVERHEAD: u64 = 40;
 
-/// A key's SCAN position: its FNV-1a 64 hash, mixed, halved so cursors stay
-/// below 2^63 (clients parse them as signed or unsigned 64-bit numbers),
-/// and odd so it is never 0 (the cursor that starts and ends a scan).
+/// A key's SCAN position: its FNV-1a 64 hash, mixed, cut to 53 bits so
+/// cursors stay below 2^53 — JavaScript clients hold a cursor as a double
+/// (node-redis 4 parses it with `Number`), exact only up to there; a larger
+/// cursor came back rounded and the iteration skipped keys — and odd so it
+/// is never 0 (the cursor that starts and ends a scan).
+pub(crate) const SCAN_POSITION_BITS: u32 = 53;
+
+/// A key's SCAN position (see [`SCAN_POSITION_BITS`]).
 pub(crate) fn scan_hash(key: &[u8]) -> u64 {
     let mut h = Fnv64::new();
     h.bytes(key);
@@ -194,7 +199,7 @@ pub(crate) fn scan_hash(key: &[u8]) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     x ^= x >> 33;
-    (x >> 1) | 1
+    (x >> (64 - SCAN_POSITION_BITS)) | 1
 }
 
 /// What a key costs besides its value: its slot in the B-tree, its value's

@@ -455,7 +455,7 @@ pub(crate) fn run(
             int(out, 1);
         }
         "randomkey" => {
-            let at = ctx.rng().next_u64() >> 1;
+            let at = ctx.rng().next_u64() >> (64 - crate::db::SCAN_POSITION_BITS);
             match db.key_at_or_after(at) {
                 Some(k) => bulk(out, k),
                 None => nil(out),

@@ -991,3 +991,17 @@ fn request_bounds_come_from_the_limits() {
     assert_eq!(out, b"-ERR Protocol error: request too large\r\n");
     assert!(closed);
 }
+
+/// SCAN cursors are exact as IEEE doubles (below 2^53): node-redis 4 holds
+/// a cursor as a JavaScript number, and a larger one came back rounded and
+/// made its iteration skip keys. Odd, so never the 0 that ends a scan.
+#[test]
+fn scan_cursors_fit_a_javascript_number() {
+    for i in 0..20_000u32 {
+        let key = format!("node-{i}:scanB:{}", i % 25);
+        let at = crate::db::scan_hash(key.as_bytes());
+        assert!(at < 1 << 53, "{key}: cursor {at} is not exact as a double");
+        assert_eq!(at % 2, 1, "{key}: cursor {at} is even");
+        assert_eq!(at as f64 as u64, at);
+    }
+}
