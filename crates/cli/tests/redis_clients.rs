@@ -17,10 +17,17 @@
 //! - no connection was reset, and once the old primary is back as a clone
 //!   every replica has the same state hash.
 //!
-//! Needs root and redis-py in the venv scripts/install-deps.sh makes
-//! (`$TANDEM_COMPARE_VENV`, by default /var/tmp/tandem-bench-compare-venv);
-//! runs in CI; fails with a clear message when redis-py is missing, never
-//! skips.
+//! Beside them node-redis (npm `redis` 4, default settings,
+//! tests/redis_clients.js), a client from another ecosystem, does the same
+//! across the same kill: set/get, a pipeline, WATCH transactions (one
+//! committed, one aborted by another client's write), SCAN iteration and
+//! pub/sub, with no client error event.
+//!
+//! Needs root, redis-py in the venv scripts/install-deps.sh makes
+//! (`$TANDEM_COMPARE_VENV`, by default /var/tmp/tandem-bench-compare-venv)
+//! and node-redis where it installs it (`$TANDEM_NODE_CLIENTS`, by default
+//! /var/tmp/tandem-node-clients); runs in CI; fails with a clear message
+//! when either is missing, never skips.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -50,16 +57,35 @@ fn python() -> PathBuf {
     python
 }
 
+/// node, checked to load node-redis from where install-deps.sh puts it.
+fn node() -> PathBuf {
+    let modules = std::env::var("TANDEM_NODE_CLIENTS")
+        .unwrap_or_else(|_| "/var/tmp/tandem-node-clients".to_string());
+    let node = PathBuf::from("/usr/bin/node");
+    let ok = std::process::Command::new(&node)
+        .arg("-e")
+        .arg(format!("require('{modules}/node_modules/redis')"))
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "node-redis is not installed in {modules} (or node is missing): run scripts/install-deps.sh as root"
+    );
+    node
+}
+
 /// A running client script and its output lines as they come.
 struct Client {
-    protocol: &'static str,
+    /// Which client, for messages.
+    name: String,
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Client {
-    fn start(lab: &mut Lab, python: &Path, go: &Path, protocol: &'static str) -> Client {
+    /// redis-py with `protocol` ("default" or "2").
+    fn python(lab: &mut Lab, python: &Path, go: &Path, protocol: &'static str) -> Client {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis_clients.py");
         let mut command = lab.command(None, python).expect("client command");
         command
@@ -68,10 +94,25 @@ impl Client {
             .arg(lab.vip().to_string())
             .arg(lab.port().to_string())
             .arg(go)
-            .arg(protocol)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = lab.spawn(None, command).expect("python starts");
+            .arg(protocol);
+        Client::start(lab, command, format!("redis-py (protocol {protocol})"))
+    }
+
+    /// node-redis with its default settings.
+    fn node(lab: &mut Lab, node: &Path, go: &Path) -> Client {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis_clients.js");
+        let mut command = lab.command(None, node).expect("client command");
+        command
+            .arg(&script)
+            .arg(lab.vip().to_string())
+            .arg(lab.port().to_string())
+            .arg(go);
+        Client::start(lab, command, "node-redis".to_string())
+    }
+
+    fn start(lab: &mut Lab, mut command: std::process::Command, name: String) -> Client {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = lab.spawn(None, command).expect("the client starts");
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -89,7 +130,7 @@ impl Client {
             });
         }
         Client {
-            protocol,
+            name,
             child,
             lines,
             seen: Vec::new(),
@@ -111,8 +152,8 @@ impl Client {
                     }
                 }
                 Err(_) => panic!(
-                    "redis-py (protocol {}) never printed {want}:\n{}",
-                    self.protocol,
+                    "{} never printed {want}:\n{}",
+                    self.name,
                     self.seen.join("\n")
                 ),
             }
@@ -121,27 +162,26 @@ impl Client {
 
     fn finish(mut self) {
         self.wait_for("DONE", Duration::from_secs(60));
-        let status = self.child.wait().expect("python exits");
+        let status = self.child.wait().expect("the client exits");
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
             self.seen.push(line);
         }
         assert!(
             status.success(),
-            "redis-py (protocol {}) failed:\n{}",
-            self.protocol,
+            "{} failed:\n{}",
+            self.name,
             self.seen.join("\n")
         );
         let checks = self.seen.iter().filter(|l| l.starts_with("ok ")).count();
-        eprintln!(
-            "redis-py protocol {}: {checks} checks passed",
-            self.protocol
-        );
+        assert!(checks > 0, "{} checked nothing", self.name);
+        eprintln!("{}: {checks} checks passed", self.name);
     }
 }
 
 #[test]
 fn redis_py_with_default_settings_works_across_a_failover() {
     let python = python();
+    let node = node();
     let mut lab = cluster_of("rcl", "a", ServiceKind::Kv);
     let first = wait_healthy(&lab, "start");
     let rst_before = lab.client_rst_count().unwrap();
@@ -152,10 +192,14 @@ fn redis_py_with_default_settings_works_across_a_failover() {
     // the password for everyone).
     let mut clients = Vec::new();
     for protocol in ["default", "2"] {
-        let mut c = Client::start(&mut lab, &python, &go, protocol);
+        let mut c = Client::python(&mut lab, &python, &go, protocol);
         c.wait_for("READY", Duration::from_secs(60));
         clients.push(c);
     }
+    // node-redis after them: redis-py's phase A ends with no password.
+    let mut c = Client::node(&mut lab, &node, &go);
+    c.wait_for("READY", Duration::from_secs(60));
+    clients.push(c);
 
     lab.kill(first).expect("kill the primary");
     let deadline = Instant::now() + Duration::from_secs(20);
