@@ -933,22 +933,14 @@ fn caught_up_clone(lab: &Lab, primary: u32) -> Result<u16> {
 }
 
 fn report(lab: &Lab, id: u32) -> Option<NodeReport> {
-    let path = lab.node_admin_socket(id).ok()??;
-    match request(&path, &AdminRequest::Status, Duration::from_secs(1)) {
-        Ok(AdminReply::Status(report)) => Some(*report),
-        _ => None,
-    }
+    crate::node_report(lab, id)
 }
 
 /// Whether the cluster is healthy now: one primary serving the VIP, every
 /// node answering as one of `nodes` voters with no learners, all applied
 /// close to what is committed. Returns the primary, or what is missing.
 fn healthy(lab: &Lab, nodes: usize) -> std::result::Result<u32, String> {
-    let reports: Vec<NodeReport> = lab
-        .node_ids()
-        .iter()
-        .filter_map(|id| report(lab, *id))
-        .collect();
+    let reports: Vec<NodeReport> = crate::node_reports(lab);
     let Some(p) = reports.iter().find(|r| r.role == "primary") else {
         return Err(format!("no primary; {}", describe(&reports)));
     };
@@ -1021,11 +1013,7 @@ fn wait_healthy_watching(
 fn settled_hashes(lab: &Lab, nodes: usize) -> (Vec<Replica>, Option<bool>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let reports: Vec<NodeReport> = lab
-            .node_ids()
-            .iter()
-            .filter_map(|id| report(lab, *id))
-            .collect();
+        let reports: Vec<NodeReport> = crate::node_reports(lab);
         let replicas: Vec<Replica> = reports
             .iter()
             .map(|r| Replica {

@@ -425,11 +425,7 @@ fn admin_socket(lab: &Lab, id: u32) -> Result<std::path::PathBuf> {
 }
 
 fn report(lab: &Lab, id: u32) -> Option<NodeReport> {
-    let path = lab.node_admin_socket(id).ok()??;
-    match request(&path, &AdminRequest::Status, Duration::from_secs(1)) {
-        Ok(AdminReply::Status(report)) => Some(*report),
-        _ => None,
-    }
+    crate::node_report(lab, id)
 }
 
 /// Waits until one node serves as the primary, every node is one of three
@@ -438,11 +434,7 @@ fn report(lab: &Lab, id: u32) -> Option<NodeReport> {
 fn wait_healthy(lab: &Lab) -> Result<u16> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let reports: Vec<NodeReport> = lab
-            .node_ids()
-            .iter()
-            .filter_map(|id| report(lab, *id))
-            .collect();
+        let reports: Vec<NodeReport> = crate::node_reports(lab);
         if let Some(p) = reports.iter().find(|r| r.role == "primary") {
             let healthy = reports.len() == 3
                 && reports.iter().all(|r| {

@@ -83,3 +83,29 @@ pub(crate) fn in_lab<T>(
     down.context("taking the lab down")?;
     Ok(measured)
 }
+
+/// A lab node's status report over its admin socket, `None` when it does
+/// not answer within a second (down, frozen, restarting).
+pub(crate) fn node_report(
+    lab: &tandem_lab::Lab,
+    id: u32,
+) -> Option<tandem_node::report::NodeReport> {
+    use tandem_node::admin::{request, AdminReply, AdminRequest};
+    let path = lab.node_admin_socket(id).ok()??;
+    match request(
+        &path,
+        &AdminRequest::Status,
+        std::time::Duration::from_secs(1),
+    ) {
+        Ok(AdminReply::Status(report)) => Some(*report),
+        _ => None,
+    }
+}
+
+/// The reports of every lab node that answers.
+pub(crate) fn node_reports(lab: &tandem_lab::Lab) -> Vec<tandem_node::report::NodeReport> {
+    lab.node_ids()
+        .iter()
+        .filter_map(|id| node_report(lab, *id))
+        .collect()
+}
