@@ -50,6 +50,7 @@
 //! # wasm_fuel_per_event = 10000000        # wasm: work per event; past it: rolled back + RST
 //! # wasm_max_memory = 67108864            # wasm: linear memory bound
 //! # wasm_max_stack = 524288               # wasm: stack bound
+//! # requirepass = "..."                  # kv only: clients must AUTH with it (default: none)
 //! vip = "198.18.0.100/24"
 //! interface = "eth0"
 //! port = 6379
@@ -457,6 +458,14 @@ pub struct ServiceSection {
     /// Default 512 KiB; 64 KiB to 8 MiB. Same on every node.
     #[serde(default = "default_wasm_max_stack")]
     pub wasm_max_stack: usize,
+    /// `kind = "kv"` only: Redis' `requirepass` — a client must `AUTH`
+    /// with it before any other command (`-NOAUTH` otherwise; compared in
+    /// constant time). Must be the same on every node: it is the service's
+    /// initial state, and travels in snapshots; `CONFIG SET requirepass`
+    /// changes it later, through the log. Keep the config file private
+    /// (mode 0600), as redis.conf. Default: none.
+    #[serde(default)]
+    pub requirepass: Option<String>,
 }
 
 fn default_wasm_fuel_per_event() -> u64 {
@@ -521,6 +530,14 @@ fn default_window_clamp() -> u32 {
 
 impl ServiceSection {
     /// The bounds the service group applies (valid after [`Config::parse`]).
+    /// What the service takes at construction (see
+    /// [`crate::services::ServiceOptions`]).
+    pub fn service_options(&self) -> crate::services::ServiceOptions {
+        crate::services::ServiceOptions {
+            requirepass: self.requirepass.clone(),
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             output_cap: self.output_cap,
@@ -936,6 +953,22 @@ impl Config {
                     },
                     "give the path of the .wasm file with kind = \"wasm\", and only then",
                 ));
+            }
+            if let Some(pass) = &service.requirepass {
+                if service.kind != ServiceKind::Kv {
+                    return Err(invalid(
+                        field("requirepass"),
+                        "only kind = \"kv\" takes a password",
+                        "remove requirepass from this service",
+                    ));
+                }
+                if pass.is_empty() {
+                    return Err(invalid(
+                        field("requirepass"),
+                        "the password is empty",
+                        "leave requirepass out for no password",
+                    ));
+                }
             }
             if wasm {
                 service.wasm_config().validate().map_err(|problem| {
@@ -1371,6 +1404,29 @@ port = 6379
         .unwrap_err()
         .to_string();
         assert!(err.contains("wasm_max_memory"), "{err}");
+        // A password: kv only, never empty.
+        let with_pass =
+            Config::parse(&GOOD.replace("port = 6379", "port = 6379\nrequirepass = \"s3cret\""))
+                .unwrap();
+        assert_eq!(
+            with_pass.services[0]
+                .service_options()
+                .requirepass
+                .as_deref(),
+            Some("s3cret")
+        );
+        let err = Config::parse(&GOOD.replace("port = 6379", "port = 6379\nrequirepass = \"\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("service[0].requirepass"), "{err}");
+        let err = Config::parse(
+            &GOOD
+                .replace("kind = \"kv\"", "kind = \"echo\"")
+                .replace("port = 6379", "port = 6379\nrequirepass = \"x\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("only kind = \"kv\""), "{err}");
         // A module on a service of another kind is a mistake too.
         let err = Config::parse(&GOOD.replace("port = 6379", "port = 6379\nmodule = \"x.wasm\""))
             .unwrap_err()

@@ -384,6 +384,7 @@ impl Sim {
             me,
             vip: VIP,
             kind: ServiceKind::Kv,
+            service_options: Default::default(),
             shadow: ShadowConfig::new(65_535),
             limits: Limits::default(),
             group_seed: 7,

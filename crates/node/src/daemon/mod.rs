@@ -332,6 +332,7 @@ impl Daemon {
                 me,
                 vip,
                 kind: service.kind,
+                service_options: service.service_options(),
                 shadow: shadow_config,
                 limits: service.limits(),
                 group_seed: group_seed(&service.name),

@@ -81,6 +81,8 @@ pub struct NodeSetup {
     pub me: NodeId,
     pub vip: Ipv4Addr,
     pub kind: ServiceKind,
+    /// What the service is constructed with (the same on every node).
+    pub service_options: crate::services::ServiceOptions,
     pub shadow: ShadowConfig,
     pub limits: Limits,
     /// The SDK's seed, the same on every replica of a service.
@@ -127,6 +129,7 @@ pub struct NodeMachine {
     me: NodeId,
     vip: Ipv4Addr,
     kind: ServiceKind,
+    service_options: crate::services::ServiceOptions,
     shadow: ShadowConfig,
     limits: Limits,
     replica: Replica,
@@ -149,7 +152,7 @@ pub struct NodeMachine {
 impl NodeMachine {
     pub fn new(setup: NodeSetup, replica: Replica) -> NodeMachine {
         let group = ServiceGroup::new(
-            crate::services::fresh(setup.kind),
+            crate::services::fresh_with(setup.kind, &setup.service_options),
             setup.shadow,
             setup.group_seed,
         )
@@ -158,6 +161,7 @@ impl NodeMachine {
             me: setup.me,
             vip: setup.vip,
             kind: setup.kind,
+            service_options: setup.service_options,
             shadow: setup.shadow,
             limits: setup.limits,
             replica,
@@ -563,7 +567,11 @@ impl NodeMachine {
         if data.is_empty() {
             return None;
         }
-        match ServiceGroup::restore(crate::services::fresh(self.kind), self.shadow, data) {
+        match ServiceGroup::restore(
+            crate::services::fresh_with(self.kind, &self.service_options),
+            self.shadow,
+            data,
+        ) {
             Ok(group) => {
                 self.group = group.with_limits(self.limits);
                 self.snapshot_index = index;
@@ -670,6 +678,7 @@ mod tests {
                 me,
                 vip: VIP,
                 kind: ServiceKind::Kv,
+                service_options: Default::default(),
                 shadow: ShadowConfig::new(65_535),
                 limits: Limits::default(),
                 group_seed: 1,
