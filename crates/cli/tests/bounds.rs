@@ -101,13 +101,6 @@ fn print_logs(lab: &Lab) {
     }
 }
 
-fn all_reports(lab: &Lab) -> Vec<NodeReport> {
-    lab.node_ids()
-        .iter()
-        .map(|id| report(lab, *id).expect("status"))
-        .collect()
-}
-
 /// VmRSS of a process, in bytes (0 once it has exited: the reports taken
 /// at the end find a dead daemon).
 fn rss(pid: u32) -> u64 {
@@ -186,8 +179,7 @@ fn an_output_flood_leaves_memory_bounded_and_the_primary_in_place() {
     let value = "x".repeat(MIB as usize);
     writer.write_all(&command(&["SET", "big", &value])).unwrap();
     assert_eq!(reply(&mut reader), "+OK\r\n");
-    settled_hashes(lab);
-    let before = all_reports(lab);
+    let before = settled_reports(lab);
     let pids: Vec<u32> = before.iter().map(|r| r.pid).collect();
     let baseline: Vec<u64> = pids.iter().map(|p| rss(*p)).collect();
     let term = before.iter().map(|r| r.term).max().unwrap();
@@ -223,12 +215,13 @@ fn an_output_flood_leaves_memory_bounded_and_the_primary_in_place() {
     }
     // The primary stayed; every replica agrees, counted the three resets,
     // and the value is still served.
-    let hashes = settled_hashes(lab);
+    let after = settled_reports(lab);
     assert!(
-        hashes.iter().all(|h| h.2 == hashes[0].2),
-        "state hashes differ: {hashes:?}"
+        after
+            .iter()
+            .all(|r| r.service.state_hash == after[0].service.state_hash),
+        "state hashes differ"
     );
-    let after = all_reports(lab);
     print_logs(lab);
     assert_eq!(leader(lab), Some(primary));
     for r in &after {
@@ -280,10 +273,7 @@ fn writes_past_max_memory_get_the_oom_error_and_reads_go_on() {
     assert!(reply(&mut reader).starts_with("-OOM "));
     writer.write_all(&command(&["DBSIZE"])).unwrap();
     assert_eq!(reply(&mut reader), format!(":{stored}\r\n"));
-    let reports = {
-        settled_hashes(lab);
-        all_reports(lab)
-    };
+    let reports = settled_reports(lab);
     for r in &reports {
         assert!(r.service.memory_used > MAX_MEMORY, "node {}", r.slot);
         assert_eq!(r.service.memory_used, reports[0].service.memory_used);

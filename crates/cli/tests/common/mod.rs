@@ -77,8 +77,10 @@ pub fn wait_healthy(lab: &Lab, why: &str) -> u32 {
 }
 
 /// Waits until every replica has applied the same index and returns their
-/// state hashes then.
-pub fn settled_hashes(lab: &Lab) -> Vec<(u16, u64, String)> {
+/// reports, all taken in that one round: compare fields across replicas
+/// from these, never from reports fetched afterwards (a client's ACK applied
+/// in between frees output memory on one replica before another).
+pub fn settled_reports(lab: &Lab) -> Vec<NodeReport> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let reports: Vec<NodeReport> = lab
@@ -91,14 +93,20 @@ pub fn settled_hashes(lab: &Lab) -> Vec<(u16, u64, String)> {
                 .iter()
                 .all(|r| r.applied_index == reports[0].applied_index)
         {
-            return reports
-                .iter()
-                .map(|r| (r.slot, r.applied_index, r.service.state_hash.clone()))
-                .collect();
+            return reports;
         }
         assert!(Instant::now() < deadline, "replicas never settled");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until every replica has applied the same index and returns their
+/// state hashes then.
+pub fn settled_hashes(lab: &Lab) -> Vec<(u16, u64, String)> {
+    settled_reports(lab)
+        .iter()
+        .map(|r| (r.slot, r.applied_index, r.service.state_hash.clone()))
+        .collect()
 }
 
 /// One checker connection's history.
