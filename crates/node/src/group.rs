@@ -35,6 +35,7 @@
 //! delivers it (a pure ACK's outcome may carry [`ShadowEvent::Delivered`]),
 //! so applying goes through the same path whatever the entry holds.
 
+use crate::parameters::GroupParameters;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -92,6 +93,10 @@ pub enum Item {
     },
     /// A timer the service set fell due.
     Timer { id: u64, generation: u64 },
+    /// The proposing leader's parameters, the first entry of its term
+    /// (docs/architecture.md §3.9): the first set applied becomes the
+    /// group's; a later one that differs is ignored (and counted).
+    Parameters(GroupParameters),
 }
 
 /// What the primary does on its real sockets (clones ignore these).
@@ -129,6 +134,9 @@ pub struct GroupStats {
     pub shadow_drops: u64,
     pub opened: u64,
     pub closed: u64,
+    /// Parameter sets a leader proposed that differ from the group's
+    /// (ignored: that leader refuses to serve).
+    pub parameters_ignored: u64,
 }
 
 /// A service, its shadow TCP table and the connection ids.
@@ -142,6 +150,8 @@ pub struct ServiceGroup {
     stats: GroupStats,
     /// [`Effect::Delivered`]s of the entry being applied.
     delivered: Vec<Effect>,
+    /// The group's parameters: the first set applied (none before).
+    parameters: Option<GroupParameters>,
 }
 
 impl ServiceGroup {
@@ -157,7 +167,13 @@ impl ServiceGroup {
             applied: 0,
             stats: GroupStats::default(),
             delivered: Vec::new(),
+            parameters: None,
         }
+    }
+
+    /// The group's parameters, once a leader's first entry set them.
+    pub fn parameters(&self) -> Option<&GroupParameters> {
+        self.parameters.as_ref()
     }
 
     /// Sets the bounds applied from now on (they come from the
@@ -217,6 +233,7 @@ impl ServiceGroup {
             self.runtime.state_hash(),
             self.shadow.state_hash(),
             self.next_id,
+            parameters_hash(self.parameters.as_ref()),
         )
     }
 
@@ -240,6 +257,7 @@ impl ServiceGroup {
     pub fn snapshot_taken(&self) -> TakenGroupSnapshot {
         let head = SnapshotHead {
             version: GROUP_SNAPSHOT_VERSION,
+            parameters: &self.parameters,
             applied: self.applied,
             next_id: self.next_id,
             stats: self.stats,
@@ -252,7 +270,24 @@ impl ServiceGroup {
             runtime: self.runtime.snapshot_taken(),
             shadow_hash: self.shadow.state_hash(),
             next_id: self.next_id,
+            parameters_hash: parameters_hash(self.parameters.as_ref()),
         }
+    }
+
+    /// The group's parameters recorded in [`ServiceGroup::snapshot`]'s
+    /// bytes, read without rebuilding anything (they come first), so a
+    /// node configured unlike the group can say which parameter differs
+    /// instead of failing somewhere in the restore.
+    pub fn snapshot_parameters(bytes: &[u8]) -> Result<Option<GroupParameters>, SnapshotError> {
+        let decode = |e: postcard::Error| SnapshotError::Decode(e.to_string());
+        let bytes = tandem_core::shadow::unseal(bytes)?;
+        let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(decode)?;
+        if version != GROUP_SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        let (parameters, _) =
+            postcard::take_from_bytes::<Option<GroupParameters>>(rest).map_err(decode)?;
+        Ok(parameters)
     }
 
     /// Rebuilds a group from [`ServiceGroup::snapshot`]'s bytes. `service`
@@ -309,6 +344,7 @@ impl ServiceGroup {
             applied: s.applied,
             stats: s.stats,
             delivered: Vec::new(),
+            parameters: s.parameters,
         };
         let restored = group.state_hash();
         if restored != s.hash {
@@ -378,6 +414,11 @@ impl ServiceGroup {
                     id: TimerId(*id),
                     generation: *generation,
                 }),
+                Item::Parameters(proposed) => match &self.parameters {
+                    None => self.parameters = Some(proposed.clone()),
+                    Some(group) if group != proposed => self.stats.parameters_ignored += 1,
+                    Some(_) => {}
+                },
             }
             self.run(&mut events, &mut effects);
         }
@@ -496,15 +537,32 @@ impl ServiceGroup {
 }
 
 /// The group snapshot format's version (the first field of the encoding).
-/// 2: the runtime's hash takes the service's hash last.
-const GROUP_SNAPSHOT_VERSION: u32 = 2;
+/// 2: the runtime's hash takes the service's hash last; 3: the group's
+/// parameters.
+pub const GROUP_SNAPSHOT_VERSION: u32 = 3;
 
-fn group_hash(runtime: u64, shadow: u64, next_id: u64) -> u64 {
+fn group_hash(runtime: u64, shadow: u64, next_id: u64, parameters: u64) -> u64 {
     let mut h = tandem_core::shadow::hash::Fnv64::new();
     h.u64(runtime);
     h.u64(shadow);
     h.u64(next_id);
+    h.u64(parameters);
     h.finish()
+}
+
+/// The parameters' part of the state hash (0: none set yet).
+fn parameters_hash(parameters: Option<&GroupParameters>) -> u64 {
+    let Some(p) = parameters else {
+        return 0;
+    };
+    let mut h = tandem_core::shadow::hash::Fnv64::new();
+    for (name, value) in p.iter() {
+        h.bytes(name.as_bytes());
+        h.u64(0);
+        h.bytes(value.as_bytes());
+        h.u64(0);
+    }
+    h.finish() | 1
 }
 
 /// The fields of [`SnapshotIn`] before the runtime's bytes (postcard
@@ -513,6 +571,7 @@ fn group_hash(runtime: u64, shadow: u64, next_id: u64) -> u64 {
 #[derive(Serialize)]
 struct SnapshotHead<'a> {
     version: u32,
+    parameters: &'a Option<GroupParameters>,
     applied: u64,
     next_id: u64,
     stats: GroupStats,
@@ -528,6 +587,7 @@ pub struct TakenGroupSnapshot {
     runtime: tandem_core::sdk::TakenSnapshot,
     shadow_hash: u64,
     next_id: u64,
+    parameters_hash: u64,
 }
 
 impl TakenGroupSnapshot {
@@ -543,7 +603,12 @@ impl TakenGroupSnapshot {
 
     /// [`ServiceGroup::snapshot`]'s bytes.
     pub fn encode(self) -> Vec<u8> {
-        let hash = group_hash(self.runtime.state_hash(), self.shadow_hash, self.next_id);
+        let hash = group_hash(
+            self.runtime.state_hash(),
+            self.shadow_hash,
+            self.next_id,
+            self.parameters_hash,
+        );
         let runtime = &self.runtime;
         let mut out = self.head;
         out.reserve(runtime.len() + 20 + 8);
@@ -570,6 +635,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 struct SnapshotIn {
     #[allow(dead_code)]
     version: u32,
+    parameters: Option<GroupParameters>,
     applied: u64,
     next_id: u64,
     stats: GroupStats,
@@ -1096,6 +1162,7 @@ mod tests {
         #[derive(Serialize)]
         struct Whole<'a> {
             version: u32,
+            parameters: &'a Option<GroupParameters>,
             applied: u64,
             next_id: u64,
             stats: GroupStats,
@@ -1112,6 +1179,7 @@ mod tests {
             }
             let whole = Whole {
                 version: GROUP_SNAPSHOT_VERSION,
+                parameters: &g.parameters,
                 applied: g.applied,
                 next_id: g.next_id,
                 stats: g.stats,

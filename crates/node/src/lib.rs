@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod group;
 pub mod machine;
 pub mod metrics;
+pub mod parameters;
 pub mod proposer;
 pub mod report;
 pub mod services;

@@ -151,6 +151,11 @@ pub struct Counters {
     /// Snapshots asked for again after one could not be installed.
     #[serde(default)]
     pub snapshots_requested: u64,
+    /// Times this node found its parameters differ from the group's
+    /// (it then stops: docs/operating.md, "Parameters every node must
+    /// share").
+    #[serde(default)]
+    pub parameter_disagreements: u64,
     /// Connections rebuilt from shadow TCP when this node took over, and
     /// those that could not be.
     pub connections_restored: u64,

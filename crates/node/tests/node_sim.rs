@@ -279,6 +279,11 @@ struct Sim {
     /// one it could not.
     state_losses: u64,
     recoveries: u64,
+    /// A node configured with another window clamp (the rest: 65,535).
+    window_clamp: BTreeMap<u16, u32>,
+    /// Nodes that stopped because their parameters differ from the
+    /// group's, with the reason (they are not restarted).
+    disagreed: BTreeMap<u16, String>,
 }
 
 impl Sim {
@@ -309,6 +314,8 @@ impl Sim {
             bad_snapshots_until_ms: 0,
             state_losses: 0,
             recoveries: 0,
+            window_clamp: BTreeMap::new(),
+            disagreed: BTreeMap::new(),
         };
         for slot in sim.slots.clone() {
             sim.nodes.insert(
@@ -385,7 +392,7 @@ impl Sim {
             vip: VIP,
             kind: ServiceKind::Kv,
             service_options: Default::default(),
-            shadow: ShadowConfig::new(65_535),
+            shadow: ShadowConfig::new(self.window_clamp.get(&slot).copied().unwrap_or(65_535)),
             limits: Limits::default(),
             group_seed: 7,
             takeover: TakeoverPolicy {
@@ -802,6 +809,12 @@ impl Sim {
             while let Some(r) = m.poll_request() {
                 requests.push(r);
             }
+            if let Some(why) = report.disagreement {
+                // The daemon stops with this error.
+                self.disagreed.insert(slot, why);
+                self.kill(slot);
+                return;
+            }
             let node = self.nodes.get_mut(&slot).unwrap();
             match report.installed {
                 Some(Err(_)) => {
@@ -999,6 +1012,13 @@ impl Sim {
                 continue;
             }
             let term = m.replica().term();
+            if self.window_clamp.contains_key(&slot) {
+                let v = format!(
+                    "t={}: node {slot}, configured unlike its group, serves",
+                    self.now
+                );
+                self.violation(v);
+            }
             match self.serving_in_term.get(&term) {
                 Some(other) if *other != slot => {
                     let v = format!(
@@ -1044,7 +1064,11 @@ impl Sim {
             // A restart is a new incarnation the others must admit: one at
             // a time, into a cluster that serves (two lost at once is
             // issue 11's membership stall, the replica's to fix).
-            0..=2 if self.now >= self.last_kill_ms + 4_000 && self.someone_serves() => {
+            0..=2
+                if self.now >= self.last_kill_ms + 4_000
+                    && self.someone_serves()
+                    && !self.disagreed.contains_key(&slot) =>
+            {
                 self.last_kill_ms = self.now;
                 self.kills += 1;
                 self.kill(slot);
@@ -1294,6 +1318,56 @@ fn random_faults_keep_one_primary_per_term_and_every_client_exactly_once() {
         "{summary}"
     );
     eprintln!("{summary}");
+}
+
+/// A node restarted with another window clamp than the group's (an
+/// operator's edit on one node) finds out from the log, applies nothing
+/// more, never serves, and stops naming the parameter and both values;
+/// the others go on serving every client exactly once, under the usual
+/// faults.
+#[test]
+fn a_node_configured_unlike_its_group_stops_and_the_group_goes_on() {
+    let mut failed = Vec::new();
+    for seed in 0..40 {
+        let mut sim = Sim::new(seed, Faults::default(), 4);
+        while sim.now < 1_500 || !sim.someone_serves() {
+            sim.step();
+        }
+        sim.window_clamp.insert(3, 131_072);
+        // One restart at a time, as the chaos does.
+        sim.last_kill_ms = sim.now;
+        sim.kill(3);
+        sim.start(3);
+        sim.run(6_000, 30_000);
+        let expected = "window_clamp: this node has 131072, the group has 65535";
+        match sim.disagreed.get(&3) {
+            Some(why) if why.contains(expected) => {}
+            other => {
+                let m = sim.nodes[&3].machine.as_ref();
+                sim.violations.push(format!(
+                    "node 3 did not stop as expected: {other:?}; lost {:?} applied {:?} snap_unreadable {}; status {:?}; others: {:?}",
+                    m.and_then(|m| m.leadership().state_lost().map(str::to_string)),
+                    m.map(|m| m.replica().applied()),
+                    sim.nodes[&3].snapshot_unreadable,
+                    m.map(|m| format!("{:?}", m.replica().status())),
+                    [1u16, 2].iter().map(|s| sim.nodes[s].machine.as_ref().map(|m| (m.replica().applied(), m.snapshot_index(), m.group().parameters().is_some(), m.replica().role()))).collect::<Vec<_>>()
+                ))
+            }
+        }
+        if sim.disagreed.len() != 1 {
+            sim.violations
+                .push(format!("others stopped too: {:?}", sim.disagreed));
+        }
+        if !sim.violations.is_empty() {
+            failed.push((seed, sim.violations));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} seeds failed; first: {:?}",
+        failed.len(),
+        failed.first()
+    );
 }
 
 #[test]

@@ -128,6 +128,8 @@ pub enum DaemonError {
     Arp(#[from] tandem_sys::arp::ArpError),
     #[error("admin socket: {0}")]
     Admin(#[from] crate::admin::AdminError),
+    #[error("{0}")]
+    Disagrees(String),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -712,9 +714,15 @@ impl Daemon {
             Some(Err(why)) => tracing::error!(
                 %why,
                 "cannot install a snapshot: this node's state is lost; it stops applying, \
-                 refuses leadership and reports unhealthy until restarted"
+                 refuses leadership, reports unhealthy and asks the leader for a snapshot again \
+                 every second until one installs"
             ),
             None => {}
+        }
+        if let Some(why) = &report.disagreement {
+            // Nothing more can be applied here: stop, naming what differs,
+            // so the operator (or a supervisor's failed unit) sees why.
+            self.fatal = Some(DaemonError::Disagrees(why.clone()));
         }
         if let (Some((to, at)), Some(leader)) = (self.migrating, report.leader) {
             if report.leader_changed && leader.slot == to {

@@ -25,11 +25,12 @@
 //! Time is passed in as a [`Time`]: nothing here reads a clock.
 
 use crate::config::ServiceKind;
-use crate::group::ServiceGroup;
+use crate::group::{Item, LogEntry, ServiceGroup};
 use crate::machine::intake::{Applied, Captured, Intake, NodeEffect};
 use crate::machine::leadership::{Action, Leadership, TakeoverPolicy};
 use crate::machine::takeover::TakeoverPlan;
 use crate::machine::Verdict;
+use crate::parameters::{GroupParameters, ParameterSource};
 use crate::proposer::Proposer;
 use crate::report::Counters;
 use std::collections::VecDeque;
@@ -122,6 +123,9 @@ pub struct ReadyReport {
     pub term: u64,
     /// A snapshot was installed (`Ok(index)`) or could not be (`Err`).
     pub installed: Option<Result<u64, String>>,
+    /// This node found its parameters differ from the group's (see
+    /// [`NodeMachine::disagreement`]): the driver stops with this error.
+    pub disagreement: Option<String>,
 }
 
 /// One node's protocol logic.
@@ -147,10 +151,28 @@ pub struct NodeMachine {
     want_snapshot_now: bool,
     /// When a node whose state is lost last asked for a snapshot.
     snapshot_requested_ms: Option<u64>,
+    /// This node's parameters (crate::parameters), proposed as the first
+    /// entry of each term it leads.
+    parameters: GroupParameters,
+    /// The group's parameters have been compared with ours since they
+    /// last changed (set at apply, or by a snapshot).
+    parameters_checked: bool,
+    /// Why this node cannot run this group (its parameters differ).
+    disagreement: Option<String>,
+    /// ... and a ready's report has carried it to the driver.
+    disagreement_reported: bool,
 }
 
 impl NodeMachine {
     pub fn new(setup: NodeSetup, replica: Replica) -> NodeMachine {
+        let parameters = GroupParameters::of(ParameterSource {
+            kind: &setup.kind,
+            options: &setup.service_options,
+            shadow: &setup.shadow,
+            limits: &setup.limits,
+            seed: setup.group_seed,
+            snapshot_format: crate::group::GROUP_SNAPSHOT_VERSION,
+        });
         let group = ServiceGroup::new(
             crate::services::fresh_with(setup.kind, &setup.service_options),
             setup.shadow,
@@ -177,7 +199,24 @@ impl NodeMachine {
             snapshot_index: 0,
             want_snapshot_now: false,
             snapshot_requested_ms: None,
+            parameters,
+            parameters_checked: false,
+            disagreement: None,
+            disagreement_reported: false,
         }
+    }
+
+    /// This node's parameters, as it proposes them.
+    pub fn parameters(&self) -> &GroupParameters {
+        &self.parameters
+    }
+
+    /// Why this node cannot take part in its group: its parameters differ
+    /// from the group's (each difference named, with both values). Such a
+    /// node applies nothing more and refuses the leadership; the driver
+    /// stops it.
+    pub fn disagreement(&self) -> Option<&str> {
+        self.disagreement.as_deref()
     }
 
     pub fn me(&self) -> NodeId {
@@ -341,6 +380,7 @@ impl NodeMachine {
         );
         if let Some(snapshot) = out.install_snapshot {
             report.installed = self.install_snapshot(t, snapshot.index, &snapshot.data);
+            self.check_parameters(t);
         }
         report.applied = self.intake.apply_ready(
             t.instant,
@@ -354,14 +394,32 @@ impl NodeMachine {
             &mut self.counters,
         );
         self.payloads_applied += report.applied.entries;
+        self.check_parameters(t);
+        if !self.disagreement_reported {
+            report.disagreement = self.disagreement.clone();
+            self.disagreement_reported = report.disagreement.is_some();
+        }
         self.queue_effects();
         if out.snapshot_wanted {
             self.want_snapshot_now = true;
         }
         if out.role_changed {
             let leader = out.role == StateRole::Leader;
-            let last_index = self.replica.status().log.1;
-            self.leadership.handle_role(t.mono_ms, leader, last_index);
+            let mut barrier = self.replica.status().log.1;
+            if leader && self.disagreement.is_none() {
+                // Our parameters go first in the term: batched now, they
+                // are the next entry, and serving waits until it applies
+                // (a leader whose parameters the group does not share
+                // finds out there and never serves).
+                let entry = LogEntry {
+                    timestamp_ms: t.wall_ms,
+                    items: vec![Item::Parameters(self.parameters.clone())],
+                };
+                if self.replica.propose(entry.encode()).is_ok() {
+                    barrier += 1;
+                }
+            }
+            self.leadership.handle_role(t.mono_ms, leader, barrier);
             // A step-down is performed here, before the next ready: no
             // verdict may follow the loss of leadership.
             self.queue_leadership(t);
@@ -379,6 +437,7 @@ impl NodeMachine {
     /// every [`STATE_LOST_RETRY_MS`], until one installs.
     pub fn after_ready(&mut self, t: Time, healthy: bool) {
         if self.leadership.state_lost().is_some()
+            && self.disagreement.is_none()
             && self
                 .snapshot_requested_ms
                 .is_none_or(|at| t.mono_ms.saturating_sub(at) >= STATE_LOST_RETRY_MS)
@@ -567,6 +626,16 @@ impl NodeMachine {
         if data.is_empty() {
             return None;
         }
+        // Parameters first: a snapshot of a group configured unlike this
+        // node is refused naming what differs (a restore might fail on it,
+        // or worse, succeed).
+        if let Ok(Some(group)) = ServiceGroup::snapshot_parameters(data) {
+            let differences = self.parameters.differences(&group);
+            if !differences.is_empty() {
+                self.disagree(t, &differences);
+                return None;
+            }
+        }
         match ServiceGroup::restore(
             crate::services::fresh_with(self.kind, &self.service_options),
             self.shadow,
@@ -574,9 +643,10 @@ impl NodeMachine {
         ) {
             Ok(group) => {
                 self.group = group.with_limits(self.limits);
+                self.parameters_checked = false;
                 self.snapshot_index = index;
                 self.counters.snapshots_installed += 1;
-                if self.leadership.state_lost().is_some() {
+                if self.leadership.state_lost().is_some() && self.disagreement.is_none() {
                     self.leadership.handle_state_recovered();
                 }
                 Some(Ok(index))
@@ -592,6 +662,33 @@ impl NodeMachine {
                 Some(Err(why))
             }
         }
+    }
+
+    /// Compares the group's parameters with ours once after they change.
+    fn check_parameters(&mut self, t: Time) {
+        if self.parameters_checked || self.disagreement.is_some() {
+            return;
+        }
+        let Some(group) = self.group.parameters() else {
+            return;
+        };
+        self.parameters_checked = true;
+        let differences = self.parameters.differences(group);
+        self.disagree(t, &differences);
+    }
+
+    /// The first disagreement stops this node's part in the group as a
+    /// lost state does (nothing applied, leadership refused); the next
+    /// ready's report carries it to the driver, which stops.
+    fn disagree(&mut self, t: Time, differences: &[crate::parameters::Difference]) {
+        if differences.is_empty() || self.disagreement.is_some() {
+            return;
+        }
+        let why = crate::parameters::describe(differences);
+        self.counters.parameter_disagreements += 1;
+        self.disagreement = Some(why.clone());
+        self.leadership.handle_state_lost(t.mono_ms, why);
+        self.queue_leadership(t);
     }
 
     fn queue_effects(&mut self) {
@@ -870,6 +967,23 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_serves_once_its_parameters_are_the_groups() {
+        let mut h = Harness::new(SnapshotPolicy::default());
+        assert_eq!(h.m.group().parameters(), None);
+        h.serve();
+        assert_eq!(h.m.group().parameters(), Some(h.m.parameters()));
+        assert_eq!(h.m.disagreement(), None);
+        assert_eq!(
+            h.m.parameters().get("state_machine_version"),
+            Some(
+                crate::parameters::STATE_MACHINE_VERSION
+                    .to_string()
+                    .as_str()
+            )
+        );
+    }
+
+    #[test]
     fn snapshots_follow_the_applied_payloads() {
         let mut h = Harness::new(SnapshotPolicy {
             every_payloads: 2,
@@ -877,7 +991,13 @@ mod tests {
         });
         h.serve();
         let t = h.t();
-        assert_eq!(h.m.snapshot_due(t), None, "nothing applied yet");
+        // Serving came after the term's first entry, our parameters: one
+        // payload, and no snapshot yet, so one is due at once.
+        assert_eq!(h.m.payloads_applied(), 1);
+        let first = h.m.snapshot_due(t).expect("the parameters applied");
+        let data = h.m.group().snapshot();
+        h.m.compact(first, 1, data).unwrap();
+        assert_eq!(h.m.snapshot_due(t), None, "nothing applied since");
         for i in 0..2u32 {
             let syn = packet(false, TcpFlags::SYN, 7000 + i * 100, 0, &[]);
             h.capture(Direction::FromClient, &syn);
