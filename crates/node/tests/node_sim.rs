@@ -2,7 +2,9 @@
 //! ([`tandem_node::machine::NodeMachine`], the same code the daemon
 //! drives): three nodes on a seeded network (loss, delay, partitions), each
 //! with a simulated kernel that performs what its machine asks for — the
-//! NFQUEUE (held packets and their verdicts), the VIP and the lease, the
+//! NFQUEUE (held packets and their verdicts), the VIP and the lease (an
+//! expiry time, granted and refreshed to what is left of 500 ms after the
+//! last quorum acknowledgement, as the daemon's fence does), the
 //! listener, TCP sockets (and their rebuild from the takeover plan), raw
 //! packets — and kv clients that speak real IPv4/TCP to the VIP.
 //!
@@ -11,7 +13,12 @@
 //! failing (the lease, the listener, the VIP, the announcement), at random
 //! or for a stretch of time on one node (its link is down), and snapshots
 //! no node can install, for a while (a restarted node given one must stop
-//! applying, refuse the leadership and ask again until one installs).
+//! applying, refuse the leadership and ask again until one installs); a
+//! process frozen (SIGSTOP) for 0.2–1.5 s — its messages and captured
+//! packets wait, its kernel goes on until the lease runs out; planned
+//! migrations (`tandem migrate`) to a random node; drains (a failing
+//! health check for 1–3 s). A node restarted with a config unlike its
+//! group's is a test of its own.
 //!
 //! Checked, online:
 //! - at most one node serves per term;
@@ -56,6 +63,8 @@ const PORT: u16 = 6379;
 const TICK_MS: u64 = 10;
 /// Client and kernel retransmission timeout.
 const RTO_MS: u64 = 200;
+/// The daemon's lease (node/src/daemon/fence.rs).
+const LEASE_MS: u64 = 500;
 const WALL_BASE: u64 = 1_700_000_000_000;
 
 /// SplitMix64: the simulation's only source of randomness.
@@ -160,13 +169,24 @@ struct Kernel {
     queue: BTreeMap<u32, Queued>,
     listening: bool,
     vip: bool,
-    lease: bool,
+    /// The lease element expires then (0: none); the kernel sends from
+    /// the VIP only before it.
+    lease_until_ms: u64,
+    /// Packets captured while the process was frozen (SIGSTOP): the queue
+    /// holds them until it runs again.
+    backlog: Vec<(Direction, Vec<u8>)>,
     sockets: BTreeMap<u16, KernelSocket>,
     /// Handshakes in progress: client port → (server ISN, client ISN).
     half_open: BTreeMap<u16, (u32, u32)>,
     /// The takeover steps that fail on this node until then (its link is
     /// down).
     broken_until_ms: u64,
+}
+
+impl Kernel {
+    fn leased(&self, now: u64) -> bool {
+        now < self.lease_until_ms
+    }
 }
 
 struct Node {
@@ -179,6 +199,12 @@ struct Node {
     snapshot_unreadable: bool,
     /// It could not install a snapshot and has not installed one since.
     state_lost: bool,
+    /// The process is stopped (SIGSTOP) until then: no ticks, no messages
+    /// handled, nothing performed; its kernel goes on (the lease runs out).
+    frozen_until_ms: u64,
+    /// Its health check fails until then (a drain: a primary hands over,
+    /// a clone refuses the role).
+    unhealthy_until_ms: u64,
 }
 
 /// A kv client: SYN, then its script of INCR requests, reading replies.
@@ -279,6 +305,9 @@ struct Sim {
     /// one it could not.
     state_losses: u64,
     recoveries: u64,
+    freezes: u64,
+    migrations: u64,
+    drains: u64,
     /// A node configured with another window clamp (the rest: 65,535).
     window_clamp: BTreeMap<u16, u32>,
     /// Nodes that stopped because their parameters differ from the
@@ -314,6 +343,9 @@ impl Sim {
             bad_snapshots_until_ms: 0,
             state_losses: 0,
             recoveries: 0,
+            freezes: 0,
+            migrations: 0,
+            drains: 0,
             window_clamp: BTreeMap::new(),
             disagreed: BTreeMap::new(),
         };
@@ -327,6 +359,8 @@ impl Sim {
                     hard_state: HardState::default(),
                     snapshot_unreadable: false,
                     state_lost: false,
+                    frozen_until_ms: 0,
+                    unhealthy_until_ms: 0,
                 },
             );
             sim.start(slot);
@@ -399,7 +433,7 @@ impl Sim {
                 retries: 2,
                 backoff_ms: 50,
                 refuse_ms: 2_000,
-                lease_ms: 500,
+                lease_ms: LEASE_MS,
             },
             snapshot: SnapshotPolicy {
                 every_payloads: 40,
@@ -418,6 +452,8 @@ impl Sim {
         node.kernel = Kernel::default();
         node.state_lost = false;
         node.snapshot_unreadable = false;
+        node.frozen_until_ms = 0;
+        node.unhealthy_until_ms = 0;
         if self.arp == Some(slot) {
             self.arp = None;
         }
@@ -442,13 +478,27 @@ impl Sim {
             if self.cut_between(from, to) {
                 continue;
             }
+            let frozen_until = self.nodes[&to].frozen_until_ms;
+            if frozen_until > self.now {
+                // In the socket's buffer until the process runs again.
+                self.net.insert((frozen_until, k.1), (from, to, bytes));
+                continue;
+            }
             if let Some(m) = self.nodes.get_mut(&to).unwrap().machine.as_mut() {
                 let _ = m.handle_frame(t, &bytes);
             }
         }
         for slot in self.slots.clone() {
+            if !self.runs(slot) {
+                continue;
+            }
             if let Some(m) = self.nodes.get_mut(&slot).unwrap().machine.as_mut() {
                 m.handle_tick();
+            }
+            // Thawed: what the queue held meanwhile reaches the machine.
+            let backlog = std::mem::take(&mut self.nodes.get_mut(&slot).unwrap().kernel.backlog);
+            for (direction, bytes) in backlog {
+                self.capture(slot, direction, bytes);
             }
         }
         // Client packets due at the VIP.
@@ -466,6 +516,9 @@ impl Sim {
             }
         }
         for slot in self.slots.clone() {
+            if !self.runs(slot) {
+                continue;
+            }
             let gave_up = Vec::new();
             if let Some(m) = self.nodes.get_mut(&slot).unwrap().machine.as_mut() {
                 m.finish_capture(t);
@@ -474,6 +527,7 @@ impl Sim {
             self.perform(slot);
             self.drive(slot);
         }
+        self.refresh_leases();
         self.kernel_retransmits();
         // Packets due at clients.
         let due: Vec<_> = self
@@ -489,7 +543,28 @@ impl Sim {
         self.check_serving();
         if self.now.is_multiple_of(500) {
             for slot in self.slots.clone() {
-                self.maybe_snapshot(slot);
+                if self.runs(slot) {
+                    self.maybe_snapshot(slot);
+                }
+            }
+        }
+    }
+
+    /// The process on `slot` runs now (started, not frozen).
+    fn runs(&self, slot: u16) -> bool {
+        let node = &self.nodes[&slot];
+        node.machine.is_some() && node.frozen_until_ms <= self.now
+    }
+
+    /// The kernel refreshes the lease of a running primary: what is left
+    /// of `LEASE_MS` after the last quorum acknowledgement.
+    fn refresh_leases(&mut self) {
+        for node in self.nodes.values_mut() {
+            if node.frozen_until_ms > self.now || node.kernel.lease_until_ms == 0 {
+                continue;
+            }
+            if let Some(acked) = node.machine.as_ref().and_then(|m| m.lease_entitled()) {
+                node.kernel.lease_until_ms = node.kernel.lease_until_ms.max(acked + LEASE_MS);
             }
         }
     }
@@ -497,7 +572,12 @@ impl Sim {
     /// A packet enters `slot`'s queue and its machine decides.
     fn capture(&mut self, slot: u16, direction: Direction, bytes: Vec<u8>) {
         let t = self.time();
+        let now = self.now;
         let node = self.nodes.get_mut(&slot).unwrap();
+        if node.frozen_until_ms > now {
+            node.kernel.backlog.push((direction, bytes));
+            return;
+        }
         let Some(m) = node.machine.as_mut() else {
             return;
         };
@@ -537,7 +617,7 @@ impl Sim {
     fn kernel_accept(&mut self, slot: u16, direction: Direction, bytes: &[u8]) {
         if direction == Direction::FromServer {
             // Our SYN-ACK, committed: out to the client.
-            if self.nodes[&slot].kernel.lease {
+            if self.nodes[&slot].kernel.leased(self.now) {
                 self.send_to_client(bytes.to_vec());
             }
             return;
@@ -606,7 +686,7 @@ impl Sim {
                 sock.rcv_nxt,
                 &[],
             );
-            if kernel.lease {
+            if kernel.leased(now) {
                 self.send_to_client(ack);
             }
         }
@@ -660,7 +740,7 @@ impl Sim {
             Request::Leadership(Action::TakeOver { .. }) => self.take_over(slot),
             Request::Leadership(Action::StepDown { vip, .. }) => {
                 let kernel = &mut self.nodes.get_mut(&slot).unwrap().kernel;
-                kernel.lease = false;
+                kernel.lease_until_ms = 0;
                 kernel.listening = false;
                 kernel.sockets.clear();
                 kernel.half_open.clear();
@@ -716,7 +796,7 @@ impl Sim {
                     ));
                 }
                 let kernel = &mut self.nodes.get_mut(&slot).unwrap().kernel;
-                let lease = kernel.lease;
+                let lease = kernel.leased(now);
                 let sock = kernel.sockets.get_mut(&port).unwrap();
                 let seq = sock.snd_una.wrapping_add(sock.unacked.len() as u32);
                 sock.unacked.extend_from_slice(&bytes);
@@ -736,15 +816,26 @@ impl Sim {
     fn take_over(&mut self, slot: u16) {
         let t = self.time();
         let broken = self.nodes[&slot].kernel.broken_until_ms > self.now;
+        // The lease is granted for what is left of 500 ms after the last
+        // quorum acknowledgement, as the daemon's fence does; none left:
+        // the step fails.
+        let lease_until = self.nodes[&slot]
+            .machine
+            .as_ref()
+            .and_then(|m| m.quorum_acked())
+            .map_or(0, |acked| acked + LEASE_MS);
         let mut failed = None;
         for step in ["the lease", "listening", "adding the VIP", "gratuitous ARP"] {
-            if broken && step != "the lease" || self.rng.chance(self.faults.step_failure) {
+            if broken && step != "the lease"
+                || step == "the lease" && lease_until <= self.now
+                || self.rng.chance(self.faults.step_failure)
+            {
                 failed = Some(step);
                 break;
             }
             let kernel = &mut self.nodes.get_mut(&slot).unwrap().kernel;
             match step {
-                "the lease" => kernel.lease = true,
+                "the lease" => kernel.lease_until_ms = lease_until,
                 "listening" => kernel.listening = true,
                 "adding the VIP" => kernel.vip = true,
                 _ => self.arp = Some(slot),
@@ -760,7 +851,7 @@ impl Sim {
                 // taken and stay the leader, not serving; nothing retries
                 // and the failure is not reported.
                 let kernel = &mut self.nodes.get_mut(&slot).unwrap().kernel;
-                kernel.lease = false;
+                kernel.lease_until_ms = 0;
                 kernel.listening = false;
                 kernel.vip = false;
             } else {
@@ -854,8 +945,9 @@ impl Sim {
             }
         }
         let t = self.time();
+        let healthy = self.nodes[&slot].unhealthy_until_ms <= self.now;
         if let Some(m) = self.nodes.get_mut(&slot).unwrap().machine.as_mut() {
-            m.after_ready(t, true);
+            m.after_ready(t, healthy);
         }
         for _ in 0..64 {
             self.perform(slot);
@@ -874,7 +966,7 @@ impl Sim {
         let now = self.now;
         let mut out = Vec::new();
         for node in self.nodes.values_mut() {
-            if !node.kernel.lease {
+            if !node.kernel.leased(now) {
                 continue;
             }
             for (port, sock) in &mut node.kernel.sockets {
@@ -1087,6 +1179,38 @@ impl Sim {
             24..=25 if self.faults.bad_snapshots => {
                 self.bad_snapshots_until_ms = self.now + 2_000;
             }
+            // A process stopped (SIGSTOP) for 0.2–1.5 s: as primary, its
+            // lease runs out and a clone takes over; it wakes up deposed.
+            26..=28 if self.nodes.values().all(|n| n.frozen_until_ms <= self.now) => {
+                self.freezes += 1;
+                let until = self.now + 200 + self.rng.below(1_300);
+                self.nodes.get_mut(&slot).unwrap().frozen_until_ms = until;
+            }
+            // `tandem migrate --to slot` on the primary.
+            29..=30 => {
+                let t = self.time();
+                let primary = self.slots.iter().copied().find(|s| {
+                    self.runs(*s) && self.nodes[s].machine.as_ref().unwrap().is_serving()
+                });
+                if let Some(primary) = primary.filter(|p| *p != slot) {
+                    let m = self
+                        .nodes
+                        .get_mut(&primary)
+                        .unwrap()
+                        .machine
+                        .as_mut()
+                        .unwrap();
+                    if let Ok(Some(_)) = m.migrate_to(t, slot, 1_000) {
+                        self.migrations += 1;
+                    }
+                }
+            }
+            // A drain: the node's health check fails for 1–3 s.
+            31..=32 => {
+                self.drains += 1;
+                let until = self.now + 1_000 + self.rng.below(2_000);
+                self.nodes.get_mut(&slot).unwrap().unhealthy_until_ms = until;
+            }
             _ => {}
         }
     }
@@ -1113,13 +1237,27 @@ impl Sim {
         self.faults.drop = 0;
         for node in self.nodes.values_mut() {
             node.kernel.broken_until_ms = 0;
+            node.unhealthy_until_ms = 0;
         }
         let end = self.now + settle_ms;
         while self.now < end && !self.all_done() {
             self.step();
         }
-        // Let the replicas catch up.
+        // Let the replicas catch up; a node whose state is lost asks for a
+        // snapshot once a second, and the leader may have to take one
+        // first: give it up to 10 s more.
         for _ in 0..100 {
+            self.step();
+        }
+        for _ in 0..1_000 {
+            let lost = self.nodes.values().any(|n| {
+                n.machine
+                    .as_ref()
+                    .is_some_and(|m| m.leadership().state_lost().is_some())
+            });
+            if !lost {
+                break;
+            }
             self.step();
         }
         self.final_check();
@@ -1282,8 +1420,12 @@ fn random_faults_keep_one_primary_per_term_and_every_client_exactly_once() {
     let mut failed = Vec::new();
     let (mut takeovers, mut takeovers_failed, mut kills, mut isolations) = (0, 0, 0, 0);
     let (mut state_losses, mut recoveries) = (0, 0);
+    let (mut freezes, mut migrations, mut drains) = (0, 0, 0);
     for seed in seeds() {
         let sim = run_seed(seed, Faults::default());
+        freezes += sim.freezes;
+        migrations += sim.migrations;
+        drains += sim.drains;
         state_losses += sim.state_losses;
         recoveries += sim.recoveries;
         takeovers += sim.takeovers;
@@ -1306,7 +1448,7 @@ fn random_faults_keep_one_primary_per_term_and_every_client_exactly_once() {
     let summary = format!(
         "{takeovers} takeovers, {takeovers_failed} failed, {kills} kills, {isolations} \
          isolations, {state_losses} snapshots not installed, {recoveries} recovered by asking \
-         again"
+         again, {freezes} freezes, {migrations} migrations, {drains} drains"
     );
     assert!(
         takeovers_failed > 0
@@ -1314,7 +1456,10 @@ fn random_faults_keep_one_primary_per_term_and_every_client_exactly_once() {
             && kills > 0
             && isolations > 0
             && state_losses > 0
-            && recoveries > 0,
+            && recoveries > 0
+            && freezes > 0
+            && migrations > 0
+            && drains > 0,
         "{summary}"
     );
     eprintln!("{summary}");
