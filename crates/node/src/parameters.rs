@@ -251,6 +251,27 @@ mod tests {
     }
 
     #[test]
+    fn another_wasm_module_is_a_difference() {
+        let of = |byte: u8| {
+            GroupParameters::of(ParameterSource {
+                kind: &ServiceKind::Wasm(tandem_wasm::registry::ModuleId([byte; 32])),
+                options: &ServiceOptions::default(),
+                shadow: &ShadowConfig::default(),
+                limits: &Limits::default(),
+                seed: 42,
+                snapshot_format: 3,
+            })
+        };
+        assert!(of(1).differences(&of(1)).is_empty());
+        let d = of(1).differences(&of(2));
+        assert!(d.iter().any(|d| d.name == "module"), "{d:?}");
+        assert!(of(1)
+            .differences(&params(262_144, None))
+            .iter()
+            .any(|d| d.name == "kind"));
+    }
+
+    #[test]
     fn the_encoding_round_trips() {
         let p = params(262_144, Some("x"));
         let bytes = postcard::to_stdvec(&p).unwrap();
