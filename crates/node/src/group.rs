@@ -603,13 +603,13 @@ impl TakenGroupSnapshot {
 
     /// [`ServiceGroup::snapshot`]'s bytes.
     pub fn encode(self) -> Vec<u8> {
+        let runtime = self.runtime.encode();
         let hash = group_hash(
-            self.runtime.state_hash(),
+            runtime.state_hash,
             self.shadow_hash,
             self.next_id,
             self.parameters_hash,
         );
-        let runtime = &self.runtime;
         let mut out = self.head;
         out.reserve(runtime.len() + 20 + 8);
         // postcard: a byte sequence is its length as a varint, then the

@@ -1,9 +1,18 @@
 //! The keyspace: values by key, expiry times, an index by expiry time so
 //! expired keys are purged in a deterministic order at a deterministic log
 //! position, and an index by key hash that SCAN's cursors point into.
+//!
+//! What a snapshot holds (values, expiry times and their index) lives in
+//! persistent, copy-on-write ordered maps (`imbl`): [`Db::snapshot_copy`]
+//! is O(1), and a write after it copies only the path to the key it
+//! changes and, if the snapshot still shares it, that key's value (values
+//! sit behind an `Arc`). So the node encodes a snapshot of any size on
+//! another thread while the log goes on being applied (docs/architecture.md
+//! §3.7). Iteration is in key order, as with `BTreeMap`.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tandem_core::shadow::hash::Fnv64;
@@ -235,12 +244,88 @@ pub(crate) fn key_weight(key: &[u8], value: &Value) -> u64 {
     key_base_weight(key) + v
 }
 
+/// Values by key: a copy-on-write ordered map (see the module's comment),
+/// encoded as a `BTreeMap<Vec<u8>, Value>` would be.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Keyspace(imbl::OrdMap<Vec<u8>, Arc<Value>>);
+
+impl Keyspace {
+    pub fn get(&self, key: &[u8]) -> Option<&Value> {
+        self.0.get(key).map(|v| &**v)
+    }
+
+    /// The value to change in place (copied first if a snapshot shares it).
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut Value> {
+        self.0.get_mut(key).map(Arc::make_mut)
+    }
+
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.0.contains_key(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.0.keys()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Value> {
+        self.0.values().map(|v| &**v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Value)> {
+        self.0.iter().map(|(k, v)| (k, &**v))
+    }
+
+    /// Stores a value; the one it replaces, if any.
+    pub fn insert(&mut self, key: Vec<u8>, value: Value) -> Option<Value> {
+        self.0
+            .insert(key, Arc::new(value))
+            .map(Arc::unwrap_or_clone)
+    }
+
+    pub fn remove(&mut self, key: &[u8]) -> Option<Value> {
+        self.0.remove(key).map(Arc::unwrap_or_clone)
+    }
+}
+
+impl Serialize for Keyspace {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Keyspace {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Keyspace;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of keys to values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Keyspace, A::Error> {
+                let mut out = imbl::OrdMap::new();
+                while let Some((k, v)) = map.next_entry::<Vec<u8>, Value>()? {
+                    out.insert(k, Arc::new(v));
+                }
+                Ok(Keyspace(out))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
 /// The keyspace.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Db {
-    pub data: BTreeMap<Vec<u8>, Value>,
-    expires: BTreeMap<Vec<u8>, u64>,
-    by_time: BTreeSet<(u64, Vec<u8>)>,
+    pub data: Keyspace,
+    expires: imbl::OrdMap<Vec<u8>, u64>,
+    by_time: imbl::OrdSet<(u64, Vec<u8>)>,
     /// Every key by [`scan_hash`]: SCAN walks this order, so a cursor (a
     /// hash) means the same position on every replica and after a
     /// failover, whatever was added or removed meanwhile (derived, rebuilt
@@ -298,7 +383,7 @@ impl Db {
             h.u64(b.len() as u64).bytes(b);
         };
         h.u64(self.data.len() as u64);
-        for (key, value) in &self.data {
+        for (key, value) in self.data.iter() {
             bytes(h, key);
             match value {
                 Value::Str(s) => {
@@ -334,7 +419,7 @@ impl Db {
             }
         }
         h.u64(self.expires.len() as u64);
-        for (key, at) in &self.expires {
+        for (key, at) in self.expires.iter() {
             bytes(h, key);
             h.u64(*at);
         }
@@ -355,11 +440,11 @@ impl Db {
     /// returns them (WATCH sees an expiry as a change).
     pub fn purge(&mut self, now: u64) -> Vec<Vec<u8>> {
         let mut gone = Vec::new();
-        while let Some((at, _)) = self.by_time.first() {
+        while let Some((at, _)) = self.by_time.get_min() {
             if *at > now {
                 break;
             }
-            if let Some((_, key)) = self.by_time.pop_first() {
+            if let Some((_, key)) = self.by_time.remove_min() {
                 if self.expires.remove(&key).is_some() {
                     self.release(EXPIRE_OVERHEAD + 2 * key.len() as u64);
                 }
@@ -407,8 +492,12 @@ impl Db {
         if !self.data.contains_key(key) {
             self.charge(key_base_weight(key));
             self.by_hash.insert((scan_hash(key), key.to_vec()));
+            self.data.insert(key.to_vec(), make());
         }
-        self.data.entry(key.to_vec()).or_insert_with(make)
+        match self.data.get_mut(key) {
+            Some(value) => value,
+            None => unreachable!("inserted above"),
+        }
     }
 
     /// Runs `f` on the value at `key`, if there is one, and re-weighs the
@@ -479,6 +568,19 @@ impl Db {
 
     pub fn clear(&mut self) {
         *self = Db::default();
+    }
+
+    /// What a snapshot encodes of this keyspace, in O(1): it shares the
+    /// data with `self` until either changes (the derived SCAN index and
+    /// accounted bytes are left out; a restore rebuilds them).
+    pub fn snapshot_copy(&self) -> Db {
+        Db {
+            data: self.data.clone(),
+            expires: self.expires.clone(),
+            by_time: self.by_time.clone(),
+            by_hash: BTreeSet::new(),
+            used: 0,
+        }
     }
 
     /// Consistency of a restored keyspace (the indexes agree with the data).

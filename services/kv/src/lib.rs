@@ -54,7 +54,9 @@ mod tests_session;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tandem_core::sdk::{ConnId, Context, Event, SdkError, Service};
+use tandem_core::sdk::{
+    ConnId, Context, DeferredBytes, DeferredSnapshot, Event, SdkError, Service,
+};
 
 pub use commands::COMMANDS;
 use db::Db;
@@ -354,6 +356,28 @@ impl Service for Kv {
         let size = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
             .unwrap_or(0);
         postcard::to_extend(self, Vec::with_capacity(size)).unwrap_or_default()
+    }
+
+    /// The keyspaces are copy-on-write (crate::db): this copy is O(1) in
+    /// their size (the connections' sessions are copied, bounded by
+    /// `max_request` each), and the encoding and the hash run where the
+    /// node calls it.
+    fn snapshot_deferred(&self) -> Option<DeferredSnapshot> {
+        let copy = Kv {
+            config: self.config.clone(),
+            dbs: self.dbs.iter().map(Db::snapshot_copy).collect(),
+            conns: self.conns.clone(),
+            watches: self.watches.clone(),
+            pubsub: PubSub::default(),
+            blocking: self.blocking.clone(),
+            conn_bytes: 0,
+            in_exec: false,
+            pending_wakes: Vec::new(),
+        };
+        Some(Box::new(move || DeferredBytes {
+            state_hash: copy.state_hash(),
+            bytes: copy.snapshot(),
+        }))
     }
 
     fn restore(bytes: &[u8]) -> Result<Self, SdkError> {

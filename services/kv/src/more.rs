@@ -384,7 +384,7 @@ pub(crate) fn run(
             int(out, n as i64);
         }
         "touch" => {
-            let n = a[1..].iter().filter(|k| db.data.contains_key(*k)).count();
+            let n = a[1..].iter().filter(|k| db.data.contains_key(k)).count();
             int(out, n as i64);
         }
         "type" => simple(out, db.data.get(&a[1]).map_or("none", type_name)),
@@ -485,7 +485,7 @@ pub(crate) fn run(
                 .filter(|k| {
                     kind.as_ref().is_none_or(|t| {
                         db.data
-                            .get(*k)
+                            .get(k)
                             .is_some_and(|v| type_name(v).as_bytes() == t.as_slice())
                     })
                 })

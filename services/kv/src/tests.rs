@@ -1005,3 +1005,43 @@ fn scan_cursors_fit_a_javascript_number() {
         assert_eq!(at as f64 as u64, at);
     }
 }
+
+/// A deferred snapshot is the snapshot of the state when it was taken,
+/// whatever changes after it (the copy-on-write keyspace), byte for byte,
+/// and its state hash is that state's.
+#[test]
+fn a_deferred_snapshot_is_the_state_when_taken() {
+    let mut h = H::new(5);
+    for i in 0..300 {
+        h.cmd(&format!("SET k{i} {i}"));
+        h.cmd(&format!("RPUSH l{} {i}", i % 7));
+        h.cmd(&format!("HSET h{} f{i} {i}", i % 5));
+        h.cmd(&format!("EXPIRE k{i} 1000"));
+    }
+    let expected = h.rt.snapshot();
+    let hash = h.kv_hash();
+    let taken = h.rt.snapshot_taken();
+    assert!(
+        taken.len() < expected.len() / 4,
+        "the copy pins {} of {} bytes",
+        taken.len(),
+        expected.len()
+    );
+    // Changes after the copy: values rewritten, lists and hashes grown,
+    // keys deleted, expiries dropped.
+    for i in 0..300 {
+        h.cmd(&format!("SET k{i} changed"));
+        h.cmd(&format!("RPUSH l{} x", i % 7));
+        h.cmd(&format!("HSET h{} f{i} y", i % 5));
+        h.cmd(&format!("DEL k{}", (i + 1) % 300));
+    }
+    assert_ne!(h.rt.snapshot(), expected);
+    let encoded = std::thread::spawn(move || taken.encode()).join().unwrap();
+    let mut bytes = encoded.head.clone();
+    bytes.extend_from_slice(&encoded.service);
+    assert_eq!(bytes, expected);
+    assert_eq!(encoded.state_hash, hash);
+    // And it restores.
+    let restored = Runtime::restore(&bytes, |b| Ok(Box::new(Kv::restore(b)?))).unwrap();
+    assert_eq!(restored.state_hash(), hash);
+}

@@ -176,7 +176,21 @@ use std::net::SocketAddr;
 pub use crate::shadow::Millis;
 pub use conns::Connections;
 pub use rng::Rng;
-pub use runtime::{ConnOutput, MemoryUse, Runtime, TakenSnapshot, TimerState};
+pub use runtime::{ConnOutput, EncodedSnapshot, MemoryUse, Runtime, TakenSnapshot, TimerState};
+
+/// A service's snapshot to be encoded later, on another thread (see
+/// [`Service::snapshot_deferred`]).
+pub type DeferredSnapshot = Box<dyn FnOnce() -> DeferredBytes + Send>;
+
+/// What a [`DeferredSnapshot`] gives when called: the service's
+/// [`Service::snapshot`] bytes and [`Service::state_hash`] of the state it
+/// copied (so that hashing a large state happens off the event loop too).
+pub struct DeferredBytes {
+    /// [`Service::snapshot`]'s bytes of the copied state.
+    pub bytes: Vec<u8>,
+    /// [`Service::state_hash`] of the copied state.
+    pub state_hash: Option<u64>,
+}
 
 /// A connection's deterministic identity: assigned by the host in log order
 /// (the n-th connection opened in the log), never reused, so it is the same
@@ -660,6 +674,17 @@ pub trait Service: Send + RestoreInPlace {
     fn restore(bytes: &[u8]) -> Result<Self, SdkError>
     where
         Self: Sized;
+
+    /// For a service whose state is copy-on-write: a cheap copy of it now,
+    /// which returns [`Service::snapshot`]'s bytes and
+    /// [`Service::state_hash`] when called — on another thread, while the
+    /// live state goes on changing. The node
+    /// then holds its event loop up for this copy only, not for the
+    /// encoding of the whole state. The default, `None`: the runtime calls
+    /// [`Service::snapshot`] at once.
+    fn snapshot_deferred(&self) -> Option<DeferredSnapshot> {
+        None
+    }
 
     /// A hash of the state, equal on replicas in the same state, if the
     /// service keeps a cheap one. The default, `None`, lets the runtime

@@ -456,9 +456,9 @@ impl Runtime {
     /// timers, time, output bookkeeping). A small fixed little-endian
     /// encoding, independent of any serialisation crate's version.
     pub fn snapshot(&self) -> Vec<u8> {
-        let taken = self.snapshot_taken();
-        let mut bytes = taken.head;
-        bytes.extend_from_slice(&taken.service);
+        let encoded = self.snapshot_taken().encode();
+        let mut bytes = encoded.head;
+        bytes.extend_from_slice(&encoded.service);
         bytes
     }
 
@@ -493,15 +493,23 @@ impl Runtime {
             put(&mut w, c.acked);
             w.push(u8::from(c.closed) | u8::from(c.peer_closed) << 1);
         }
-        let service = self.service.snapshot();
-        put(&mut w, service.len() as u64);
+        // A service that can defer its encoding hands over a cheap copy
+        // now (copy-on-write state) and encodes it wherever `encode` runs;
+        // the others encode here.
+        let service = match self.service.snapshot_deferred() {
+            Some(deferred) => ServiceSnapshot::Deferred(deferred),
+            None => ServiceSnapshot::Encoded(self.service.snapshot()),
+        };
+        // A deferred service's hash comes from its copy, off the loop.
+        let service_hash = match service {
+            ServiceSnapshot::Encoded(_) => self.service.state_hash(),
+            ServiceSnapshot::Deferred(_) => None,
+        };
         TakenSnapshot {
             head: w,
-            // Not appended to `head`: for a large service that would be a
-            // second copy of the whole state, on the caller's thread.
             service,
             before_service: self.hash_before_service(),
-            service_hash: self.service.state_hash(),
+            service_hash,
         }
     }
 
@@ -648,20 +656,51 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A runtime snapshot taken, whose state hash is still to be computed
-/// ([`Runtime::snapshot_taken`]); it owns everything, so it can be sent to
-/// another thread.
-#[derive(Debug, Clone)]
+/// A runtime snapshot taken, whose service encoding and state hash may
+/// still be to do ([`Runtime::snapshot_taken`]); it owns everything, so it
+/// can be sent to another thread, where [`TakenSnapshot::encode`] runs.
 pub struct TakenSnapshot {
-    /// [`Runtime::snapshot`]'s bytes are `head` followed by `service`.
-    pub head: Vec<u8>,
-    /// The service's own snapshot.
-    pub service: Vec<u8>,
+    /// The runtime's part, without the service's length.
+    head: Vec<u8>,
+    service: ServiceSnapshot,
     before_service: Fnv64,
     service_hash: Option<u64>,
 }
 
-impl TakenSnapshot {
+/// The service's part of a [`TakenSnapshot`].
+enum ServiceSnapshot {
+    Encoded(Vec<u8>),
+    Deferred(super::DeferredSnapshot),
+}
+
+impl std::fmt::Debug for TakenSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TakenSnapshot")
+            .field("head", &self.head.len())
+            .field(
+                "service",
+                &match &self.service {
+                    ServiceSnapshot::Encoded(b) => format!("{} bytes", b.len()),
+                    ServiceSnapshot::Deferred(_) => "deferred".to_string(),
+                },
+            )
+            .finish()
+    }
+}
+
+/// A [`TakenSnapshot`] encoded: [`Runtime::snapshot`]'s bytes are `head`
+/// followed by `service`.
+#[derive(Debug, Clone)]
+pub struct EncodedSnapshot {
+    /// The runtime's part, ending with the service's length.
+    pub head: Vec<u8>,
+    /// The service's own snapshot ([`Service::snapshot`]'s bytes).
+    pub service: Vec<u8>,
+    /// [`Runtime::state_hash`] of the runtime the snapshot was taken from.
+    pub state_hash: u64,
+}
+
+impl EncodedSnapshot {
     /// Length of [`Runtime::snapshot`]'s bytes.
     pub fn len(&self) -> usize {
         self.head.len() + self.service.len()
@@ -671,15 +710,45 @@ impl TakenSnapshot {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// [`Runtime::state_hash`] of the runtime the snapshot was taken from.
-    pub fn state_hash(&self) -> u64 {
-        let service = self
-            .service_hash
-            .unwrap_or_else(|| hash_service_bytes(&self.service));
+impl TakenSnapshot {
+    /// Bytes already copied (what the copy pins until encoded); a deferred
+    /// service's copy shares its data with the live state and counts 0.
+    pub fn len(&self) -> usize {
+        self.head.len()
+            + match &self.service {
+                ServiceSnapshot::Encoded(b) => b.len(),
+                ServiceSnapshot::Deferred(_) => 0,
+            }
+    }
+
+    /// Never true (the head is always there); for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Encodes the service's part if that was deferred, and computes the
+    /// state hash (a pass over every byte for a service that keeps no
+    /// hash of its own).
+    pub fn encode(self) -> EncodedSnapshot {
+        let (service, service_hash) = match self.service {
+            ServiceSnapshot::Encoded(bytes) => (bytes, self.service_hash),
+            ServiceSnapshot::Deferred(encode) => {
+                let out = encode();
+                (out.bytes, out.state_hash)
+            }
+        };
+        let hash = service_hash.unwrap_or_else(|| hash_service_bytes(&service));
         let mut h = self.before_service;
-        h.u64(service);
-        h.finish()
+        h.u64(hash);
+        let mut head = self.head;
+        put(&mut head, service.len() as u64);
+        EncodedSnapshot {
+            head,
+            service,
+            state_hash: h.finish(),
+        }
     }
 }
 
