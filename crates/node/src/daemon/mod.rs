@@ -944,6 +944,9 @@ impl Daemon {
         if let Err(err) = self.fence.revoke() {
             tracing::warn!(%err, "revoking the lease");
         }
+        // The takeover's repeated announcement must not pull the clients
+        // back here after another node took the VIP.
+        self.garp.cancel();
         match vip {
             // A planned handover to a reachable peer: the VIP goes a moment
             // later. The lease is revoked, so this kernel is already silent
