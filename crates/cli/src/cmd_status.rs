@@ -504,7 +504,11 @@ mod tests {
             .collect();
         let table = render_table(&[(2, Ok(&clone))]);
         assert!(
-            table.lines().nth(1).unwrap().contains("clone (fault arpx1,vipx3)"),
+            table
+                .lines()
+                .nth(1)
+                .unwrap()
+                .contains("clone (fault arpx1,vipx3)"),
             "{table}"
         );
     }

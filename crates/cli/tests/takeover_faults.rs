@@ -268,9 +268,12 @@ fn a_step_failing_once_is_released_and_retried_on_the_same_node() {
         lab.kill(primary).expect("kill the primary");
         let killed_at = Instant::now();
         let killed = primary;
-        primary = wait_for(&lab, NEW_PRIMARY_WITHIN, &format!("{why}: a new primary"), || {
-            leader(&lab).filter(|l| *l != killed)
-        });
+        primary = wait_for(
+            &lab,
+            NEW_PRIMARY_WITHIN,
+            &format!("{why}: a new primary"),
+            || leader(&lab).filter(|l| *l != killed),
+        );
         let serving_after = killed_at.elapsed();
         let (new, other, new_before, other_before) = if primary == a {
             (a, b, &before_a, &before_b)
@@ -293,7 +296,11 @@ fn a_step_failing_once_is_released_and_retried_on_the_same_node() {
             1,
             "{why}: node {new}'s injected faults"
         );
-        assert!(r.takeover_faults.is_empty(), "{why}: {:?}", r.takeover_faults);
+        assert!(
+            r.takeover_faults.is_empty(),
+            "{why}: {:?}",
+            r.takeover_faults
+        );
         assert_eq!(
             r.counters.restore_failures, new_before.counters.restore_failures,
             "{why}: a rebuilt connection failed"
@@ -331,7 +338,9 @@ fn a_step_failing_once_is_released_and_retried_on_the_same_node() {
 
         lab.restart(killed).expect("restart the killed node");
         primary = wait_healthy(&lab, &format!("{why}: after the restart"));
-        summary.push(format!("{step}: node {new} serving {serving_after:?} after the kill"));
+        summary.push(format!(
+            "{step}: node {new} serving {serving_after:?} after the kill"
+        ));
         // Let the checkers run on the new primary before the next kill.
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -385,7 +394,11 @@ fn a_step_failing_more_than_the_retries_hands_the_primary_on() {
         "no primary until {serving_after:?} after the kill"
     );
 
-    let was = if failed_first == a { &before[0] } else { &before[1] };
+    let was = if failed_first == a {
+        &before[0]
+    } else {
+        &before[1]
+    };
     let r = must_report(&lab, failed_first, "gave up");
     assert_eq!(
         r.counters.takeovers_failed - was.counters.takeovers_failed,
@@ -416,7 +429,10 @@ fn a_step_failing_more_than_the_retries_hands_the_primary_on() {
     let n = must_report(&lab, next, "new primary");
     assert_eq!(n.role, "primary");
     assert!(holds_vip(&lab, next), "the new primary lacks the VIP");
-    assert!(lease_element(&lab, next).is_some(), "the new primary has no lease");
+    assert!(
+        lease_element(&lab, next).is_some(),
+        "the new primary has no lease"
+    );
 
     // The clients carry on at the new primary.
     std::thread::sleep(Duration::from_millis(1000));
@@ -486,7 +502,10 @@ fn the_kernel_lease_never_outlives_the_last_quorum_acknowledgement() {
             None => break read - cut,
         }
         if read > bound {
-            fail(&lab, &format!("the element outlived the cut by {:?}", read - cut));
+            fail(
+                &lab,
+                &format!("the element outlived the cut by {:?}", read - cut),
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     };

@@ -67,7 +67,9 @@ impl std::str::FromStr for TakeoverStep {
         TakeoverStep::ALL
             .into_iter()
             .find(|step| step.as_str() == s)
-            .ok_or_else(|| format!("no takeover step {s:?}: one of lease, listen, vip, arp, sockets"))
+            .ok_or_else(|| {
+                format!("no takeover step {s:?}: one of lease, listen, vip, arp, sockets")
+            })
     }
 }
 

@@ -644,14 +644,11 @@ impl Metrics {
 
     /// Failed takeovers so far (a running total), and the takeover faults
     /// armed now (`step` name to failures left; steps absent are 0).
-    pub fn set_takeover_faults(
-        &self,
-        service: &str,
-        failed: u64,
-        armed: &BTreeMap<String, u32>,
-    ) {
+    pub fn set_takeover_faults(&self, service: &str, failed: u64, armed: &BTreeMap<String, u32>) {
         raise(
-            &self.takeovers_failed.get_or_create(&service_labels(service)),
+            &self
+                .takeovers_failed
+                .get_or_create(&service_labels(service)),
             failed,
         );
         for step in crate::faults::TakeoverStep::ALL {

@@ -1138,7 +1138,10 @@ impl Daemon {
                 self.faults.arm(step, times);
                 tracing::warn!(%step, times, "fault injection: takeovers will fail at this step");
                 let message = if times == 0 {
-                    format!("node {}: the takeover step {step} no longer fails", self.me.slot)
+                    format!(
+                        "node {}: the takeover step {step} no longer fails",
+                        self.me.slot
+                    )
                 } else {
                     format!(
                         "node {}: its next {times} takeover(s) fail at the step {step}",
