@@ -26,7 +26,6 @@ mod common;
 
 use common::*;
 use tandem_lab::{Lab, LabGuard, LabSpec, ServiceKind};
-use tandem_node::report::NodeReport;
 
 /// The output cap of the flood test's lab: 8 MiB rather than the default
 /// 32 MiB, because the service builds up to a cap's worth of replies before
