@@ -1,5 +1,6 @@
 //! `tandem migrate`, `tandem drain`, `tandem undrain`: planned moves of the
-//! primary, through the nodes' admin sockets.
+//! primary, through the nodes' admin sockets; and `tandem fault`, which
+//! arms a rehearsed failure of a node's takeover the same way.
 
 use crate::cmd_status::{ask, lab_sockets, Target};
 use anyhow::{bail, Context, Result};
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tandem_node::admin::{self, AdminReply, AdminRequest};
+use tandem_node::faults::TakeoverStep;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `migrate` waits for the new primary to serve.
@@ -47,6 +49,59 @@ pub struct DrainArgs {
     node: u16,
     #[command(flatten)]
     target: Target,
+}
+
+/// Rehearse a failed takeover: the next TIMES takeovers of node NODE fail
+/// at STEP (after the step's real call succeeded), so the real release
+/// path runs — VIP removed, lease revoked, listener and rebuilt sockets
+/// closed — and the node retries with backoff or hands the primary role on
+/// (`[supervision]` takeover_retries, takeover_backoff_ms,
+/// takeover_refuse_ms). Off unless armed; `--times 0` disarms; armed
+/// faults show in `tandem status` and the tandem_takeover_faults_armed
+/// metric. Nothing else on the host is touched.
+///
+/// Examples:
+///   sudo tandem fault --node 2 takeover-step vip --times 1 --lab tandem
+///   sudo tandem fault --node 3 takeover-step lease --times 3 --admin /run/tandem/kv.sock
+///   sudo tandem fault --node 2 takeover-step vip --times 0 --lab tandem   (disarm)
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct FaultArgs {
+    /// The node (slot) to arm. With --config or --admin it must be the
+    /// local node.
+    #[arg(long, value_name = "NODE")]
+    node: u16,
+    /// What fails (only takeover steps so far).
+    kind: FaultKind,
+    /// The step: lease, listen, vip, arp or sockets.
+    #[arg(value_parser = parse_step)]
+    step: TakeoverStep,
+    /// How many of the node's next takeovers fail (0 disarms).
+    #[arg(long, default_value_t = 1)]
+    times: u32,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FaultKind {
+    /// A step of becoming primary.
+    TakeoverStep,
+}
+
+fn parse_step(s: &str) -> Result<TakeoverStep, String> {
+    s.parse()
+}
+
+pub fn fault(args: FaultArgs) -> Result<ExitCode> {
+    let FaultKind::TakeoverStep = args.kind;
+    let path = node_socket(args.node, &args.target)?;
+    let request = AdminRequest::Fault {
+        step: args.step,
+        times: args.times,
+    };
+    println!("{}", send(&path, &request)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn lab_node_sockets(name: &str) -> Result<Vec<(u16, PathBuf)>> {
@@ -135,28 +190,28 @@ pub fn migrate(args: MigrateArgs) -> Result<ExitCode> {
 /// `tandem reload-keys NODE`: the node reads its cluster key files again
 /// (a step of a key rotation; see the `[cluster]` docs of the node config).
 pub fn reload_keys(args: DrainArgs) -> Result<ExitCode> {
-    let path = node_socket(&args)?;
+    let path = node_socket(args.node, &args.target)?;
     println!("{}", send(&path, &AdminRequest::ReloadKeys)?);
     Ok(ExitCode::SUCCESS)
 }
 
-/// The admin socket of node `args.node` itself.
-fn node_socket(args: &DrainArgs) -> Result<PathBuf> {
-    Ok(match &args.target.lab {
+/// The admin socket of node `node` itself.
+fn node_socket(node: u16, target: &Target) -> Result<PathBuf> {
+    Ok(match &target.lab {
         Some(name) => lab_node_sockets(name)?
             .into_iter()
-            .find(|(id, _)| *id == args.node)
+            .find(|(id, _)| *id == node)
             .map(|(_, p)| p)
-            .with_context(|| format!("lab {name} has no running node {}", args.node))?,
+            .with_context(|| format!("lab {name} has no running node {node}"))?,
         None => {
-            let path = args.target.socket()?;
+            let path = target.socket()?;
             let report = ask(&path)?;
-            if report.slot != args.node {
+            if report.slot != node {
                 bail!(
                     "{} is node {}'s admin socket, not node {}'s: this command talks to the node itself",
                     path.display(),
                     report.slot,
-                    args.node
+                    node
                 );
             }
             path
@@ -165,7 +220,7 @@ fn node_socket(args: &DrainArgs) -> Result<PathBuf> {
 }
 
 pub fn drain(args: DrainArgs, undrain: bool) -> Result<ExitCode> {
-    let path = node_socket(&args)?;
+    let path = node_socket(args.node, &args.target)?;
     let request = if undrain {
         AdminRequest::Undrain
     } else {

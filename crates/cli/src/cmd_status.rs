@@ -273,9 +273,21 @@ fn report_cells(r: &NodeReport) -> Vec<String> {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    // Armed takeover faults (`tandem fault`) show beside the role: a node
+    // rehearsing a failure must not be mistaken for a healthy one.
+    let role = if r.takeover_faults.is_empty() {
+        r.role.clone()
+    } else {
+        let armed: Vec<String> = r
+            .takeover_faults
+            .iter()
+            .map(|(step, left)| format!("{step}x{left}"))
+            .collect();
+        format!("{} (fault {})", r.role, armed.join(","))
+    };
     vec![
         r.slot.to_string(),
-        r.role.clone(),
+        role,
         r.term.to_string(),
         r.leader.map_or("-".into(), |l| l.to_string()),
         r.commit_index.to_string(),
@@ -444,6 +456,7 @@ mod tests {
                 became_primary: 1,
                 ..Counters::default()
             },
+            takeover_faults: Default::default(),
         }
     }
 
@@ -481,6 +494,23 @@ mod tests {
         let col = lines[0].find("APPLIED").unwrap();
         assert_eq!(&lines[1][col..col + 4], "1041");
         assert_eq!(&lines[2][col..col + 4], "1041");
+    }
+
+    #[test]
+    fn armed_takeover_faults_show_beside_the_role() {
+        let mut clone = report(2, "clone");
+        clone.takeover_faults = [("arp".to_string(), 1), ("vip".to_string(), 3)]
+            .into_iter()
+            .collect();
+        let table = render_table(&[(2, Ok(&clone))]);
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .unwrap()
+                .contains("clone (fault arpx1,vipx3)"),
+            "{table}"
+        );
     }
 
     #[test]

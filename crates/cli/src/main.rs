@@ -54,6 +54,10 @@ enum Command {
     /// rotation without a restart (the steps are in the node config's
     /// `[cluster]` docs: `rotation_key_file`).
     ReloadKeys(cmd_cluster::DrainArgs),
+    /// Rehearse a failed takeover: make a node's next takeovers fail at a
+    /// named step (lease, listen, vip, arp, sockets), to watch it release
+    /// what it took and retry or hand the primary role on.
+    Fault(cmd_cluster::FaultArgs),
     /// Show a node as it sees itself and its cluster (role, term, log,
     /// snapshot, connections, state hash, peers), asked over its local admin
     /// socket; `--lab NAME` asks every node of a lab.
@@ -91,6 +95,7 @@ fn main() -> std::process::ExitCode {
         Command::Drain(args) => cmd_cluster::drain(args, false),
         Command::Undrain(args) => cmd_cluster::drain(args, true),
         Command::ReloadKeys(args) => cmd_cluster::reload_keys(args),
+        Command::Fault(args) => cmd_cluster::fault(args),
         Command::Lab(args) => cmd_lab::run(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),

@@ -1,5 +1,5 @@
-//! The daemon's local admin API: what `tandem status`, `migrate`, `drain`
-//! and `undrain` talk to.
+//! The daemon's local admin API: what `tandem status`, `migrate`, `drain`,
+//! `undrain`, `reload-keys` and `fault` talk to.
 //!
 //! A Unix stream socket, mode 0600, served from the daemon's
 //! single-threaded mio event loop. Each connection carries one exchange:
@@ -15,6 +15,7 @@
 //! The wire format, one line each way:
 //! ```text
 //! -> {"op":"status"}            {"op":"migrate","to":2}   {"op":"drain"}   {"op":"undrain"}
+//!    {"op":"fault","step":"vip","times":2}
 //! <- {"result":"status","slot":1,...the NodeReport fields...}
 //! <- {"result":"done","message":"..."}   {"result":"error","message":"..."}
 //! ```
@@ -62,6 +63,12 @@ pub enum AdminRequest {
     Undrain,
     /// Read the cluster key files again (a step of a key rotation).
     ReloadKeys,
+    /// Make the next `times` takeovers of this node fail at `step`
+    /// (`crate::faults`; 0 disarms).
+    Fault {
+        step: crate::faults::TakeoverStep,
+        times: u32,
+    },
 }
 
 /// What the daemon answers.
@@ -724,6 +731,7 @@ mod tests {
                 captured: 300,
                 ..Counters::default()
             },
+            takeover_faults: Default::default(),
         }
     }
 
@@ -858,6 +866,15 @@ mod tests {
         assert_eq!(json, r#"{"op":"migrate","to":2}"#);
         let req: AdminRequest = serde_json::from_str(r#"{"op":"undrain"}"#).unwrap();
         assert_eq!(req, AdminRequest::Undrain);
+        let req: AdminRequest =
+            serde_json::from_str(r#"{"op":"fault","step":"vip","times":2}"#).unwrap();
+        assert_eq!(
+            req,
+            AdminRequest::Fault {
+                step: crate::faults::TakeoverStep::Vip,
+                times: 2
+            }
+        );
         let reply = AdminReply::Status(Box::new(fake_report()));
         let json = serde_json::to_string(&reply).unwrap();
         assert!(

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod daemon;
+pub mod faults;
 pub mod group;
 pub mod machine;
 pub mod metrics;

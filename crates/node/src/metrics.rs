@@ -73,6 +73,12 @@ struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    service: String,
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -148,6 +154,8 @@ pub struct Metrics {
     memory_used: Family<ServiceLabels, Gauge>,
     memory_limit: Family<ServiceLabels, Gauge>,
     output_overflows: Family<ServiceLabels, Counter>,
+    takeovers_failed: Family<ServiceLabels, Counter>,
+    takeover_faults_armed: Family<StepLabels, Gauge>,
     /// Roles seen beyond [`ROLES`], so that setting one zeroes them too.
     extra_roles: Mutex<BTreeSet<String>>,
     /// Peers with a series now, per service, so that peers that left (or
@@ -376,6 +384,20 @@ impl Metrics {
             "Client connections reset because their queued output would have passed output_cap",
             output_overflows.clone(),
         );
+        let takeovers_failed = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "tandem_takeovers_failed",
+            "Takeovers that failed at one of their steps (released, then retried or handed on), \
+             injected failures (tandem fault) included",
+            takeovers_failed.clone(),
+        );
+        let takeover_faults_armed = Family::<StepLabels, Gauge>::default();
+        registry.register(
+            "tandem_takeover_faults_armed",
+            "Takeovers still to fail at this step (tandem fault --node N takeover-step STEP); 0 \
+             unless someone is rehearsing a failed takeover",
+            takeover_faults_armed.clone(),
+        );
         Metrics {
             registry,
             node_info,
@@ -406,6 +428,8 @@ impl Metrics {
             memory_used,
             memory_limit,
             output_overflows,
+            takeovers_failed,
+            takeover_faults_armed,
             extra_roles: Mutex::new(BTreeSet::new()),
             peers: Mutex::new(BTreeMap::new()),
         }
@@ -618,6 +642,27 @@ impl Metrics {
         raise(&self.output_overflows.get_or_create(&labels), overflows);
     }
 
+    /// Failed takeovers so far (a running total), and the takeover faults
+    /// armed now (`step` name to failures left; steps absent are 0).
+    pub fn set_takeover_faults(&self, service: &str, failed: u64, armed: &BTreeMap<String, u32>) {
+        raise(
+            &self
+                .takeovers_failed
+                .get_or_create(&service_labels(service)),
+            failed,
+        );
+        for step in crate::faults::TakeoverStep::ALL {
+            let labels = StepLabels {
+                service: service.to_string(),
+                step: step.as_str().to_string(),
+            };
+            let left = armed.get(step.as_str()).copied().unwrap_or(0);
+            self.takeover_faults_armed
+                .get_or_create(&labels)
+                .set(i64::from(left));
+        }
+    }
+
     /// Supervision's verdict and the drain flag.
     pub fn set_health(&self, service: &str, healthy: bool, draining: bool) {
         let labels = service_labels(service);
@@ -655,6 +700,11 @@ impl Metrics {
         self.set_auth_failures(report.counters.auth_rejected);
         self.set_replication_rejected(&report.counters);
         self.set_shadow_mismatches(name, report.counters.shadow_mismatches);
+        self.set_takeover_faults(
+            name,
+            report.counters.takeovers_failed,
+            &report.takeover_faults,
+        );
         self.set_memory(
             name,
             report.service.memory_used,
@@ -1017,8 +1067,10 @@ mod tests {
             counters: Counters {
                 auth_rejected: 3,
                 shadow_mismatches: 0,
+                takeovers_failed: 4,
                 ..Counters::default()
             },
+            takeover_faults: [("vip".to_string(), 2)].into_iter().collect(),
         }
     }
 
@@ -1054,6 +1106,9 @@ mod tests {
             "tandem_peer_connected{service=\"kv\",peer=\"3\"} 0",
             "tandem_capture_queue_depth{service=\"kv\"} 6",
             "tandem_capture_overflows_total{service=\"kv\"} 2",
+            "tandem_takeovers_failed_total{service=\"kv\"} 4",
+            "tandem_takeover_faults_armed{service=\"kv\",step=\"vip\"} 2",
+            "tandem_takeover_faults_armed{service=\"kv\",step=\"lease\"} 0",
             "tandem_connections_open{service=\"kv\"} 4",
             "tandem_failovers_total{service=\"kv\"} 1",
             "tandem_failover_duration_seconds_count{service=\"kv\"} 1",

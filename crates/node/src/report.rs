@@ -48,6 +48,10 @@ pub struct NodeReport {
     pub peers: Vec<PeerReport>,
     pub service: ServiceReport,
     pub counters: Counters,
+    /// Takeover steps armed to fail (`tandem fault`) and how many more
+    /// times each will; empty unless someone is rehearsing a failure.
+    #[serde(default)]
+    pub takeover_faults: std::collections::BTreeMap<String, u32>,
 }
 
 /// One peer as the primary sees it.
@@ -173,6 +177,10 @@ pub struct Counters {
     /// or handed on).
     #[serde(default)]
     pub takeovers_failed: u64,
+    /// Of those, failures injected by `tandem fault` (the real step had
+    /// succeeded).
+    #[serde(default)]
+    pub faults_injected: u64,
     /// Kernel lease refreshes that failed (`nft` refused or is missing).
     pub lease_refresh_errors: u64,
     /// SYN-flood defence (`tandem_core::cookie`): SYNs and SYN-ACKs passed

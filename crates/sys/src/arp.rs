@@ -8,11 +8,15 @@
 //! lock time (1 s by default), so a neighbour refreshed just before a move
 //! keeps the old MAC after the first burst. [`GarpSender::announce`] therefore
 //! sends a burst at once and, optionally, a second one after more than a
-//! second, on a background thread.
+//! second, on a background thread. A node that stops serving within that
+//! second (a takeover that failed after its announcement, a primary deposed
+//! at once) cancels what is left ([`GarpSender::cancel`]): announcing a VIP
+//! it no longer holds would pull the clients back to it.
 
 use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +77,11 @@ struct Inner {
     interface: String,
     ifindex: i32,
     mac: [u8; 6],
+    /// Bumped by [`GarpSender::cancel`]: a background schedule started under
+    /// an older value sends nothing more.
+    generation: AtomicU64,
+    /// Frames sent so far.
+    sent: AtomicU64,
 }
 
 impl GarpSender {
@@ -102,6 +111,8 @@ impl GarpSender {
                 interface: interface.to_string(),
                 ifindex: index as i32,
                 mac,
+                generation: AtomicU64::new(0),
+                sent: AtomicU64::new(0),
             }),
         })
     }
@@ -140,7 +151,29 @@ impl GarpSender {
                 source: std::io::Error::last_os_error(),
             });
         }
+        self.inner.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Frames sent since the socket was opened.
+    pub fn frames_sent(&self) -> u64 {
+        self.inner.sent.load(Ordering::Relaxed)
+    }
+
+    /// Stops every announcement's remaining frames (the background burst
+    /// and repeat); later announcements are not affected.
+    pub fn cancel(&self) {
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends one frame unless the schedule of `generation` was cancelled;
+    /// `Ok(false)` once it was.
+    fn send_scheduled(&self, ip: Ipv4Addr, generation: u64) -> Result<bool, ArpError> {
+        if self.inner.generation.load(Ordering::Relaxed) != generation {
+            return Ok(false);
+        }
+        self.send(ip)?;
+        Ok(true)
     }
 
     /// Sends the first frame now and the rest of the schedule — the rest of
@@ -151,6 +184,7 @@ impl GarpSender {
         if schedule.count == 0 {
             return Ok(());
         }
+        let generation = self.inner.generation.load(Ordering::Relaxed);
         self.send(ip)?;
         if schedule.count == 1 && schedule.repeat_after.is_none() {
             return Ok(());
@@ -162,11 +196,13 @@ impl GarpSender {
                 let rest = || -> Result<(), ArpError> {
                     for _ in 1..schedule.count {
                         std::thread::sleep(schedule.spacing);
-                        sender.send(ip)?;
+                        if !sender.send_scheduled(ip, generation)? {
+                            return Ok(());
+                        }
                     }
                     if let Some(after) = schedule.repeat_after {
                         std::thread::sleep(after);
-                        sender.burst(ip, schedule.count, schedule.spacing)?;
+                        sender.burst(ip, schedule.count, schedule.spacing, generation)?;
                     }
                     Ok(())
                 };
@@ -189,12 +225,20 @@ impl GarpSender {
         Ok(())
     }
 
-    fn burst(&self, ip: Ipv4Addr, count: u32, spacing: Duration) -> Result<(), ArpError> {
+    fn burst(
+        &self,
+        ip: Ipv4Addr,
+        count: u32,
+        spacing: Duration,
+        generation: u64,
+    ) -> Result<(), ArpError> {
         for i in 0..count {
             if i > 0 {
                 std::thread::sleep(spacing);
             }
-            self.send(ip)?;
+            if !self.send_scheduled(ip, generation)? {
+                break;
+            }
         }
         Ok(())
     }
@@ -250,6 +294,29 @@ mod tests {
                     },
                 )
                 .unwrap();
+        })
+        .unwrap();
+    }
+
+    /// A cancelled announcement sends nothing after its first frame; the
+    /// next one runs its whole schedule.
+    #[test]
+    fn cancel_stops_the_rest_of_an_announcement() {
+        crate::netns::run_in_private(|| {
+            let sender = GarpSender::open("lo").unwrap();
+            let schedule = GarpSchedule {
+                count: 2,
+                spacing: Duration::from_millis(1),
+                repeat_after: Some(Duration::from_millis(50)),
+            };
+            let ip = Ipv4Addr::new(198, 18, 0, 100);
+            sender.announce(ip, schedule).unwrap();
+            sender.cancel();
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(sender.frames_sent(), 1);
+            sender.announce(ip, schedule).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(sender.frames_sent(), 1 + 4);
         })
         .unwrap();
     }

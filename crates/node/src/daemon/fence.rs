@@ -18,7 +18,7 @@
 //! to the kernel applying nft's transaction (the exec of `nft`, a few ms).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tandem_sys::guard::{Guard, GuardError, DELIBERATE_CLOSE_MARK};
@@ -43,6 +43,10 @@ struct Shared {
     until_ms: AtomicU64,
     stop: AtomicBool,
     refresh_errors: AtomicU64,
+    /// Held by a refresh from reading `until_ms` to `nft` returning, and by
+    /// a revocation's `nft`: a refresh that read the entitlement before a
+    /// revocation cannot put the element back after it.
+    nft: Mutex<()>,
 }
 
 impl Fence {
@@ -56,6 +60,7 @@ impl Fence {
             until_ms: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             refresh_errors: AtomicU64::new(0),
+            nft: Mutex::new(()),
         });
         let thread = {
             let (guard, shared) = (guard.clone(), shared.clone());
@@ -102,6 +107,13 @@ impl Fence {
     /// Stops refreshing and revokes the lease now (stepping down).
     pub fn revoke(&self) -> Result<(), GuardError> {
         self.shared.until_ms.store(0, Ordering::Relaxed);
+        // Waits for a refresh under way (one `nft` call at most), so that
+        // the flush comes after it.
+        let _nft = self
+            .shared
+            .nft
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.guard.revoke_lease()
     }
 
@@ -133,6 +145,10 @@ fn remaining(until: Instant, now: Instant) -> Option<Duration> {
 
 fn lease_loop(guard: &Guard, shared: &Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
+        let nft = shared
+            .nft
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         let until = shared.start + Duration::from_millis(shared.until_ms.load(Ordering::Relaxed));
         if let Some(left) = remaining(until, now) {
@@ -142,6 +158,7 @@ fn lease_loop(guard: &Guard, shared: &Shared) {
                 }
             }
         }
+        drop(nft);
         std::thread::sleep(REFRESH_EVERY);
     }
 }

@@ -33,6 +33,7 @@ mod supervise;
 use crate::admin::{AdminReply, AdminRequest, AdminServer};
 use crate::capture::{direction_of, CaptureLoop, Decision};
 use crate::config::{Config, ServiceSection};
+use crate::faults::TakeoverStep;
 use crate::group::ServiceGroup;
 use crate::machine::intake::{Captured, NodeEffect, RawPacket};
 use crate::machine::leadership::{Action as LeadershipAction, VipRelease};
@@ -130,6 +131,8 @@ pub enum DaemonError {
     Admin(#[from] crate::admin::AdminError),
     #[error("{0}")]
     Disagrees(String),
+    #[error(transparent)]
+    Injected(#[from] crate::faults::InjectedFault),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -184,6 +187,9 @@ struct Daemon {
     /// from there), and a planned migration it started: (target, when).
     elected_at: Option<Instant>,
     migrating: Option<(u16, Instant)>,
+    /// Takeover steps an operator or a test armed to fail (`tandem
+    /// fault`); consulted after each step of `take_over`.
+    faults: crate::faults::TakeoverFaults,
     last_snapshot: Option<Instant>,
     /// A snapshot copied from the state and being encoded on another
     /// thread (`maybe_snapshot`).
@@ -374,6 +380,7 @@ impl Daemon {
             _metrics_server: metrics_server,
             last_metrics: Instant::now(),
             elected_at: None,
+            faults: crate::faults::TakeoverFaults::default(),
             migrating: None,
             raw: tandem_sys::rawsock::RawIpv4Sender::open()
                 .map_err(
@@ -772,8 +779,12 @@ impl Daemon {
                 stderr: "the lease thread panicked".into(),
             })
         });
+        // Each step's injected fault (`crate::faults`) comes after the real
+        // call succeeded, so the release has what it took to release.
         listening?;
         leased?;
+        self.faults.check(TakeoverStep::Lease)?;
+        self.faults.check(TakeoverStep::Listen)?;
         let lease_ms = started.elapsed().as_secs_f64() * 1e3;
         if !vip_kept
             || !self
@@ -783,8 +794,10 @@ impl Daemon {
             self.netlink
                 .add_address(&self.interface, IpAddr::V4(self.vip), self.prefix_len)?;
         }
+        self.faults.check(TakeoverStep::Vip)?;
         self.garp
             .announce(self.vip, tandem_sys::arp::GarpSchedule::default())?;
+        self.faults.check(TakeoverStep::Arp)?;
         let announced_ms = started.elapsed().as_secs_f64() * 1e3;
         let (mut restored, mut failed) = (0u64, 0u64);
         let mut replays = Vec::new();
@@ -819,6 +832,12 @@ impl Daemon {
                 }
             }
         }
+        let counters = self.machine.counters_mut();
+        counters.connections_restored += restored;
+        counters.restore_failures += failed;
+        // The rebuilt sockets are live and adopted: a failure here leaves
+        // the step-down to close them in repair mode.
+        self.faults.check(TakeoverStep::Sockets)?;
         if let Some(raw) = &self.raw {
             for (client, packet) in &replays {
                 if let Err(err) = raw.send(packet, *client) {
@@ -826,9 +845,6 @@ impl Daemon {
                 }
             }
         }
-        let counters = self.machine.counters_mut();
-        counters.connections_restored += restored;
-        counters.restore_failures += failed;
         let since_elected = self.elected_at.map_or(started.elapsed(), |at| at.elapsed());
         self.metrics
             .observe_failover(&self.service.name, since_elected.as_secs_f64());
@@ -936,6 +952,9 @@ impl Daemon {
         if let Err(err) = self.fence.revoke() {
             tracing::warn!(%err, "revoking the lease");
         }
+        // The takeover's repeated announcement must not pull the clients
+        // back here after another node took the VIP.
+        self.garp.cancel();
         match vip {
             // A planned handover to a reachable peer: the VIP goes a moment
             // later. The lease is revoked, so this kernel is already silent
@@ -1123,6 +1142,22 @@ impl Daemon {
                 Ok(message) => AdminReply::Done { message },
                 Err(message) => AdminReply::Error { message },
             },
+            AdminRequest::Fault { step, times } => {
+                self.faults.arm(step, times);
+                tracing::warn!(%step, times, "fault injection: takeovers will fail at this step");
+                let message = if times == 0 {
+                    format!(
+                        "node {}: the takeover step {step} no longer fails",
+                        self.me.slot
+                    )
+                } else {
+                    format!(
+                        "node {}: its next {times} takeover(s) fail at the step {step}",
+                        self.me.slot
+                    )
+                };
+                AdminReply::Done { message }
+            }
             AdminRequest::Undrain => {
                 self.machine.leadership_mut().set_draining(false);
                 tracing::info!("undrained: this node may be primary again");
@@ -1241,6 +1276,7 @@ impl Daemon {
         counters.strangers_evicted = transport.strangers_evicted;
         counters.shadow_mismatches = self.sockets.stats().mismatches;
         counters.lease_refresh_errors = self.fence.refresh_errors();
+        counters.faults_injected = self.faults.injected();
         NodeReport {
             slot: self.me.slot,
             incarnation: self.me.incarnation,
@@ -1301,6 +1337,7 @@ impl Daemon {
                 output_overflows: self.machine.group().output_overflows(),
             },
             counters,
+            takeover_faults: self.faults.armed(),
         }
     }
 
