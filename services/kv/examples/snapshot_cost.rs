@@ -33,8 +33,12 @@ fn main() {
     let value = vec![b'x'; 1 << 20];
     for i in 0..mib {
         let key = format!("big:{i}");
-        let mut req = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n", key.len(), value.len())
-            .into_bytes();
+        let mut req = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            value.len()
+        )
+        .into_bytes();
         req.extend_from_slice(&value);
         req.extend_from_slice(b"\r\n");
         event(&mut rt, Event::Data { conn, bytes: req });
