@@ -21,27 +21,12 @@ mod common;
 
 use common::*;
 use tandem_lab::{Lab, LabGuard, ServiceKind};
-use tandem_node::admin::{request, AdminReply, AdminRequest};
 use tandem_node::report::NodeReport;
 
 const CONNECTIONS: usize = 8;
 
 fn cluster(case: &str) -> LabGuard {
     cluster_of("ft", case, ServiceKind::Kv)
-}
-
-/// A node's own status over its admin socket (`None` if it does not answer
-/// within a second: down, or stopped).
-fn node_report(lab: &Lab, id: u32) -> Option<NodeReport> {
-    let path = lab.node_admin_socket(id).ok()??;
-    match request(&path, &AdminRequest::Status, Duration::from_secs(1)) {
-        Ok(AdminReply::Status(report)) => Some(*report),
-        _ => None,
-    }
-}
-
-fn must_report(lab: &Lab, id: u32, why: &str) -> NodeReport {
-    node_report(lab, id).unwrap_or_else(|| fail(lab, &format!("{why}: node {id} does not answer")))
 }
 
 /// The nodes whose namespace has the VIP assigned, from the kernel
@@ -59,21 +44,6 @@ fn vip_holders(lab: &Lab) -> Vec<u32> {
             assert!(out.status.success(), "ip -n {ns} -o addr show failed");
             String::from_utf8_lossy(&out.stdout).contains(&needle)
         })
-        .collect()
-}
-
-/// TCP sockets of any state on VIP:port in `id`'s namespace, from the
-/// kernel (`ss`).
-fn vip_sockets(lab: &Lab, id: u32) -> Vec<String> {
-    let local = format!("{}:{}", lab.vip(), lab.port());
-    let out = lab
-        .exec_output(Some(id), &["ss", "-Htan"])
-        .expect("ss in the node namespace");
-    assert!(out.status.success(), "ss failed in node {id}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.split_whitespace().nth(3) == Some(local.as_str()))
-        .map(str::to_string)
         .collect()
 }
 
@@ -96,91 +66,6 @@ fn assert_deposed(lab: &Lab, id: u32, why: &str) {
             lab,
             &format!("{why}: deposed node {id} still has sockets on the VIP: {left:#?}"),
         );
-    }
-}
-
-/// Prints what the nodes logged about roles, serving and trouble, then
-/// panics with `why`.
-fn fail(lab: &Lab, why: &str) -> ! {
-    for id in lab.node_ids() {
-        if let Ok(Some(path)) = lab.node_log_path(id) {
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
-            // The whole log outlives the lab, for a post-mortem.
-            let kept =
-                std::env::temp_dir().join(format!("tandem-faults-{}-node{id}.log", lab.name()));
-            if std::fs::write(&kept, &log).is_ok() {
-                eprintln!("node {id}: whole log kept in {}", kept.display());
-            }
-            for line in log.lines().filter(|l| {
-                l.contains("WARN")
-                    || l.contains("ERROR")
-                    || l.contains("raft role")
-                    || l.contains("serving")
-                    || l.contains("stepped")
-            }) {
-                eprintln!("node {id}: {line}");
-            }
-        }
-    }
-    panic!("{why}");
-}
-
-/// Polls `f` every 20 ms until it gives a value, failing after `limit`.
-fn wait_for<T>(lab: &Lab, limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            fail(lab, &format!("{what}: not within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The consistency checker on `CONNECTIONS` connections from the client
-/// namespace, with this file's verdict.
-struct FaultCheckers(common::Checkers);
-
-impl FaultCheckers {
-    fn start(lab: &Lab) -> FaultCheckers {
-        FaultCheckers(common::Checkers::start(lab, CONNECTIONS))
-    }
-
-    /// Stops the checkers and asserts that every connection saw only right
-    /// answers and made progress.
-    fn finish(self, lab: &Lab) -> u64 {
-        let tallies = self.0.stop();
-        let failed: Vec<String> = tallies
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !t.errors.is_empty() || t.incrs <= 20)
-            .map(|(id, t)| {
-                format!(
-                    "connection {id} after {} INCRs, {} SET/GETs: {:?}",
-                    t.incrs, t.sets, t.errors
-                )
-            })
-            .collect();
-        if !failed.is_empty() {
-            fail(lab, &format!("checker: {failed:#?}"));
-        }
-        tallies.iter().map(|t| t.incrs).sum()
-    }
-}
-
-/// The end of every case: no reset reached a client, and every replica
-/// settles on the same state.
-fn assert_converged(lab: &Lab, rst_before: u64) {
-    assert_eq!(
-        lab.client_rst_count().unwrap(),
-        rst_before,
-        "a client saw a reset"
-    );
-    let hashes = settled_hashes(lab);
-    if !hashes.iter().all(|h| h.2 == hashes[0].2) {
-        fail(lab, &format!("replicas diverged: {hashes:?}"));
     }
 }
 
@@ -245,7 +130,7 @@ fn a_hung_leader_is_replaced_and_rejoins_as_a_clone() {
     let first = wait_healthy(&lab, "start");
     let term_before = must_report(&lab, first, "start").term;
     let rst_before = lab.client_rst_count().unwrap();
-    let checkers = FaultCheckers::start(&lab);
+    let checkers = Checkers::start(&lab, CONNECTIONS);
     std::thread::sleep(Duration::from_millis(1500));
 
     lab.stop(first).expect("stop the leader");
@@ -288,7 +173,7 @@ fn a_hung_leader_is_replaced_and_rejoins_as_a_clone() {
     assert_eq!(later.role, "clone");
 
     assert_sole_vip_holder(&lab, second, "end");
-    let incrs = checkers.finish(&lab);
+    let incrs = finish_checkers(&lab, checkers);
     assert_converged(&lab, rst_before);
     eprintln!(
         "hung leader {first}: node {second} serving {elected_after:?} after the stop; \
@@ -315,7 +200,7 @@ fn a_follower_fault_moves_nothing(
         .expect("a follower");
     let before = must_report(&lab, primary, "start");
     let rst_before = lab.client_rst_count().unwrap();
-    let checkers = FaultCheckers::start(&lab);
+    let checkers = Checkers::start(&lab, CONNECTIONS);
     std::thread::sleep(Duration::from_millis(1000));
 
     fault(&mut lab, follower).expect("fault on the follower");
@@ -357,7 +242,7 @@ fn a_follower_fault_moves_nothing(
         "the primary stepped down and back"
     );
     assert_sole_vip_holder(&lab, primary, "end");
-    let incrs = checkers.finish(&lab);
+    let incrs = finish_checkers(&lab, checkers);
     assert_converged(&lab, rst_before);
     eprintln!(
         "follower {follower} {case}: primary {primary} term {} unmoved; {incrs} INCRs checked; \
@@ -384,7 +269,7 @@ fn a_partitioned_leader_is_fenced_and_replaced() {
     let first = wait_healthy(&lab, "start");
     let term_before = must_report(&lab, first, "start").term;
     let rst_before = lab.client_rst_count().unwrap();
-    let checkers = FaultCheckers::start(&lab);
+    let checkers = Checkers::start(&lab, CONNECTIONS);
     std::thread::sleep(Duration::from_millis(1500));
 
     lab.partition(first).expect("partition the leader");
@@ -454,7 +339,7 @@ fn a_partitioned_leader_is_fenced_and_replaced() {
     assert_sole_vip_holder(&lab, second, "after heal");
     std::thread::sleep(Duration::from_millis(500));
 
-    let incrs = checkers.finish(&lab);
+    let incrs = finish_checkers(&lab, checkers);
     assert_converged(&lab, rst_before);
     eprintln!(
         "partitioned leader {first}: not primary {:?} after the cut (role {}), node {second} \

@@ -27,7 +27,6 @@ use common::*;
 use tandem_lab::{Lab, LabGuard, ServiceKind};
 use tandem_node::admin::{request, AdminReply, AdminRequest};
 use tandem_node::faults::TakeoverStep;
-use tandem_node::report::NodeReport;
 
 const CONNECTIONS: usize = 8;
 /// The daemon's defaults (`[supervision]`): retries after a first failure,
@@ -46,19 +45,6 @@ const NEW_PRIMARY_WITHIN: Duration = Duration::from_secs(5);
 
 fn cluster(case: &str) -> LabGuard {
     cluster_of("tk", case, ServiceKind::Kv)
-}
-
-/// A node's own status (`None` if it does not answer within a second).
-fn node_report(lab: &Lab, id: u32) -> Option<NodeReport> {
-    let path = lab.node_admin_socket(id).ok()??;
-    match request(&path, &AdminRequest::Status, Duration::from_secs(1)) {
-        Ok(AdminReply::Status(report)) => Some(*report),
-        _ => None,
-    }
-}
-
-fn must_report(lab: &Lab, id: u32, why: &str) -> NodeReport {
-    node_report(lab, id).unwrap_or_else(|| fail(lab, &format!("{why}: node {id} does not answer")))
 }
 
 /// Arms (or with 0 disarms) `step` on node `id`, as `tandem fault` does.
@@ -84,20 +70,6 @@ fn holds_vip(lab: &Lab, id: u32) -> bool {
         .expect("ip addr in the node namespace");
     assert!(out.status.success(), "ip addr show failed in node {id}");
     String::from_utf8_lossy(&out.stdout).contains(&format!(" {}/", lab.vip()))
-}
-
-/// TCP sockets on VIP:port in `id`'s namespace, by the kernel (`ss`).
-fn vip_sockets(lab: &Lab, id: u32) -> Vec<String> {
-    let local = format!("{}:{}", lab.vip(), lab.port());
-    let out = lab
-        .exec_output(Some(id), &["ss", "-Htan"])
-        .expect("ss in the node namespace");
-    assert!(out.status.success(), "ss failed in node {id}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.split_whitespace().nth(3) == Some(local.as_str()))
-        .map(str::to_string)
-        .collect()
 }
 
 /// The lease element of node `id`'s guard table (`tandem_sys::guard`: one
@@ -149,82 +121,6 @@ fn nft_duration(text: &str) -> Option<Duration> {
         total += Duration::from_millis(n * ms);
     }
     Some(total)
-}
-
-/// Prints what the nodes logged about roles, serving and trouble, then
-/// panics with `why`.
-fn fail(lab: &Lab, why: &str) -> ! {
-    for id in lab.node_ids() {
-        if let Ok(Some(path)) = lab.node_log_path(id) {
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
-            let kept = std::env::temp_dir().join(format!(
-                "tandem-takeover-faults-{}-node{id}.log",
-                lab.name()
-            ));
-            if std::fs::write(&kept, &log).is_ok() {
-                eprintln!("node {id}: whole log kept in {}", kept.display());
-            }
-            for line in log.lines().filter(|l| {
-                l.contains("WARN")
-                    || l.contains("ERROR")
-                    || l.contains("raft role")
-                    || l.contains("serving")
-                    || l.contains("stepped")
-            }) {
-                eprintln!("node {id}: {line}");
-            }
-        }
-    }
-    panic!("{why}");
-}
-
-/// Polls `f` every 20 ms until it gives a value, failing after `limit`.
-fn wait_for<T>(lab: &Lab, limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            fail(lab, &format!("{what}: not within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Stops the checkers: every connection saw only right answers (each INCR
-/// the next integer, each GET the value just SET: nothing lost, nothing
-/// applied twice) and made progress.
-fn finish_checkers(lab: &Lab, checkers: Checkers) -> u64 {
-    let tallies = checkers.stop();
-    let failed: Vec<String> = tallies
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| !t.errors.is_empty() || t.incrs <= 20)
-        .map(|(id, t)| {
-            format!(
-                "connection {id} after {} INCRs, {} SET/GETs: {:?}",
-                t.incrs, t.sets, t.errors
-            )
-        })
-        .collect();
-    if !failed.is_empty() {
-        fail(lab, &format!("checker: {failed:#?}"));
-    }
-    tallies.iter().map(|t| t.incrs).sum()
-}
-
-/// No reset reached a client, and every replica settles on the same state.
-fn assert_converged(lab: &Lab, rst_before: u64) {
-    assert_eq!(
-        lab.client_rst_count().unwrap(),
-        rst_before,
-        "a client saw a reset"
-    );
-    let hashes = settled_hashes(lab);
-    if !hashes.iter().all(|h| h.2 == hashes[0].2) {
-        fail(lab, &format!("replicas diverged: {hashes:?}"));
-    }
 }
 
 /// The node serving, if one is: the lab sees the VIP in its namespace

@@ -239,3 +239,105 @@ impl Checkers {
         self.handle.join().unwrap()
     }
 }
+
+// Shared by the fault tests (faults.rs, takeover_faults.rs).
+
+/// A node's own status (`None` if it does not answer within a second).
+pub fn node_report(lab: &Lab, id: u32) -> Option<NodeReport> {
+    let path = lab.node_admin_socket(id).ok()??;
+    match request(&path, &AdminRequest::Status, Duration::from_secs(1)) {
+        Ok(AdminReply::Status(report)) => Some(*report),
+        _ => None,
+    }
+}
+
+pub fn must_report(lab: &Lab, id: u32, why: &str) -> NodeReport {
+    node_report(lab, id).unwrap_or_else(|| fail(lab, &format!("{why}: node {id} does not answer")))
+}
+
+/// TCP sockets on VIP:port in `id`'s namespace, by the kernel (`ss`).
+pub fn vip_sockets(lab: &Lab, id: u32) -> Vec<String> {
+    let local = format!("{}:{}", lab.vip(), lab.port());
+    let out = lab
+        .exec_output(Some(id), &["ss", "-Htan"])
+        .expect("ss in the node namespace");
+    assert!(out.status.success(), "ss failed in node {id}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3) == Some(local.as_str()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Prints what the nodes logged about roles, serving and trouble, then
+/// panics with `why`.
+pub fn fail(lab: &Lab, why: &str) -> ! {
+    for id in lab.node_ids() {
+        if let Ok(Some(path)) = lab.node_log_path(id) {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let kept = std::env::temp_dir().join(format!("tandem-{}-node{id}.log", lab.name()));
+            if std::fs::write(&kept, &log).is_ok() {
+                eprintln!("node {id}: whole log kept in {}", kept.display());
+            }
+            for line in log.lines().filter(|l| {
+                l.contains("WARN")
+                    || l.contains("ERROR")
+                    || l.contains("raft role")
+                    || l.contains("serving")
+                    || l.contains("stepped")
+            }) {
+                eprintln!("node {id}: {line}");
+            }
+        }
+    }
+    panic!("{why}");
+}
+
+/// Polls `f` every 20 ms until it gives a value, failing after `limit`.
+pub fn wait_for<T>(lab: &Lab, limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            fail(lab, &format!("{what}: not within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the checkers: every connection saw only right answers (each INCR
+/// the next integer, each GET the value just SET: nothing lost, nothing
+/// applied twice) and made progress.
+pub fn finish_checkers(lab: &Lab, checkers: Checkers) -> u64 {
+    let tallies = checkers.stop();
+    let failed: Vec<String> = tallies
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !t.errors.is_empty() || t.incrs <= 20)
+        .map(|(id, t)| {
+            format!(
+                "connection {id} after {} INCRs, {} SET/GETs: {:?}",
+                t.incrs, t.sets, t.errors
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        fail(lab, &format!("checker: {failed:#?}"));
+    }
+    tallies.iter().map(|t| t.incrs).sum()
+}
+
+/// No reset reached a client, and every replica settles on the same state.
+pub fn assert_converged(lab: &Lab, rst_before: u64) {
+    assert_eq!(
+        lab.client_rst_count().unwrap(),
+        rst_before,
+        "a client saw a reset"
+    );
+    let hashes = settled_hashes(lab);
+    if !hashes.iter().all(|h| h.2 == hashes[0].2) {
+        fail(lab, &format!("replicas diverged: {hashes:?}"));
+    }
+}
