@@ -114,6 +114,17 @@ fn get_value(lab: &tandem_lab::Lab, i: usize) -> Vec<u8> {
     .expect("client namespace")
 }
 
+/// A node's status, waiting as long as hashing a big state takes (the
+/// state hash walks every byte: seconds at 1 GiB).
+fn slow_report(lab: &tandem_lab::Lab, id: u32) -> Option<tandem_node::report::NodeReport> {
+    use tandem_node::admin::{request, AdminReply, AdminRequest};
+    let path = lab.node_admin_socket(id).ok()??;
+    match request(&path, &AdminRequest::Status, Duration::from_secs(60)) {
+        Ok(AdminReply::Status(report)) => Some(*report),
+        _ => None,
+    }
+}
+
 fn dump_logs(lab: &tandem_lab::Lab) {
     for id in lab.node_ids() {
         if let Ok(Some(path)) = lab.node_log_path(id) {
@@ -141,13 +152,15 @@ fn a_restarted_follower_catches_up_on_a_100_mib_state() {
         got == value(check),
         "GET big:{check} before the crash differs"
     );
-    let before = report(&lab, leader_slot).expect("leader report");
+    let before = slow_report(&lab, leader_slot).expect("leader report");
     let follower = lab
         .node_ids()
         .into_iter()
         .find(|&id| id != leader_slot)
         .unwrap();
-    let old_incarnation = report(&lab, follower).expect("follower report").incarnation;
+    let old_incarnation = slow_report(&lab, follower)
+        .expect("follower report")
+        .incarnation;
 
     let started = Instant::now();
     lab.crash(follower).expect("crash the follower");
@@ -178,7 +191,7 @@ fn a_restarted_follower_catches_up_on_a_100_mib_state() {
     };
     eprintln!("restarted follower a caught-up voter after {caught_up:?}");
 
-    let after = report(&lab, leader_slot).expect("leader report");
+    let after = slow_report(&lab, leader_slot).expect("leader report");
     if after.term != before.term || after.role != "primary" {
         dump_logs(&lab);
     }
