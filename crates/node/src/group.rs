@@ -274,22 +274,6 @@ impl ServiceGroup {
         }
     }
 
-    /// The group's parameters recorded in [`ServiceGroup::snapshot`]'s
-    /// bytes, read without rebuilding anything (they come first), so a
-    /// node configured unlike the group can say which parameter differs
-    /// instead of failing somewhere in the restore.
-    pub fn snapshot_parameters(bytes: &[u8]) -> Result<Option<GroupParameters>, SnapshotError> {
-        let decode = |e: postcard::Error| SnapshotError::Decode(e.to_string());
-        let bytes = tandem_core::shadow::unseal(bytes)?;
-        let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(decode)?;
-        if version != GROUP_SNAPSHOT_VERSION {
-            return Err(SnapshotError::Version(version));
-        }
-        let (parameters, _) =
-            postcard::take_from_bytes::<Option<GroupParameters>>(rest).map_err(decode)?;
-        Ok(parameters)
-    }
-
     /// Rebuilds a group from [`ServiceGroup::snapshot`]'s bytes. `service`
     /// is a fresh instance of the same service kind (its state comes from
     /// the bytes); `shadow` is the configuration every replica uses. Bad
@@ -301,11 +285,31 @@ impl ServiceGroup {
         shadow: ShadowConfig,
         bytes: &[u8],
     ) -> Result<ServiceGroup, SnapshotError> {
+        Self::restore_if(service, shadow, bytes, |_| true)?
+            .ok_or_else(|| SnapshotError::Invalid("refused".into()))
+    }
+
+    /// [`ServiceGroup::restore`], asking `accept` first with the group's
+    /// parameters recorded in the bytes (they come first, so nothing is
+    /// rebuilt for a refused snapshot): `Ok(None)` if it refuses. A node
+    /// configured unlike the group can so say which parameter differs
+    /// instead of failing somewhere in the restore (or, worse, not).
+    pub fn restore_if(
+        service: Box<dyn Service>,
+        shadow: ShadowConfig,
+        bytes: &[u8],
+        accept: impl FnOnce(Option<&GroupParameters>) -> bool,
+    ) -> Result<Option<ServiceGroup>, SnapshotError> {
         let decode = |e: postcard::Error| SnapshotError::Decode(e.to_string());
         let bytes = tandem_core::shadow::unseal(bytes)?;
-        let (version, _) = postcard::take_from_bytes::<u32>(bytes).map_err(decode)?;
+        let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(decode)?;
         if version != GROUP_SNAPSHOT_VERSION {
             return Err(SnapshotError::Version(version));
+        }
+        let (parameters, _) =
+            postcard::take_from_bytes::<Option<GroupParameters>>(rest).map_err(decode)?;
+        if !accept(parameters.as_ref()) {
+            return Ok(None);
         }
         let s: SnapshotIn = postcard::from_bytes(bytes).map_err(decode)?;
         let table = s.shadow.into_table(shadow)?;
@@ -353,7 +357,7 @@ impl ServiceGroup {
                 restored,
             });
         }
-        Ok(group)
+        Ok(Some(group))
     }
 
     /// Applies the committed entry at `index` (indexes must increase; an

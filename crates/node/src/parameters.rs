@@ -119,7 +119,8 @@ impl GroupParameters {
             .collect()
     }
 
-    /// The value of a parameter (tests, status).
+    /// The value of a parameter.
+    #[cfg(test)]
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }
@@ -129,7 +130,8 @@ impl GroupParameters {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    /// A copy with one value changed (tests).
+    /// A copy with one value changed.
+    #[cfg(test)]
     pub fn with(mut self, name: &str, value: &str) -> GroupParameters {
         self.0.insert(name.to_string(), value.to_string());
         self

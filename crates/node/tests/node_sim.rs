@@ -1409,6 +1409,16 @@ fn seeds() -> std::ops::Range<u64> {
     start..start + count
 }
 
+/// Every seed ran without a violation (the first failure is shown).
+fn assert_no_failed_seeds(failed: &[(u64, Vec<String>)]) {
+    assert!(
+        failed.is_empty(),
+        "{} seeds failed; first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
 fn run_seed(seed: u64, faults: Faults) -> Sim {
     let mut sim = Sim::new(seed, faults, 4);
     sim.run(6_000, 30_000);
@@ -1436,12 +1446,7 @@ fn random_faults_keep_one_primary_per_term_and_every_client_exactly_once() {
             failed.push((seed, sim.violations));
         }
     }
-    assert!(
-        failed.is_empty(),
-        "{} seeds failed; first: {:?}",
-        failed.len(),
-        failed.first()
-    );
+    assert_no_failed_seeds(&failed);
     // The faults did happen: nodes were killed and cut off, takeovers
     // failed and others succeeded, restarted nodes were given snapshots
     // they could not install, and some recovered by asking again.
@@ -1507,12 +1512,7 @@ fn a_node_configured_unlike_its_group_stops_and_the_group_goes_on() {
             failed.push((seed, sim.violations));
         }
     }
-    assert!(
-        failed.is_empty(),
-        "{} seeds failed; first: {:?}",
-        failed.len(),
-        failed.first()
-    );
+    assert_no_failed_seeds(&failed);
 }
 
 #[test]

@@ -279,15 +279,15 @@ impl Keyspace {
         self.0.iter().map(|(k, v)| (k, &**v))
     }
 
-    /// Stores a value; the one it replaces, if any.
-    pub fn insert(&mut self, key: Vec<u8>, value: Value) -> Option<Value> {
-        self.0
-            .insert(key, Arc::new(value))
-            .map(Arc::unwrap_or_clone)
+    /// Stores a value; the one it replaces, if any, still shared with a
+    /// snapshot that holds it (weighing it copies nothing).
+    pub fn insert(&mut self, key: Vec<u8>, value: Value) -> Option<Arc<Value>> {
+        self.0.insert(key, Arc::new(value))
     }
 
-    pub fn remove(&mut self, key: &[u8]) -> Option<Value> {
-        self.0.remove(key).map(Arc::unwrap_or_clone)
+    /// Removes a key; its value as [`Keyspace::insert`] returns one.
+    pub fn remove(&mut self, key: &[u8]) -> Option<Arc<Value>> {
+        self.0.remove(key)
     }
 }
 
@@ -464,7 +464,8 @@ impl Db {
         let v = self.data.remove(key)?;
         self.by_hash.remove(&(scan_hash(key), key.to_vec()));
         self.release(key_weight(key, &v));
-        Some(v)
+        // Copied only if a snapshot still shares it.
+        Some(Arc::unwrap_or_clone(v))
     }
 
     /// Removes a key and its expiry; true if it existed.

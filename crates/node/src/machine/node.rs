@@ -629,19 +629,24 @@ impl NodeMachine {
         // Parameters first: a snapshot of a group configured unlike this
         // node is refused naming what differs (a restore might fail on it,
         // or worse, succeed).
-        if let Ok(Some(group)) = ServiceGroup::snapshot_parameters(data) {
-            let differences = self.parameters.differences(&group);
-            if !differences.is_empty() {
-                self.disagree(t, &differences);
-                return None;
-            }
-        }
-        match ServiceGroup::restore(
+        let mut differences = Vec::new();
+        let restored = ServiceGroup::restore_if(
             crate::services::fresh_with(self.kind, &self.service_options),
             self.shadow,
             data,
-        ) {
-            Ok(group) => {
+            |group| {
+                if let Some(group) = group {
+                    differences = self.parameters.differences(group);
+                }
+                differences.is_empty()
+            },
+        );
+        match restored {
+            Ok(None) => {
+                self.disagree(t, &differences);
+                None
+            }
+            Ok(Some(group)) => {
                 self.group = group.with_limits(self.limits);
                 self.parameters_checked = false;
                 self.snapshot_index = index;
