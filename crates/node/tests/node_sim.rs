@@ -900,7 +900,7 @@ impl Sim {
             while let Some(r) = m.poll_request() {
                 requests.push(r);
             }
-            if let Some(why) = report.disagreement {
+            if let Some(why) = m.disagreement().map(str::to_string) {
                 // The daemon stops with this error.
                 self.disagreed.insert(slot, why);
                 self.kill(slot);

@@ -726,10 +726,10 @@ impl Daemon {
             ),
             None => {}
         }
-        if let Some(why) = &report.disagreement {
+        if let Some(why) = self.machine.disagreement() {
             // Nothing more can be applied here: stop, naming what differs,
             // so the operator (or a supervisor's failed unit) sees why.
-            self.fatal = Some(DaemonError::Disagrees(why.clone()));
+            self.fatal = Some(DaemonError::Disagrees(why.to_string()));
         }
         if let (Some((to, at)), Some(leader)) = (self.migrating, report.leader) {
             if report.leader_changed && leader.slot == to {

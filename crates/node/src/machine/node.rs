@@ -123,9 +123,6 @@ pub struct ReadyReport {
     pub term: u64,
     /// A snapshot was installed (`Ok(index)`) or could not be (`Err`).
     pub installed: Option<Result<u64, String>>,
-    /// This node found its parameters differ from the group's (see
-    /// [`NodeMachine::disagreement`]): the driver stops with this error.
-    pub disagreement: Option<String>,
 }
 
 /// One node's protocol logic.
@@ -159,8 +156,6 @@ pub struct NodeMachine {
     parameters_checked: bool,
     /// Why this node cannot run this group (its parameters differ).
     disagreement: Option<String>,
-    /// ... and a ready's report has carried it to the driver.
-    disagreement_reported: bool,
 }
 
 impl NodeMachine {
@@ -202,7 +197,6 @@ impl NodeMachine {
             parameters,
             parameters_checked: false,
             disagreement: None,
-            disagreement_reported: false,
         }
     }
 
@@ -214,7 +208,7 @@ impl NodeMachine {
     /// Why this node cannot take part in its group: its parameters differ
     /// from the group's (each difference named, with both values). Such a
     /// node applies nothing more and refuses the leadership; the driver
-    /// stops it.
+    /// stops it (check after each [`NodeMachine::handle_ready`]).
     pub fn disagreement(&self) -> Option<&str> {
         self.disagreement.as_deref()
     }
@@ -395,10 +389,6 @@ impl NodeMachine {
         );
         self.payloads_applied += report.applied.entries;
         self.check_parameters(t);
-        if !self.disagreement_reported {
-            report.disagreement = self.disagreement.clone();
-            self.disagreement_reported = report.disagreement.is_some();
-        }
         self.queue_effects();
         if out.snapshot_wanted {
             self.want_snapshot_now = true;
@@ -683,8 +673,8 @@ impl NodeMachine {
     }
 
     /// The first disagreement stops this node's part in the group as a
-    /// lost state does (nothing applied, leadership refused); the next
-    /// ready's report carries it to the driver, which stops.
+    /// lost state does (nothing applied, leadership refused); the driver
+    /// sees it in [`NodeMachine::disagreement`] and stops.
     fn disagree(&mut self, t: Time, differences: &[crate::parameters::Difference]) {
         if differences.is_empty() || self.disagreement.is_some() {
             return;
